@@ -1,0 +1,140 @@
+//! Attachment records (`/run/portgroup/attachments/<containerid>-<ifname>.json`):
+//! what one ADD made, so that DEL, CHECK, GC and the daemon's collector can undo it.
+//! The record is written before the veth exists, so no veth is ever without one.
+
+use std::path::{Path, PathBuf};
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use crate::mac::MacAddr;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub container_id: String,
+    pub ifname: String,
+    /// The CNI network name (`name` in the config): GC only touches its own network.
+    pub network: String,
+    pub netns: String,
+    pub host_veth: String,
+    pub bridge: String,
+    #[serde(default)]
+    pub portgroup: Option<String>,
+    #[serde(default)]
+    pub vlan: Option<u16>,
+    pub mac: MacAddr,
+    #[serde(default)]
+    pub ips: Vec<IpNetwork>,
+    #[serde(default)]
+    pub spoof_check: bool,
+    /// The delegated IPAM section, so GC can release addresses without the config.
+    #[serde(default)]
+    pub ipam: Option<serde_json::Value>,
+    pub cni_version: String,
+    pub created_at: String,
+}
+
+pub fn record_path(dir: &Path, container_id: &str, ifname: &str) -> PathBuf {
+    dir.join(format!("{container_id}-{ifname}.json"))
+}
+
+impl Record {
+    pub fn path(&self, dir: &Path) -> PathBuf {
+        record_path(dir, &self.container_id, &self.ifname)
+    }
+
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        crate::paths::write_atomic(&self.path(dir), &bytes)
+    }
+
+    pub fn read(path: &Path) -> std::io::Result<Record> {
+        let bytes = std::fs::read(path)?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })
+    }
+
+    /// Reads the record of one attachment; Ok(None) when there is none.
+    pub fn find(dir: &Path, container_id: &str, ifname: &str) -> std::io::Result<Option<Record>> {
+        match Record::read(&record_path(dir, container_id, ifname)) {
+            Ok(record) => Ok(Some(record)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Removes a record; a missing one is fine (DEL is idempotent).
+pub fn remove(dir: &Path, container_id: &str, ifname: &str) -> std::io::Result<()> {
+    match std::fs::remove_file(record_path(dir, container_id, ifname)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Every readable record, plus the paths of unreadable ones (reported, not fatal).
+pub fn list(dir: &Path) -> (Vec<Record>, Vec<(PathBuf, String)>) {
+    let mut records = Vec::new();
+    let mut broken = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (records, broken);
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_record = path.extension().is_some_and(|e| e == "json")
+            && !entry.file_name().to_string_lossy().starts_with('.');
+        if !is_record {
+            continue;
+        }
+        match Record::read(&path) {
+            Ok(record) => records.push(record),
+            Err(e) => broken.push((path, e.to_string())),
+        }
+    }
+    records.sort_by(|a, b| (&a.container_id, &a.ifname).cmp(&(&b.container_id, &b.ifname)));
+    (records, broken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_find_list_remove() {
+        let dir = std::env::temp_dir().join(format!("pg-records-{}", std::process::id()));
+        let record = Record {
+            container_id: "abc".into(),
+            ifname: "net1".into(),
+            network: "prod-web".into(),
+            netns: "/var/run/netns/x".into(),
+            host_veth: crate::naming::host_veth_name("abc", "net1"),
+            bridge: "br0".into(),
+            portgroup: None,
+            vlan: None,
+            mac: "00:50:56:aa:bb:01".parse().unwrap(),
+            ips: vec!["10.0.0.5/24".parse().unwrap()],
+            spoof_check: true,
+            ipam: None,
+            cni_version: "1.1.0".into(),
+            created_at: "2026-11-23T10:00:00Z".into(),
+        };
+        record.write(&dir).unwrap();
+        assert_eq!(
+            Record::find(&dir, "abc", "net1").unwrap(),
+            Some(record.clone())
+        );
+        std::fs::write(dir.join("broken-net1.json"), b"{").unwrap();
+        let (records, broken) = list(&dir);
+        assert_eq!(records, vec![record]);
+        assert_eq!(broken.len(), 1);
+        remove(&dir, "abc", "net1").unwrap();
+        remove(&dir, "abc", "net1").unwrap();
+        assert_eq!(Record::find(&dir, "abc", "net1").unwrap(), None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,1 @@
+//! The node daemon: planner, applier, collector, HTTP. (issue 3)

