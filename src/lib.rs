@@ -2,6 +2,7 @@
 //! CNI plugin (`portgroup`) and the node daemon (`portgroupd`).
 
 pub mod attachment;
+pub mod cni;
 pub mod error;
 pub mod mac;
 pub mod naming;

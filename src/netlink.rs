@@ -164,8 +164,10 @@ impl Netlink {
     }
 
     /// Creates a veth pair in one request: the host end `host` on bridge `controller`,
-    /// up; the pod end `peer` made directly inside `peer_netns`, with its MAC and MTU,
-    /// up unless `peer_down`. Nothing ever exists half-made in the wrong namespace.
+    /// up; the pod end `peer` made directly inside `peer_netns`, with its MAC and MTU.
+    /// Nothing ever exists half-made in the wrong namespace. The pod end stays down:
+    /// the kernel refuses to open a veth end before its peer is linked (ENOTCONN), so
+    /// the caller brings it up with [`Netlink::set_up`] from inside the pod netns.
     #[allow(clippy::too_many_arguments)]
     pub async fn create_veth(
         &self,
@@ -175,19 +177,17 @@ impl Netlink {
         peer: &str,
         peer_mac: MacAddr,
         peer_netns: &OwnedFd,
-        peer_down: bool,
+        host_mac: MacAddr,
     ) -> Result<(), rtnetlink::Error> {
-        let mut peer_builder = LinkMessageBuilder::<LinkUnspec>::new()
+        let peer_builder = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
             .mtu(mtu)
             .address(peer_mac.0.to_vec())
             .setns_by_fd(peer_netns.as_raw_fd());
-        if !peer_down {
-            peer_builder = peer_builder.up();
-        }
         let message = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
             .name(host.to_string())
             .mtu(mtu)
+            .address(host_mac.0.to_vec())
             .controller(controller)
             .up()
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_builder.build())))
@@ -209,6 +209,10 @@ impl Netlink {
             },
             None => Ok(false),
         }
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<(), rtnetlink::Error> {
+        self.set_link(link_change(index).up().build()).await
     }
 
     pub async fn set_link(&self, message: LinkMessage) -> Result<(), rtnetlink::Error> {

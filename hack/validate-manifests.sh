@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Offline validation of everything under manifests/ (no cluster, no network
+# beyond PyPI for the first install).
+#
+#   hack/validate-manifests.sh            # Kubernetes 1.30 schemas
+#   K8S_VERSION=1.32.0 hack/validate-manifests.sh
+#
+# Built-in kinds are checked against the strict (unknown fields rejected)
+# schemas that kubernetes-validate bundles; the CRD kinds
+# (NetworkAttachmentDefinition, VirtualMachine) against manifests/schemas/;
+# plus the semantic checks of hack/validate_manifests.py (node network config,
+# NAD CNI configs, cross references). Prints one line per file; exits non-zero
+# on any failure.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON=${PYTHON:-python3}
+# Oldest Kubernetes minor still supported by the KubeVirt releases that
+# migrations target, and bundled by the pinned kubernetes-validate.
+K8S_VERSION=${K8S_VERSION:-1.30.0}
+KV_PKG='kubernetes-validate==1.37.0'   # ships schemas for Kubernetes 1.25 .. 1.37
+JS_PKG='jsonschema>=4.18,<5'           # 2020-12 drafts + referencing registry
+
+have_deps() {
+  K8S_VERSION="$K8S_VERSION" "$PYTHON" - <<'PY' >/dev/null 2>&1
+import os, jsonschema, referencing, yaml, importlib_resources
+import kubernetes_validate.utils as u
+assert os.environ["K8S_VERSION"] in u.all_versions()
+from jsonschema.validators import Draft202012Validator
+PY
+}
+
+if ! have_deps; then
+  echo "validate-manifests: installing $KV_PKG $JS_PKG" >&2
+  pip=("$PYTHON" -m pip install --quiet --disable-pip-version-check)
+  "${pip[@]}" "$KV_PKG" "$JS_PKG" >&2 ||
+    "${pip[@]}" --user --break-system-packages "$KV_PKG" "$JS_PKG" >&2
+  have_deps || { echo "validate-manifests: dependencies still missing after pip install" >&2; exit 2; }
+fi
+
+exec "$PYTHON" hack/validate_manifests.py --kubernetes-version "$K8S_VERSION" manifests

@@ -1,0 +1,114 @@
+//! CHECK: the host side is as ADD left it (veth, on the right bridge, up), the pod
+//! end is found by index — KubeVirt renames it and moves its MAC after ADD — and
+//! the addresses, port-security rules and record are still there.
+
+use std::collections::HashSet;
+
+use portgroup::attachment::Record;
+use portgroup::cni::netconf::NetConf;
+use portgroup::cni::CniVersion;
+use portgroup::naming::host_veth_name;
+use portgroup::netlink::Netlink;
+use portgroup::paths::RunDir;
+use portgroup::{netns, portsec, Error};
+
+use crate::bridge;
+use crate::env::Env;
+use crate::ipam;
+
+pub async fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
+    conf.cni_version.require("CHECK", CniVersion::V0_4_0)?;
+    let (container_id, ifname) = env.attachment()?;
+    let netns_path = env.netns().ok_or_else(|| Error::env("CNI_NETNS", "is required"))?;
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| Error::invalid_config("prevResult", "CHECK needs the result of the ADD"))?;
+    let run = RunDir::from_env();
+    let failed = |why: String| Error::CheckFailed(why);
+
+    let record = Record::find(&run.attachments_dir(), container_id, ifname)
+        .map_err(|e| Error::system("reading the attachment record", e))?
+        .ok_or_else(|| failed(format!("no attachment record for {container_id}/{ifname}")))?;
+
+    let nl = Netlink::connect().map_err(|e| Error::system("opening netlink", e))?;
+    let target = bridge::resolve(&nl, conf, &run).await?;
+    let host_veth = host_veth_name(container_id, ifname);
+    let host = nl
+        .link_by_name(&host_veth)
+        .await
+        .map_err(|e| Error::netlink(format!("looking up {host_veth}"), e))?
+        .ok_or_else(|| failed(format!("host veth {host_veth} is missing")))?;
+    if !host.is_kind("veth") {
+        return Err(failed(format!("{host_veth} is not a veth")));
+    }
+    if host.controller != Some(target.bridge.index) {
+        return Err(failed(format!(
+            "host veth {host_veth} is not on bridge {}",
+            target.bridge.name
+        )));
+    }
+    if !host.admin_up {
+        return Err(failed(format!("host veth {host_veth} is down")));
+    }
+    let peer_index = host
+        .link
+        .ok_or_else(|| failed(format!("host veth {host_veth} has no peer")))?;
+
+    let pod_ns = netns::open(std::path::Path::new(netns_path)).map_err(|e| Error::env("CNI_NETNS", e.to_string()))?;
+    let pod = Netlink::connect_in(&pod_ns).map_err(|e| Error::system("opening netlink in the pod netns", e))?;
+    let peer = pod
+        .link_by_index(peer_index)
+        .await
+        .map_err(|e| Error::netlink("looking up the pod end", e))?
+        .ok_or_else(|| failed(format!("the pod end of {host_veth} (index {peer_index}) is not in {netns_path}")))?;
+
+    // Addresses our ADD reported for the pod interface, found by the interface entry
+    // that names it (or its sandbox), not by name alone: the pod end may be renamed.
+    let ours: HashSet<usize> = prev
+        .interfaces
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.name == ifname && i.sandbox.as_deref() == Some(netns_path))
+        .map(|(index, _)| index)
+        .collect();
+    let present: HashSet<_> = pod
+        .addresses(peer.index)
+        .await
+        .map_err(|e| Error::netlink("listing the pod end's addresses", e))?
+        .into_iter()
+        .collect();
+    for ip in prev.ips.iter().filter(|ip| ip.interface.is_some_and(|i| ours.contains(&i))) {
+        if !present.contains(&(ip.address.ip(), ip.address.prefix())) {
+            return Err(failed(format!("address {} is missing from the pod end {}", ip.address, peer.name)));
+        }
+    }
+
+    if record.spoof_check {
+        let mut ips: Vec<_> = record.ips.iter().map(|ip| ip.ip()).collect();
+        if let Some(res) = target.portgroup.as_ref().and_then(|pg| pg.reservation_for(record.mac)) {
+            for ip in &res.ips {
+                if !ips.contains(&ip.ip()) {
+                    ips.push(ip.ip());
+                }
+            }
+        }
+        portsec::verify(&portsec::PortRules {
+            host_veth: host_veth.clone(),
+            mac: record.mac,
+            ips,
+        })?;
+    }
+
+    if let Some(section) = &conf.ipam {
+        ipam::Call {
+            command: "CHECK",
+            ipam: section,
+            config: stdin,
+            cni_path: &env.path,
+            attachment: None,
+        }
+        .run()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! GC: removes every attachment of this network that the runtime no longer lists.
+//! Keeps going past errors, then forwards GC to a delegated IPAM plugin.
+
+use portgroup::attachment;
+use portgroup::cni::netconf::NetConf;
+use portgroup::cni::CniVersion;
+use portgroup::netlink::Netlink;
+use portgroup::paths::RunDir;
+use portgroup::Error;
+
+use crate::env::Env;
+use crate::ipam;
+use crate::teardown::Teardown;
+
+pub async fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
+    conf.cni_version.require("GC", CniVersion::V1_1_0)?;
+    let valid = conf.valid_attachments.clone().unwrap_or_default();
+    let run = RunDir::from_env();
+    let nl = Netlink::connect().map_err(|e| Error::system("opening netlink", e))?;
+    let (records, broken) = attachment::list(&run.attachments_dir());
+    for (path, why) in broken {
+        tracing::warn!("GC: skipping unreadable record {}: {why}", path.display());
+    }
+    let mut first_error = None;
+    for record in records {
+        let key = (record.container_id.clone(), record.ifname.clone());
+        if record.network != conf.name || valid.contains(&key) {
+            continue;
+        }
+        tracing::info!("GC: removing stale attachment {}/{}", record.container_id, record.ifname);
+        let ipam = conf.ipam.as_ref().or(record.ipam.as_ref());
+        let result = Teardown {
+            container_id: &record.container_id,
+            ifname: &record.ifname,
+            ipam,
+            config: stdin,
+            cni_path: &env.path,
+            foreign: true,
+        }
+        .run(&nl, &run)
+        .await;
+        if let Err(e) = result {
+            tracing::warn!("GC of {}/{}: {e}", record.container_id, record.ifname);
+            first_error.get_or_insert(e);
+        }
+    }
+    if let Some(section) = &conf.ipam {
+        let call = ipam::Call {
+            command: "GC",
+            ipam: section,
+            config: stdin,
+            cni_path: &env.path,
+            attachment: None,
+        };
+        match call.run() {
+            // IPAM plugins older than spec 1.1 know no GC; nothing to forward to.
+            Err(e) if e.code() == portgroup::error::code::INCOMPATIBLE_VERSION => {
+                tracing::debug!("IPAM plugin does not support GC: {e}")
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+            Ok(_) => {}
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

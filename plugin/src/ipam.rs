@@ -1,0 +1,119 @@
+//! Delegation to an IPAM plugin found in CNI_PATH (spec section 4).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use portgroup::cni::result::CniResult;
+use portgroup::error::code;
+use portgroup::Error;
+use serde_json::Value;
+
+/// One call to the delegated plugin.
+pub struct Call<'a> {
+    pub command: &'static str,
+    pub ipam: &'a Value,
+    /// The whole network configuration, as the spec has delegated plugins receive it.
+    pub config: &'a [u8],
+    pub cni_path: &'a [PathBuf],
+    /// CNI_CONTAINERID and CNI_IFNAME, when they differ from ours (GC of another attachment).
+    pub attachment: Option<(&'a str, &'a str)>,
+}
+
+fn plugin_name(ipam: &Value) -> &str {
+    ipam.get("type").and_then(Value::as_str).unwrap_or("")
+}
+
+impl Call<'_> {
+    /// Runs the plugin. On "incompatible version" for a 1.1.0 config, tries once more
+    /// as 1.0.0: the result format is the same, and many IPAM plugins stop at 1.0.0.
+    pub fn run(&self) -> Result<Option<CniResult>, Error> {
+        match self.run_with(self.config) {
+            Err(Error::Ipam {
+                code: Some(code::INCOMPATIBLE_VERSION),
+                ..
+            }) if matches!(self.command, "ADD" | "DEL" | "CHECK") => {
+                let mut conf: Value = serde_json::from_slice(self.config).map_err(|e| Error::Decode {
+                    what: "network configuration",
+                    why: e.to_string(),
+                })?;
+                if conf["cniVersion"] != "1.1.0" {
+                    return self.run_with(self.config);
+                }
+                conf["cniVersion"] = "1.0.0".into();
+                let bytes = serde_json::to_vec(&conf).unwrap_or_default();
+                self.run_with(&bytes)
+            }
+            other => other,
+        }
+    }
+
+    fn run_with(&self, config: &[u8]) -> Result<Option<CniResult>, Error> {
+        let name = plugin_name(self.ipam);
+        let fail = |why: String, code: Option<u32>| Error::Ipam {
+            plugin: name.to_string(),
+            why,
+            code,
+        };
+        let binary = self
+            .cni_path
+            .iter()
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                fail(
+                    format!(
+                        "not found in CNI_PATH ({})",
+                        std::env::join_paths(self.cni_path)
+                            .map(|p| p.to_string_lossy().into_owned())
+                            .unwrap_or_default()
+                    ),
+                    None,
+                )
+            })?;
+        let mut command = Command::new(&binary);
+        command
+            .env("CNI_COMMAND", self.command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some((id, ifname)) = self.attachment {
+            command
+                .env("CNI_CONTAINERID", id)
+                .env("CNI_IFNAME", ifname)
+                .env_remove("CNI_NETNS");
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| fail(format!("starting {}: {e}", binary.display()), None))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(config)
+                .map_err(|e| fail(format!("writing config: {e}"), None))?;
+        }
+        let output = child
+            .wait_with_output()
+            .map_err(|e| fail(format!("waiting: {e}"), None))?;
+        let stdout: Value = if output.stdout.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            serde_json::from_slice(&output.stdout)
+                .map_err(|e| fail(format!("unreadable output: {e}"), None))?
+        };
+        if !output.status.success() {
+            let code = stdout.get("code").and_then(Value::as_u64).map(|c| c as u32);
+            let msg = stdout.get("msg").and_then(Value::as_str).unwrap_or("failed");
+            let details = stdout.get("details").and_then(Value::as_str).unwrap_or("");
+            let why = if details.is_empty() {
+                format!("{} {msg}", self.command)
+            } else {
+                format!("{} {msg}: {details}", self.command)
+            };
+            return Err(fail(why, code));
+        }
+        if stdout.is_null() {
+            return Ok(None);
+        }
+        CniResult::from_value(&stdout, "IPAM result").map(Some)
+    }
+}

@@ -1,0 +1,46 @@
+//! STATUS: ready to serve ADD? The node state must say the portgroup is ready, or
+//! the admin's bridge must exist; a delegated IPAM plugin is asked too.
+
+use portgroup::cni::netconf::{NetConf, Target};
+use portgroup::cni::CniVersion;
+use portgroup::netlink::Netlink;
+use portgroup::paths::RunDir;
+use portgroup::state::NodeState;
+use portgroup::Error;
+
+use crate::env::Env;
+use crate::ipam;
+
+pub async fn status(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
+    conf.cni_version.require("STATUS", CniVersion::V1_1_0)?;
+    let run = RunDir::from_env();
+    match &conf.target {
+        Target::Portgroup(name) => {
+            let state = NodeState::read(&run.state_file()).map_err(|e| Error::NotAvailable(e.to_string()))?;
+            state
+                .ready_portgroup(name)
+                .map_err(|e| Error::NotAvailable(e.to_string()))?;
+        }
+        Target::Bridge(name) => {
+            let nl = Netlink::connect().map_err(|e| Error::system("opening netlink", e))?;
+            match nl.link_by_name(name).await {
+                Ok(Some(link)) if link.is_kind("bridge") => {}
+                Ok(Some(_)) => return Err(Error::NotAvailable(format!("{name} is not a bridge"))),
+                Ok(None) => return Err(Error::NotAvailable(format!("bridge {name} does not exist"))),
+                Err(e) => return Err(Error::NotAvailable(format!("looking up bridge {name}: {e}"))),
+            }
+        }
+    }
+    if let Some(section) = &conf.ipam {
+        ipam::Call {
+            command: "STATUS",
+            ipam: section,
+            config: stdin,
+            cni_path: &env.path,
+            attachment: None,
+        }
+        .run()
+        .map_err(|e| Error::NotAvailable(e.to_string()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! Taking one attachment down, shared by DEL, GC and a failed ADD's rollback.
+//! Every step runs even when an earlier one failed; the first error is returned.
+
+use std::path::PathBuf;
+
+use portgroup::attachment;
+use portgroup::naming::host_veth_name;
+use portgroup::netlink::Netlink;
+use portgroup::paths::RunDir;
+use portgroup::{portsec, Error};
+use serde_json::Value;
+
+use crate::ipam;
+
+pub struct Teardown<'a> {
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+    /// The delegated IPAM section whose addresses to release, if any.
+    pub ipam: Option<&'a Value>,
+    pub config: &'a [u8],
+    pub cni_path: &'a [PathBuf],
+    /// Whether this is another attachment than the one in our environment (GC).
+    pub foreign: bool,
+}
+
+impl Teardown<'_> {
+    pub async fn run(&self, nl: &Netlink, run: &RunDir) -> Result<(), Error> {
+        let host_veth = host_veth_name(self.container_id, self.ifname);
+        let mut errors = Vec::new();
+
+        match nl.link_by_name(&host_veth).await {
+            // Deleting one end of a veth deletes the pod end too, in whatever netns it is.
+            Ok(Some(link)) if link.is_kind("veth") => {
+                if let Err(e) = nl.delete_link(link.index).await {
+                    if !portgroup::netlink::is_not_found(&e) {
+                        errors.push(Error::netlink(format!("deleting {host_veth}"), e));
+                    }
+                }
+            }
+            Ok(Some(link)) => tracing::warn!(
+                "{host_veth} exists but is a {:?} interface, not our veth; left alone",
+                link.kind
+            ),
+            Ok(None) => {}
+            Err(e) => errors.push(Error::netlink(format!("looking up {host_veth}"), e)),
+        }
+        if let Err(e) = portsec::remove(&host_veth) {
+            errors.push(e);
+        }
+        if let Some(section) = self.ipam {
+            let call = ipam::Call {
+                command: "DEL",
+                ipam: section,
+                config: self.config,
+                cni_path: self.cni_path,
+                attachment: self.foreign.then_some((self.container_id, self.ifname)),
+            };
+            if let Err(e) = call.run() {
+                errors.push(e);
+            }
+        }
+        if let Err(e) = attachment::remove(&run.attachments_dir(), self.container_id, self.ifname) {
+            errors.push(Error::system("removing the attachment record", e));
+        }
+        for e in errors.iter().skip(1) {
+            tracing::warn!("teardown of {}/{}: {e}", self.container_id, self.ifname);
+        }
+        match errors.into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(()),
+        }
+    }
+}

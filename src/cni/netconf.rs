@@ -1,0 +1,471 @@
+//! The plugin's network configuration (stdin), parsed and validated before any
+//! side effect. Every complaint names the field it is about.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use serde_json::{Map, Value};
+
+use super::result::CniResult;
+use super::{CniVersion, LATEST_VERSION};
+use crate::error::Error;
+use crate::mac::MacAddr;
+use crate::nodeconfig::{parse_cidr, validate_portgroup_name, MTU_MAX, MTU_MIN};
+use crate::probe::ProbeConfig;
+
+/// Where the VM's port goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A portgroup, resolved to its bridge through the node state.
+    Portgroup(String),
+    /// A bridge the admin manages; no daemon needed.
+    Bridge(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct NetConf {
+    pub cni_version: CniVersion,
+    pub name: String,
+    pub target: Target,
+    pub mtu: Option<u32>,
+    pub link_down: bool,
+    pub spoof_check: bool,
+    pub conflict_probe: bool,
+    pub probe: ProbeConfig,
+    /// The delegated IPAM section; its `type` is a plugin in CNI_PATH.
+    pub ipam: Option<Value>,
+    pub runtime_mac: Option<MacAddr>,
+    pub runtime_ips: Option<Vec<IpNetwork>>,
+    pub args_mac: Option<MacAddr>,
+    pub args_ips: Option<Vec<IpNetwork>>,
+    pub prev_result: Option<CniResult>,
+    /// GC: the attachments still valid, as (container ID, ifname).
+    pub valid_attachments: Option<BTreeSet<(String, String)>>,
+    pub log_file: Option<PathBuf>,
+    pub log_level: Option<String>,
+}
+
+/// Just enough of the config to take an attachment down: DEL must succeed even when
+/// the config has since gone bad, as long as it is JSON.
+#[derive(Debug, Clone)]
+pub struct TeardownConf {
+    pub cni_version: CniVersion,
+    pub name: String,
+    pub ipam: Option<Value>,
+}
+
+impl NetConf {
+    pub fn parse(bytes: &[u8]) -> Result<NetConf, Error> {
+        let root = decode(bytes)?;
+        let cni_version = version_of(&root)?;
+        let name = network_name(&root)?;
+        let get = Fields(&root);
+
+        reject_unsupported(&root)?;
+
+        let portgroup = get.opt_str("portgroup")?;
+        let bridge = get.opt_str("bridge")?;
+        let target = match (portgroup, bridge) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid_config(
+                    "portgroup/bridge",
+                    "set exactly one of portgroup and bridge, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(Error::invalid_config(
+                    "portgroup/bridge",
+                    "set exactly one of portgroup (resolved through portgroupd) and bridge (an existing bridge)",
+                ))
+            }
+            (Some(pg), None) => {
+                validate_portgroup_name(&pg).map_err(|why| Error::invalid_config("portgroup", why))?;
+                Target::Portgroup(pg)
+            }
+            (None, Some(br)) => {
+                crate::naming::validate_ifname(&br).map_err(|why| Error::invalid_config("bridge", why))?;
+                Target::Bridge(br)
+            }
+        };
+
+        let mtu = match get.opt_u64("mtu")? {
+            None => None,
+            Some(m) if (u64::from(MTU_MIN)..=u64::from(MTU_MAX)).contains(&m) => Some(m as u32),
+            Some(m) => {
+                return Err(Error::invalid_config(
+                    "mtu",
+                    format!("must be from {MTU_MIN} to {MTU_MAX}, got {m}"),
+                ))
+            }
+        };
+
+        let ipam = match root.get("ipam") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(section)) if section.is_empty() => None,
+            Some(Value::Object(section)) => match section.get("type") {
+                Some(Value::String(t)) if is_plugin_name(t) => Some(Value::Object(section.clone())),
+                Some(Value::String(t)) => {
+                    return Err(Error::invalid_config(
+                        "ipam.type",
+                        format!("{t:?} is not a plugin name"),
+                    ))
+                }
+                _ => return Err(Error::invalid_config("ipam.type", "required, the IPAM plugin's name")),
+            },
+            Some(_) => return Err(Error::invalid_config("ipam", "must be an object")),
+        };
+
+        let runtime = Fields::section(&root, "runtimeConfig")?;
+        let runtime_mac = runtime.opt_mac("runtimeConfig.mac", "mac")?;
+        let runtime_ips = runtime.opt_ips("runtimeConfig.ips", "ips")?;
+        let args_cni = Fields::section(&root, "args")?.subsection("args", "cni")?;
+        let args_mac = args_cni.opt_mac("args.cni.mac", "mac")?;
+        let args_ips = args_cni.opt_ips("args.cni.ips", "ips")?;
+
+        let probe_section = Fields::section(&root, "probe")?;
+        let defaults = ProbeConfig::default();
+        let probe = ProbeConfig {
+            count: probe_section
+                .opt_u64_named("probe.count", "count")?
+                .map(|c| c.clamp(1, 10) as u32)
+                .unwrap_or(defaults.count),
+            interval: probe_section
+                .opt_u64_named("probe.intervalMs", "intervalMs")?
+                .map(|ms| Duration::from_millis(ms.min(5000)))
+                .unwrap_or(defaults.interval),
+            wait: probe_section
+                .opt_u64_named("probe.waitMs", "waitMs")?
+                .map(|ms| Duration::from_millis(ms.min(10_000)))
+                .unwrap_or(defaults.wait),
+        };
+
+        let prev_result = match root.get("prevResult") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(CniResult::from_value(v, "prevResult")?),
+        };
+
+        Ok(NetConf {
+            cni_version,
+            name,
+            target,
+            mtu,
+            link_down: get.opt_bool("linkDown")?.unwrap_or(false),
+            spoof_check: get.opt_bool("spoofCheck")?.unwrap_or(true),
+            conflict_probe: get.opt_bool("conflictProbe")?.unwrap_or(true),
+            probe,
+            ipam,
+            runtime_mac,
+            runtime_ips,
+            args_mac,
+            args_ips,
+            prev_result,
+            valid_attachments: valid_attachments(&root)?,
+            log_file: get.opt_str("logFile")?.map(PathBuf::from),
+            log_level: get.opt_str("logLevel")?,
+        })
+    }
+}
+
+impl TeardownConf {
+    pub fn parse(bytes: &[u8]) -> Result<TeardownConf, Error> {
+        let root = decode(bytes)?;
+        Ok(TeardownConf {
+            cni_version: version_of(&root)?,
+            name: network_name(&root)?,
+            ipam: root.get("ipam").filter(|v| v.get("type").is_some_and(Value::is_string)).cloned(),
+        })
+    }
+}
+
+/// The version to write an error in: the config's when it has a usable one.
+pub fn error_version(bytes: &[u8]) -> String {
+    serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
+        .filter(|v| CniVersion::parse(v).is_ok())
+        .unwrap_or_else(|| LATEST_VERSION.to_string())
+}
+
+fn decode(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Error::Decode {
+            what: "network configuration",
+            why: "must be a JSON object".into(),
+        }),
+        Err(e) => Err(Error::Decode {
+            what: "network configuration",
+            why: e.to_string(),
+        }),
+    }
+}
+
+fn version_of(root: &Map<String, Value>) -> Result<CniVersion, Error> {
+    match root.get("cniVersion") {
+        Some(Value::String(v)) => CniVersion::parse(v),
+        Some(_) => Err(Error::invalid_config("cniVersion", "must be a string such as \"1.0.0\"")),
+        None => Err(Error::invalid_config("cniVersion", "required")),
+    }
+}
+
+fn network_name(root: &Map<String, Value>) -> Result<String, Error> {
+    let name = match root.get("name") {
+        Some(Value::String(n)) => n.clone(),
+        Some(_) => return Err(Error::invalid_config("name", "must be a string")),
+        None => return Err(Error::invalid_config("name", "required")),
+    };
+    // Spec section 1: alphanumeric first, then alphanumerics, '_', '.', '-'.
+    crate::naming::validate_container_id(&name).map_err(|why| Error::invalid_config("name", why))?;
+    Ok(name)
+}
+
+fn is_plugin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Bridge-plugin fields that would silently not do what their owner expects here.
+fn reject_unsupported(root: &Map<String, Value>) -> Result<(), Error> {
+    let truthy = |v: &Value| !(v.is_null() || v == &Value::Bool(false) || v == &Value::from(0));
+    for (field, why) in [
+        ("vlan", "the portgroup carries the VLAN; name it with \"portgroup\""),
+        ("ipMasq", "a migrated VM keeps its own addresses; portgroup does no NAT"),
+        ("isGateway", "portgroup bridges are plain L2; the VLAN's router stays the gateway"),
+        ("isDefaultGateway", "portgroup bridges are plain L2; the VLAN's router stays the gateway"),
+        ("vlanTrunk", "a VM port is an access port on one portgroup"),
+    ] {
+        if let Some(value) = root.get(field).filter(|v| truthy(v)) {
+            return Err(Error::UnsupportedField {
+                field,
+                value: value.to_string(),
+                why,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn valid_attachments(root: &Map<String, Value>) -> Result<Option<BTreeSet<(String, String)>>, Error> {
+    let (field, value) = match (root.get("cni.dev/valid-attachments"), root.get("cni.dev/attachments")) {
+        (Some(v), _) => ("cni.dev/valid-attachments", v),
+        (None, Some(v)) => ("cni.dev/attachments", v),
+        (None, None) => return Ok(None),
+    };
+    let items = value
+        .as_array()
+        .ok_or_else(|| Error::invalid_config(field, "must be an array"))?;
+    let mut set = BTreeSet::new();
+    for (i, item) in items.iter().enumerate() {
+        let id = item.get("containerID").and_then(Value::as_str);
+        let ifname = item.get("ifname").and_then(Value::as_str);
+        match (id, ifname) {
+            (Some(id), Some(ifname)) => {
+                set.insert((id.to_string(), ifname.to_string()));
+            }
+            _ => {
+                return Err(Error::invalid_config(
+                    format!("{field}[{i}]"),
+                    "needs string containerID and ifname",
+                ))
+            }
+        }
+    }
+    Ok(Some(set))
+}
+
+/// Typed access to one object's optional fields, with the errors naming them.
+struct Fields<'a>(&'a Map<String, Value>);
+
+static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+
+impl<'a> Fields<'a> {
+    fn section(root: &'a Map<String, Value>, key: &str) -> Result<Fields<'a>, Error> {
+        match root.get(key) {
+            None | Some(Value::Null) => Ok(Fields(EMPTY.get_or_init(Map::new))),
+            Some(Value::Object(map)) => Ok(Fields(map)),
+            Some(_) => Err(Error::invalid_config(key, "must be an object")),
+        }
+    }
+
+    fn subsection(&self, parent: &str, key: &str) -> Result<Fields<'a>, Error> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(Fields(EMPTY.get_or_init(Map::new))),
+            Some(Value::Object(map)) => Ok(Fields(map)),
+            Some(_) => Err(Error::invalid_config(format!("{parent}.{key}"), "must be an object")),
+        }
+    }
+
+    fn opt_str(&self, key: &str) -> Result<Option<String>, Error> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(Error::invalid_config(key, format!("must be a string, got {other}"))),
+        }
+    }
+
+    fn opt_bool(&self, key: &str) -> Result<Option<bool>, Error> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(Error::invalid_config(key, format!("must be true or false, got {other}"))),
+        }
+    }
+
+    fn opt_u64(&self, key: &str) -> Result<Option<u64>, Error> {
+        self.opt_u64_named(key, key)
+    }
+
+    fn opt_u64_named(&self, field: &str, key: &str) -> Result<Option<u64>, Error> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| Error::invalid_config(field, format!("must be a whole number, got {v}"))),
+        }
+    }
+
+    fn opt_mac(&self, field: &str, key: &str) -> Result<Option<MacAddr>, Error> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => MacAddr::parse_unicast(s)
+                .map(Some)
+                .map_err(|e| Error::invalid_config(field, e.to_string())),
+            Some(other) => Err(Error::invalid_config(field, format!("must be a MAC address string, got {other}"))),
+        }
+    }
+
+    fn opt_ips(&self, field: &str, key: &str) -> Result<Option<Vec<IpNetwork>>, Error> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) if items.is_empty() => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item.as_str() {
+                    Some(text) => parse_cidr(text).map_err(|why| Error::invalid_config(format!("{field}[{i}]"), why)),
+                    None => Err(Error::invalid_config(format!("{field}[{i}]"), "must be a string like 10.0.0.5/24")),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(other) => Err(Error::invalid_config(field, format!("must be an array of addresses, got {other}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::code;
+    use serde_json::json;
+
+    fn base() -> Value {
+        json!({"cniVersion": "1.0.0", "name": "prod-web", "type": "portgroup", "portgroup": "prod-web"})
+    }
+
+    fn with(patch: Value) -> Vec<u8> {
+        let mut v = base();
+        for (k, val) in patch.as_object().unwrap() {
+            if val.is_null() {
+                v.as_object_mut().unwrap().remove(k);
+            } else {
+                v[k] = val.clone();
+            }
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn design_example_parses_with_defaults() {
+        let conf = NetConf::parse(&with(json!({"capabilities": {"mac": true, "ips": true}, "mtu": 1500}))).unwrap();
+        assert_eq!(conf.target, Target::Portgroup("prod-web".into()));
+        assert!(conf.spoof_check && conf.conflict_probe && !conf.link_down);
+        assert_eq!(conf.mtu, Some(1500));
+        assert!(conf.ipam.is_none());
+    }
+
+    #[test]
+    fn runtime_and_args_sources() {
+        let conf = NetConf::parse(&with(json!({
+            "runtimeConfig": {"mac": "00:50:56:aa:bb:01", "ips": ["10.10.100.21/24", "2001:db8::21/64"]},
+            "args": {"cni": {"mac": "00:50:56:aa:bb:02"}}
+        })))
+        .unwrap();
+        assert_eq!(conf.runtime_mac.unwrap().to_string(), "00:50:56:aa:bb:01");
+        assert_eq!(conf.args_mac.unwrap().to_string(), "00:50:56:aa:bb:02");
+        assert_eq!(conf.runtime_ips.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn bad_configs_name_their_field() {
+        let cases: Vec<(Vec<u8>, u32, &str)> = vec![
+            (b"{".to_vec(), code::DECODE, "network configuration"),
+            (b"[]".to_vec(), code::DECODE, "JSON object"),
+            (with(json!({"cniVersion": "0.2.0"})), code::INCOMPATIBLE_VERSION, "0.2.0"),
+            (with(json!({"cniVersion": 1})), code::INVALID_CONFIG, "cniVersion"),
+            (with(json!({"cniVersion": null})), code::INVALID_CONFIG, "cniVersion"),
+            (with(json!({"name": null})), code::INVALID_CONFIG, "name"),
+            (with(json!({"name": "-bad"})), code::INVALID_CONFIG, "name"),
+            (with(json!({"bridge": "br0"})), code::INVALID_CONFIG, "not both"),
+            (with(json!({"portgroup": null})), code::INVALID_CONFIG, "exactly one"),
+            (with(json!({"portgroup": "Bad_Name"})), code::INVALID_CONFIG, "portgroup"),
+            (with(json!({"portgroup": 5})), code::INVALID_CONFIG, "portgroup"),
+            (with(json!({"portgroup": null, "bridge": "much-too-long-bridge"})), code::INVALID_CONFIG, "bridge"),
+            (with(json!({"mtu": 10})), code::INVALID_CONFIG, "mtu"),
+            (with(json!({"mtu": 100000})), code::INVALID_CONFIG, "mtu"),
+            (with(json!({"mtu": "1500"})), code::INVALID_CONFIG, "mtu"),
+            (with(json!({"linkDown": "yes"})), code::INVALID_CONFIG, "linkDown"),
+            (with(json!({"spoofCheck": 1})), code::INVALID_CONFIG, "spoofCheck"),
+            (with(json!({"ipam": "static"})), code::INVALID_CONFIG, "ipam"),
+            (with(json!({"ipam": {"type": "../../bin/sh"}})), code::INVALID_CONFIG, "ipam.type"),
+            (with(json!({"ipam": {"routes": []}})), code::INVALID_CONFIG, "ipam.type"),
+            (with(json!({"runtimeConfig": {"mac": "01:00:5e:00:00:01"}})), code::INVALID_CONFIG, "runtimeConfig.mac"),
+            (with(json!({"runtimeConfig": {"mac": "00:50:56"}})), code::INVALID_CONFIG, "runtimeConfig.mac"),
+            (with(json!({"runtimeConfig": {"ips": ["10.0.0.300/24"]}})), code::INVALID_CONFIG, "runtimeConfig.ips[0]"),
+            (with(json!({"runtimeConfig": {"ips": ["10.0.0.3"]}})), code::INVALID_CONFIG, "prefix length"),
+            (with(json!({"runtimeConfig": {"ips": "10.0.0.3/24"}})), code::INVALID_CONFIG, "runtimeConfig.ips"),
+            (with(json!({"runtimeConfig": []})), code::INVALID_CONFIG, "runtimeConfig"),
+            (with(json!({"args": {"cni": {"mac": 7}}})), code::INVALID_CONFIG, "args.cni.mac"),
+            (with(json!({"vlan": 100})), code::UNSUPPORTED_FIELD, "vlan = 100"),
+            (with(json!({"ipMasq": true})), code::UNSUPPORTED_FIELD, "ipMasq"),
+            (with(json!({"prevResult": {"ips": [{"address": "x"}]}})), code::DECODE, "prevResult"),
+            (with(json!({"cni.dev/valid-attachments": [{"containerID": 1}]})), code::INVALID_CONFIG, "valid-attachments"),
+        ];
+        for (input, want_code, want_text) in cases {
+            let shown = String::from_utf8_lossy(&input).into_owned();
+            let err = NetConf::parse(&input).expect_err(&shown);
+            assert_eq!(err.code(), want_code, "{shown}: {err}");
+            assert!(err.to_string().contains(want_text), "{shown}: {err}");
+        }
+    }
+
+    #[test]
+    fn false_and_zero_unsupported_fields_are_fine() {
+        assert!(NetConf::parse(&with(json!({"ipMasq": false, "vlan": 0, "isGateway": false}))).is_ok());
+    }
+
+    #[test]
+    fn attachments_for_gc() {
+        let conf = NetConf::parse(&with(json!({"cni.dev/attachments": [{"containerID": "a", "ifname": "net1"}]}))).unwrap();
+        assert!(conf.valid_attachments.unwrap().contains(&("a".into(), "net1".into())));
+    }
+
+    #[test]
+    fn teardown_is_lenient() {
+        let conf = TeardownConf::parse(&with(json!({"mtu": 1, "bridge": "x"}))).unwrap();
+        assert_eq!(conf.name, "prod-web");
+        assert!(TeardownConf::parse(b"{").is_err());
+    }
+
+    #[test]
+    fn error_version_falls_back() {
+        assert_eq!(error_version(&with(json!({"cniVersion": "0.4.0"}))), "0.4.0");
+        assert_eq!(error_version(b"{"), "1.1.0");
+        assert_eq!(error_version(&with(json!({"cniVersion": "9.9.9"}))), "1.1.0");
+    }
+}
