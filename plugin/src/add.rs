@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::bridge::{self, Resolved};
 use crate::env::{CniArgs, Env};
+use crate::fault;
 use crate::ipam;
 use crate::teardown::Teardown;
 
@@ -42,13 +43,18 @@ fn host_side_mac() -> MacAddr {
 
 pub async fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, Error> {
     let (container_id, ifname) = env.attachment()?;
-    let netns_path = env.netns().ok_or_else(|| Error::env("CNI_NETNS", "is required"))?;
+    let netns_path = env
+        .netns()
+        .ok_or_else(|| Error::env("CNI_NETNS", "is required"))?;
     let run = RunDir::from_env();
 
     let nl = Netlink::connect().map_err(|e| Error::system("opening netlink", e))?;
     let target = bridge::resolve(&nl, conf, &run).await?;
     let mac = choose_mac(conf, &env.args);
-    let reservation = target.portgroup.as_ref().and_then(|pg| pg.reservation_for(mac));
+    let reservation = target
+        .portgroup
+        .as_ref()
+        .and_then(|pg| pg.reservation_for(mac));
     if let Some(pg) = &target.portgroup {
         if pg.strict && reservation.is_none() {
             return Err(Error::MacNotReserved {
@@ -58,7 +64,8 @@ pub async fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, Error
         }
     }
     let mtu = conf.mtu.unwrap_or(target.bridge.mtu);
-    let pod_ns = netns::open(std::path::Path::new(netns_path)).map_err(|e| Error::env("CNI_NETNS", e.to_string()))?;
+    let pod_ns = netns::open(std::path::Path::new(netns_path))
+        .map_err(|e| Error::env("CNI_NETNS", e.to_string()))?;
 
     let records = run.attachments_dir();
     if Record::find(&records, container_id, ifname)
@@ -90,6 +97,7 @@ pub async fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, Error
     record
         .write(&records)
         .map_err(|e| Error::system("writing the attachment record", e))?;
+    fault::point("record-written");
 
     let attempt = Attempt {
         env,
@@ -114,7 +122,17 @@ pub async fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, Error
         }
         Err(err) => {
             tracing::warn!("ADD {container_id}/{ifname} failed, rolling back: {err}");
-            rollback(env, conf, stdin, &nl, &run, container_id, ifname, created_veth).await;
+            rollback(
+                env,
+                conf,
+                stdin,
+                &nl,
+                &run,
+                container_id,
+                ifname,
+                created_veth,
+            )
+            .await;
             Err(err)
         }
     }
@@ -143,7 +161,9 @@ async fn rollback(
         if let Err(e) = teardown.run(nl, run).await {
             tracing::warn!("rollback: {e}");
         }
-    } else if let Err(e) = portgroup::attachment::remove(&run.attachments_dir(), container_id, ifname) {
+    } else if let Err(e) =
+        portgroup::attachment::remove(&run.attachments_dir(), container_id, ifname)
+    {
         // The veth was never made, so only the record is ours to remove: a veth that
         // already existed under this name belongs to an earlier attachment.
         tracing::warn!("rollback: removing the record: {e}");
@@ -183,13 +203,20 @@ impl Attempt<'_> {
             return Err(self.explain_create_failure(e).await);
         }
         *created_veth = true;
+        fault::point("veth-created");
 
-        let pod = Netlink::connect_in(self.pod_ns).map_err(|e| Error::system("opening netlink in the pod netns", e))?;
+        let pod = Netlink::connect_in(self.pod_ns)
+            .map_err(|e| Error::system("opening netlink in the pod netns", e))?;
         let peer = pod
             .link_by_name(self.ifname)
             .await
             .map_err(|e| Error::netlink(format!("looking up {} in the pod", self.ifname), e))?
-            .ok_or_else(|| Error::CheckFailed(format!("{} vanished from the pod right after ADD made it", self.ifname)))?;
+            .ok_or_else(|| {
+                Error::CheckFailed(format!(
+                    "{} vanished from the pod right after ADD made it",
+                    self.ifname
+                ))
+            })?;
 
         let (ips, routes, dns) = match declared_ips(conf) {
             Some(ips) => (
@@ -224,12 +251,19 @@ impl Attempt<'_> {
         for ip in &ips {
             pod.add_address(peer.index, ip.address.ip(), ip.address.prefix())
                 .await
-                .map_err(|e| Error::netlink(format!("adding {} to {}", ip.address, self.ifname), e))?;
+                .map_err(|e| {
+                    Error::netlink(format!("adding {} to {}", ip.address, self.ifname), e)
+                })?;
         }
+        fault::point("addresses-added");
         if conf.link_down {
             if !routes.is_empty() {
                 // A down link has no connected routes for a gateway to resolve through.
-                tracing::warn!("linkDown: {} IPAM route(s) not installed on {}", routes.len(), self.ifname);
+                tracing::warn!(
+                    "linkDown: {} IPAM route(s) not installed on {}",
+                    routes.len(),
+                    self.ifname
+                );
             }
         } else {
             pod.set_up(peer.index)
@@ -260,6 +294,7 @@ impl Attempt<'_> {
                 mac: self.mac,
                 ips: allowed.clone(),
             })?;
+            fault::point("port-security-installed");
         }
         if conf.conflict_probe && !allowed.is_empty() {
             let answers = probe::probe(&self.target.bridge.name, self.mac, &allowed, &conf.probe)?;
@@ -279,12 +314,18 @@ impl Attempt<'_> {
             }
         }
 
-        Ok(self.result(host_mac, ips, routes, dns).to_json(conf.cni_version))
+        fault::point("probed");
+        Ok(self
+            .result(host_mac, ips, routes, dns)
+            .to_json(conf.cni_version))
     }
 
     async fn explain_create_failure(&self, e: rtnetlink::Error) -> Error {
         if !is_exists(&e) {
-            return Error::netlink(format!("creating veth {} / {}", self.host_veth, self.ifname), e);
+            return Error::netlink(
+                format!("creating veth {} / {}", self.host_veth, self.ifname),
+                e,
+            );
         }
         match self.nl.link_by_name(self.host_veth).await {
             Ok(Some(_)) => Error::InterfaceExists(format!(
@@ -298,7 +339,13 @@ impl Attempt<'_> {
         }
     }
 
-    fn result(&self, host_mac: MacAddr, ips: Vec<IpConfig>, routes: Vec<Route>, dns: Option<Value>) -> CniResult {
+    fn result(
+        &self,
+        host_mac: MacAddr,
+        ips: Vec<IpConfig>,
+        routes: Vec<Route>,
+        dns: Option<Value>,
+    ) -> CniResult {
         let mut result = self.conf.prev_result.clone().unwrap_or_default();
         let pod_index = result.interfaces.len() + 1;
         result.interfaces.push(Interface {
@@ -331,7 +378,8 @@ mod tests {
     use serde_json::json;
 
     fn conf(extra: Value) -> NetConf {
-        let mut v = json!({"cniVersion": "1.0.0", "name": "n", "type": "portgroup", "bridge": "br0"});
+        let mut v =
+            json!({"cniVersion": "1.0.0", "name": "n", "type": "portgroup", "bridge": "br0"});
         for (k, val) in extra.as_object().unwrap() {
             v[k] = val.clone();
         }
@@ -362,7 +410,9 @@ mod tests {
 
     #[test]
     fn ip_precedence() {
-        let c = conf(json!({"runtimeConfig": {"ips": ["10.0.0.1/24"]}, "args": {"cni": {"ips": ["10.0.0.2/24"]}}}));
+        let c = conf(
+            json!({"runtimeConfig": {"ips": ["10.0.0.1/24"]}, "args": {"cni": {"ips": ["10.0.0.2/24"]}}}),
+        );
         assert_eq!(declared_ips(&c).unwrap()[0].to_string(), "10.0.0.1/24");
         let c = conf(json!({"args": {"cni": {"ips": ["10.0.0.2/24"]}}}));
         assert_eq!(declared_ips(&c).unwrap()[0].to_string(), "10.0.0.2/24");

@@ -19,7 +19,9 @@ use crate::ipam;
 pub async fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
     conf.cni_version.require("CHECK", CniVersion::V0_4_0)?;
     let (container_id, ifname) = env.attachment()?;
-    let netns_path = env.netns().ok_or_else(|| Error::env("CNI_NETNS", "is required"))?;
+    let netns_path = env
+        .netns()
+        .ok_or_else(|| Error::env("CNI_NETNS", "is required"))?;
     let prev = conf
         .prev_result
         .as_ref()
@@ -55,13 +57,19 @@ pub async fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error>
         .link
         .ok_or_else(|| failed(format!("host veth {host_veth} has no peer")))?;
 
-    let pod_ns = netns::open(std::path::Path::new(netns_path)).map_err(|e| Error::env("CNI_NETNS", e.to_string()))?;
-    let pod = Netlink::connect_in(&pod_ns).map_err(|e| Error::system("opening netlink in the pod netns", e))?;
+    let pod_ns = netns::open(std::path::Path::new(netns_path))
+        .map_err(|e| Error::env("CNI_NETNS", e.to_string()))?;
+    let pod = Netlink::connect_in(&pod_ns)
+        .map_err(|e| Error::system("opening netlink in the pod netns", e))?;
     let peer = pod
         .link_by_index(peer_index)
         .await
         .map_err(|e| Error::netlink("looking up the pod end", e))?
-        .ok_or_else(|| failed(format!("the pod end of {host_veth} (index {peer_index}) is not in {netns_path}")))?;
+        .ok_or_else(|| {
+            failed(format!(
+                "the pod end of {host_veth} (index {peer_index}) is not in {netns_path}"
+            ))
+        })?;
 
     // Addresses our ADD reported for the pod interface, found by the interface entry
     // that names it (or its sandbox), not by name alone: the pod end may be renamed.
@@ -78,15 +86,26 @@ pub async fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error>
         .map_err(|e| Error::netlink("listing the pod end's addresses", e))?
         .into_iter()
         .collect();
-    for ip in prev.ips.iter().filter(|ip| ip.interface.is_some_and(|i| ours.contains(&i))) {
+    for ip in prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface.is_some_and(|i| ours.contains(&i)))
+    {
         if !present.contains(&(ip.address.ip(), ip.address.prefix())) {
-            return Err(failed(format!("address {} is missing from the pod end {}", ip.address, peer.name)));
+            return Err(failed(format!(
+                "address {} is missing from the pod end {}",
+                ip.address, peer.name
+            )));
         }
     }
 
     if record.spoof_check {
         let mut ips: Vec<_> = record.ips.iter().map(|ip| ip.ip()).collect();
-        if let Some(res) = target.portgroup.as_ref().and_then(|pg| pg.reservation_for(record.mac)) {
+        if let Some(res) = target
+            .portgroup
+            .as_ref()
+            .and_then(|pg| pg.reservation_for(record.mac))
+        {
             for ip in &res.ips {
                 if !ips.contains(&ip.ip()) {
                     ips.push(ip.ip());

@@ -63,7 +63,9 @@ impl Env {
         if matches!(command, Command::Add | Command::Del | Command::Check) {
             match &container_id {
                 None => return Err(Error::env("CNI_CONTAINERID", "is required")),
-                Some(id) => validate_container_id(id).map_err(|why| Error::env("CNI_CONTAINERID", why))?,
+                Some(id) => {
+                    validate_container_id(id).map_err(|why| Error::env("CNI_CONTAINERID", why))?
+                }
             }
             match &ifname {
                 None => return Err(Error::env("CNI_IFNAME", "is required")),
@@ -107,7 +109,8 @@ pub fn parse_cni_args(text: &str) -> Result<CniArgs, Error> {
             .ok_or_else(|| Error::env("CNI_ARGS", format!("{pair:?} is not KEY=VALUE")))?;
         if key == "MAC" {
             args.mac = Some(
-                MacAddr::parse_unicast(value).map_err(|e| Error::env("CNI_ARGS", format!("MAC: {e}")))?,
+                MacAddr::parse_unicast(value)
+                    .map_err(|e| Error::env("CNI_ARGS", format!("MAC: {e}")))?,
             );
         }
     }
@@ -124,7 +127,11 @@ mod tests {
             ("", None, true),
             ("IgnoreUnknown=1;K8S_POD_NAME=x", None, true),
             ("MAC=00:50:56:aa:bb:01", Some("00:50:56:aa:bb:01"), true),
-            ("K8S_POD_NAME=x;MAC=00:50:56:aa:bb:01;", Some("00:50:56:aa:bb:01"), true),
+            (
+                "K8S_POD_NAME=x;MAC=00:50:56:aa:bb:01;",
+                Some("00:50:56:aa:bb:01"),
+                true,
+            ),
             ("MAC=01:00:00:00:00:01", None, false),
             ("MAC=nope", None, false),
             ("garbage", None, false),

@@ -27,7 +27,11 @@ pub async fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
         if record.network != conf.name || valid.contains(&key) {
             continue;
         }
-        tracing::info!("GC: removing stale attachment {}/{}", record.container_id, record.ifname);
+        tracing::info!(
+            "GC: removing stale attachment {}/{}",
+            record.container_id,
+            record.ifname
+        );
         let ipam = conf.ipam.as_ref().or(record.ipam.as_ref());
         let result = Teardown {
             container_id: &record.container_id,

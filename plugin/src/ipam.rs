@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use portgroup::cni::result::CniResult;
-use portgroup::error::code;
 use portgroup::Error;
 use serde_json::Value;
 
@@ -25,26 +24,16 @@ fn plugin_name(ipam: &Value) -> &str {
 }
 
 impl Call<'_> {
-    /// Runs the plugin. On "incompatible version" for a 1.1.0 config, tries once more
-    /// as 1.0.0: the result format is the same, and many IPAM plugins stop at 1.0.0.
+    /// Runs the plugin. ADD, DEL and CHECK mean the same in 1.0.0 and 1.1.0 and their
+    /// results have one format, while many IPAM plugins (Debian's among them) stop at
+    /// 1.0.0; so a 1.1.0 config reaches them as 1.0.0. GC and STATUS exist only in 1.1.0.
     pub fn run(&self) -> Result<Option<CniResult>, Error> {
-        match self.run_with(self.config) {
-            Err(Error::Ipam {
-                code: Some(code::INCOMPATIBLE_VERSION),
-                ..
-            }) if matches!(self.command, "ADD" | "DEL" | "CHECK") => {
-                let mut conf: Value = serde_json::from_slice(self.config).map_err(|e| Error::Decode {
-                    what: "network configuration",
-                    why: e.to_string(),
-                })?;
-                if conf["cniVersion"] != "1.1.0" {
-                    return self.run_with(self.config);
-                }
-                conf["cniVersion"] = "1.0.0".into();
-                let bytes = serde_json::to_vec(&conf).unwrap_or_default();
-                self.run_with(&bytes)
-            }
-            other => other,
+        if !matches!(self.command, "ADD" | "DEL" | "CHECK") {
+            return self.run_with(self.config);
+        }
+        match downgraded(self.config) {
+            Some(bytes) => self.run_with(&bytes),
+            None => self.run_with(self.config),
         }
     }
 
@@ -102,7 +91,10 @@ impl Call<'_> {
         };
         if !output.status.success() {
             let code = stdout.get("code").and_then(Value::as_u64).map(|c| c as u32);
-            let msg = stdout.get("msg").and_then(Value::as_str).unwrap_or("failed");
+            let msg = stdout
+                .get("msg")
+                .and_then(Value::as_str)
+                .unwrap_or("failed");
             let details = stdout.get("details").and_then(Value::as_str).unwrap_or("");
             let why = if details.is_empty() {
                 format!("{} {msg}", self.command)
@@ -115,5 +107,48 @@ impl Call<'_> {
             return Ok(None);
         }
         CniResult::from_value(&stdout, "IPAM result").map(Some)
+    }
+}
+
+/// The config rewritten from 1.1.0 to 1.0.0 (its prevResult too), or None to send as is.
+fn downgraded(config: &[u8]) -> Option<Vec<u8>> {
+    let mut conf: Value = serde_json::from_slice(config).ok()?;
+    if conf.get("cniVersion")? != "1.1.0" {
+        return None;
+    }
+    conf["cniVersion"] = "1.0.0".into();
+    if let Some(prev) = conf.get_mut("prevResult").filter(|p| p.is_object()) {
+        prev["cniVersion"] = "1.0.0".into();
+    }
+    serde_json::to_vec(&conf).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downgrade_only_1_1_0() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (
+                r#"{"cniVersion":"1.1.0","prevResult":{"cniVersion":"1.1.0"}}"#,
+                Some("1.0.0"),
+            ),
+            (r#"{"cniVersion":"1.0.0"}"#, None),
+            (r#"{"cniVersion":"0.4.0"}"#, None),
+            ("{", None),
+        ];
+        for (input, want) in cases {
+            let got =
+                downgraded(input.as_bytes()).map(|b| serde_json::from_slice::<Value>(&b).unwrap());
+            assert_eq!(
+                got.as_ref().map(|v| v["cniVersion"].as_str().unwrap()),
+                *want,
+                "{input}"
+            );
+            if let Some(v) = got.filter(|v| v.get("prevResult").is_some()) {
+                assert_eq!(v["prevResult"]["cniVersion"], "1.0.0");
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@ mod bridge;
 mod check;
 mod del;
 mod env;
+mod fault;
 mod gc;
 mod ipam;
 mod status;
@@ -14,8 +15,8 @@ mod version;
 
 use std::io::{Read, Write};
 
-use portgroup::cni::netconf::{error_version, NetConf};
 use portgroup::cni::error_json;
+use portgroup::cni::netconf::{error_version, NetConf};
 use portgroup::Error;
 use serde_json::Value;
 
@@ -97,11 +98,26 @@ fn init_logging(stdin: &[u8]) {
     let file = conf
         .get("logFile")
         .and_then(Value::as_str)
-        .and_then(|path| std::fs::OpenOptions::new().create(true).append(true).open(path).ok())
-        .map(|f| fmt::layer().with_ansi(false).with_writer(std::sync::Mutex::new(f)));
+        .and_then(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+        })
+        .map(|f| {
+            fmt::layer()
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+        });
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(fmt::layer().with_writer(std::io::stderr).with_ansi(false).with_target(false))
+        .with(
+            fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .with_target(false),
+        )
         .with(file)
         .try_init();
 }

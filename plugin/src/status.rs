@@ -16,7 +16,8 @@ pub async fn status(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error
     let run = RunDir::from_env();
     match &conf.target {
         Target::Portgroup(name) => {
-            let state = NodeState::read(&run.state_file()).map_err(|e| Error::NotAvailable(e.to_string()))?;
+            let state = NodeState::read(&run.state_file())
+                .map_err(|e| Error::NotAvailable(e.to_string()))?;
             state
                 .ready_portgroup(name)
                 .map_err(|e| Error::NotAvailable(e.to_string()))?;
@@ -26,8 +27,14 @@ pub async fn status(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error
             match nl.link_by_name(name).await {
                 Ok(Some(link)) if link.is_kind("bridge") => {}
                 Ok(Some(_)) => return Err(Error::NotAvailable(format!("{name} is not a bridge"))),
-                Ok(None) => return Err(Error::NotAvailable(format!("bridge {name} does not exist"))),
-                Err(e) => return Err(Error::NotAvailable(format!("looking up bridge {name}: {e}"))),
+                Ok(None) => {
+                    return Err(Error::NotAvailable(format!("bridge {name} does not exist")))
+                }
+                Err(e) => {
+                    return Err(Error::NotAvailable(format!(
+                        "looking up bridge {name}: {e}"
+                    )))
+                }
             }
         }
     }

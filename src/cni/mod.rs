@@ -85,11 +85,16 @@ mod tests {
             assert_eq!(CniVersion::parse(v).unwrap().as_str(), *v);
         }
         for bad in ["0.2.0", "0.1.0", "1.2.0", "2.0.0", "", "1.0"] {
-            assert_eq!(CniVersion::parse(bad).unwrap_err().code(), code::INCOMPATIBLE_VERSION);
+            assert_eq!(
+                CniVersion::parse(bad).unwrap_err().code(),
+                code::INCOMPATIBLE_VERSION
+            );
         }
         assert!(CniVersion::V0_4_0.result_has_ip_version());
         assert!(!CniVersion::V1_0_0.result_has_ip_version());
-        assert!(CniVersion::V0_3_1.require("CHECK", CniVersion::V0_4_0).is_err());
+        assert!(CniVersion::V0_3_1
+            .require("CHECK", CniVersion::V0_4_0)
+            .is_err());
         assert!(CniVersion::V1_1_0.require("GC", CniVersion::V1_1_0).is_ok());
     }
 

@@ -112,7 +112,12 @@ impl NetConf {
                         format!("{t:?} is not a plugin name"),
                     ))
                 }
-                _ => return Err(Error::invalid_config("ipam.type", "required, the IPAM plugin's name")),
+                _ => {
+                    return Err(Error::invalid_config(
+                        "ipam.type",
+                        "required, the IPAM plugin's name",
+                    ))
+                }
             },
             Some(_) => return Err(Error::invalid_config("ipam", "must be an object")),
         };
@@ -174,7 +179,10 @@ impl TeardownConf {
         Ok(TeardownConf {
             cni_version: version_of(&root)?,
             name: network_name(&root)?,
-            ipam: root.get("ipam").filter(|v| v.get("type").is_some_and(Value::is_string)).cloned(),
+            ipam: root
+                .get("ipam")
+                .filter(|v| v.get("type").is_some_and(Value::is_string))
+                .cloned(),
         })
     }
 }
@@ -183,7 +191,11 @@ impl TeardownConf {
 pub fn error_version(bytes: &[u8]) -> String {
     serde_json::from_slice::<Value>(bytes)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .filter(|v| CniVersion::parse(v).is_ok())
         .unwrap_or_else(|| LATEST_VERSION.to_string())
 }
@@ -205,7 +217,10 @@ fn decode(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
 fn version_of(root: &Map<String, Value>) -> Result<CniVersion, Error> {
     match root.get("cniVersion") {
         Some(Value::String(v)) => CniVersion::parse(v),
-        Some(_) => Err(Error::invalid_config("cniVersion", "must be a string such as \"1.0.0\"")),
+        Some(_) => Err(Error::invalid_config(
+            "cniVersion",
+            "must be a string such as \"1.0.0\"",
+        )),
         None => Err(Error::invalid_config("cniVersion", "required")),
     }
 }
@@ -217,7 +232,8 @@ fn network_name(root: &Map<String, Value>) -> Result<String, Error> {
         None => return Err(Error::invalid_config("name", "required")),
     };
     // Spec section 1: alphanumeric first, then alphanumerics, '_', '.', '-'.
-    crate::naming::validate_container_id(&name).map_err(|why| Error::invalid_config("name", why))?;
+    crate::naming::validate_container_id(&name)
+        .map_err(|why| Error::invalid_config("name", why))?;
     Ok(name)
 }
 
@@ -225,17 +241,31 @@ fn is_plugin_name(name: &str) -> bool {
     !name.is_empty()
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// Bridge-plugin fields that would silently not do what their owner expects here.
 fn reject_unsupported(root: &Map<String, Value>) -> Result<(), Error> {
     let truthy = |v: &Value| !(v.is_null() || v == &Value::Bool(false) || v == &Value::from(0));
     for (field, why) in [
-        ("vlan", "the portgroup carries the VLAN; name it with \"portgroup\""),
-        ("ipMasq", "a migrated VM keeps its own addresses; portgroup does no NAT"),
-        ("isGateway", "portgroup bridges are plain L2; the VLAN's router stays the gateway"),
-        ("isDefaultGateway", "portgroup bridges are plain L2; the VLAN's router stays the gateway"),
+        (
+            "vlan",
+            "the portgroup carries the VLAN; name it with \"portgroup\"",
+        ),
+        (
+            "ipMasq",
+            "a migrated VM keeps its own addresses; portgroup does no NAT",
+        ),
+        (
+            "isGateway",
+            "portgroup bridges are plain L2; the VLAN's router stays the gateway",
+        ),
+        (
+            "isDefaultGateway",
+            "portgroup bridges are plain L2; the VLAN's router stays the gateway",
+        ),
         ("vlanTrunk", "a VM port is an access port on one portgroup"),
     ] {
         if let Some(value) = root.get(field).filter(|v| truthy(v)) {
@@ -249,8 +279,13 @@ fn reject_unsupported(root: &Map<String, Value>) -> Result<(), Error> {
     Ok(())
 }
 
-fn valid_attachments(root: &Map<String, Value>) -> Result<Option<BTreeSet<(String, String)>>, Error> {
-    let (field, value) = match (root.get("cni.dev/valid-attachments"), root.get("cni.dev/attachments")) {
+fn valid_attachments(
+    root: &Map<String, Value>,
+) -> Result<Option<BTreeSet<(String, String)>>, Error> {
+    let (field, value) = match (
+        root.get("cni.dev/valid-attachments"),
+        root.get("cni.dev/attachments"),
+    ) {
         (Some(v), _) => ("cni.dev/valid-attachments", v),
         (None, Some(v)) => ("cni.dev/attachments", v),
         (None, None) => return Ok(None),
@@ -295,7 +330,10 @@ impl<'a> Fields<'a> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(Fields(EMPTY.get_or_init(Map::new))),
             Some(Value::Object(map)) => Ok(Fields(map)),
-            Some(_) => Err(Error::invalid_config(format!("{parent}.{key}"), "must be an object")),
+            Some(_) => Err(Error::invalid_config(
+                format!("{parent}.{key}"),
+                "must be an object",
+            )),
         }
     }
 
@@ -303,7 +341,10 @@ impl<'a> Fields<'a> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(Error::invalid_config(key, format!("must be a string, got {other}"))),
+            Some(other) => Err(Error::invalid_config(
+                key,
+                format!("must be a string, got {other}"),
+            )),
         }
     }
 
@@ -311,7 +352,10 @@ impl<'a> Fields<'a> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(other) => Err(Error::invalid_config(key, format!("must be true or false, got {other}"))),
+            Some(other) => Err(Error::invalid_config(
+                key,
+                format!("must be true or false, got {other}"),
+            )),
         }
     }
 
@@ -322,10 +366,9 @@ impl<'a> Fields<'a> {
     fn opt_u64_named(&self, field: &str, key: &str) -> Result<Option<u64>, Error> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| Error::invalid_config(field, format!("must be a whole number, got {v}"))),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                Error::invalid_config(field, format!("must be a whole number, got {v}"))
+            }),
         }
     }
 
@@ -336,7 +379,10 @@ impl<'a> Fields<'a> {
             Some(Value::String(s)) => MacAddr::parse_unicast(s)
                 .map(Some)
                 .map_err(|e| Error::invalid_config(field, e.to_string())),
-            Some(other) => Err(Error::invalid_config(field, format!("must be a MAC address string, got {other}"))),
+            Some(other) => Err(Error::invalid_config(
+                field,
+                format!("must be a MAC address string, got {other}"),
+            )),
         }
     }
 
@@ -348,12 +394,19 @@ impl<'a> Fields<'a> {
                 .iter()
                 .enumerate()
                 .map(|(i, item)| match item.as_str() {
-                    Some(text) => parse_cidr(text).map_err(|why| Error::invalid_config(format!("{field}[{i}]"), why)),
-                    None => Err(Error::invalid_config(format!("{field}[{i}]"), "must be a string like 10.0.0.5/24")),
+                    Some(text) => parse_cidr(text)
+                        .map_err(|why| Error::invalid_config(format!("{field}[{i}]"), why)),
+                    None => Err(Error::invalid_config(
+                        format!("{field}[{i}]"),
+                        "must be a string like 10.0.0.5/24",
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Some),
-            Some(other) => Err(Error::invalid_config(field, format!("must be an array of addresses, got {other}"))),
+            Some(other) => Err(Error::invalid_config(
+                field,
+                format!("must be an array of addresses, got {other}"),
+            )),
         }
     }
 }
@@ -382,7 +435,10 @@ mod tests {
 
     #[test]
     fn design_example_parses_with_defaults() {
-        let conf = NetConf::parse(&with(json!({"capabilities": {"mac": true, "ips": true}, "mtu": 1500}))).unwrap();
+        let conf = NetConf::parse(&with(
+            json!({"capabilities": {"mac": true, "ips": true}, "mtu": 1500}),
+        ))
+        .unwrap();
         assert_eq!(conf.target, Target::Portgroup("prod-web".into()));
         assert!(conf.spoof_check && conf.conflict_probe && !conf.link_down);
         assert_eq!(conf.mtu, Some(1500));
@@ -406,35 +462,131 @@ mod tests {
         let cases: Vec<(Vec<u8>, u32, &str)> = vec![
             (b"{".to_vec(), code::DECODE, "network configuration"),
             (b"[]".to_vec(), code::DECODE, "JSON object"),
-            (with(json!({"cniVersion": "0.2.0"})), code::INCOMPATIBLE_VERSION, "0.2.0"),
-            (with(json!({"cniVersion": 1})), code::INVALID_CONFIG, "cniVersion"),
-            (with(json!({"cniVersion": null})), code::INVALID_CONFIG, "cniVersion"),
+            (
+                with(json!({"cniVersion": "0.2.0"})),
+                code::INCOMPATIBLE_VERSION,
+                "0.2.0",
+            ),
+            (
+                with(json!({"cniVersion": 1})),
+                code::INVALID_CONFIG,
+                "cniVersion",
+            ),
+            (
+                with(json!({"cniVersion": null})),
+                code::INVALID_CONFIG,
+                "cniVersion",
+            ),
             (with(json!({"name": null})), code::INVALID_CONFIG, "name"),
             (with(json!({"name": "-bad"})), code::INVALID_CONFIG, "name"),
-            (with(json!({"bridge": "br0"})), code::INVALID_CONFIG, "not both"),
-            (with(json!({"portgroup": null})), code::INVALID_CONFIG, "exactly one"),
-            (with(json!({"portgroup": "Bad_Name"})), code::INVALID_CONFIG, "portgroup"),
-            (with(json!({"portgroup": 5})), code::INVALID_CONFIG, "portgroup"),
-            (with(json!({"portgroup": null, "bridge": "much-too-long-bridge"})), code::INVALID_CONFIG, "bridge"),
+            (
+                with(json!({"bridge": "br0"})),
+                code::INVALID_CONFIG,
+                "not both",
+            ),
+            (
+                with(json!({"portgroup": null})),
+                code::INVALID_CONFIG,
+                "exactly one",
+            ),
+            (
+                with(json!({"portgroup": "Bad_Name"})),
+                code::INVALID_CONFIG,
+                "portgroup",
+            ),
+            (
+                with(json!({"portgroup": 5})),
+                code::INVALID_CONFIG,
+                "portgroup",
+            ),
+            (
+                with(json!({"portgroup": null, "bridge": "much-too-long-bridge"})),
+                code::INVALID_CONFIG,
+                "bridge",
+            ),
             (with(json!({"mtu": 10})), code::INVALID_CONFIG, "mtu"),
             (with(json!({"mtu": 100000})), code::INVALID_CONFIG, "mtu"),
             (with(json!({"mtu": "1500"})), code::INVALID_CONFIG, "mtu"),
-            (with(json!({"linkDown": "yes"})), code::INVALID_CONFIG, "linkDown"),
-            (with(json!({"spoofCheck": 1})), code::INVALID_CONFIG, "spoofCheck"),
-            (with(json!({"ipam": "static"})), code::INVALID_CONFIG, "ipam"),
-            (with(json!({"ipam": {"type": "../../bin/sh"}})), code::INVALID_CONFIG, "ipam.type"),
-            (with(json!({"ipam": {"routes": []}})), code::INVALID_CONFIG, "ipam.type"),
-            (with(json!({"runtimeConfig": {"mac": "01:00:5e:00:00:01"}})), code::INVALID_CONFIG, "runtimeConfig.mac"),
-            (with(json!({"runtimeConfig": {"mac": "00:50:56"}})), code::INVALID_CONFIG, "runtimeConfig.mac"),
-            (with(json!({"runtimeConfig": {"ips": ["10.0.0.300/24"]}})), code::INVALID_CONFIG, "runtimeConfig.ips[0]"),
-            (with(json!({"runtimeConfig": {"ips": ["10.0.0.3"]}})), code::INVALID_CONFIG, "prefix length"),
-            (with(json!({"runtimeConfig": {"ips": "10.0.0.3/24"}})), code::INVALID_CONFIG, "runtimeConfig.ips"),
-            (with(json!({"runtimeConfig": []})), code::INVALID_CONFIG, "runtimeConfig"),
-            (with(json!({"args": {"cni": {"mac": 7}}})), code::INVALID_CONFIG, "args.cni.mac"),
-            (with(json!({"vlan": 100})), code::UNSUPPORTED_FIELD, "vlan = 100"),
-            (with(json!({"ipMasq": true})), code::UNSUPPORTED_FIELD, "ipMasq"),
-            (with(json!({"prevResult": {"ips": [{"address": "x"}]}})), code::DECODE, "prevResult"),
-            (with(json!({"cni.dev/valid-attachments": [{"containerID": 1}]})), code::INVALID_CONFIG, "valid-attachments"),
+            (
+                with(json!({"linkDown": "yes"})),
+                code::INVALID_CONFIG,
+                "linkDown",
+            ),
+            (
+                with(json!({"spoofCheck": 1})),
+                code::INVALID_CONFIG,
+                "spoofCheck",
+            ),
+            (
+                with(json!({"ipam": "static"})),
+                code::INVALID_CONFIG,
+                "ipam",
+            ),
+            (
+                with(json!({"ipam": {"type": "../../bin/sh"}})),
+                code::INVALID_CONFIG,
+                "ipam.type",
+            ),
+            (
+                with(json!({"ipam": {"routes": []}})),
+                code::INVALID_CONFIG,
+                "ipam.type",
+            ),
+            (
+                with(json!({"runtimeConfig": {"mac": "01:00:5e:00:00:01"}})),
+                code::INVALID_CONFIG,
+                "runtimeConfig.mac",
+            ),
+            (
+                with(json!({"runtimeConfig": {"mac": "00:50:56"}})),
+                code::INVALID_CONFIG,
+                "runtimeConfig.mac",
+            ),
+            (
+                with(json!({"runtimeConfig": {"ips": ["10.0.0.300/24"]}})),
+                code::INVALID_CONFIG,
+                "runtimeConfig.ips[0]",
+            ),
+            (
+                with(json!({"runtimeConfig": {"ips": ["10.0.0.3"]}})),
+                code::INVALID_CONFIG,
+                "prefix length",
+            ),
+            (
+                with(json!({"runtimeConfig": {"ips": "10.0.0.3/24"}})),
+                code::INVALID_CONFIG,
+                "runtimeConfig.ips",
+            ),
+            (
+                with(json!({"runtimeConfig": []})),
+                code::INVALID_CONFIG,
+                "runtimeConfig",
+            ),
+            (
+                with(json!({"args": {"cni": {"mac": 7}}})),
+                code::INVALID_CONFIG,
+                "args.cni.mac",
+            ),
+            (
+                with(json!({"vlan": 100})),
+                code::UNSUPPORTED_FIELD,
+                "vlan = 100",
+            ),
+            (
+                with(json!({"ipMasq": true})),
+                code::UNSUPPORTED_FIELD,
+                "ipMasq",
+            ),
+            (
+                with(json!({"prevResult": {"ips": [{"address": "x"}]}})),
+                code::DECODE,
+                "prevResult",
+            ),
+            (
+                with(json!({"cni.dev/valid-attachments": [{"containerID": 1}]})),
+                code::INVALID_CONFIG,
+                "valid-attachments",
+            ),
         ];
         for (input, want_code, want_text) in cases {
             let shown = String::from_utf8_lossy(&input).into_owned();
@@ -446,13 +598,22 @@ mod tests {
 
     #[test]
     fn false_and_zero_unsupported_fields_are_fine() {
-        assert!(NetConf::parse(&with(json!({"ipMasq": false, "vlan": 0, "isGateway": false}))).is_ok());
+        assert!(NetConf::parse(&with(
+            json!({"ipMasq": false, "vlan": 0, "isGateway": false})
+        ))
+        .is_ok());
     }
 
     #[test]
     fn attachments_for_gc() {
-        let conf = NetConf::parse(&with(json!({"cni.dev/attachments": [{"containerID": "a", "ifname": "net1"}]}))).unwrap();
-        assert!(conf.valid_attachments.unwrap().contains(&("a".into(), "net1".into())));
+        let conf = NetConf::parse(&with(
+            json!({"cni.dev/attachments": [{"containerID": "a", "ifname": "net1"}]}),
+        ))
+        .unwrap();
+        assert!(conf
+            .valid_attachments
+            .unwrap()
+            .contains(&("a".into(), "net1".into())));
     }
 
     #[test]
@@ -464,8 +625,14 @@ mod tests {
 
     #[test]
     fn error_version_falls_back() {
-        assert_eq!(error_version(&with(json!({"cniVersion": "0.4.0"}))), "0.4.0");
+        assert_eq!(
+            error_version(&with(json!({"cniVersion": "0.4.0"}))),
+            "0.4.0"
+        );
         assert_eq!(error_version(b"{"), "1.1.0");
-        assert_eq!(error_version(&with(json!({"cniVersion": "9.9.9"}))), "1.1.0");
+        assert_eq!(
+            error_version(&with(json!({"cniVersion": "9.9.9"}))),
+            "1.1.0"
+        );
     }
 }

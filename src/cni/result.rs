@@ -99,7 +99,10 @@ impl CniResult {
         let mut out = Map::new();
         out.insert("cniVersion".into(), version.as_str().into());
         if !self.interfaces.is_empty() {
-            out.insert("interfaces".into(), serde_json::to_value(&self.interfaces).unwrap_or_default());
+            out.insert(
+                "interfaces".into(),
+                serde_json::to_value(&self.interfaces).unwrap_or_default(),
+            );
         }
         if !self.ips.is_empty() {
             let ips = self
@@ -117,10 +120,18 @@ impl CniResult {
             out.insert("ips".into(), ips.into());
         }
         if !self.routes.is_empty() {
-            out.insert("routes".into(), serde_json::to_value(&self.routes).unwrap_or_default());
+            out.insert(
+                "routes".into(),
+                serde_json::to_value(&self.routes).unwrap_or_default(),
+            );
         }
         // 0.3.x decoders choke on a null dns; an empty object is what libcni writes.
-        out.insert("dns".into(), self.dns.clone().unwrap_or_else(|| Value::Object(Map::new())));
+        out.insert(
+            "dns".into(),
+            self.dns
+                .clone()
+                .unwrap_or_else(|| Value::Object(Map::new())),
+        );
         Value::Object(out)
     }
 }
@@ -204,7 +215,8 @@ mod tests {
 
     #[test]
     fn bad_prev_result_is_a_decode_error() {
-        let err = CniResult::from_value(&json!({"ips": [{"address": "nope"}]}), "prevResult").unwrap_err();
+        let err = CniResult::from_value(&json!({"ips": [{"address": "nope"}]}), "prevResult")
+            .unwrap_err();
         assert_eq!(err.code(), crate::error::code::DECODE);
     }
 }

@@ -1,0 +1,250 @@
+//! A throwaway lab for running the plugin exactly as a runtime does: a "node"
+//! network namespace (the plugin's host side, never this machine's own), pod
+//! namespaces, and a private run directory. Dropping the lab deletes it all.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::{json, Value};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub fn plugin_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_portgroup"))
+}
+
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub struct Lab {
+    pub node: String,
+    pub pods: Vec<String>,
+    pub run_dir: PathBuf,
+    tag: String,
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub json: Value,
+}
+
+impl Output {
+    /// The CNI error code, or 0 on success.
+    pub fn cni_code(&self) -> u64 {
+        if self.code == 0 {
+            0
+        } else {
+            self.json["code"].as_u64().unwrap_or(999)
+        }
+    }
+}
+
+impl Lab {
+    /// A node namespace with bridge `br0` up.
+    pub fn new() -> Lab {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}x{n}", std::process::id());
+        let node = format!("pgt-node-{tag}");
+        sh(&["ip", "netns", "add", &node]);
+        let run_dir = std::env::temp_dir().join(format!("pgt-run-{tag}"));
+        let _ = std::fs::remove_dir_all(&run_dir);
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let lab = Lab {
+            node,
+            pods: Vec::new(),
+            run_dir,
+            tag,
+        };
+        lab.node_ip(&["link", "set", "lo", "up"]);
+        lab.add_bridge("br0");
+        lab
+    }
+
+    pub fn add_bridge(&self, name: &str) {
+        self.node_ip(&["link", "add", name, "type", "bridge"]);
+        self.node_ip(&["link", "set", name, "up"]);
+    }
+
+    pub fn node_ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "-n", &self.node];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    pub fn pod_ip(&self, pod: &str, args: &[&str]) -> String {
+        let mut full = vec!["ip", "-n", pod];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// A new pod namespace; returns its name (its path is /run/netns/<name>).
+    pub fn pod(&mut self) -> String {
+        let name = format!("pgt-pod-{}-{}", self.tag, self.pods.len());
+        sh(&["ip", "netns", "add", &name]);
+        self.pods.push(name.clone());
+        name
+    }
+
+    pub fn netns_path(pod: &str) -> String {
+        format!("/run/netns/{pod}")
+    }
+
+    /// Runs the plugin inside the node namespace with the CNI environment.
+    pub fn cni(&self, command: &str, conf: &Value, env: &[(&str, &str)]) -> Output {
+        self.cni_raw(command, serde_json::to_vec(conf).unwrap().as_slice(), env)
+    }
+
+    pub fn cni_raw(&self, command: &str, stdin: &[u8], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.node])
+            .arg(plugin_binary())
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("PORTGROUP_RUN_DIR", &self.run_dir)
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if !command.is_empty() {
+            cmd.env("CNI_COMMAND", command);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn plugin");
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let json = if stdout.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&stdout)
+                .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {stdout:?}"))
+        };
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            json,
+        }
+    }
+
+    /// The standard environment for one attachment.
+    pub fn attach_env<'a>(
+        container_id: &'a str,
+        pod_path: &'a str,
+        ifname: &'a str,
+    ) -> Vec<(&'static str, &'a str)> {
+        vec![
+            ("CNI_CONTAINERID", container_id),
+            ("CNI_NETNS", pod_path),
+            ("CNI_IFNAME", ifname),
+        ]
+    }
+
+    /// Link names in the node namespace, other than lo.
+    pub fn node_links(&self) -> Vec<String> {
+        links(&self.node)
+    }
+
+    pub fn records(&self) -> Vec<String> {
+        std::fs::read_dir(self.run_dir.join("attachments"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Asserts the node holds only the given links and no attachment records.
+    pub fn assert_clean(&self, expected_links: &[&str]) {
+        let mut links = self.node_links();
+        links.sort();
+        let mut want: Vec<String> = expected_links.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(links, want, "links left in the node namespace");
+        assert_eq!(
+            self.records(),
+            Vec::<String>::new(),
+            "attachment records left"
+        );
+    }
+
+    pub fn write_state(&self, state: &Value) {
+        std::fs::write(
+            self.run_dir.join("state.json"),
+            serde_json::to_vec(state).unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+pub fn links(netns: &str) -> Vec<String> {
+    let out = sh(&["ip", "-n", netns, "-j", "link", "show"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        .filter(|n| n != "lo")
+        .collect()
+}
+
+/// The pod-side link as `ip -j -d` shows it.
+pub fn pod_link(pod: &str, ifname: &str) -> Value {
+    let out = sh(&["ip", "-n", pod, "-j", "-d", "addr", "show", "dev", ifname]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v[0].clone()
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for pod in &self.pods {
+            let _ = Command::new("ip").args(["netns", "del", pod]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.node])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+/// A bridge-mode config with the given extra fields merged in.
+pub fn conf(version: &str, extra: Value) -> Value {
+    let mut v = json!({
+        "cniVersion": version,
+        "name": "testnet",
+        "type": "portgroup",
+        "bridge": "br0",
+        "conflictProbe": false,
+    });
+    merge(&mut v, extra);
+    v
+}
+
+pub fn merge(base: &mut Value, extra: Value) {
+    for (k, val) in extra.as_object().unwrap() {
+        if val.is_null() {
+            base.as_object_mut().unwrap().remove(k);
+        } else {
+            base[k] = val.clone();
+        }
+    }
+}
