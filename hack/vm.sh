@@ -62,6 +62,12 @@
 #   again: when those are regular files (`hack/vm.sh ... >log`), it writes at
 #   its own offset 0 and overwrites the host's lines (and vice versa). We
 #   always hand vng pipes (through cat) to avoid that.
+# - Running tests: build on the host, `cargo nextest archive --archive-file
+#   target/t.tar.zst`, then `hack/vm.sh cargo nextest run --archive-file
+#   target/t.tar.zst --workspace-remap .` (verified: extraction goes to the
+#   guest's /tmp overlay, ~/.cargo read-only is fine). Avoid building inside
+#   the guest: slow under TCG, and cargo's lock on target/ is not known to
+#   hold between host and guest over 9p (untested; do not race a host build).
 # - vng forks sh -> virtme-run -> qemu: killing only the vng PID orphans QEMU.
 #   The timeout below kills the whole process group.
 set -euo pipefail
@@ -170,7 +176,11 @@ run_vm() {
 			[[ $name =~ ^(PORTGROUP_|RUST_|CARGO_|NEXTEST_) ]] || continue
 			printf 'export %s=%q\n' "$name" "${!name}"
 		done
-		printf 'export PATH=%q\n' "$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+		local path=$PATH
+		for d in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
+			[[ :$path: == *":$d:"* ]] || path+=:$d
+		done
+		printf 'export PATH=%q\n' "$path"
 		printf 'export PORTGROUP_IN_VM=1\n'
 	} >"$tmp/env"
 
