@@ -387,27 +387,32 @@ mod tests {
         let other = MacAddr([0x00, 0x50, 0x56, 0x99, 0x99, 0x99]);
         let tlla = [2, 1, 0x00, 0x50, 0x56, 0x12, 0x34, 0x56];
         let slla = [1, 1, 0x00, 0x50, 0x56, 0x99, 0x99, 0x99];
-        let ip4 = |s: &str| Some(s.parse::<IpAddr>().unwrap());
-        let cases: Vec<(&str, Vec<u8>, Option<(Option<IpAddr>, MacAddr)>)> = vec![
+        let claim = |ip: &str, mac: MacAddr| {
+            Some(Claim {
+                ip: ip.parse().unwrap(),
+                mac,
+            })
+        };
+        let cases: Vec<(&str, Vec<u8>, Option<Claim>)> = vec![
             (
                 "ARP reply",
                 arp(LEGACY, 2, LEGACY, [10, 10, 100, 21], [0; 4]),
-                Some((ip4("10.10.100.21"), LEGACY)),
+                claim("10.10.100.21", LEGACY),
             ),
             (
                 "ARP reply, sha not the Ethernet source: sha wins",
                 arp(other, 2, LEGACY, [10, 10, 100, 21], [0; 4]),
-                Some((ip4("10.10.100.21"), LEGACY)),
+                claim("10.10.100.21", LEGACY),
             ),
             (
                 "ARP request (announcement or lookup) claims its sender IP",
                 arp(LEGACY, 1, LEGACY, [10, 10, 100, 21], [10, 10, 100, 1]),
-                Some((ip4("10.10.100.21"), LEGACY)),
+                claim("10.10.100.21", LEGACY),
             ),
             (
                 "another host's ARP probe claims the target",
                 arp(LEGACY, 1, LEGACY, [0; 4], [10, 10, 100, 21]),
-                Some((ip4("10.10.100.21"), LEGACY)),
+                claim("10.10.100.21", LEGACY),
             ),
             (
                 "ARP reply with sender 0.0.0.0",
@@ -427,17 +432,17 @@ mod tests {
             (
                 "NA with target link-layer option",
                 ndp(other, 136, "2001:db8:100::21", "2001:db8:100::21", &tlla),
-                Some((ip4("2001:db8:100::21"), LEGACY)),
+                claim("2001:db8:100::21", LEGACY),
             ),
             (
                 "NA without option: Ethernet source",
                 ndp(other, 136, "fe80::1", "2001:db8:100::21", &[]),
-                Some((ip4("2001:db8:100::21"), other)),
+                claim("2001:db8:100::21", other),
             ),
             (
                 "NA with only a source option: Ethernet source",
                 ndp(LEGACY, 136, "fe80::1", "2001:db8:100::21", &slla),
-                Some((ip4("2001:db8:100::21"), LEGACY)),
+                claim("2001:db8:100::21", LEGACY),
             ),
             (
                 "NA with a zero-length option",
@@ -448,12 +453,12 @@ mod tests {
                     "2001:db8:100::21",
                     &[2, 0, 0, 0, 0, 0, 0, 0],
                 ),
-                Some((ip4("2001:db8:100::21"), LEGACY)),
+                claim("2001:db8:100::21", LEGACY),
             ),
             (
                 "someone else's DAD NS",
                 ndp(LEGACY, 135, "::", "2001:db8:100::21", &[]),
-                Some((ip4("2001:db8:100::21"), LEGACY)),
+                claim("2001:db8:100::21", LEGACY),
             ),
             (
                 "address-resolution NS (source set) is no claim",
@@ -473,7 +478,7 @@ mod tests {
             ),
         ];
         for (name, frame, want) in cases {
-            let got = parse_claim(&frame, BRIDGE).map(|c| (Some(c.ip), c.mac));
+            let got = parse_claim(&frame, BRIDGE);
             assert_eq!(got, want, "{name}");
         }
     }
