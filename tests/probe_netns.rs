@@ -431,3 +431,115 @@ fn nothing_to_probe_returns_at_once() {
         .unwrap()
         .is_empty());
 }
+
+/// Sends `frames` out of `ifname` in `ns`, `delay` after being called, from a thread.
+fn send_later(
+    ns: &Netns,
+    ifname: &'static str,
+    frames: Vec<Vec<u8>>,
+    delay: Duration,
+) -> std::thread::JoinHandle<()> {
+    let fd = ns.fd();
+    std::thread::spawn(move || {
+        netns::run_in(&fd, move || {
+            use nix::libc;
+            std::thread::sleep(delay);
+            let name = std::ffi::CString::new(ifname).unwrap();
+            // SAFETY: if_nametoindex with a valid C string; socket(2) checked below.
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            assert!(ifindex > 0);
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            assert!(fd >= 0);
+            // SAFETY: fresh descriptor.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            for frame in frames {
+                // SAFETY: sockaddr_ll is plain old data.
+                let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_ifindex = ifindex as i32;
+                addr.sll_halen = 6;
+                addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+                // SAFETY: sendto with valid buffer and address.
+                let sent = unsafe {
+                    libc::sendto(
+                        fd.as_raw_fd(),
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&addr as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                assert_eq!(sent, frame.len() as isize, "{}", io::Error::last_os_error());
+            }
+            Ok(())
+        })
+        .unwrap()
+    })
+}
+
+/// Another host's RFC 5227 ARP probe for `target`, from `src`.
+fn foreign_arp_probe(src: MacAddr, target: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&src.0);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&src.0);
+    f.extend_from_slice(&[0; 10]);
+    f.extend_from_slice(&target);
+    f
+}
+
+/// Another host's DAD neighbour solicitation for `target`, from `src`.
+fn foreign_dad(src: MacAddr, target: &str) -> Vec<u8> {
+    use portgroup::probe::{icmpv6_checksum, ipv6_multicast_mac, solicited_node};
+    let target: std::net::Ipv6Addr = target.parse().unwrap();
+    let group = solicited_node(target);
+    let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&target.octets());
+    let sum = icmpv6_checksum(std::net::Ipv6Addr::UNSPECIFIED, group, &icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut f = ipv6_multicast_mac(group).0.to_vec();
+    f.extend_from_slice(&src.0);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 24, 58, 255]);
+    f.extend_from_slice(&[0; 16]);
+    f.extend_from_slice(&group.octets());
+    f.extend_from_slice(&icmp);
+    f
+}
+
+#[test]
+fn another_host_probing_the_same_address_is_an_answer() {
+    needs_root!();
+    // Another host (say, a second copy of the VM booting elsewhere) probes the same
+    // addresses while we do: RFC 5227 2.1.1 and RFC 4862 5.4.3 call that a conflict.
+    let lab = Lab::new(LEGACY_MAC);
+    let other = mac("00:50:56:77:77:77");
+    let sender = send_later(
+        &lab.legacy,
+        "eth0",
+        vec![
+            foreign_arp_probe(other, [10, 10, 100, 50]),
+            foreign_dad(other, "2001:db8:100::50"),
+        ],
+        Duration::from_millis(60),
+    );
+    let answers = lab.probe(
+        VM_MAC,
+        &["10.10.100.50", "2001:db8:100::50", "10.10.100.51"],
+        ProbeConfig::default(),
+    );
+    sender.join().unwrap();
+    assert_eq!(
+        sorted(answers),
+        vec![
+            ProbeAnswer {
+                ip: ip("10.10.100.50"),
+                mac: other
+            },
+            ProbeAnswer {
+                ip: ip("2001:db8:100::50"),
+                mac: other
+            },
+        ]
+    );
+}
