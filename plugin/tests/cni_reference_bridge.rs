@@ -13,12 +13,16 @@ use serde_json::{json, Value};
 const REFERENCE: &str = "/usr/lib/cni/bridge";
 
 fn keys(v: &Value) -> BTreeSet<String> {
-    v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+    v.as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
 /// The interface entry a result's first IP points at (the container side in both).
 fn container_interface(result: &Value) -> Value {
-    let index = result["ips"][0]["interface"].as_u64().expect("ips[0].interface") as usize;
+    let index = result["ips"][0]["interface"]
+        .as_u64()
+        .expect("ips[0].interface") as usize;
     result["interfaces"][index].clone()
 }
 
@@ -37,7 +41,10 @@ fn result_shape_matches_the_reference_bridge_plugin() {
         let reference_conf = json!({"cniVersion": version, "name": "ref", "type": "bridge", "bridge": "brref", "ipam": ipam});
         let env_ref = Lab::attach_env("refctr", &ref_path, "net1");
         let reference = run_reference(&lab, "ADD", &reference_conf, &env_ref);
-        assert_eq!(reference["cniVersion"], version, "reference ADD: {reference}");
+        assert_eq!(
+            reference["cniVersion"], version,
+            "reference ADD: {reference}"
+        );
 
         let ours_conf = conf(version, json!({"ipam": ipam}));
         let env_ours = Lab::attach_env("ourctr", &path, "net1");
@@ -49,16 +56,26 @@ fn result_shape_matches_the_reference_bridge_plugin() {
         assert!(missing.is_empty(), "{version}: top-level keys missing from ours: {missing:?}\nref {reference}\nours {ours}");
         let (ref_if, our_if) = (container_interface(&reference), container_interface(&ours));
         let missing: Vec<_> = keys(&ref_if).difference(&keys(&our_if)).cloned().collect();
-        assert!(missing.is_empty(), "{version}: container interface keys missing: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "{version}: container interface keys missing: {missing:?}"
+        );
         assert_eq!(our_if["sandbox"], path.as_str());
         assert_eq!(ref_if["sandbox"], ref_path.as_str());
-        assert_eq!(keys(&reference["ips"][0]), keys(&ours["ips"][0]), "{version}: ips[0] keys differ");
+        assert_eq!(
+            keys(&reference["ips"][0]),
+            keys(&ours["ips"][0]),
+            "{version}: ips[0] keys differ"
+        );
         assert_eq!(reference["ips"][0]["address"], ours["ips"][0]["address"]);
         assert_eq!(reference["ips"][0]["gateway"], ours["ips"][0]["gateway"]);
         assert_eq!(reference["routes"], ours["routes"], "{version}: routes");
         // Every interface entry of the reference has a name and a mac; so must ours.
         for entry in ours["interfaces"].as_array().unwrap() {
-            assert!(entry["name"].is_string() && entry["mac"].is_string(), "{entry}");
+            assert!(
+                entry["name"].is_string() && entry["mac"].is_string(),
+                "{entry}"
+            );
         }
 
         let del_ref = run_reference_status(&lab, "DEL", &reference_conf, &env_ref);
@@ -67,7 +84,12 @@ fn result_shape_matches_the_reference_bridge_plugin() {
     }
 }
 
-fn reference_command(lab: &Lab, command: &str, conf: &Value, env: &[(&str, &str)]) -> std::process::Output {
+fn reference_command(
+    lab: &Lab,
+    command: &str,
+    conf: &Value,
+    env: &[(&str, &str)],
+) -> std::process::Output {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let mut cmd = Command::new("ip");
@@ -83,13 +105,22 @@ fn reference_command(lab: &Lab, command: &str, conf: &Value, env: &[(&str, &str)
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
 fn run_reference(lab: &Lab, command: &str, conf: &Value, env: &[(&str, &str)]) -> Value {
     let out = reference_command(lab, command, conf, env);
-    assert!(out.status.success(), "reference {command}: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "reference {command}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
