@@ -33,7 +33,8 @@ impl RunDir {
 }
 
 /// Writes through a temporary file and a rename, so a reader sees the old or the new
-/// file, never half of one.
+/// file, never half of one. No fsync: everything we write lives under /run, which a
+/// reboot empties anyway, and the rename alone is what readers need.
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or_else(|| std::path::Path::new("."));
@@ -46,7 +47,6 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
-        file.sync_data()?;
         std::fs::rename(&tmp, path)
     })();
     if result.is_err() {

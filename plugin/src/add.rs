@@ -112,11 +112,15 @@ pub async fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, Error
         host_veth: &host_veth,
         reserved_ips: reservation.map(|r| r.ips.clone()).unwrap_or_default(),
     };
+    let declared = record.ips.clone();
     let mut created_veth = false;
     match attempt.build(&mut record, &mut created_veth).await {
         Ok(result) => {
-            if let Err(e) = record.write(&records) {
-                tracing::warn!("updating the attachment record: {e}");
+            // IPAM may have added addresses the first write could not know.
+            if record.ips != declared {
+                if let Err(e) = record.write(&records) {
+                    tracing::warn!("updating the attachment record: {e}");
+                }
             }
             Ok(result)
         }
