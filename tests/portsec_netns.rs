@@ -815,6 +815,7 @@ fn concurrent_installs_all_land() {
                 .arg(&exe)
                 .args(["--exact", "install_one_port_from_env", "--nocapture"])
                 .env("PGT_INSTALL_PORT", i.to_string())
+                .stdout(std::process::Stdio::null())
                 .spawn()
                 .unwrap()
         })
