@@ -849,3 +849,25 @@ fn install_one_port_from_env() {
         portsec::install(&port(i.parse().unwrap())).expect("install from a child process");
     }
 }
+
+#[test]
+fn foreign_table_layout_is_a_clear_error() {
+    let node = Ns::new("node");
+    let out = node.exec(&[
+        "nft",
+        "add table bridge portgroup; add set bridge portgroup ports { type ipv4_addr; }",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e = in_ns(&node, || portsec::install(&vm_rules())).unwrap_err();
+    assert_eq!(e.code(), portgroup::error::code::PORT_SECURITY);
+    let text = e.to_string();
+    println!("{text}");
+    assert!(
+        text.contains("set ports") && text.contains("another layout"),
+        "{text}"
+    );
+}

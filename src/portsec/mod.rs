@@ -37,7 +37,7 @@
 //!
 //! Every rule carries a comment `pg1:<chain>:<n>`; `install` and `verify`
 //! compare them with what this build expects and rebuild the chains (flush and
-//! re-add, in one transaction with the port's elements) when they differ.
+//! re-add, in one transaction) when they differ.
 //!
 //! # Mechanism: nf_tables netlink, spoken directly
 //!
@@ -54,6 +54,8 @@
 //! | `nft -j -f -` (JSON), one process spawn per call | 2.8 ms | 2.7 ms |
 //! | libnftables.so.1 in process: dlopen + `nft_ctx_new` + `nft_run_cmd_from_buffer` | 0.96 ms | 1.0 ms |
 //! | the same, `nft_run_cmd_from_buffer` alone (warm context) | 0.24 ms | 0.23 ms |
+//!
+//! (Runs under heavier load scale every row up to ~1.5x; the ordering holds.)
 //!
 //! The plugin is a fresh process per ADD, so the libnftables figure that counts
 //! is the dlopen + context one. All are small next to a CNI ADD, so speed is
@@ -78,10 +80,13 @@
 //!
 //! # Concurrency
 //!
-//! Every call is one nf_tables transaction (the kernel serialises commits), so 50
-//! plugin processes installing at once need no lock: creating the table is
-//! idempotent (create-if-missing for table, sets and counters; flush-and-re-add
-//! for the chains, in the same transaction), adding a port is element adds only.
+//! Every change is an nf_tables transaction (the kernel serialises commits), so
+//! 50 plugin processes installing at once need no lock file: creating the table
+//! is one idempotent transaction (create-if-missing for table, sets and counters;
+//! flush-and-re-add for every chain), run only when the rule check finds the
+//! chains missing or different; adding a port is then one transaction of
+//! element adds. Concurrent first installs each leave exactly one copy of the
+//! rules (tested with 20 threads and 20 processes on an empty namespace).
 //! Removal reads the port's elements and deletes them; if a concurrent removal of
 //! the same port wins (ENOENT), it reads again and retries.
 //!
@@ -441,10 +446,13 @@ pub fn install(rules: &PortRules) -> Result<(), Error> {
     let mut last = None;
     for _ in 0..ATTEMPTS {
         let attempt = (|| -> Result<(), NlError> {
-            let mut batch = Batch::new();
             if !base_ok(&mut nl)? {
+                // First use on this node, or damaged: its own idempotent transaction.
+                let mut batch = Batch::new();
                 bootstrap(&mut batch);
+                nl.commit(batch)?;
             }
+            let mut batch = Batch::new();
             // A new port (the ADD path) is one GET; only a re-install reads the sets.
             let have = if has_elem(&mut nl, SET_PORTS, &ifkey)? {
                 port_elems(&mut nl, &ifkey)?

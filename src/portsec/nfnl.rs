@@ -334,11 +334,22 @@ impl Nfnl {
                 if ty != NLMSG_ERROR || body.len() < 4 {
                     return Ok(());
                 }
+                let errno = -i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
+                // An error on the batch markers themselves: nothing else will come.
+                if seq == begin_seq || seq == end_seq {
+                    if errno != 0 && first_error.is_none() {
+                        acked = pending.len();
+                        first_error = Some(NlError {
+                            errno,
+                            what: "nf_tables transaction framing".into(),
+                        });
+                    }
+                    return Ok(());
+                }
                 let Some(pos) = pending.iter().position(|(s, _)| *s == seq) else {
                     return Ok(());
                 };
                 acked += 1;
-                let errno = -i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
                 if errno != 0 && first_error.is_none() {
                     first_error = Some(NlError {
                         errno,
