@@ -1,0 +1,571 @@
+//! The layout of `table bridge portgroup`: sets, counters, chains and the fixed
+//! rules, as nf_tables netlink messages. Nothing here depends on the number of
+//! ports: ports live only as set elements.
+
+use super::nfnl::{msg, Msg, NFPROTO_BRIDGE, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
+
+pub const TABLE: &str = "portgroup";
+/// Bumped whenever the chains or rules change; carried in every rule's comment so
+/// `verify` and `install` notice an old or damaged layout and replace it.
+pub const LAYOUT: &str = "pg1";
+
+pub const SET_PORTS: &str = "ports";
+pub const SET_LOCKED: &str = "ip_locked_ports";
+pub const SET_MAC: &str = "port_mac";
+pub const SET_IP4: &str = "port_ip4";
+pub const SET_IP6: &str = "port_ip6";
+
+pub const BASE_CHAIN: &str = "prerouting";
+/// Named counters, one per reason a frame is dropped.
+pub const COUNTERS: [&str; 6] = [
+    "drop_mac",
+    "drop_arp",
+    "drop_ip4",
+    "drop_ip6",
+    "drop_nd",
+    "drop_vlan",
+];
+
+// nft datatype ids (userspace only: how `nft list` prints keys).
+const TYPE_IPADDR: u32 = 7;
+const TYPE_IP6ADDR: u32 = 8;
+const TYPE_ETHERADDR: u32 = 9;
+const TYPE_IFNAME: u32 = 41;
+const TYPE_BITS: u32 = 6;
+
+pub const IFNAMSIZ: usize = 16;
+
+/// (name, nft key type, key length in bytes).
+pub const SETS: [(&str, u32, u32); 5] = [
+    (SET_PORTS, TYPE_IFNAME, 16),
+    (SET_LOCKED, TYPE_IFNAME, 16),
+    (SET_MAC, (TYPE_IFNAME << TYPE_BITS) | TYPE_ETHERADDR, 16 + 8),
+    (SET_IP4, (TYPE_IFNAME << TYPE_BITS) | TYPE_IPADDR, 16 + 4),
+    (SET_IP6, (TYPE_IFNAME << TYPE_BITS) | TYPE_IP6ADDR, 16 + 16),
+];
+
+const CHAINS: [&str; 7] = [
+    BASE_CHAIN, "port_in", "arp_sha", "ip4_in", "arp_in", "ip6_in", "nd_in",
+];
+
+// attribute numbers (linux/netfilter/nf_tables.h)
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+pub const NFTA_RULE_TABLE: u16 = 1;
+pub const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+pub const NFTA_RULE_USERDATA: u16 = 7;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_FLAGS: u16 = 3;
+const NFTA_SET_KEY_TYPE: u16 = 4;
+const NFTA_SET_KEY_LEN: u16 = 5;
+const NFTA_SET_ID: u16 = 10;
+const NFTA_SET_USERDATA: u16 = 13;
+pub const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+pub const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+pub const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+pub const NFTA_SET_ELEM_KEY: u16 = 1;
+pub const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+pub const NFTA_OBJ_TABLE: u16 = 1;
+pub const NFTA_OBJ_NAME: u16 = 2;
+pub const NFTA_OBJ_TYPE: u16 = 3;
+pub const NFTA_OBJ_DATA: u16 = 4;
+pub const NFTA_COUNTER_BYTES: u16 = 1;
+pub const NFTA_COUNTER_PACKETS: u16 = 2;
+pub const NFT_OBJECT_COUNTER: u32 = 1;
+
+const NF_BR_PRE_ROUTING: u32 = 0;
+/// NF_BR_PRI_FILTER_BRIDGED: `priority filter` in the bridge family.
+const PRIORITY: i32 = -200;
+
+// registers
+const REG_VERDICT: u32 = 0;
+const REG_1: u32 = 1;
+const REG_2: u32 = 2;
+
+// expression constants
+const META_IIFNAME: u32 = 6;
+const META_L4PROTO: u32 = 16;
+const BASE_LL: u32 = 0;
+const BASE_NH: u32 = 1;
+const BASE_TH: u32 = 2;
+const CMP_EQ: u32 = 0;
+const CMP_NEQ: u32 = 1;
+const LOOKUP_F_INV: u32 = 1;
+
+enum Verdict {
+    Accept,
+    Drop,
+    Return,
+    Jump(&'static str),
+}
+
+enum Expr {
+    Meta(u32, u32),
+    Payload {
+        base: u32,
+        off: u32,
+        len: u32,
+        dreg: u32,
+    },
+    Cmp {
+        op: u32,
+        data: Vec<u8>,
+    },
+    Lookup {
+        set: &'static str,
+        inv: bool,
+    },
+    Bitwise {
+        len: u32,
+        mask: Vec<u8>,
+    },
+    Counter(&'static str),
+    Verdict(Verdict),
+}
+
+use Expr::*;
+
+fn iifname() -> Expr {
+    Meta(META_IIFNAME, REG_1)
+}
+fn load(base: u32, off: u32, len: u32) -> Expr {
+    Payload {
+        base,
+        off,
+        len,
+        dreg: REG_1,
+    }
+}
+/// Loads into the register after iifname: the second half of an `ifname . x` key.
+fn load2(base: u32, off: u32, len: u32) -> Expr {
+    Payload {
+        base,
+        off,
+        len,
+        dreg: REG_2,
+    }
+}
+fn eq(data: &[u8]) -> Expr {
+    Cmp {
+        op: CMP_EQ,
+        data: data.to_vec(),
+    }
+}
+fn ne(data: &[u8]) -> Expr {
+    Cmp {
+        op: CMP_NEQ,
+        data: data.to_vec(),
+    }
+}
+fn in_set(set: &'static str) -> Expr {
+    Lookup { set, inv: false }
+}
+fn not_in_set(set: &'static str) -> Expr {
+    Lookup { set, inv: true }
+}
+fn ether_type(t: u16) -> [Expr; 2] {
+    [load(BASE_LL, 12, 2), eq(&t.to_be_bytes())]
+}
+fn l4proto(p: u8) -> [Expr; 2] {
+    [Meta(META_L4PROTO, REG_1), eq(&[p])]
+}
+fn drop_counted(counter: &'static str) -> [Expr; 2] {
+    [Counter(counter), Verdict(Verdict::Drop)]
+}
+
+/// The link-local prefix fe80::/10 on the first two bytes of an address.
+fn link_local(base: u32, off: u32) -> [Expr; 3] {
+    [
+        load(base, off, 2),
+        Bitwise {
+            len: 2,
+            mask: vec![0xff, 0xc0],
+        },
+        eq(&[0xfe, 0x80]),
+    ]
+}
+
+const ETH_IP: u16 = 0x0800;
+const ETH_ARP: u16 = 0x0806;
+const ETH_IP6: u16 = 0x86dd;
+const ETH_8021Q: u16 = 0x8100;
+const ETH_8021AD: u16 = 0x88a8;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+
+/// Every rule: (chain, expressions). Comments are derived from the position.
+fn rules() -> Vec<(&'static str, Vec<Expr>)> {
+    let v = |parts: Vec<Vec<Expr>>| parts.into_iter().flatten().collect::<Vec<Expr>>();
+    vec![
+        // Only frames from our ports are looked at; the uplink and other ports pass.
+        (
+            BASE_CHAIN,
+            vec![
+                iifname(),
+                in_set(SET_PORTS),
+                Verdict(Verdict::Jump("port_in")),
+            ],
+        ),
+        // The Ethernet source must be the port's MAC.
+        (
+            "port_in",
+            v(vec![
+                vec![iifname(), load2(BASE_LL, 6, 6), not_in_set(SET_MAC)],
+                drop_counted("drop_mac").into(),
+            ]),
+        ),
+        // ARP: well-formed Ethernet/IPv4 only, sender MAC = the port's MAC.
+        (
+            "port_in",
+            v(vec![
+                ether_type(ETH_ARP).into(),
+                vec![Verdict(Verdict::Jump("arp_sha"))],
+            ]),
+        ),
+        // Ports without IP restriction are done.
+        (
+            "port_in",
+            vec![iifname(), not_in_set(SET_LOCKED), Verdict(Verdict::Accept)],
+        ),
+        // A VLAN tag would hide the inner addresses from the checks below.
+        (
+            "port_in",
+            v(vec![
+                ether_type(ETH_8021Q).into(),
+                drop_counted("drop_vlan").into(),
+            ]),
+        ),
+        (
+            "port_in",
+            v(vec![
+                ether_type(ETH_8021AD).into(),
+                drop_counted("drop_vlan").into(),
+            ]),
+        ),
+        (
+            "port_in",
+            v(vec![
+                ether_type(ETH_IP).into(),
+                vec![Verdict(Verdict::Jump("ip4_in"))],
+            ]),
+        ),
+        (
+            "port_in",
+            v(vec![
+                ether_type(ETH_ARP).into(),
+                vec![Verdict(Verdict::Jump("arp_in"))],
+            ]),
+        ),
+        (
+            "port_in",
+            v(vec![
+                ether_type(ETH_IP6).into(),
+                vec![Verdict(Verdict::Jump("ip6_in"))],
+            ]),
+        ),
+        // arp_sha: hardware type 1, protocol 0x0800, lengths 6 and 4; then sender MAC.
+        (
+            "arp_sha",
+            v(vec![
+                vec![load(BASE_NH, 0, 6), ne(&[0, 1, 8, 0, 6, 4])],
+                drop_counted("drop_arp").into(),
+            ]),
+        ),
+        (
+            "arp_sha",
+            v(vec![
+                vec![iifname(), load2(BASE_NH, 8, 6), not_in_set(SET_MAC)],
+                drop_counted("drop_arp").into(),
+            ]),
+        ),
+        // ip4_in: own addresses; DHCP from 0.0.0.0; nothing else.
+        (
+            "ip4_in",
+            vec![
+                iifname(),
+                load2(BASE_NH, 12, 4),
+                in_set(SET_IP4),
+                Verdict(Verdict::Accept),
+            ],
+        ),
+        (
+            "ip4_in",
+            v(vec![
+                vec![load(BASE_NH, 12, 4), eq(&[0, 0, 0, 0])],
+                l4proto(IPPROTO_UDP).into(),
+                vec![
+                    load(BASE_TH, 0, 4),
+                    eq(&[0, 68, 0, 67]),
+                    Verdict(Verdict::Accept),
+                ],
+            ]),
+        ),
+        ("ip4_in", drop_counted("drop_ip4").into()),
+        // arp_in: sender IP one of the port's, or 0.0.0.0 (RFC 5227 probe).
+        (
+            "arp_in",
+            vec![
+                iifname(),
+                load2(BASE_NH, 14, 4),
+                in_set(SET_IP4),
+                Verdict(Verdict::Accept),
+            ],
+        ),
+        (
+            "arp_in",
+            vec![
+                load(BASE_NH, 14, 4),
+                eq(&[0, 0, 0, 0]),
+                Verdict(Verdict::Accept),
+            ],
+        ),
+        ("arp_in", drop_counted("drop_arp").into()),
+        // ip6_in: neighbour advertisements may only claim the port's addresses.
+        (
+            "ip6_in",
+            v(vec![
+                l4proto(IPPROTO_ICMPV6).into(),
+                vec![
+                    load(BASE_TH, 0, 1),
+                    eq(&[136]),
+                    Verdict(Verdict::Jump("nd_in")),
+                ],
+            ]),
+        ),
+        (
+            "ip6_in",
+            vec![
+                iifname(),
+                load2(BASE_NH, 8, 16),
+                in_set(SET_IP6),
+                Verdict(Verdict::Accept),
+            ],
+        ),
+        (
+            "ip6_in",
+            v(vec![
+                link_local(BASE_NH, 8).into(),
+                vec![Verdict(Verdict::Accept)],
+            ]),
+        ),
+        // From :: only duplicate-address detection (NS) and its MLD report.
+        (
+            "ip6_in",
+            v(vec![
+                vec![load(BASE_NH, 8, 16), eq(&[0; 16])],
+                l4proto(IPPROTO_ICMPV6).into(),
+                vec![load(BASE_TH, 0, 1), eq(&[135]), Verdict(Verdict::Accept)],
+            ]),
+        ),
+        (
+            "ip6_in",
+            v(vec![
+                vec![load(BASE_NH, 8, 16), eq(&[0; 16])],
+                l4proto(IPPROTO_ICMPV6).into(),
+                vec![load(BASE_TH, 0, 1), eq(&[143]), Verdict(Verdict::Accept)],
+            ]),
+        ),
+        ("ip6_in", drop_counted("drop_ip6").into()),
+        // nd_in: the target address of a neighbour advertisement.
+        (
+            "nd_in",
+            vec![
+                iifname(),
+                load2(BASE_TH, 8, 16),
+                in_set(SET_IP6),
+                Verdict(Verdict::Return),
+            ],
+        ),
+        (
+            "nd_in",
+            v(vec![
+                link_local(BASE_TH, 8).into(),
+                vec![Verdict(Verdict::Return)],
+            ]),
+        ),
+        ("nd_in", drop_counted("drop_nd").into()),
+    ]
+}
+
+/// The comment carried by each rule: layout, chain and position.
+fn comment(chain: &str, index: usize) -> String {
+    format!("{LAYOUT}:{chain}:{index}")
+}
+
+/// The comments `verify` expects, in chain order.
+pub fn expected_comments() -> Vec<(String, String)> {
+    let mut counts = std::collections::HashMap::new();
+    rules()
+        .iter()
+        .map(|(chain, _)| {
+            let n = counts.entry(*chain).or_insert(0usize);
+            *n += 1;
+            (chain.to_string(), comment(chain, *n))
+        })
+        .collect()
+}
+
+/// Rule userdata as nft writes a comment (NFTNL_UDATA_RULE_COMMENT), so
+/// `nft list ruleset` shows it.
+pub fn comment_udata(text: &str) -> Vec<u8> {
+    let mut v = vec![0u8, (text.len() + 1) as u8];
+    v.extend_from_slice(text.as_bytes());
+    v.push(0);
+    v
+}
+
+/// Reads a comment back from rule userdata.
+pub fn udata_comment(udata: &[u8]) -> Option<String> {
+    let mut rest = udata;
+    while rest.len() >= 2 {
+        let (ty, len) = (rest[0], rest[1] as usize);
+        if rest.len() < 2 + len {
+            return None;
+        }
+        if ty == 0 {
+            let v = &rest[2..2 + len];
+            let end = v.iter().position(|b| *b == 0).unwrap_or(v.len());
+            return Some(String::from_utf8_lossy(&v[..end]).into_owned());
+        }
+        rest = &rest[2 + len..];
+    }
+    None
+}
+
+fn encode_expr(m: &mut Msg, e: &Expr) {
+    m.begin(NFTA_LIST_ELEM);
+    match e {
+        Meta(key, dreg) => {
+            m.str(NFTA_EXPR_NAME, "meta").begin(NFTA_EXPR_DATA);
+            m.u32(2, *key).u32(1, *dreg); // NFTA_META_KEY, NFTA_META_DREG
+        }
+        Payload {
+            base,
+            off,
+            len,
+            dreg,
+        } => {
+            m.str(NFTA_EXPR_NAME, "payload").begin(NFTA_EXPR_DATA);
+            m.u32(1, *dreg).u32(2, *base).u32(3, *off).u32(4, *len);
+        }
+        Cmp { op, data } => {
+            m.str(NFTA_EXPR_NAME, "cmp").begin(NFTA_EXPR_DATA);
+            m.u32(1, REG_1).u32(2, *op);
+            m.begin(3).bytes(NFTA_DATA_VALUE, data).end();
+        }
+        Lookup { set, inv } => {
+            m.str(NFTA_EXPR_NAME, "lookup").begin(NFTA_EXPR_DATA);
+            m.str(1, set).u32(2, REG_1);
+            if *inv {
+                m.u32(5, LOOKUP_F_INV);
+            }
+        }
+        Bitwise { len, mask } => {
+            m.str(NFTA_EXPR_NAME, "bitwise").begin(NFTA_EXPR_DATA);
+            m.u32(1, REG_1).u32(2, REG_1).u32(3, *len);
+            m.begin(4).bytes(NFTA_DATA_VALUE, mask).end();
+            m.begin(5)
+                .bytes(NFTA_DATA_VALUE, &vec![0u8; mask.len()])
+                .end();
+        }
+        Counter(name) => {
+            m.str(NFTA_EXPR_NAME, "objref").begin(NFTA_EXPR_DATA);
+            m.u32(1, NFT_OBJECT_COUNTER).str(2, name);
+        }
+        Verdict(v) => {
+            m.str(NFTA_EXPR_NAME, "immediate").begin(NFTA_EXPR_DATA);
+            m.u32(1, REG_VERDICT).begin(2).begin(NFTA_DATA_VERDICT);
+            let code: i32 = match v {
+                Verdict::Accept => 1,
+                Verdict::Drop => 0,
+                Verdict::Return => -5,
+                Verdict::Jump(_) => -3,
+            };
+            m.u32(NFTA_VERDICT_CODE, code as u32);
+            if let Verdict::Jump(chain) = v {
+                m.str(NFTA_VERDICT_CHAIN, chain);
+            }
+            m.end().end();
+        }
+    }
+    m.end(); // NFTA_EXPR_DATA
+    m.end(); // NFTA_LIST_ELEM
+}
+
+/// Adds to `batch` everything that makes up the table, idempotently: the table,
+/// sets and counters are created if missing (existing elements and counts are
+/// kept), every chain is flushed and its rules added again. One transaction, so
+/// concurrent callers each leave exactly one copy of the rules.
+pub fn bootstrap(batch: &mut super::nfnl::Batch) {
+    let create = NLM_F_REQUEST | NLM_F_CREATE;
+    let mut m = Msg::new(msg::NEWTABLE, create, NFPROTO_BRIDGE);
+    m.str(NFTA_TABLE_NAME, TABLE);
+    batch.push(m, format!("creating table bridge {TABLE}"));
+
+    for (i, (name, key_type, key_len)) in SETS.iter().enumerate() {
+        let mut m = Msg::new(msg::NEWSET, create, NFPROTO_BRIDGE);
+        m.str(NFTA_SET_TABLE, TABLE)
+            .str(NFTA_SET_NAME, name)
+            .u32(NFTA_SET_FLAGS, 0)
+            .u32(NFTA_SET_KEY_TYPE, *key_type)
+            .u32(NFTA_SET_KEY_LEN, *key_len)
+            .u32(NFTA_SET_ID, i as u32 + 1);
+        // NFTNL_UDATA_SET_KEYBYTEORDER: host order for ifname keys (so nft prints strings).
+        if *key_type == TYPE_IFNAME {
+            m.bytes(NFTA_SET_USERDATA, &[0, 4, 1, 0, 0, 0]);
+        }
+        batch.push(m, format!("creating set {name}"));
+    }
+    for name in COUNTERS {
+        let mut m = Msg::new(msg::NEWOBJ, create, NFPROTO_BRIDGE);
+        m.str(NFTA_OBJ_TABLE, TABLE)
+            .str(NFTA_OBJ_NAME, name)
+            .u32(NFTA_OBJ_TYPE, NFT_OBJECT_COUNTER)
+            .begin(NFTA_OBJ_DATA)
+            .bytes(NFTA_COUNTER_BYTES, &0u64.to_be_bytes())
+            .bytes(NFTA_COUNTER_PACKETS, &0u64.to_be_bytes())
+            .end();
+        batch.push(m, format!("creating counter {name}"));
+    }
+    for chain in CHAINS.iter() {
+        let mut m = Msg::new(msg::NEWCHAIN, create, NFPROTO_BRIDGE);
+        m.str(NFTA_CHAIN_TABLE, TABLE).str(NFTA_CHAIN_NAME, chain);
+        if *chain == BASE_CHAIN {
+            m.begin(NFTA_CHAIN_HOOK)
+                .u32(NFTA_HOOK_HOOKNUM, NF_BR_PRE_ROUTING)
+                .u32(NFTA_HOOK_PRIORITY, PRIORITY as u32)
+                .end()
+                .u32(NFTA_CHAIN_POLICY, 1)
+                .str(NFTA_CHAIN_TYPE, "filter");
+        }
+        batch.push(m, format!("creating chain {chain}"));
+        let mut m = Msg::new(msg::DELRULE, NLM_F_REQUEST, NFPROTO_BRIDGE);
+        m.str(NFTA_RULE_TABLE, TABLE).str(NFTA_RULE_CHAIN, chain);
+        batch.push(m, format!("flushing chain {chain}"));
+    }
+    for ((chain, exprs), (_, text)) in rules().iter().zip(expected_comments()) {
+        let mut m = Msg::new(msg::NEWRULE, create | NLM_F_APPEND, NFPROTO_BRIDGE);
+        m.str(NFTA_RULE_TABLE, TABLE).str(NFTA_RULE_CHAIN, chain);
+        m.begin(NFTA_RULE_EXPRESSIONS);
+        for e in exprs {
+            encode_expr(&mut m, e);
+        }
+        m.end();
+        m.bytes(NFTA_RULE_USERDATA, &comment_udata(&text));
+        batch.push(m, format!("adding rule {text}"));
+    }
+}
