@@ -25,11 +25,6 @@ impl RunDir {
     pub fn attachments_dir(&self) -> PathBuf {
         self.0.join("attachments")
     }
-
-    /// Serialises changes to the shared port-security tables across concurrent plugin runs.
-    pub fn lock_file(&self) -> PathBuf {
-        self.0.join("lock")
-    }
 }
 
 /// Writes through a temporary file and a rename, so a reader sees the old or the new

@@ -185,6 +185,42 @@ impl Lab {
             Vec::<String>::new(),
             "attachment records left"
         );
+        assert_eq!(
+            self.secured_ports(),
+            Vec::<String>::new(),
+            "port-security elements left"
+        );
+    }
+
+    /// Ports with port-security rules in the node's nftables (set `ports`).
+    pub fn secured_ports(&self) -> Vec<String> {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.node,
+                "nft",
+                "-j",
+                "list",
+                "set",
+                "bridge",
+                "portgroup",
+                "ports",
+            ])
+            .output()
+            .expect("nft");
+        if !out.status.success() {
+            return Vec::new(); // no table yet: nothing installed
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|item| item.get("set"))
+            .flat_map(|set| set["elem"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e.as_str().map(str::to_string))
+            .collect()
     }
 
     pub fn write_state(&self, state: &Value) {

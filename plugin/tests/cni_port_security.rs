@@ -1,0 +1,129 @@
+//! Port security through real ADDs: rules follow the attachment's life, CHECK sees
+//! them, and a reservation lets its MAC through with only its IPs.
+
+mod common;
+
+use common::{conf, Lab};
+use serde_json::json;
+
+const VM_MAC: &str = "00:50:56:aa:bb:01";
+
+#[test]
+fn rules_follow_add_check_del_and_gc() {
+    let mut lab = Lab::new();
+    let pod = lab.pod();
+    let path = Lab::netns_path(&pod);
+    let env = Lab::attach_env("vm1", &path, "net1");
+    let c = conf(
+        "1.1.0",
+        json!({"runtimeConfig": {"mac": VM_MAC, "ips": ["10.0.0.2/24"]}}),
+    );
+    let add = lab.cni("ADD", &c, &env);
+    assert_eq!(add.code, 0, "{}", add.stdout);
+    let host = add.json["interfaces"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(lab.secured_ports(), vec![host.clone()]);
+    let mut checked = c.clone();
+    checked["prevResult"] = add.json.clone();
+    assert_eq!(lab.cni("CHECK", &checked, &env).code, 0);
+
+    // Someone removes the port's MAC element: CHECK notices.
+    let element = format!("{{ \"{host}\" . {VM_MAC} }}");
+    common::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.node,
+        "nft",
+        "delete",
+        "element",
+        "bridge",
+        "portgroup",
+        "port_mac",
+        &element,
+    ]);
+    let check = lab.cni("CHECK", &checked, &env);
+    assert_eq!(check.cni_code(), 106, "{}", check.stdout);
+
+    assert_eq!(lab.cni("DEL", &c, &env).code, 0);
+    lab.assert_clean(&["br0"]);
+
+    // spoofCheck false installs nothing.
+    let open = conf("1.1.0", json!({"spoofCheck": false}));
+    assert_eq!(lab.cni("ADD", &open, &env).code, 0);
+    assert_eq!(lab.secured_ports(), Vec::<String>::new());
+    assert_eq!(lab.cni("DEL", &open, &env).code, 0);
+
+    // GC of an attachment whose pod is gone removes its rules too.
+    assert_eq!(lab.cni("ADD", &c, &env).code, 0);
+    common::sh(&["ip", "netns", "del", &pod]);
+    let mut gc = c.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    assert_eq!(lab.cni("GC", &gc, &[]).code, 0);
+    lab.assert_clean(&["br0"]);
+}
+
+#[test]
+fn reservation_lets_its_mac_through_with_only_its_ips() {
+    let mut lab = Lab::new();
+    // A neighbour on the bridge.
+    let peer = lab.pod();
+    lab.node_ip(&[
+        "link", "add", "peer0", "type", "veth", "peer", "name", "eth0", "netns", &peer,
+    ]);
+    lab.node_ip(&["link", "set", "peer0", "master", "br0", "up"]);
+    lab.pod_ip(&peer, &["link", "set", "eth0", "up"]);
+    lab.pod_ip(&peer, &["addr", "add", "10.10.100.1/24", "dev", "eth0"]);
+    lab.write_state(&json!({
+        "node": "n1", "generation": 1, "reconciledAt": "2026-11-23T10:00:00Z",
+        "portgroups": [{"name": "prod-web", "vlan": 100, "uplink": "eth1", "bridge": "br0",
+            "vlanInterface": "x", "mtu": 1500, "ready": true, "reason": null, "strict": true,
+            "reservations": [{"mac": VM_MAC, "ips": ["10.10.100.21/24"]}]}]
+    }));
+    let vm = lab.pod();
+    let path = Lab::netns_path(&vm);
+    let env = Lab::attach_env("vm1", &path, "net1");
+    // Plain L2: the guest configures its own address, as on vSphere.
+    let c = conf(
+        "1.0.0",
+        json!({"bridge": null, "portgroup": "prod-web", "runtimeConfig": {"mac": VM_MAC}}),
+    );
+    let add = lab.cni("ADD", &c, &env);
+    assert_eq!(add.code, 0, "{}", add.stdout);
+    assert!(add.json.get("ips").is_none());
+
+    let ping = |vm: &str| {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                vm,
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "10.10.100.1",
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    lab.pod_ip(&vm, &["addr", "add", "10.10.100.21/24", "dev", "net1"]);
+    assert!(ping(&vm), "the reserved IP must pass");
+    lab.pod_ip(&vm, &["addr", "flush", "dev", "net1"]);
+    lab.pod_ip(&vm, &["addr", "add", "10.10.100.50/24", "dev", "net1"]);
+    assert!(!ping(&vm), "an IP outside the reservation must be dropped");
+    assert_eq!(lab.cni("DEL", &c, &env).code, 0);
+    // Without port security, the same address gets through: the test can fail.
+    let mut open = c.clone();
+    open["spoofCheck"] = false.into();
+    assert_eq!(lab.cni("ADD", &open, &env).code, 0);
+    lab.pod_ip(&vm, &["addr", "add", "10.10.100.50/24", "dev", "net1"]);
+    assert!(ping(&vm));
+    assert_eq!(lab.cni("DEL", &open, &env).code, 0);
+    lab.assert_clean(&["br0", "peer0"]);
+}
