@@ -3,7 +3,14 @@
 //! `src/main.rs` only parses the command line.
 
 pub mod applier;
+pub mod config;
+pub mod gc;
+pub mod http;
+pub mod metrics;
 pub mod planner;
+pub mod reconcile;
+pub mod rtlinks;
+pub mod run;
 
 #[cfg(test)]
 pub mod fake;

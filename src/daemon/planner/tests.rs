@@ -139,7 +139,8 @@ fn create_from_nothing_then_idempotent() {
 #[test]
 fn repair_after_deletion() {
     let cfg = two_pgs();
-    let cases: &[(&str, fn(u16) -> String, &[&str])] = &[
+    type Case = (&'static str, fn(u16) -> String, &'static [&'static str]);
+    let cases: &[Case] = &[
         (
             "bridge deleted",
             |v| bridge_name("eth1", v),
