@@ -1,6 +1,7 @@
 //! portgroupd: the portgroup node daemon. Only the command line lives here; the
 //! daemon itself is `portgroup::daemon`.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -83,6 +84,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let node = match cli.node_name.filter(|n| !n.is_empty()) {

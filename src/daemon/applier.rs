@@ -65,14 +65,35 @@ pub struct Applied {
 
 pub async fn apply<L: Links>(links: &L, steps: &[Step]) -> Applied {
     let mut out = Applied::default();
+    // Links whose creation failed: the steps that would attach or raise them can
+    // only fail too, and would bury the one reason that matters.
+    let mut not_made: Vec<&str> = Vec::new();
     for step in steps {
+        let needs = match &step.op {
+            Operation::SetController { name, controller } => vec![name.as_str(), controller],
+            op => vec![op.link_name()],
+        };
+        if needs.iter().any(|n| not_made.contains(n)) {
+            continue;
+        }
         match apply_one(links, &step.op).await {
             Ok(()) => {
                 tracing::info!(portgroup = %step.portgroup, "{}", step.op);
                 out.done += 1;
             }
             Err(e) => {
-                let message = format!("{}: {e}", step.op);
+                if let Operation::CreateVlan { name, .. } | Operation::CreateBridge { name, .. } =
+                    &step.op
+                {
+                    not_made.push(name);
+                }
+                let hint = match (&step.op, e.errno) {
+                    (Operation::CreateVlan { .. }, Some(95)) => {
+                        " (this kernel has no 802.1Q VLAN support: load the 8021q module)"
+                    }
+                    _ => "",
+                };
+                let message = format!("{}: {e}{hint}", step.op);
                 tracing::warn!(portgroup = %step.portgroup, "failed to {message}");
                 out.failures.push(Failure {
                     portgroup: step.portgroup.clone(),

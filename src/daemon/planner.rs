@@ -95,14 +95,13 @@ impl fmt::Display for Operation {
                 uplink,
                 vid,
                 mtu,
-                alias,
                 ..
             } => write!(
                 f,
-                "create VLAN interface {name} on {uplink} vid {vid} mtu {mtu} alias {alias:?}"
+                "create VLAN interface {name} on {uplink} vid {vid} mtu {mtu}"
             ),
-            Operation::CreateBridge { name, mtu, alias } => {
-                write!(f, "create bridge {name} mtu {mtu} alias {alias:?}")
+            Operation::CreateBridge { name, mtu, .. } => {
+                write!(f, "create bridge {name} mtu {mtu}")
             }
             Operation::SetController { name, controller } => {
                 write!(f, "attach {name} to bridge {controller}")

@@ -210,7 +210,7 @@ mod tests {
             .offer(br#"{"uplink": "eth1", "portgroups": [{"name": "web", "vlan": 100}]}"#.to_vec());
 
         let out = block_on(r.reconcile(&source, true)).expect("reconcile");
-        assert_eq!(out.failures, 3);
+        assert_eq!(out.failures, 1);
         let state = NodeState::read(&dir.join("state.json")).expect("state");
         assert_eq!(state.generation, 1);
         let web = &state.portgroups[0];
