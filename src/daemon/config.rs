@@ -106,16 +106,22 @@ pub async fn watch(path: &Path, tx: UnboundedSender<()>) {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let mut warned = false;
     loop {
         match watch_once(&dir, &tx).await {
             Ok(()) => tracing::info!(
                 "config directory {} changed identity; watching it again",
                 dir.display()
             ),
-            Err(e) => tracing::warn!(
-                "cannot watch config directory {}: {e}; relying on the periodic resync",
-                dir.display()
-            ),
+            // Said once: a missing directory would otherwise be logged every two seconds.
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(
+                    "cannot watch config directory {}: {e}; relying on the periodic resync until it can",
+                    dir.display()
+                );
+            }
+            Err(e) => tracing::debug!("watching {}: {e}", dir.display()),
         }
         if tx.is_closed() {
             return;
