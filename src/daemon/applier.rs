@@ -2,6 +2,7 @@
 //! portgroup that cannot be made must not hold up the others, and the failures
 //! end up in the reasons of the portgroups they belong to.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use super::planner::{Observed, Operation, Step};
@@ -55,6 +56,10 @@ pub trait Links {
 pub struct Failure {
     pub portgroup: String,
     pub message: String,
+    /// The operation's text: the key it is held under while it backs off.
+    pub op: String,
+    /// Not tried this time: still backing off from an earlier failure.
+    pub held: bool,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -64,6 +69,19 @@ pub struct Applied {
 }
 
 pub async fn apply<L: Links>(links: &L, steps: &[Step]) -> Applied {
+    apply_holding(links, steps, &HashMap::new()).await
+}
+
+/// Like [`apply`], but an operation whose text is a key of `held` is not tried:
+/// it failed recently and waits out its backoff, and its last failure (the
+/// value) is reported again. A failed netlink request can itself raise a link
+/// event (a failed VLAN creation notifies its parent); retrying at once on that
+/// event would spin.
+pub async fn apply_holding<L: Links>(
+    links: &L,
+    steps: &[Step],
+    held: &HashMap<String, String>,
+) -> Applied {
     let mut out = Applied::default();
     // Links whose creation failed: the steps that would attach or raise them can
     // only fail too, and would bury the one reason that matters.
@@ -74,6 +92,21 @@ pub async fn apply<L: Links>(links: &L, steps: &[Step]) -> Applied {
             op => vec![op.link_name()],
         };
         if needs.iter().any(|n| not_made.contains(n)) {
+            continue;
+        }
+        let text = step.op.to_string();
+        if let Some(message) = held.get(&text) {
+            if let Operation::CreateVlan { name, .. } | Operation::CreateBridge { name, .. } =
+                &step.op
+            {
+                not_made.push(name);
+            }
+            out.failures.push(Failure {
+                portgroup: step.portgroup.clone(),
+                message: message.clone(),
+                op: text,
+                held: true,
+            });
             continue;
         }
         match apply_one(links, &step.op).await {
@@ -98,6 +131,8 @@ pub async fn apply<L: Links>(links: &L, steps: &[Step]) -> Applied {
                 out.failures.push(Failure {
                     portgroup: step.portgroup.clone(),
                     message: format!("failed to {message}"),
+                    op: text,
+                    held: false,
                 });
             }
         }

@@ -1,11 +1,12 @@
 //! One reconcile: dump, plan, apply, dump again to see what really is, collect
 //! stale attachments, publish the node state.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use super::applier::{apply, LinkError, Links};
+use super::applier::{apply_holding, LinkError, Links};
 use super::config::ConfigSource;
 use super::gc;
 use super::metrics::Metrics;
@@ -21,7 +22,20 @@ pub struct Reconciler<L> {
     /// The last state written (or found at start): its generation goes on
     /// across restarts, and draining portgroups keep their reservations from it.
     pub previous: Option<NodeState>,
+    /// Operations that failed, by their text: not retried before `until`.
+    held: HashMap<String, Held>,
 }
+
+#[derive(Debug, Clone)]
+struct Held {
+    until: Instant,
+    wait: Duration,
+    message: String,
+}
+
+/// First retry of a failed operation; doubles up to [`HOLD_MAX`].
+const HOLD_MIN: Duration = Duration::from_secs(1);
+const HOLD_MAX: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -32,6 +46,17 @@ pub struct Outcome {
 }
 
 impl<L: Links> Reconciler<L> {
+    /// Lets every held operation be tried on the next reconcile (a new config may
+    /// be the fix).
+    pub fn release_held(&mut self) {
+        self.held.clear();
+    }
+
+    /// When the next held operation may be retried.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.held.values().map(|h| h.until).min()
+    }
+
     pub fn new(links: L, node: String, run_dir: RunDir, metrics: Arc<Metrics>) -> Self {
         let previous = NodeState::read(&run_dir.state_file()).ok();
         Reconciler {
@@ -40,6 +65,7 @@ impl<L: Links> Reconciler<L> {
             run_dir,
             metrics,
             previous,
+            held: HashMap::new(),
         }
     }
 
@@ -86,13 +112,35 @@ impl<L: Links> Reconciler<L> {
         let mut outcome = Outcome::default();
         let mut verified = first.clone();
         let mut failures = Vec::new();
+        let now = Instant::now();
+        let planned: HashSet<String> = first.steps.iter().map(|s| s.op.to_string()).collect();
+        self.held.retain(|op, _| planned.contains(op));
         if !first.steps.is_empty() {
-            let applied = apply(&self.links, &first.steps).await;
+            let holding: HashMap<String, String> = self
+                .held
+                .iter()
+                .filter(|(_, h)| h.until > now)
+                .map(|(op, h)| (op.clone(), h.message.clone()))
+                .collect();
+            let applied = apply_holding(&self.links, &first.steps, &holding).await;
             outcome.applied = applied.done;
-            outcome.failures = applied.failures.len();
-            self.metrics
-                .errors
-                .fetch_add(applied.failures.len() as u64, Relaxed);
+            let tried: Vec<_> = applied.failures.iter().filter(|f| !f.held).collect();
+            outcome.failures = tried.len();
+            self.metrics.errors.fetch_add(tried.len() as u64, Relaxed);
+            for f in tried {
+                let wait = self
+                    .held
+                    .get(&f.op)
+                    .map_or(HOLD_MIN, |h| (h.wait * 2).min(HOLD_MAX));
+                self.held.insert(
+                    f.op.clone(),
+                    Held {
+                        until: now + wait,
+                        wait,
+                        message: f.message.clone(),
+                    },
+                );
+            }
             failures = applied.failures;
             // What was really made, not what the plan hoped for.
             observed = self.links.dump().await?;
@@ -223,11 +271,27 @@ mod tests {
             "{web:?}"
         );
 
+        // Right after a failure the operation is held, not retried, and still reported:
+        // a failed request can raise a link event, and retrying on it would spin.
+        let calls = r.links.0.borrow().calls.len();
+        let out = block_on(r.reconcile(&source, false)).expect("reconcile");
+        assert_eq!(out.failures, 0, "nothing tried");
+        assert_eq!(r.links.0.borrow().calls.len(), calls, "no link calls");
+        let state = NodeState::read(&dir.join("state.json")).expect("state");
+        assert!(state.portgroups[0]
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("Operation not supported"));
+        assert!(r.next_retry().is_some());
+
         r.links.0.borrow_mut().no_8021q = false;
+        r.release_held();
         block_on(r.reconcile(&source, false)).expect("reconcile");
         let state = NodeState::read(&dir.join("state.json")).expect("state");
-        assert_eq!(state.generation, 2);
+        assert_eq!(state.generation, 3);
         assert!(state.portgroups[0].ready, "{state:?}");
+        assert_eq!(r.next_retry(), None);
         assert_eq!(metrics.portgroups_ready.load(Relaxed), 1);
 
         // A refused config keeps the last good one in force and says why.
@@ -236,7 +300,7 @@ mod tests {
         let state = NodeState::read(&dir.join("state.json")).expect("state");
         assert!(state.portgroups[0].ready);
         assert!(state.config_errors[0].contains("portgroups[0].vlan"));
-        assert_eq!(metrics.reconciles.load(Relaxed), 3);
+        assert_eq!(metrics.reconciles.load(Relaxed), 4);
 
         // A restart goes on counting generations.
         let again = Reconciler::new(
@@ -245,7 +309,7 @@ mod tests {
             RunDir(dir.clone()),
             metrics,
         );
-        assert_eq!(again.previous.map(|s| s.generation), Some(3));
+        assert_eq!(again.previous.map(|s| s.generation), Some(4));
         std::fs::remove_dir_all(dir).expect("cleanup");
     }
 }

@@ -278,7 +278,10 @@ async fn serve(
     loop {
         if batch.config || batch.resync {
             match source.reload() {
-                Reload::Loaded => metrics.config_generation.store(source.generation, Relaxed),
+                Reload::Loaded => {
+                    metrics.config_generation.store(source.generation, Relaxed);
+                    reconciler.release_held();
+                }
                 Reload::Refused => {
                     metrics.errors.fetch_add(1, Relaxed);
                 }
@@ -291,12 +294,10 @@ async fn serve(
                 if source.good.is_some() {
                     metrics.ready.store(true, Relaxed);
                 }
-                if outcome.failures > 0 {
-                    let wait = retry.map_or(RETRY_MIN, |(_, w)| (w * 2).min(opts.resync));
-                    retry = Some((Instant::now() + wait, wait));
-                } else {
-                    retry = None;
-                }
+                // Failed operations back off inside the reconciler; wake up when one may go again.
+                retry = reconciler
+                    .next_retry()
+                    .map(|at| (Instant::from_std(at), RETRY_MIN));
                 if outcome.applied > 0 {
                     if let (Some(first), false) = (batch.first_link, batch.config) {
                         metrics.drift_repairs.fetch_add(1, Relaxed);
