@@ -316,3 +316,47 @@ fn gc_removes_attachments_whose_netns_is_gone() {
         "{log}"
     );
 }
+
+#[test]
+fn removed_portgroup_drains_until_its_last_vm_port_leaves() {
+    let lab = Lab::new();
+    lab.write_config(r#"{"uplink": "eth1", "portgroups": [{"name": "prod-web", "vlan": 100}, {"name": "db", "vlan": 200}]}"#);
+    assert!(lab.once().status.success());
+    let db_bridge = bridge_name("eth1", 200);
+    assert!(lab.node.has_link(&db_bridge), "bridges need no 802.1Q");
+    // A VM port on db's bridge.
+    let vm = common::Netns::new();
+    lab.node.ip(&[
+        "link", "add", "name", "pgvmport", "master", &db_bridge, "type", "veth", "peer", "name",
+        "eth0", "netns", &vm.name,
+    ]);
+
+    lab.write_config(r#"{"uplink": "eth1", "portgroups": [{"name": "prod-web", "vlan": 100}]}"#);
+    assert!(lab.once().status.success());
+    let state = lab.state().expect("state");
+    let db = state
+        .portgroups
+        .iter()
+        .find(|p| p.name == "db")
+        .expect("db still listed");
+    assert!(db.draining && !db.ready, "{db:?}");
+    assert_eq!(db.bridge, db_bridge);
+    assert!(
+        db.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("pgvmport"),
+        "{db:?}"
+    );
+    assert!(
+        lab.node.has_link(&db_bridge),
+        "kept while a VM port is on it"
+    );
+
+    drop(vm); // the VM goes: its veth pair with it
+    assert!(lab.once().status.success());
+    let state = lab.state().expect("state");
+    assert!(state.portgroups.iter().all(|p| p.name != "db"), "{state:?}");
+    assert!(!lab.node.has_link(&db_bridge), "torn down once empty");
+    assert!(lab.node.has_link(&bridge_name("eth1", 100)));
+}
