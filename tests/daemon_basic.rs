@@ -353,7 +353,15 @@ fn removed_portgroup_drains_until_its_last_vm_port_leaves() {
         "kept while a VM port is on it"
     );
 
-    drop(vm); // the VM goes: its veth pair with it
+    drop(vm); // the VM goes: its veth pair with it, once the kernel's async netns cleanup runs
+    let start = std::time::Instant::now();
+    while lab.node.has_link("pgvmport") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "VM port outlived its netns"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(lab.once().status.success());
     let state = lab.state().expect("state");
     assert!(state.portgroups.iter().all(|p| p.name != "db"), "{state:?}");
