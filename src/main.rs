@@ -1,1 +1,123 @@
-fn main() {}
+//! portgroupd: the portgroup node daemon. Only the command line lives here; the
+//! daemon itself is `portgroup::daemon`.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use portgroup::daemon::run::{run, Options};
+use portgroup::paths::{RunDir, DEFAULT_RUN_DIR, RUN_DIR_ENV};
+
+/// Keeps this node's portgroup bridges and VLAN interfaces in shape.
+///
+/// For every portgroup in the node network config, portgroupd makes a VLAN
+/// sub-interface of the uplink and a bridge with that sub-interface as its only
+/// uplink port, both marked with an interface alias beginning "portgroup:". It
+/// never changes or deletes an interface without that mark, and never touches the
+/// uplink beyond bringing it up. It repairs drift within about 100 ms of a netlink
+/// event, reloads the config when its directory changes (ConfigMap updates
+/// included), writes the node state the CNI plugin reads to <run-dir>/state.json,
+/// and removes attachments whose pod network namespace is gone.
+///
+/// An invalid config is refused whole, every problem is logged and listed in the
+/// state's "configErrors", and the last good config stays in force.
+///
+/// SIGTERM and SIGINT stop the daemon and leave the host topology in place, so
+/// running VMs keep their network during an upgrade.
+///
+/// Examples:
+///   portgroupd --dry-run                   show what would change, change nothing
+///   portgroupd --once                      reconcile once and exit (2 = config invalid)
+///   portgroupd --node-name worker-3 --listen 0.0.0.0:9750
+#[derive(Debug, Parser)]
+#[command(name = "portgroupd", version, verbatim_doc_comment)]
+struct Cli {
+    /// Node network config (JSON), normally the ConfigMap mounted by the DaemonSet.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/portgroup/config.json"
+    )]
+    config: PathBuf,
+
+    /// This node's name: selects the uplink in "nodeUplinks" and is published in the state. [default: the host name]
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    node_name: Option<String>,
+
+    /// Address for /healthz, /readyz and /metrics (Prometheus).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9750")]
+    listen: SocketAddr,
+
+    /// Reconcile once, write the state and exit: 0, or 2 when the config is invalid.
+    #[arg(long)]
+    once: bool,
+
+    /// Print the operations a reconcile would run and the resulting portgroup status; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+
+    /// Seconds between full reconciles (and attachment garbage collections) when nothing happens.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    resync: u64,
+
+    /// Directory for state.json and the plugin's attachments/. [default: $PORTGROUP_RUN_DIR, else /run/portgroup]
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive such as "portgroup=debug".
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        default_value = "info",
+        env = "PORTGROUPD_LOG"
+    )]
+    log_level: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .with_context(|| format!("--log-level {:?}", cli.log_level))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let node = match cli.node_name.filter(|n| !n.is_empty()) {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .context("no --node-name or NODE_NAME, and the host name is unreadable")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let run_dir = match cli.run_dir {
+        Some(dir) => RunDir(dir),
+        None => match std::env::var_os(RUN_DIR_ENV) {
+            Some(dir) => RunDir(dir.into()),
+            None => RunDir(DEFAULT_RUN_DIR.into()),
+        },
+    };
+    let opts = Options {
+        config: cli.config,
+        node,
+        listen: Some(cli.listen),
+        once: cli.once,
+        dry_run: cli.dry_run,
+        resync: Duration::from_secs(cli.resync),
+        run_dir,
+    };
+    // One thread: the work is netlink round trips and file writes, and the
+    // node's cores belong to its VMs.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let code = runtime
+        .block_on(run(opts))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    std::process::exit(code);
+}

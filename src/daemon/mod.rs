@@ -1,1 +1,16 @@
-//! The node daemon: planner, applier, collector, HTTP. (issue 3)
+//! The node daemon `portgroupd`: planner, applier, reconcile loop, garbage
+//! collector, HTTP endpoints. Library modules so that each part is unit-tested;
+//! `src/main.rs` only parses the command line.
+
+pub mod applier;
+pub mod config;
+pub mod gc;
+pub mod http;
+pub mod metrics;
+pub mod planner;
+pub mod reconcile;
+pub mod rtlinks;
+pub mod run;
+
+#[cfg(test)]
+pub mod fake;

@@ -1,0 +1,184 @@
+//! Executes a plan. Every operation is tried even when an earlier one failed: a
+//! portgroup that cannot be made must not hold up the others, and the failures
+//! end up in the reasons of the portgroups they belong to.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use super::planner::{Observed, Operation, Step};
+
+/// A failed link operation, already in words a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkError {
+    pub errno: Option<i32>,
+    pub message: String,
+}
+
+impl fmt::Display for LinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl LinkError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self.errno,
+            Some(crate::netlink::libc_errno::ENODEV) | Some(crate::netlink::libc_errno::ENOENT)
+        )
+    }
+}
+
+/// The link operations the daemon needs, small enough for a fake to stand in for
+/// the kernel in unit tests of the reconcile loop.
+#[allow(async_fn_in_trait)] // used on one thread only; no Send bound wanted
+pub trait Links {
+    async fn dump(&self) -> Result<Observed, LinkError>;
+    async fn index_of(&self, name: &str) -> Result<Option<u32>, LinkError>;
+    /// Created down, in [`super::planner::LINK_GROUP`].
+    async fn create_vlan(
+        &self,
+        name: &str,
+        parent: u32,
+        vid: u16,
+        mtu: u32,
+    ) -> Result<(), LinkError>;
+    /// Created down, in [`super::planner::LINK_GROUP`].
+    async fn create_bridge(&self, name: &str, mtu: u32) -> Result<(), LinkError>;
+    async fn set_alias(&self, index: u32, alias: &str) -> Result<(), LinkError>;
+    async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), LinkError>;
+    async fn set_controller(&self, index: u32, controller: u32) -> Result<(), LinkError>;
+    async fn set_up(&self, index: u32) -> Result<(), LinkError>;
+    async fn delete(&self, index: u32) -> Result<(), LinkError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub portgroup: String,
+    pub message: String,
+    /// The operation's text: the key it is held under while it backs off.
+    pub op: String,
+    /// Not tried this time: still backing off from an earlier failure.
+    pub held: bool,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub done: usize,
+    pub failures: Vec<Failure>,
+}
+
+pub async fn apply<L: Links>(links: &L, steps: &[Step]) -> Applied {
+    apply_holding(links, steps, &HashMap::new()).await
+}
+
+/// Like [`apply`], but an operation whose text is a key of `held` is not tried:
+/// it failed recently and waits out its backoff, and its last failure (the
+/// value) is reported again. A failed netlink request can itself raise a link
+/// event (a failed VLAN creation notifies its parent); retrying at once on that
+/// event would spin.
+pub async fn apply_holding<L: Links>(
+    links: &L,
+    steps: &[Step],
+    held: &HashMap<String, String>,
+) -> Applied {
+    let mut out = Applied::default();
+    // Links whose creation failed: the steps that would attach or raise them can
+    // only fail too, and would bury the one reason that matters.
+    let mut not_made: Vec<&str> = Vec::new();
+    for step in steps {
+        let needs = match &step.op {
+            Operation::SetController { name, controller } => vec![name.as_str(), controller],
+            op => vec![op.link_name()],
+        };
+        if needs.iter().any(|n| not_made.contains(n)) {
+            continue;
+        }
+        let text = step.op.to_string();
+        if let Some(message) = held.get(&text) {
+            if let Operation::CreateVlan { name, .. } | Operation::CreateBridge { name, .. } =
+                &step.op
+            {
+                not_made.push(name);
+            }
+            out.failures.push(Failure {
+                portgroup: step.portgroup.clone(),
+                message: message.clone(),
+                op: text,
+                held: true,
+            });
+            continue;
+        }
+        match apply_one(links, &step.op).await {
+            Ok(()) => {
+                tracing::info!(portgroup = %step.portgroup, "{}", step.op);
+                out.done += 1;
+            }
+            Err(e) => {
+                if let Operation::CreateVlan { name, .. } | Operation::CreateBridge { name, .. } =
+                    &step.op
+                {
+                    not_made.push(name);
+                }
+                let hint = match (&step.op, e.errno) {
+                    (Operation::CreateVlan { .. }, Some(95)) => {
+                        " (this kernel has no 802.1Q VLAN support: load the 8021q module)"
+                    }
+                    _ => "",
+                };
+                let message = format!("{}: {e}{hint}", step.op);
+                tracing::warn!(portgroup = %step.portgroup, "failed to {message}");
+                out.failures.push(Failure {
+                    portgroup: step.portgroup.clone(),
+                    message: format!("failed to {message}"),
+                    op: text,
+                    held: false,
+                });
+            }
+        }
+    }
+    out
+}
+
+async fn index(links: &impl Links, name: &str) -> Result<u32, LinkError> {
+    links.index_of(name).await?.ok_or_else(|| LinkError {
+        errno: Some(crate::netlink::libc_errno::ENODEV),
+        message: format!("{name} does not exist"),
+    })
+}
+
+async fn apply_one(links: &impl Links, op: &Operation) -> Result<(), LinkError> {
+    match op {
+        Operation::SetUp { name } => links.set_up(index(links, name).await?).await,
+        Operation::CreateVlan {
+            name,
+            uplink_index,
+            vid,
+            mtu,
+            alias,
+            ..
+        } => {
+            links.create_vlan(name, *uplink_index, *vid, *mtu).await?;
+            links.set_alias(index(links, name).await?, alias).await
+        }
+        Operation::CreateBridge { name, mtu, alias } => {
+            links.create_bridge(name, *mtu).await?;
+            links.set_alias(index(links, name).await?, alias).await
+        }
+        Operation::SetController { name, controller } => {
+            let controller = index(links, controller).await?;
+            links
+                .set_controller(index(links, name).await?, controller)
+                .await
+        }
+        Operation::SetMtu { name, mtu } => links.set_mtu(index(links, name).await?, *mtu).await,
+        Operation::SetAlias { name, alias } => {
+            links.set_alias(index(links, name).await?, alias).await
+        }
+        Operation::Delete { index, .. } => match links.delete(*index).await {
+            // Someone else removed it first: what we wanted.
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        },
+    }
+}

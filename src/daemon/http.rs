@@ -1,0 +1,109 @@
+//! /healthz, /readyz and /metrics over a minimal HTTP/1.1: one request per
+//! connection, GET only. A scraper and a kubelet probe need no more, and a
+//! hand-written server keeps the daemon's dependencies small.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::metrics::Metrics;
+
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let metrics = metrics.clone();
+                tokio::spawn(async move {
+                    // A client that sends nothing must not hold a task forever.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), handle(stream, &metrics))
+                        .await;
+                });
+            }
+            Err(e) => {
+                tracing::warn!("http accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+pub fn respond(method: &str, path: &str, metrics: &Metrics) -> (u16, &'static str, String) {
+    let path = path.split('?').next().unwrap_or(path);
+    if method != "GET" && method != "HEAD" {
+        return (405, "text/plain", "only GET\n".into());
+    }
+    match path {
+        "/healthz" if metrics.alive.load(Relaxed) => (200, "text/plain", "ok\n".into()),
+        "/healthz" => (503, "text/plain", "reconcile loop stopped\n".into()),
+        "/readyz" if metrics.ready.load(Relaxed) => (200, "text/plain", "ready\n".into()),
+        "/readyz" => (503, "text/plain", "first reconcile not finished\n".into()),
+        "/metrics" => (200, "text/plain; version=0.0.4", metrics.render()),
+        _ => (
+            404,
+            "text/plain",
+            "not found: try /healthz, /readyz or /metrics\n".into(),
+        ),
+    }
+}
+
+async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > 8192 {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut words = head.lines().next().unwrap_or_default().split_whitespace();
+    let (method, path) = (
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default(),
+    );
+    let (status, content_type, body) = respond(method, path, metrics);
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if method != "HEAD" {
+        response.extend_from_slice(body.as_bytes());
+    }
+    stream.write_all(&response).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let m = Metrics::default();
+        assert_eq!(respond("GET", "/readyz", &m).0, 503);
+        assert_eq!(respond("GET", "/healthz", &m).0, 503);
+        m.alive.store(true, Relaxed);
+        m.ready.store(true, Relaxed);
+        assert_eq!(respond("GET", "/readyz", &m).0, 200);
+        assert_eq!(respond("GET", "/healthz?verbose", &m).0, 200);
+        assert_eq!(respond("POST", "/healthz", &m).0, 405);
+        assert_eq!(respond("GET", "/nope", &m).0, 404);
+        assert!(respond("GET", "/metrics", &m)
+            .2
+            .contains("portgroupd_reconciles_total"));
+    }
+}

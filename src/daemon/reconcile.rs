@@ -1,0 +1,315 @@
+//! One reconcile: dump, plan, apply, dump again to see what really is, collect
+//! stale attachments, publish the node state.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::applier::{apply_holding, LinkError, Links};
+use super::config::ConfigSource;
+use super::gc;
+use super::metrics::Metrics;
+use super::planner::plan;
+use crate::paths::{rfc3339, write_atomic, RunDir};
+use crate::state::{NodeState, PortgroupState};
+
+pub struct Reconciler<L> {
+    pub links: L,
+    pub node: String,
+    pub run_dir: RunDir,
+    pub metrics: Arc<Metrics>,
+    /// The last state written (or found at start): its generation goes on
+    /// across restarts, and draining portgroups keep their reservations from it.
+    pub previous: Option<NodeState>,
+    /// Operations that failed, by their text: not retried before `until`.
+    held: HashMap<String, Held>,
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    until: Instant,
+    wait: Duration,
+    message: String,
+}
+
+/// First retry of a failed operation; doubles up to [`HOLD_MAX`].
+const HOLD_MIN: Duration = Duration::from_secs(1);
+const HOLD_MAX: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Operations that succeeded.
+    pub applied: usize,
+    pub failures: usize,
+    pub state: Option<NodeState>,
+}
+
+impl<L: Links> Reconciler<L> {
+    /// Lets every held operation be tried on the next reconcile (a new config may
+    /// be the fix).
+    pub fn release_held(&mut self) {
+        self.held.clear();
+    }
+
+    /// When the next held operation may be retried.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.held.values().map(|h| h.until).min()
+    }
+
+    pub fn new(links: L, node: String, run_dir: RunDir, metrics: Arc<Metrics>) -> Self {
+        let previous = NodeState::read(&run_dir.state_file()).ok();
+        Reconciler {
+            links,
+            node,
+            run_dir,
+            metrics,
+            previous,
+            held: HashMap::new(),
+        }
+    }
+
+    /// Without a valid config nothing is reconciled; the state keeps the last
+    /// published portgroups (the plugin goes on working) and says why.
+    pub fn publish_config_errors(&mut self, source: &ConfigSource) -> Option<NodeState> {
+        let portgroups = self
+            .previous
+            .as_ref()
+            .map(|s| s.portgroups.clone())
+            .unwrap_or_default();
+        self.publish(portgroups, source.errors.clone())
+    }
+
+    pub async fn reconcile(
+        &mut self,
+        source: &ConfigSource,
+        collect: bool,
+    ) -> Result<Outcome, LinkError> {
+        let Some(config) = source.good.as_ref() else {
+            let state = self.publish_config_errors(source);
+            return Ok(Outcome {
+                state,
+                ..Default::default()
+            });
+        };
+        let started = Instant::now();
+        let result = self.reconcile_with(config, source, collect).await;
+        self.metrics.observe_reconcile(started.elapsed());
+        if result.is_err() {
+            self.metrics.errors.fetch_add(1, Relaxed);
+        }
+        result
+    }
+
+    async fn reconcile_with(
+        &mut self,
+        config: &crate::nodeconfig::NodeConfig,
+        source: &ConfigSource,
+        collect: bool,
+    ) -> Result<Outcome, LinkError> {
+        let mut observed = self.links.dump().await?;
+        let first = plan(config, &self.node, self.previous.as_ref(), &observed);
+        let mut outcome = Outcome::default();
+        let mut verified = first.clone();
+        let mut failures = Vec::new();
+        let now = Instant::now();
+        let planned: HashSet<String> = first.steps.iter().map(|s| s.op.to_string()).collect();
+        self.held.retain(|op, _| planned.contains(op));
+        if !first.steps.is_empty() {
+            let holding: HashMap<String, String> = self
+                .held
+                .iter()
+                .filter(|(_, h)| h.until > now)
+                .map(|(op, h)| (op.clone(), h.message.clone()))
+                .collect();
+            let applied = apply_holding(&self.links, &first.steps, &holding).await;
+            outcome.applied = applied.done;
+            let tried: Vec<_> = applied.failures.iter().filter(|f| !f.held).collect();
+            outcome.failures = tried.len();
+            self.metrics.errors.fetch_add(tried.len() as u64, Relaxed);
+            for f in tried {
+                let wait = self
+                    .held
+                    .get(&f.op)
+                    .map_or(HOLD_MIN, |h| (h.wait * 2).min(HOLD_MAX));
+                self.held.insert(
+                    f.op.clone(),
+                    Held {
+                        until: now + wait,
+                        wait,
+                        message: f.message.clone(),
+                    },
+                );
+            }
+            failures = applied.failures;
+            // What was really made, not what the plan hoped for.
+            observed = self.links.dump().await?;
+            verified = plan(config, &self.node, self.previous.as_ref(), &observed);
+        }
+        let mut portgroups = verified.portgroups;
+        for pg in &mut portgroups {
+            let mine: Vec<&str> = failures
+                .iter()
+                .filter(|f| f.portgroup == pg.name)
+                .map(|f| f.message.as_str())
+                .collect();
+            if !mine.is_empty() {
+                pg.ready = false;
+                pg.reason = Some(mine.join("; "));
+            }
+        }
+        if collect {
+            let report = gc::collect(
+                &self.links,
+                &observed,
+                &self.run_dir.attachments_dir(),
+                SystemTime::now(),
+                gc::MIN_AGE,
+                gc::netns_alive,
+            )
+            .await;
+            for e in &report.errors {
+                tracing::warn!("garbage collection: {e}");
+            }
+            self.metrics
+                .errors
+                .fetch_add(report.errors.len() as u64, Relaxed);
+            self.metrics.gc_removed.fetch_add(report.removed, Relaxed);
+            self.metrics
+                .attachments
+                .store(report.remaining as u64, Relaxed);
+        }
+        let (ready, draining) = (
+            portgroups.iter().filter(|p| p.ready).count(),
+            portgroups.iter().filter(|p| p.draining).count(),
+        );
+        self.metrics.portgroups_ready.store(ready as u64, Relaxed);
+        self.metrics
+            .portgroups_draining
+            .store(draining as u64, Relaxed);
+        self.metrics
+            .portgroups_not_ready
+            .store((portgroups.len() - ready - draining) as u64, Relaxed);
+        for pg in portgroups.iter().filter(|p| !p.ready) {
+            tracing::debug!(portgroup = %pg.name, reason = pg.reason.as_deref().unwrap_or(""), "not ready");
+        }
+        outcome.state = self.publish(portgroups, source.errors.clone());
+        Ok(outcome)
+    }
+
+    fn publish(
+        &mut self,
+        portgroups: Vec<PortgroupState>,
+        config_errors: Vec<String>,
+    ) -> Option<NodeState> {
+        let state = NodeState {
+            node: self.node.clone(),
+            generation: self.previous.as_ref().map_or(0, |s| s.generation) + 1,
+            reconciled_at: rfc3339(SystemTime::now()),
+            config_errors,
+            portgroups,
+        };
+        let path = self.run_dir.state_file();
+        let written = serde_json::to_vec_pretty(&state)
+            .map_err(std::io::Error::other)
+            .and_then(|mut bytes| {
+                bytes.push(b'\n');
+                write_atomic(&path, &bytes)
+            });
+        if let Err(e) = written {
+            tracing::error!("writing node state {}: {e}", path.display());
+            self.metrics.errors.fetch_add(1, Relaxed);
+        }
+        self.previous = Some(state.clone());
+        Some(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::fake::{FakeKernel, FakeLinks};
+    use crate::netlink::LinkSummary;
+    use futures::executor::block_on;
+    use std::cell::RefCell;
+
+    #[test]
+    fn publishes_state_and_reports_failures() {
+        let dir = std::env::temp_dir().join(format!("pg-reconcile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let fake = FakeLinks(RefCell::new(FakeKernel::with(vec![LinkSummary {
+            index: 3,
+            name: "eth1".into(),
+            mtu: 1500,
+            admin_up: true,
+            lower_up: true,
+            ..Default::default()
+        }])));
+        fake.0.borrow_mut().no_8021q = true;
+        let metrics = Arc::new(Metrics::default());
+        let mut r = Reconciler::new(
+            fake,
+            "worker-3".into(),
+            RunDir(dir.clone()),
+            metrics.clone(),
+        );
+        let mut source = ConfigSource::new(dir.join("config.json"));
+        source
+            .offer(br#"{"uplink": "eth1", "portgroups": [{"name": "web", "vlan": 100}]}"#.to_vec());
+
+        let out = block_on(r.reconcile(&source, true)).expect("reconcile");
+        assert_eq!(out.failures, 1);
+        let state = NodeState::read(&dir.join("state.json")).expect("state");
+        assert_eq!(state.generation, 1);
+        let web = &state.portgroups[0];
+        assert!(!web.ready);
+        assert!(
+            web.reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("Operation not supported"),
+            "{web:?}"
+        );
+
+        // Right after a failure the operation is held, not retried, and still reported:
+        // a failed request can raise a link event, and retrying on it would spin.
+        let calls = r.links.0.borrow().calls.len();
+        let out = block_on(r.reconcile(&source, false)).expect("reconcile");
+        assert_eq!(out.failures, 0, "nothing tried");
+        assert_eq!(r.links.0.borrow().calls.len(), calls, "no link calls");
+        let state = NodeState::read(&dir.join("state.json")).expect("state");
+        assert!(state.portgroups[0]
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("Operation not supported"));
+        assert!(r.next_retry().is_some());
+
+        r.links.0.borrow_mut().no_8021q = false;
+        r.release_held();
+        block_on(r.reconcile(&source, false)).expect("reconcile");
+        let state = NodeState::read(&dir.join("state.json")).expect("state");
+        assert_eq!(state.generation, 3);
+        assert!(state.portgroups[0].ready, "{state:?}");
+        assert_eq!(r.next_retry(), None);
+        assert_eq!(metrics.portgroups_ready.load(Relaxed), 1);
+
+        // A refused config keeps the last good one in force and says why.
+        source.offer(br#"{"uplink": "eth1", "portgroups": [{"name": "web", "vlan": 0}]}"#.to_vec());
+        block_on(r.reconcile(&source, false)).expect("reconcile");
+        let state = NodeState::read(&dir.join("state.json")).expect("state");
+        assert!(state.portgroups[0].ready);
+        assert!(state.config_errors[0].contains("portgroups[0].vlan"));
+        assert_eq!(metrics.reconciles.load(Relaxed), 4);
+
+        // A restart goes on counting generations.
+        let again = Reconciler::new(
+            FakeLinks::default(),
+            "worker-3".into(),
+            RunDir(dir.clone()),
+            metrics,
+        );
+        assert_eq!(again.previous.map(|s| s.generation), Some(4));
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+}

@@ -1,0 +1,124 @@
+//! [`Links`] over rtnetlink, in the daemon's own network namespace.
+
+use futures::TryStreamExt;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::{LinkBridge, LinkVlan};
+
+use super::applier::{LinkError, Links};
+use super::planner::{Observed, LINK_GROUP};
+use crate::netlink::{errno, link_change, LinkSummary, Netlink};
+
+pub struct RtLinks {
+    pub netlink: Netlink,
+}
+
+/// The kernel's words for an errno ("Operation not supported") rather than
+/// rtnetlink's wrapping of the whole reply.
+pub fn link_error(err: rtnetlink::Error) -> LinkError {
+    let code = errno(&err);
+    let message = match code {
+        Some(c) => std::io::Error::from_raw_os_error(c).to_string(),
+        None => err.to_string(),
+    };
+    LinkError {
+        errno: code,
+        message,
+    }
+}
+
+pub fn observe(messages: &[LinkMessage]) -> Observed {
+    let mut observed = Observed::default();
+    for msg in messages {
+        if msg
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::Group(g) if *g == LINK_GROUP))
+        {
+            observed.in_our_group.insert(msg.header.index);
+        }
+        observed.links.push(LinkSummary::from_message(msg));
+    }
+    observed
+}
+
+impl Links for RtLinks {
+    async fn dump(&self) -> Result<Observed, LinkError> {
+        let messages: Vec<LinkMessage> = self
+            .netlink
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(link_error)?;
+        Ok(observe(&messages))
+    }
+
+    async fn index_of(&self, name: &str) -> Result<Option<u32>, LinkError> {
+        Ok(self
+            .netlink
+            .link_by_name(name)
+            .await
+            .map_err(link_error)?
+            .map(|l| l.index))
+    }
+
+    async fn create_vlan(
+        &self,
+        name: &str,
+        parent: u32,
+        vid: u16,
+        mtu: u32,
+    ) -> Result<(), LinkError> {
+        let message = LinkVlan::new(name, parent, vid)
+            .mtu(mtu)
+            .link_group(LINK_GROUP)
+            .build();
+        self.netlink
+            .handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(link_error)
+    }
+
+    async fn create_bridge(&self, name: &str, mtu: u32) -> Result<(), LinkError> {
+        let message = LinkBridge::new(name)
+            .mtu(mtu)
+            .link_group(LINK_GROUP)
+            .build();
+        self.netlink
+            .handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(link_error)
+    }
+
+    async fn set_alias(&self, index: u32, alias: &str) -> Result<(), LinkError> {
+        let message = link_change(index).alias(alias).build();
+        self.netlink.set_link(message).await.map_err(link_error)
+    }
+
+    async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), LinkError> {
+        let message = link_change(index).mtu(mtu).build();
+        self.netlink.set_link(message).await.map_err(link_error)
+    }
+
+    async fn set_controller(&self, index: u32, controller: u32) -> Result<(), LinkError> {
+        let message = link_change(index).controller(controller).build();
+        self.netlink.set_link(message).await.map_err(link_error)
+    }
+
+    async fn set_up(&self, index: u32) -> Result<(), LinkError> {
+        let message = link_change(index).up().build();
+        self.netlink.set_link(message).await.map_err(link_error)
+    }
+
+    async fn delete(&self, index: u32) -> Result<(), LinkError> {
+        self.netlink.delete_link(index).await.map_err(link_error)
+    }
+}

@@ -1,0 +1,347 @@
+//! The daemon's main loop. Level-triggered: every trigger (config change, link
+//! event, resync, netlink overrun, retry) leads to the same full reconcile, so a
+//! lost or coalesced event costs nothing but latency.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use netlink_packet_core::NetlinkPayload;
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::MulticastGroup;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio::time::{sleep_until, Instant};
+
+use super::applier::Links;
+use super::config::{ConfigSource, Reload};
+use super::metrics::Metrics;
+use super::planner::plan;
+use super::reconcile::Reconciler;
+use super::rtlinks::RtLinks;
+use crate::netlink::Netlink;
+use crate::paths::RunDir;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    pub node: String,
+    pub listen: Option<SocketAddr>,
+    pub once: bool,
+    pub dry_run: bool,
+    pub resync: Duration,
+    pub run_dir: RunDir,
+}
+
+/// Exit status when the config is invalid (and there is no good one to fall back on).
+pub const EXIT_CONFIG_INVALID: i32 = 2;
+
+/// One `ip link del` makes several events within microseconds: wait this long
+/// after the first so that they make one reconcile, well inside the ~100 ms
+/// repair budget.
+const COALESCE: Duration = Duration::from_millis(10);
+/// First retry after a failed reconcile; doubles up to the resync period.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy)]
+enum Trigger {
+    Config,
+    Link { deleted: bool },
+    Overrun,
+}
+
+#[derive(Debug, Default)]
+struct Batch {
+    config: bool,
+    resync: bool,
+    overrun: bool,
+    link: bool,
+    link_deleted: bool,
+    /// When the first link event of the batch arrived: drift is timed from there.
+    first_link: Option<Instant>,
+}
+
+impl Batch {
+    fn add(&mut self, t: Trigger) {
+        match t {
+            Trigger::Config => self.config = true,
+            Trigger::Overrun => self.overrun = true,
+            Trigger::Link { deleted } => {
+                self.link = true;
+                self.link_deleted |= deleted;
+                self.first_link.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+}
+
+fn connect() -> Result<RtLinks, String> {
+    Netlink::connect()
+        .map(|netlink| RtLinks { netlink })
+        .map_err(|e| format!("opening a route netlink socket: {e}"))
+}
+
+/// Runs the daemon per `opts`; returns the process exit status.
+pub async fn run(opts: Options) -> Result<i32, String> {
+    let metrics = Arc::new(Metrics::default());
+    let mut source = ConfigSource::new(opts.config.clone());
+    source.reload();
+    if opts.dry_run {
+        return dry_run(&opts, &source).await;
+    }
+    let links = connect()?;
+    let mut reconciler = Reconciler::new(
+        links,
+        opts.node.clone(),
+        opts.run_dir.clone(),
+        metrics.clone(),
+    );
+    if opts.once {
+        if source.good.is_none() {
+            reconciler.publish_config_errors(&source);
+            return Ok(EXIT_CONFIG_INVALID);
+        }
+        let outcome = reconciler
+            .reconcile(&source, true)
+            .await
+            .map_err(|e| format!("reading the node's links: {e}"))?;
+        if let Some(state) = outcome.state {
+            for pg in &state.portgroups {
+                match (&pg.ready, &pg.reason) {
+                    (true, _) => tracing::info!(portgroup = %pg.name, bridge = %pg.bridge, "ready"),
+                    (false, reason) => tracing::warn!(
+                        portgroup = %pg.name,
+                        "not ready: {}",
+                        reason.as_deref().unwrap_or("no reason given")
+                    ),
+                }
+            }
+        }
+        return Ok(0);
+    }
+    serve(opts, source, reconciler, metrics).await
+}
+
+async fn dry_run(opts: &Options, source: &ConfigSource) -> Result<i32, String> {
+    let Some(config) = source.good.as_ref() else {
+        println!(
+            "config {} is invalid; nothing would be done:",
+            opts.config.display()
+        );
+        for e in &source.errors {
+            println!("  {e}");
+        }
+        return Ok(EXIT_CONFIG_INVALID);
+    };
+    let links = connect()?;
+    let observed = links
+        .dump()
+        .await
+        .map_err(|e| format!("reading the node's links: {e}"))?;
+    let previous = crate::state::NodeState::read(&opts.run_dir.state_file()).ok();
+    let p = plan(config, &opts.node, previous.as_ref(), &observed);
+    println!(
+        "dry run on node {}: {} operation(s), nothing changed",
+        opts.node,
+        p.steps.len()
+    );
+    for step in &p.steps {
+        println!("  [{}] {}", step.portgroup, step.op);
+    }
+    println!("portgroups after the plan:");
+    for pg in &p.portgroups {
+        let what = if pg.draining {
+            "draining"
+        } else if pg.ready {
+            "ready"
+        } else if p.steps_for(&pg.name).next().is_some() {
+            "would be made"
+        } else {
+            "not ready"
+        };
+        let reason = pg
+            .reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        println!(
+            "  {} (vlan {}, bridge {}): {what}{reason}",
+            pg.name, pg.vlan, pg.bridge
+        );
+    }
+    Ok(0)
+}
+
+/// Link events (RTNLGRP_LINK) as triggers. Overruns become a trigger too: some
+/// events were lost, and only a full reconcile knows what they were.
+async fn monitor_links(tx: UnboundedSender<Trigger>) {
+    loop {
+        match rtnetlink::new_multicast_connection(&[MulticastGroup::Link]) {
+            Ok((mut connection, _handle, mut messages)) => {
+                // A burst of VM ports coming and going must not overrun us often.
+                if let Err(e) = netlink_sys::AsyncSocket::socket_mut(connection.socket_mut())
+                    .set_rx_buf_sz(4 << 20)
+                {
+                    tracing::debug!("netlink receive buffer: {e}");
+                }
+                let task = tokio::spawn(connection);
+                while let Some((message, _)) = messages.next().await {
+                    let trigger = match message.payload {
+                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(_)) => {
+                            Trigger::Link { deleted: false }
+                        }
+                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(_)) => {
+                            Trigger::Link { deleted: true }
+                        }
+                        NetlinkPayload::Overrun(_) => {
+                            tracing::warn!(
+                                "netlink overrun (ENOBUFS): link events were lost; resyncing now"
+                            );
+                            Trigger::Overrun
+                        }
+                        _ => continue,
+                    };
+                    if tx.send(trigger).is_err() {
+                        return;
+                    }
+                }
+                task.abort();
+                tracing::warn!("link event socket closed; reopening");
+            }
+            Err(e) => tracing::error!("subscribing to link events: {e}; retrying"),
+        }
+        if tx.send(Trigger::Overrun).is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn serve(
+    opts: Options,
+    mut source: ConfigSource,
+    mut reconciler: Reconciler<RtLinks>,
+    metrics: Arc<Metrics>,
+) -> Result<i32, String> {
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+    if let Some(addr) = opts.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("listening on {addr}: {e}"))?;
+        tracing::info!("serving /healthz, /readyz and /metrics on http://{addr}");
+        tokio::spawn(super::http::serve(listener, metrics.clone()));
+    }
+    metrics.alive.store(true, Relaxed);
+
+    let (tx, mut rx) = unbounded_channel::<Trigger>();
+    let (config_tx, mut config_rx) = unbounded_channel::<()>();
+    {
+        let path = opts.config.clone();
+        tokio::spawn(async move { super::config::watch(&path, config_tx).await });
+    }
+    {
+        let config_events = tx.clone();
+        tokio::spawn(async move {
+            while config_rx.recv().await.is_some() {
+                if config_events.send(Trigger::Config).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    tokio::spawn(monitor_links(tx));
+    if source.good.is_some() {
+        metrics.config_generation.store(source.generation, Relaxed);
+    } else {
+        metrics.errors.fetch_add(1, Relaxed);
+    }
+
+    tracing::info!(
+        node = %opts.node,
+        config = %opts.config.display(),
+        run_dir = %opts.run_dir.0.display(),
+        resync_s = opts.resync.as_secs(),
+        "portgroupd started"
+    );
+    let mut next_resync = Instant::now() + opts.resync;
+    let mut retry: Option<(Instant, Duration)> = None;
+    // The first pass runs at once, as a resync (with garbage collection).
+    let mut batch = Batch {
+        resync: true,
+        ..Default::default()
+    };
+    loop {
+        if batch.config || batch.resync {
+            match source.reload() {
+                Reload::Loaded => {
+                    metrics.config_generation.store(source.generation, Relaxed);
+                    reconciler.release_held();
+                }
+                Reload::Refused => {
+                    metrics.errors.fetch_add(1, Relaxed);
+                }
+                Reload::Unchanged => {}
+            }
+        }
+        let collect = batch.resync || batch.overrun || batch.link_deleted;
+        match reconciler.reconcile(&source, collect).await {
+            Ok(outcome) => {
+                if source.good.is_some() {
+                    metrics.ready.store(true, Relaxed);
+                }
+                // Failed operations back off inside the reconciler; wake up when one may go again.
+                retry = reconciler
+                    .next_retry()
+                    .map(|at| (Instant::from_std(at), RETRY_MIN));
+                if outcome.applied > 0 {
+                    if let (Some(first), false) = (batch.first_link, batch.config) {
+                        metrics.drift_repairs.fetch_add(1, Relaxed);
+                        tracing::info!(
+                            "repaired drift in {} ms ({} change(s))",
+                            first.elapsed().as_millis(),
+                            outcome.applied
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!("reconcile failed: reading the node's links: {e}");
+                let wait = retry.map_or(RETRY_MIN, |(_, w)| (w * 2).min(opts.resync));
+                retry = Some((Instant::now() + wait, wait));
+            }
+        }
+        if batch.resync {
+            next_resync = Instant::now() + opts.resync;
+        }
+
+        batch = Batch::default();
+        let retry_at = retry.map(|(at, _)| at);
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping; host bridges and VLAN interfaces stay in place"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: stopping; host bridges and VLAN interfaces stay in place"); break; }
+            _ = sleep_until(next_resync) => batch.resync = true,
+            _ = sleep_until(retry_at.unwrap_or(next_resync)), if retry_at.is_some() => {}
+            t = rx.recv() => match t {
+                Some(t) => batch.add(t),
+                None => return Err("event channels closed".into()),
+            },
+        }
+        let deadline = Instant::now() + COALESCE;
+        loop {
+            tokio::select! {
+                _ = sleep_until(deadline) => break,
+                t = rx.recv() => match t {
+                    Some(t) => batch.add(t),
+                    None => break,
+                },
+            }
+        }
+    }
+    metrics.alive.store(false, Relaxed);
+    Ok(0)
+}

@@ -1,0 +1,223 @@
+//! portgroupd against a kernel with 802.1Q: creation, drift repair, crash and
+//! restart, uplink hot-plug, unowned collisions. On a kernel without 802.1Q each
+//! test prints "SKIP: no 802.1Q" and returns (fails with PORTGROUP_REQUIRE_VLAN=1);
+//! hack/daemon-vlan-tests.sh runs them in a VM.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Lab, Netns};
+use nix::sys::signal::Signal;
+use portgroup::naming::{bridge_name, is_owned, vlan_interface_name};
+use portgroup::state::NodeState;
+
+const TWO_PGS: &str = r#"{"uplink": "eth1", "portgroups": [
+    {"name": "prod-web", "vlan": 100, "mtu": 1400}, {"name": "db", "vlan": 200}]}"#;
+
+fn all_ready(s: &NodeState) -> bool {
+    !s.portgroups.is_empty() && s.portgroups.iter().all(|p| p.ready)
+}
+
+/// The topology of one portgroup is complete and marked.
+fn assert_topology(ns: &Netns, vlan: u16, mtu: u32) {
+    let (vname, bname) = (vlan_interface_name("eth1", vlan), bridge_name("eth1", vlan));
+    let v = ns.link(&vname).unwrap_or_else(|| panic!("{vname} missing"));
+    let b = ns.link(&bname).unwrap_or_else(|| panic!("{bname} missing"));
+    assert_eq!(v.kind().as_deref(), Some("vlan"));
+    assert_eq!(v.vlan_id(), Some(u64::from(vlan)));
+    assert_eq!(b.kind().as_deref(), Some("bridge"));
+    assert_eq!(v.master.as_deref(), Some(bname.as_str()), "{v:?}");
+    assert!(v.is_up() && b.is_up());
+    assert!(is_owned(v.ifalias.as_deref()) && is_owned(b.ifalias.as_deref()));
+    assert_eq!((v.mtu, b.mtu), (mtu, mtu));
+}
+
+/// Deletes `name` by hand and times until the topology is whole again.
+fn time_repair(lab: &Lab, name: &str, vlan: u16, mtu: u32) -> Duration {
+    let (vname, bname) = (vlan_interface_name("eth1", vlan), bridge_name("eth1", vlan));
+    let start = Instant::now();
+    lab.node.ip(&["link", "del", name]);
+    loop {
+        let whole = lab
+            .node
+            .link(&vname)
+            .is_some_and(|v| v.master.as_deref() == Some(bname.as_str()) && v.is_up())
+            && lab.node.link(&bname).is_some_and(|b| b.is_up());
+        if whole {
+            let took = start.elapsed();
+            assert_topology(&lab.node, vlan, mtu);
+            return took;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{name} not repaired in 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn creates_and_repairs_drift() {
+    require_vlan!();
+    let lab = Lab::new();
+    lab.write_config(TWO_PGS);
+    let daemon = lab.start(&["--listen", "127.0.0.1:9760"]);
+    let state = lab.wait_state(Duration::from_secs(10), "all ready", all_ready);
+    assert_topology(&lab.node, 100, 1400);
+    assert_topology(&lab.node, 200, 1500);
+    assert_eq!(
+        state.portgroups[0].vlan_interface,
+        vlan_interface_name("eth1", 100)
+    );
+
+    let bridge = time_repair(&lab, &bridge_name("eth1", 100), 100, 1400);
+    println!(
+        "drift repair: bridge deleted by hand, whole again in {} ms",
+        bridge.as_millis()
+    );
+    let vlan = time_repair(&lab, &vlan_interface_name("eth1", 200), 200, 1500);
+    println!(
+        "drift repair: VLAN interface deleted by hand, whole again in {} ms",
+        vlan.as_millis()
+    );
+    // ~100 ms is the goal on a real node; a TCG VM is slower, so the bound is loose.
+    assert!(bridge < Duration::from_secs(2) && vlan < Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(200));
+    let log = daemon.log();
+    for line in log.lines().filter(|l| l.contains("repaired drift in")) {
+        println!("daemon: {}", line.trim());
+    }
+    assert!(log.matches("repaired drift in").count() >= 2, "{log}");
+    let metrics = lab.node.http_get(9760, "/metrics").expect("metrics").1;
+    assert!(
+        !metrics.contains("portgroupd_drift_repairs_total 0"),
+        "{metrics}"
+    );
+    lab.wait_state(Duration::from_secs(5), "all ready again", all_ready);
+}
+
+#[test]
+fn sigkill_mid_reconcile_then_restart_converges() {
+    require_vlan!();
+    let lab = Lab::new();
+    // Many portgroups make the first reconcile long enough to be cut short.
+    let pgs: Vec<String> = (1..=40)
+        .map(|i| format!(r#"{{"name": "pg{i}", "vlan": {}}}"#, 1000 + i))
+        .collect();
+    lab.write_config(&format!(
+        r#"{{"uplink": "eth1", "portgroups": [{}]}}"#,
+        pgs.join(",")
+    ));
+    let mut daemon = lab.start(&["--listen", "127.0.0.1:9761"]);
+    let start = Instant::now();
+    // Kill as soon as the first link of ours shows up: mid-way through the plan.
+    while !lab.node.links().iter().any(|l| l.ifname.starts_with("pg")) {
+        assert!(start.elapsed() < Duration::from_secs(10), "nothing made");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    daemon.signal(Signal::SIGKILL);
+    daemon.wait(Duration::from_secs(5)).expect("killed");
+    let made = lab
+        .node
+        .links()
+        .iter()
+        .filter(|l| l.ifname.starts_with("pg"))
+        .count();
+    println!("killed with {made} of 80 links made");
+
+    let _daemon = lab.start(&["--listen", "127.0.0.1:9762"]);
+    let state = lab.wait_state(Duration::from_secs(30), "all 40 ready", |s| {
+        s.portgroups.len() == 40 && all_ready(s)
+    });
+    assert_eq!(state.portgroups.len(), 40);
+    for i in 1..=40 {
+        assert_topology(&lab.node, 1000 + i, 1500);
+    }
+    let ours = lab
+        .node
+        .links()
+        .into_iter()
+        .filter(|l| l.ifname.starts_with("pg"))
+        .count();
+    assert_eq!(
+        ours, 80,
+        "one bridge and one VLAN interface each, no leftovers"
+    );
+}
+
+#[test]
+fn uplink_removed_then_readded() {
+    require_vlan!();
+    let lab = Lab::new();
+    lab.write_config(TWO_PGS);
+    let _daemon = lab.start(&["--listen", "127.0.0.1:9763"]);
+    lab.wait_state(Duration::from_secs(10), "all ready", all_ready);
+
+    // Deleting the veth uplink takes its VLAN interfaces along (as unplugging a NIC would).
+    lab.node.ip(&["link", "del", "eth1"]);
+    let state = lab.wait_state(Duration::from_secs(5), "not ready", |s| {
+        s.portgroups.iter().all(|p| !p.ready)
+    });
+    assert_eq!(
+        state.portgroups[0].reason.as_deref(),
+        Some("uplink eth1 not found on node worker-3")
+    );
+
+    lab.add_uplink();
+    lab.wait_state(Duration::from_secs(5), "ready again", all_ready);
+    assert_topology(&lab.node, 100, 1400);
+    assert_topology(&lab.node, 200, 1500);
+}
+
+#[test]
+fn unowned_colliding_interface_is_left_alone_and_reported() {
+    require_vlan!();
+    let lab = Lab::new();
+    lab.write_config(TWO_PGS);
+    let bname = bridge_name("eth1", 100);
+    lab.node
+        .ip(&["link", "add", "name", &bname, "type", "bridge"]);
+    let before = lab.node.link(&bname).expect("hand-made bridge");
+    // And an admin's own VLAN 200 interface under another name.
+    lab.node.ip(&[
+        "link", "add", "link", "eth1", "name", "eth1.200", "type", "vlan", "id", "200",
+    ]);
+
+    let out = lab.once();
+    assert!(out.status.success(), "{out:?}");
+    let state = lab.state().expect("state");
+    let web = &state.portgroups[0];
+    assert!(!web.ready);
+    assert_eq!(
+        web.reason.as_deref(),
+        Some(
+            format!("interface {bname} exists and is not owned by portgroup; rename or remove it")
+                .as_str()
+        )
+    );
+    let db = &state.portgroups[1];
+    assert!(!db.ready);
+    assert!(
+        db.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("already used by interface eth1.200"),
+        "{db:?}"
+    );
+    let after = lab.node.link(&bname).expect("still there");
+    assert_eq!(after.ifindex, before.ifindex);
+    assert_eq!(after.ifalias, None);
+    assert!(!after.is_up(), "not even brought up");
+    assert!(lab.node.has_link("eth1.200"));
+    assert!(
+        !lab.node.has_link(&vlan_interface_name("eth1", 100)),
+        "nothing half-made"
+    );
+
+    // Once the admin removes theirs, the portgroups come up.
+    lab.node.ip(&["link", "del", &bname]);
+    lab.node.ip(&["link", "del", "eth1.200"]);
+    assert!(lab.once().status.success());
+    assert!(all_ready(&lab.state().expect("state")));
+}
