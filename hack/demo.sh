@@ -45,13 +45,13 @@ echo
 echo "== KubeVirt starts the migrated VM's pod; Multus runs the portgroup plugin (portgroup prod-web)"
 lab_vm web worker-1
 result=$(lab_cni worker-1 ADD web net1 "$(lab_netconf prod-web "$VM_MAC" "$VM_IP/24")")
-python3 -c '
+python3 - "$result" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1])
-pod = r["interfaces"][1]
-print(f"  pod interface {pod[\"name\"]}: MAC {pod[\"mac\"]}, IP {r[\"ips\"][0][\"address\"]} (as on vSphere)")
-print(f"  host side {r[\"interfaces\"][0][\"name\"]} on the prod-web bridge")
-' "$result"
+host, pod = r["interfaces"][0], r["interfaces"][1]
+print(f"  pod interface {pod['name']}: MAC {pod['mac']}, IP {r['ips'][0]['address']} (as on vSphere)")
+print(f"  host side {host['name']} on the prod-web bridge, port security on")
+PY
 
 echo
 echo "== the VM talks to its old neighbour on VLAN 100"

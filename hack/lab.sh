@@ -45,11 +45,11 @@ lab_up_node() {
     mkdir -p "$dir/run" "$dir/etc"
     ip netns add "$ns"
     ip -n "$ns" link set lo up
-    ip -n pgl-sw link add "trunk-$node" type veth peer name eth1 netns "$ns"
-    ip -n pgl-sw link set "trunk-$node" up
+    ip -n pgl-sw link add "t-$node" type veth peer name eth1 netns "$ns"
+    ip -n pgl-sw link set "t-$node" up
     for vid in 100 200; do
-        ip -n pgl-sw link add link "trunk-$node" name "trunk-$node.$vid" type vlan id "$vid"
-        ip -n pgl-sw link set "trunk-$node.$vid" master "vlan$vid" up
+        ip -n pgl-sw link add link "t-$node" name "t-$node.$vid" type vlan id "$vid"
+        ip -n pgl-sw link set "t-$node.$vid" master "vlan$vid" up
     done
     cat >"$dir/etc/config.json" <<JSON
 {

@@ -24,7 +24,15 @@ pub struct GcReport {
 /// Whether a netns path still names a network namespace. Doubt (a permission
 /// error, say) counts as alive: collecting a live VM's port is far worse than
 /// keeping a dead one for another round.
+///
+/// A `/proc/<pid>/ns/net` path is never judged: the DaemonSet runs without
+/// hostPID, so host processes are invisible and "not found" would be a lie. Such
+/// attachments are collected when their host veth disappears, which the kernel
+/// guarantees once the namespace is really gone.
 pub fn netns_alive(path: &str) -> bool {
+    if path.starts_with("/proc/") {
+        return true;
+    }
     match crate::netns::open(Path::new(path)) {
         Ok(_) => true,
         Err(crate::netns::NetnsError::NotFound { .. })
@@ -133,6 +141,12 @@ mod tests {
             cni_version: "1.1.0".into(),
             created_at: "2026-11-23T10:00:00Z".into(),
         }
+    }
+
+    #[test]
+    fn proc_paths_are_never_judged_dead() {
+        assert!(netns_alive("/proc/999999999/ns/net"));
+        assert!(!netns_alive("/run/netns/portgroup-test-does-not-exist"));
     }
 
     #[test]
