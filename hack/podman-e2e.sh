@@ -18,17 +18,17 @@
 #     runtimeConfig.ips; only two or more IPs on one network
 #     (--network NAME:ip=A,ip=B) go to runtimeConfig.ips, and then as bare
 #     addresses without a prefix length.
-# portgroup reads MAC= from CNI_ARGS but not IP=, so the conflist delegates IPAM
-# to host-local with the subnet: host-local honours CNI_ARGS IP= and gives the
-# address its /24. Podman needs no subnet of its own: it checks --ip against
-# subnets only for networks whose IPAM it understands (its own bridge networks).
+# With an ipam section portgroup leaves requested addresses (CNI_ARGS IP=,
+# runtimeConfig.ips) to the IPAM plugin, so the conflist delegates to host-local
+# with the subnet: host-local honours them and gives the address its /24. Podman
+# needs no subnet of its own: it checks --ip against subnets only for networks
+# whose IPAM it understands (its own bridge networks). Without an ipam section a
+# bare --ip is refused with a message naming CNI_ARGS IP=.
 # The script prints the captured plugin calls at the end.
 #
 # Podman never calls CNI CHECK; stop/start and `podman network reload` are DEL
 # then ADD. Reload re-adds a container started with --ip with the IP twice, bare,
-# in runtimeConfig.ips, which portgroup refuses (it wants a prefix length), as it
-# refuses two IPs on one network: those print XFAIL, and XPASS once they work.
-# Neither fails the run; every other check does.
+# in runtimeConfig.ips: IPAM gets it, deduplicated.
 set -euo pipefail
 
 MARKER=PORTGROUP_PODMAN_E2E_INNER
@@ -358,16 +358,12 @@ check_attached "4 (start)" vm1 "$MAC" "$IP/24"
 ping_both "4 (start)" vm1 "$IP" "$MAC"
 
 # Reload re-adds a container with --ip with that IP twice and without a prefix:
-# runtimeConfig.ips = ["10.10.100.21","10.10.100.21"]. A podman 4.3 bug: the
-# reference bridge plugin + host-local fails the same way (control below).
-# portgroup rejects bare IPs in runtimeConfig.ips, so this is an expected failure.
-reload_out=$(pm network reload vm1 2>&1) && reload_rc=0 || reload_rc=$?
-if [[ $reload_rc == 0 ]]; then
-    echo "XPASS: 4 (reload): podman network reload of a container with --ip now works"
-    check_attached "4 (reload)" vm1 "$MAC" "$IP/24"
-else
-    echo "XFAIL: 4 (reload): podman network reload with --ip: $(tail -1 <<<"$reload_out")"
-fi
+# runtimeConfig.ips = ["10.10.100.21","10.10.100.21"]. With an ipam section the
+# plugin leaves requested IPs to the IPAM plugin (host-local takes bare ones) and
+# drops duplicates, so the container keeps its address.
+reload_out=$(pm network reload vm1 2>&1) || fail "4 (reload): podman network reload with --ip: $(tail -1 <<<"$reload_out")"
+check_attached "4 (reload)" vm1 "$MAC" "$IP/24"
+pass "4 (reload): podman network reload keeps the --ip address"
 "${RUN[@]}" -d --name ref1 --network ref-bridge --mac-address 00:50:56:aa:bb:09 --ip 10.10.100.29 \
     localhost/pgbusybox sleep 300 >/dev/null || die "control: reference bridge run failed"
 if ref_out=$(pm network reload ref1 2>&1) &&
@@ -390,25 +386,30 @@ else
 fi
 pm rm -f -t 0 vm2 >/dev/null 2>&1 || fail "4: podman rm -f vm2 failed"
 
-# Two IPs on one network go to runtimeConfig.ips, bare: expected to fail for now.
+# Two IPs on one network go to runtimeConfig.ips, bare. The plugin hands them to
+# host-local, which allocates one address per range and says so: the run fails
+# with host-local's own message (a conflist with two ranges would take both), and
+# nothing is left behind.
+veths_before=$(pg_veths)
 if multi=$("${RUN[@]}" --rm --network "$NET:ip=10.10.100.41,ip=10.10.100.42" \
     localhost/pgbusybox ip addr show eth0 2>&1); then
-    echo "XPASS: 4 (two IPs): --network $NET:ip=A,ip=B now works"
+    grep -q 'inet 10.10.100.41/24' <<<"$multi" && grep -q 'inet 10.10.100.42/24' <<<"$multi" ||
+        fail "4 (two IPs): both addresses expected on eth0: $multi"
 else
-    echo "XFAIL: 4 (two IPs): $(tail -1 <<<"$multi")"
+    grep -q 'IPAM plugin host-local.*10.10.100.4[12]' <<<"$multi" ||
+        fail "4 (two IPs): expected host-local's own refusal: $(tail -1 <<<"$multi")"
 fi
+[[ "$(pg_veths)" == "$veths_before" ]] || fail "4 (two IPs): veths left: $(pg_veths) (before: $veths_before)"
+pass "4 (two IPs): the request reaches host-local, whose answer is passed on; nothing left"
 
-# Without an ipam section nothing reads CNI_ARGS IP=: podman accepts --ip (it
-# checks subnets only for its own bridge networks) and the container has no IPv4.
-out=$("${RUN[@]}" --rm --network l2-only --mac-address 00:50:56:aa:bb:04 --ip 10.10.100.44 \
-    localhost/pgbusybox ip addr show eth0 2>&1) || true
-if grep -q 'inet 10.10.100.44/' <<<"$out"; then
-    echo "XPASS: 4 (no ipam): --ip now reaches the interface without an ipam section"
-elif grep -q 'link/ether 00:50:56:aa:bb:04' <<<"$out"; then
-    echo "XFAIL: 4 (no ipam): --ip without an ipam section is silently dropped (MAC set, no IPv4)"
-else
-    fail "4 (no ipam): podman run on the l2-only network: $out"
+# Without an ipam section a bare --ip (CNI_ARGS IP=) has no prefix length and
+# nothing to allocate from: the plugin refuses it clearly instead of dropping it.
+if out=$("${RUN[@]}" --rm --network l2-only --mac-address 00:50:56:aa:bb:04 --ip 10.10.100.44 \
+    localhost/pgbusybox ip addr show eth0 2>&1); then
+    fail "4 (no ipam): a bare --ip without an ipam section should be refused: $out"
 fi
+grep -q 'IP=10.10.100.44' <<<"$out" || fail "4 (no ipam): the error should name CNI_ARGS IP=: $out"
+pass "4 (no ipam): a bare --ip without an ipam section is refused with a clear message"
 
 # --- 5. conflict probe through podman: an IP another MAC answers for fails the run
 legacy_host squatter 10.10.100.31 00:50:56:00:00:31

@@ -48,13 +48,13 @@ pub enum Error {
         value: String,
         why: &'static str,
     },
-    #[error("environment variable {var}: {why}")]
+    #[error("{var} {why}")]
     InvalidEnv { var: &'static str, why: String },
     #[error("reading the network configuration from stdin: {0}")]
     Stdin(#[source] std::io::Error),
     #[error("decoding {what}: {why}")]
     Decode { what: &'static str, why: String },
-    #[error("invalid network configuration: {field}: {why}")]
+    #[error("{field}: {why}")]
     InvalidConfig { field: String, why: String },
     #[error("{0}")]
     TryAgainLater(String),

@@ -10,6 +10,7 @@ use portgroup::cni::result::{CniResult, Interface, IpConfig, Route};
 use portgroup::mac::MacAddr;
 use portgroup::naming::host_veth_name;
 use portgroup::netlink::{is_exists, Netlink};
+use portgroup::nodeconfig::parse_cidr;
 use portgroup::paths::{rfc3339, RunDir};
 use portgroup::{netns, portsec, probe, Error};
 use serde_json::Value;
@@ -28,9 +29,29 @@ pub fn choose_mac(conf: &NetConf, args: &CniArgs) -> MacAddr {
         .unwrap_or_else(MacAddr::random_local)
 }
 
-/// Addresses the runtime gave directly; None means "ask IPAM, if configured".
-pub fn declared_ips(conf: &NetConf) -> Option<&[IpNetwork]> {
-    conf.runtime_ips.as_deref().or(conf.args_ips.as_deref())
+/// Addresses we configure ourselves: `runtimeConfig.ips`, else `args.cni.ips`, else
+/// `CNI_ARGS` `IP=`. None means "ask IPAM, if configured" — with an `ipam` section
+/// requested addresses are the IPAM plugin's to honour, so none are ours.
+pub fn declared_ips(conf: &NetConf, args: &CniArgs) -> Result<Option<Vec<IpNetwork>>, Error> {
+    if let Some(ips) = conf.runtime_ips.as_ref().or(conf.args_ips.as_ref()) {
+        return Ok(Some(ips.clone()));
+    }
+    if conf.ipam.is_some() || args.ips.is_empty() {
+        return Ok(None);
+    }
+    let mut ips = Vec::new();
+    for text in &args.ips {
+        let ip = parse_cidr(text).map_err(|why| {
+            Error::env(
+                "CNI_ARGS",
+                format!("IP={text}: {why}; with no ipam section to allocate from, the address needs its prefix length (or add an ipam section)"),
+            )
+        })?;
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    Ok(Some(ips))
 }
 
 /// Host-side veth MACs start with fe: a Linux bridge adopts the lowest port MAC,
@@ -64,6 +85,7 @@ pub async fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, Error
         }
     }
     let mtu = conf.mtu.unwrap_or(target.bridge.mtu);
+    let declared = declared_ips(conf, &env.args)?;
     let pod_ns = netns::open(std::path::Path::new(netns_path))
         .map_err(|e| Error::env("CNI_NETNS", e.to_string()))?;
 
@@ -87,7 +109,7 @@ pub async fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, Error
         portgroup: target.portgroup.as_ref().map(|pg| pg.name.clone()),
         vlan: target.portgroup.as_ref().map(|pg| pg.vlan),
         mac,
-        ips: declared_ips(conf).map(<[_]>::to_vec).unwrap_or_default(),
+        ips: declared.clone().unwrap_or_default(),
         spoof_check: conf.spoof_check,
         ipam: conf.ipam.clone(),
         cni_version: conf.cni_version.as_str().to_string(),
@@ -111,13 +133,14 @@ pub async fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, Error
         ifname,
         host_veth: &host_veth,
         reserved_ips: reservation.map(|r| r.ips.clone()).unwrap_or_default(),
+        declared: declared.as_deref(),
     };
-    let declared = record.ips.clone();
+    let declared_record_ips = record.ips.clone();
     let mut created_veth = false;
     match attempt.build(&mut record, &mut created_veth).await {
         Ok(result) => {
             // IPAM may have added addresses the first write could not know.
-            if record.ips != declared {
+            if record.ips != declared_record_ips {
                 if let Err(e) = record.write(&records) {
                     tracing::warn!("updating the attachment record: {e}");
                 }
@@ -157,7 +180,7 @@ async fn rollback(
         let teardown = Teardown {
             container_id,
             ifname,
-            ipam: conf.ipam.as_ref().filter(|_| declared_ips(conf).is_none()),
+            ipam: conf.ipam.as_ref(),
             config: stdin,
             cni_path: &env.path,
             foreign: false,
@@ -186,6 +209,7 @@ struct Attempt<'a> {
     ifname: &'a str,
     host_veth: &'a str,
     reserved_ips: Vec<IpNetwork>,
+    declared: Option<&'a [IpNetwork]>,
 }
 
 impl Attempt<'_> {
@@ -222,7 +246,7 @@ impl Attempt<'_> {
                 ))
             })?;
 
-        let (ips, routes, dns) = match declared_ips(conf) {
+        let (ips, routes, dns) = match self.declared {
             Some(ips) => (
                 ips.iter()
                     .map(|address| IpConfig {
@@ -397,6 +421,7 @@ mod tests {
         let both = json!({"runtimeConfig": {"mac": "00:50:56:00:00:01"}, "args": {"cni": {"mac": "00:50:56:00:00:02"}}});
         let env_mac = CniArgs {
             mac: Some("00:50:56:00:00:03".parse().unwrap()),
+            ..Default::default()
         };
         let none = CniArgs::default();
         let cases = [
@@ -414,13 +439,42 @@ mod tests {
 
     #[test]
     fn ip_precedence() {
-        let c = conf(
+        let none = CniArgs::default();
+        let podman = CniArgs {
+            ips: vec!["10.0.0.3".into()],
+            ..Default::default()
+        };
+        let with_prefix = CniArgs {
+            ips: vec!["10.0.0.4/24".into(), "10.0.0.4/24".into()],
+            ..Default::default()
+        };
+        let first = |c: &NetConf, a: &CniArgs| {
+            declared_ips(c, a)
+                .unwrap()
+                .map(|ips| ips.iter().map(|i| i.to_string()).collect::<Vec<_>>())
+        };
+        let both = conf(
             json!({"runtimeConfig": {"ips": ["10.0.0.1/24"]}, "args": {"cni": {"ips": ["10.0.0.2/24"]}}}),
         );
-        assert_eq!(declared_ips(&c).unwrap()[0].to_string(), "10.0.0.1/24");
-        let c = conf(json!({"args": {"cni": {"ips": ["10.0.0.2/24"]}}}));
-        assert_eq!(declared_ips(&c).unwrap()[0].to_string(), "10.0.0.2/24");
-        assert!(declared_ips(&conf(json!({}))).is_none());
+        assert_eq!(
+            first(&both, &with_prefix),
+            Some(vec!["10.0.0.1/24".to_string()])
+        );
+        let args = conf(json!({"args": {"cni": {"ips": ["10.0.0.2/24"]}}}));
+        assert_eq!(first(&args, &none), Some(vec!["10.0.0.2/24".to_string()]));
+        assert_eq!(
+            first(&conf(json!({})), &with_prefix),
+            Some(vec!["10.0.0.4/24".to_string()])
+        );
+        assert_eq!(first(&conf(json!({})), &none), None);
+        // A bare IP= with nothing to allocate from: a clear error, not silence.
+        let err = declared_ips(&conf(json!({})), &podman).unwrap_err();
+        assert_eq!(err.code(), portgroup::error::code::INVALID_ENV);
+        assert!(err.to_string().contains("IP=10.0.0.3"));
+        // With IPAM, requested addresses are IPAM's business.
+        let ipam =
+            conf(json!({"ipam": {"type": "host-local"}, "runtimeConfig": {"ips": ["10.0.0.1"]}}));
+        assert_eq!(first(&ipam, &podman), None);
     }
 
     #[test]

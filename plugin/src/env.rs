@@ -19,6 +19,9 @@ pub enum Command {
 #[derive(Debug, Clone, Default)]
 pub struct CniArgs {
     pub mac: Option<MacAddr>,
+    /// `IP=` (comma separated), as podman's `--ip` sends it: for a delegated IPAM
+    /// plugin to honour, or for us when it carries prefix lengths.
+    pub ips: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -107,7 +110,13 @@ pub fn parse_cni_args(text: &str) -> Result<CniArgs, Error> {
         let (key, value) = pair
             .split_once('=')
             .ok_or_else(|| Error::env("CNI_ARGS", format!("{pair:?} is not KEY=VALUE")))?;
-        if key == "MAC" {
+        if key == "IP" {
+            args.ips = value
+                .split(',')
+                .filter(|ip| !ip.is_empty())
+                .map(str::to_string)
+                .collect();
+        } else if key == "MAC" {
             args.mac = Some(
                 MacAddr::parse_unicast(value)
                     .map_err(|e| Error::env("CNI_ARGS", format!("MAC: {e}")))?,

@@ -122,12 +122,16 @@ impl NetConf {
             Some(_) => return Err(Error::invalid_config("ipam", "must be an object")),
         };
 
+        // With a delegated IPAM the requested IPs are the IPAM plugin's to honour
+        // (static and host-local read runtimeConfig.ips, bare addresses included);
+        // without one we configure them ourselves, so they need a prefix length.
+        let own_ips = ipam.is_none();
         let runtime = Fields::section(&root, "runtimeConfig")?;
         let runtime_mac = runtime.opt_mac("runtimeConfig.mac", "mac")?;
-        let runtime_ips = runtime.opt_ips("runtimeConfig.ips", "ips")?;
+        let runtime_ips = runtime.opt_ips("runtimeConfig.ips", "ips", own_ips)?;
         let args_cni = Fields::section(&root, "args")?.subsection("args", "cni")?;
         let args_mac = args_cni.opt_mac("args.cni.mac", "mac")?;
-        let args_ips = args_cni.opt_ips("args.cni.ips", "ips")?;
+        let args_ips = args_cni.opt_ips("args.cni.ips", "ips", own_ips)?;
 
         let probe_section = Fields::section(&root, "probe")?;
         let defaults = ProbeConfig::default();
@@ -162,9 +166,9 @@ impl NetConf {
             probe,
             ipam,
             runtime_mac,
-            runtime_ips,
+            runtime_ips: runtime_ips.filter(|_| own_ips),
             args_mac,
-            args_ips,
+            args_ips: args_ips.filter(|_| own_ips),
             prev_result,
             valid_attachments: valid_attachments(&root)?,
             log_file: get.opt_str("logFile")?.map(PathBuf::from),
@@ -386,28 +390,44 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn opt_ips(&self, field: &str, key: &str) -> Result<Option<Vec<IpNetwork>>, Error> {
-        match self.0.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Array(items)) if items.is_empty() => Ok(None),
-            Some(Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| match item.as_str() {
-                    Some(text) => parse_cidr(text)
-                        .map_err(|why| Error::invalid_config(format!("{field}[{i}]"), why)),
-                    None => Err(Error::invalid_config(
-                        format!("{field}[{i}]"),
-                        "must be a string like 10.0.0.5/24",
-                    )),
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(Some),
-            Some(other) => Err(Error::invalid_config(
-                field,
-                format!("must be an array of addresses, got {other}"),
-            )),
+    /// Addresses, deduplicated (podman repeats them on `network reload`). With
+    /// `need_prefix` each must carry its prefix length; otherwise bare addresses
+    /// are accepted too, as host prefixes.
+    fn opt_ips(
+        &self,
+        field: &str,
+        key: &str,
+        need_prefix: bool,
+    ) -> Result<Option<Vec<IpNetwork>>, Error> {
+        let items = match self.0.get(key) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Array(items)) if items.is_empty() => return Ok(None),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                return Err(Error::invalid_config(
+                    field,
+                    format!("must be an array of addresses, got {other}"),
+                ))
+            }
+        };
+        let mut ips: Vec<IpNetwork> = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let text = item.as_str().ok_or_else(|| {
+                Error::invalid_config(format!("{field}[{i}]"), "must be a string like 10.0.0.5/24")
+            })?;
+            let ip = if need_prefix || text.contains('/') {
+                parse_cidr(text)
+            } else {
+                text.parse::<std::net::IpAddr>()
+                    .map(IpNetwork::from)
+                    .map_err(|_| format!("{text:?} is not an IP address"))
+            }
+            .map_err(|why| Error::invalid_config(format!("{field}[{i}]"), why))?;
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
         }
+        Ok(Some(ips))
     }
 }
 
@@ -594,6 +614,25 @@ mod tests {
             assert_eq!(err.code(), want_code, "{shown}: {err}");
             assert!(err.to_string().contains(want_text), "{shown}: {err}");
         }
+    }
+
+    #[test]
+    fn requested_ips_go_to_ipam_when_there_is_one() {
+        let with_ipam = NetConf::parse(&with(json!({
+            "ipam": {"type": "host-local"},
+            "runtimeConfig": {"ips": ["10.10.100.21", "10.10.100.21"]}
+        })))
+        .unwrap();
+        assert!(with_ipam.runtime_ips.is_none());
+        let bad = NetConf::parse(&with(
+            json!({"ipam": {"type": "host-local"}, "runtimeConfig": {"ips": ["nope"]}}),
+        ));
+        assert_eq!(bad.unwrap_err().code(), code::INVALID_CONFIG);
+        let own = NetConf::parse(&with(
+            json!({"runtimeConfig": {"ips": ["10.0.0.1/24", "10.0.0.1/24", "10.0.0.2/24"]}}),
+        ))
+        .unwrap();
+        assert_eq!(own.runtime_ips.unwrap().len(), 2, "duplicates dropped");
     }
 
     #[test]
