@@ -35,14 +35,19 @@ if [[ $quick -eq 1 ]]; then
     exit 0
 fi
 
-step "VLAN tests"
-vlan_filter='test(/vlan/)'
+step "VLAN tests: daemon, migration lab, demo"
+cargo build --quiet --bins
+vlan_filter='binary(daemon_vlan)'
+vlan_suite="hack/migration-lab.sh && hack/demo.sh --inside"
 if hack/vm.sh --has-8021q; then
     PORTGROUP_REQUIRE_VLAN=1 cargo nextest run --workspace --no-fail-fast -E "$vlan_filter"
+    PORTGROUP_REQUIRE_VLAN=1 bash -c "$vlan_suite"
 else
-    echo "this kernel has no 802.1Q: running them in a VM (about 30 s to boot)"
+    echo "this kernel has no 802.1Q: running them in a VM (one boot, a few minutes under TCG)"
     archive=target/nextest-vlan.tar.zst
-    cargo nextest archive --workspace --archive-file "$archive" >/dev/null
-    PORTGROUP_REQUIRE_VLAN=1 hack/vm.sh \
-        "cargo nextest run --archive-file $archive --workspace-remap . --no-fail-fast -E '$vlan_filter' 2>&1"
+    cargo nextest archive --workspace --archive-file "$archive" 2>/dev/null
+    PORTGROUP_REQUIRE_VLAN=1 PORTGROUP_VM_TIMEOUT=${PORTGROUP_VM_TIMEOUT:-1500} hack/vm.sh \
+        "set -e; cargo nextest run --archive-file $archive --workspace-remap . --no-fail-fast -E '$vlan_filter' 2>&1; $vlan_suite 2>&1"
 fi
+echo
+echo "hack/test.sh: all passed"
