@@ -47,7 +47,7 @@ else
     archive=target/nextest-vlan.tar.zst
     cargo nextest archive --workspace --archive-file "$archive" 2>/dev/null
     PORTGROUP_REQUIRE_VLAN=1 PORTGROUP_VM_TIMEOUT=${PORTGROUP_VM_TIMEOUT:-1500} hack/vm.sh \
-        "set -e; cargo nextest run --archive-file $archive --workspace-remap . --no-fail-fast -E '$vlan_filter' 2>&1; $vlan_suite 2>&1"
+        "set -e; cargo nextest run --archive-file $archive --workspace-remap . --extract-to target/nextest-vlan --extract-overwrite --no-fail-fast -E '$vlan_filter' 2>&1; $vlan_suite 2>&1"
 fi
 echo
 echo "hack/test.sh: all passed"
