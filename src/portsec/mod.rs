@@ -406,22 +406,14 @@ fn retryable(e: &NlError) -> bool {
 /// differ from this build's (idempotent; the daemon may call it to repair drift).
 /// Existing set elements and counter values are kept.
 pub fn ensure_base() -> Result<(), Error> {
-    let context = "creating table bridge portgroup";
-    let mut nl = open(context)?;
-    let mut last = None;
-    for _ in 0..ATTEMPTS {
-        if base_ok(&mut nl).map_err(|e| err(context, e))? {
+    with_retries("creating table bridge portgroup", |nl| {
+        if base_ok(nl)? {
             return Ok(());
         }
         let mut batch = Batch::new();
         bootstrap(&mut batch);
-        match nl.commit(batch) {
-            Ok(()) => return Ok(()),
-            Err(e) if retryable(&e) => last = Some(e),
-            Err(e) => return Err(err(context, e)),
-        }
-    }
-    Err(err(context, last.unwrap_or_else(too_busy)))
+        nl.commit(batch)
+    })
 }
 
 fn too_busy() -> NlError {
@@ -429,6 +421,25 @@ fn too_busy() -> NlError {
         errno: libc::EBUSY,
         what: "gave up after concurrent changes".into(),
     }
+}
+
+/// Opens a socket and runs `attempt` until it succeeds, fails for good, or has
+/// lost to concurrent changes [`ATTEMPTS`] times. Each attempt reads what it
+/// needs afresh, so a retry sees what the other writer did.
+fn with_retries<T>(
+    context: &str,
+    mut attempt: impl FnMut(&mut Nfnl) -> Result<T, NlError>,
+) -> Result<T, Error> {
+    let mut nl = open(context)?;
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        match attempt(&mut nl) {
+            Ok(value) => return Ok(value),
+            Err(e) if retryable(&e) => last = Some(e),
+            Err(e) => return Err(err(context, e)),
+        }
+    }
+    Err(err(context, last.unwrap_or_else(too_busy)))
 }
 
 /// Installs (or replaces) the rules for one port. Cost must not grow with the number of ports.
@@ -441,77 +452,57 @@ pub fn install(rules: &PortRules) -> Result<(), Error> {
         )));
     }
     let context = format!("installing port security for {}", rules.host_veth);
-    let mut nl = open(&context)?;
     let want = PortElems::wanted(rules);
-    let mut last = None;
-    for _ in 0..ATTEMPTS {
-        let attempt = (|| -> Result<(), NlError> {
-            if !base_ok(&mut nl)? {
-                // First use on this node, or damaged: its own idempotent transaction.
-                let mut batch = Batch::new();
-                bootstrap(&mut batch);
-                nl.commit(batch)?;
-            }
+    with_retries(&context, |nl| {
+        if !base_ok(nl)? {
+            // First use on this node, or damaged: its own idempotent transaction.
             let mut batch = Batch::new();
-            // A new port (the ADD path) is one GET; only a re-install reads the sets.
-            let have = if has_elem(&mut nl, SET_PORTS, &ifkey)? {
-                port_elems(&mut nl, &ifkey)?
-            } else {
-                PortElems::default()
-            };
-            let have_keys = have.keys(&ifkey);
-            let want_keys = want.keys(&ifkey);
-            let stale: Vec<_> = have_keys
-                .iter()
-                .filter(|k| !want_keys.contains(k))
-                .cloned()
-                .collect();
-            let new: Vec<_> = want_keys
-                .iter()
-                .filter(|k| !have_keys.contains(k))
-                .cloned()
-                .collect();
-            push_elems(
-                &mut batch,
-                msg::DELSETELEM,
-                &stale,
-                "deleting a stale element",
-            );
-            push_elems(&mut batch, msg::NEWSETELEM, &new, "adding an element");
-            nl.commit(batch)
-        })();
-        match attempt {
-            Ok(()) => return Ok(()),
-            Err(e) if retryable(&e) => last = Some(e),
-            Err(e) => return Err(err(&context, e)),
+            bootstrap(&mut batch);
+            nl.commit(batch)?;
         }
-    }
-    Err(err(&context, last.unwrap_or_else(too_busy)))
+        let mut batch = Batch::new();
+        // A new port (the ADD path) is one GET; only a re-install reads the sets.
+        let have = if has_elem(nl, SET_PORTS, &ifkey)? {
+            port_elems(nl, &ifkey)?
+        } else {
+            PortElems::default()
+        };
+        let have_keys = have.keys(&ifkey);
+        let want_keys = want.keys(&ifkey);
+        let stale: Vec<_> = have_keys
+            .iter()
+            .filter(|k| !want_keys.contains(k))
+            .cloned()
+            .collect();
+        let new: Vec<_> = want_keys
+            .iter()
+            .filter(|k| !have_keys.contains(k))
+            .cloned()
+            .collect();
+        push_elems(
+            &mut batch,
+            msg::DELSETELEM,
+            &stale,
+            "deleting a stale element",
+        );
+        push_elems(&mut batch, msg::NEWSETELEM, &new, "adding an element");
+        nl.commit(batch)
+    })
 }
 
 /// Removes every rule for one port; a port with no rules is fine.
 pub fn remove(host_veth: &str) -> Result<(), Error> {
     let ifkey = ifname_key(host_veth)?;
     let context = format!("removing port security for {host_veth}");
-    let mut nl = open(&context)?;
-    let mut last = None;
-    for _ in 0..ATTEMPTS {
-        let attempt = (|| -> Result<(), NlError> {
-            if !has_elem(&mut nl, SET_PORTS, &ifkey)? {
-                return Ok(());
-            }
-            let have = port_elems(&mut nl, &ifkey)?;
-            let mut batch = Batch::new();
-            push_elems(&mut batch, msg::DELSETELEM, &have.keys(&ifkey), "deleting");
-            nl.commit(batch)
-        })();
-        match attempt {
-            Ok(()) => return Ok(()),
-            Err(e) if retryable(&e) => last = Some(e),
-            Err(e) => return Err(err(&context, e)),
+    with_retries(&context, |nl| {
+        if !has_elem(nl, SET_PORTS, &ifkey)? {
+            return Ok(());
         }
-    }
-    Err(err(&context, last.unwrap_or_else(too_busy)))
+        let have = port_elems(nl, &ifkey)?;
+        let mut batch = Batch::new();
+        push_elems(&mut batch, msg::DELSETELEM, &have.keys(&ifkey), "deleting");
+        nl.commit(batch)
+    })
 }
 
 /// Garbage collection: removes the elements of every port not named in `keep`
@@ -521,47 +512,37 @@ pub fn remove(host_veth: &str) -> Result<(), Error> {
 /// the daemon deletes a dead attachment's veth first, then its rules.
 pub fn remove_all_not_in(keep: &[String]) -> Result<Vec<String>, Error> {
     let context = "collecting port-security rules of gone ports";
-    let mut nl = open(context)?;
     let keep: HashSet<&str> = keep.iter().map(String::as_str).collect();
-    let mut last = None;
-    for _ in 0..ATTEMPTS {
-        let attempt = (|| -> Result<Vec<String>, NlError> {
-            let mut all: Vec<(&'static str, Vec<u8>)> = Vec::new();
-            for (set, _, _) in SETS {
-                for key in dump_set(&mut nl, set)? {
-                    all.push((set, key));
-                }
+    with_retries(context, |nl| {
+        let mut all: Vec<(&'static str, Vec<u8>)> = Vec::new();
+        for (set, _, _) in SETS {
+            for key in dump_set(nl, set)? {
+                all.push((set, key));
             }
-            let names: BTreeSet<String> = all
-                .iter()
-                .map(|(_, key)| name_of(&key[..IFNAMSIZ.min(key.len())]))
-                .collect();
-            let ports: Vec<String> = names
-                .into_iter()
-                .filter(|name| {
-                    !keep.contains(name.as_str())
-                        && nix::net::if_::if_nametoindex(name.as_str()).is_err()
-                })
-                .collect();
-            let stale: Vec<(&'static str, Vec<u8>)> = all
-                .into_iter()
-                .filter(|(_, key)| ports.contains(&name_of(&key[..IFNAMSIZ.min(key.len())])))
-                .collect();
-            // Bounded transactions: the kernel takes a batch in one message.
-            for chunk in stale.chunks(512) {
-                let mut batch = Batch::new();
-                push_elems(&mut batch, msg::DELSETELEM, chunk, "deleting");
-                nl.commit(batch)?;
-            }
-            Ok(ports)
-        })();
-        match attempt {
-            Ok(removed) => return Ok(removed),
-            Err(e) if retryable(&e) => last = Some(e),
-            Err(e) => return Err(err(context, e)),
         }
-    }
-    Err(err(context, last.unwrap_or_else(too_busy)))
+        let names: BTreeSet<String> = all
+            .iter()
+            .map(|(_, key)| name_of(&key[..IFNAMSIZ.min(key.len())]))
+            .collect();
+        let ports: Vec<String> = names
+            .into_iter()
+            .filter(|name| {
+                !keep.contains(name.as_str())
+                    && nix::net::if_::if_nametoindex(name.as_str()).is_err()
+            })
+            .collect();
+        let stale: Vec<(&'static str, Vec<u8>)> = all
+            .into_iter()
+            .filter(|(_, key)| ports.contains(&name_of(&key[..IFNAMSIZ.min(key.len())])))
+            .collect();
+        // Bounded transactions: the kernel takes a batch in one message.
+        for chunk in stale.chunks(512) {
+            let mut batch = Batch::new();
+            push_elems(&mut batch, msg::DELSETELEM, chunk, "deleting");
+            nl.commit(batch)?;
+        }
+        Ok(ports)
+    })
 }
 
 /// The ports that have rules installed.
