@@ -341,9 +341,7 @@ fn bad_inputs_get_the_right_code_and_leave_nothing() {
     ];
     assert!(cases.len() >= 25);
 
-    let mut lab = Lab::new();
-    let pod = lab.pod();
-    let path = Lab::netns_path(&pod);
+    let (lab, pod, path) = Lab::with_pod();
     // An interface that is not a bridge, for the "not a bridge" case.
     lab.node_ip(&[
         "link",

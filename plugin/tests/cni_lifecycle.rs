@@ -17,9 +17,7 @@ fn with_prev(conf: &Value, prev: &Value) -> Value {
 #[test]
 fn add_check_del_every_version() {
     for (i, version) in VERSIONS.iter().enumerate() {
-        let mut lab = Lab::new();
-        let pod = lab.pod();
-        let path = Lab::netns_path(&pod);
+        let (lab, pod, path) = Lab::with_pod();
         let id = format!("ctr{i}");
         let c = conf(
             version,
@@ -79,9 +77,7 @@ fn add_check_del_every_version() {
 
 #[test]
 fn mac_from_cni_args_and_random_fallback_and_link_down() {
-    let mut lab = Lab::new();
-    let pod = lab.pod();
-    let path = Lab::netns_path(&pod);
+    let (lab, pod, path) = Lab::with_pod();
     let mut env = Lab::attach_env("c1", &path, "net1");
     env.push((
         "CNI_ARGS",
@@ -129,9 +125,7 @@ fn mac_from_cni_args_and_random_fallback_and_link_down() {
 
 #[test]
 fn add_onto_existing_interface_fails_and_leaks_nothing() {
-    let mut lab = Lab::new();
-    let pod = lab.pod();
-    let path = Lab::netns_path(&pod);
+    let (lab, pod, path) = Lab::with_pod();
     lab.pod_ip(
         &pod,
         &[
@@ -156,9 +150,7 @@ fn add_onto_existing_interface_fails_and_leaks_nothing() {
 
 #[test]
 fn second_add_of_same_attachment_keeps_the_first() {
-    let mut lab = Lab::new();
-    let pod = lab.pod();
-    let path = Lab::netns_path(&pod);
+    let (lab, _pod, path) = Lab::with_pod();
     let env = Lab::attach_env("c1", &path, "net1");
     let c = conf("1.0.0", json!({}));
     assert_eq!(lab.cni("ADD", &c, &env).code, 0);
@@ -173,9 +165,7 @@ fn second_add_of_same_attachment_keeps_the_first() {
 
 #[test]
 fn del_is_idempotent() {
-    let mut lab = Lab::new();
-    let pod = lab.pod();
-    let path = Lab::netns_path(&pod);
+    let (lab, _pod, path) = Lab::with_pod();
     let env = Lab::attach_env("c1", &path, "net1");
     let c = conf("1.0.0", json!({}));
     assert_eq!(lab.cni("ADD", &c, &env).code, 0);
@@ -199,9 +189,7 @@ fn del_is_idempotent() {
 
 #[test]
 fn del_after_netns_is_gone() {
-    let mut lab = Lab::new();
-    let pod = lab.pod();
-    let path = Lab::netns_path(&pod);
+    let (lab, pod, path) = Lab::with_pod();
     let env = Lab::attach_env("c1", &path, "net1");
     let c = conf("1.0.0", json!({}));
     assert_eq!(lab.cni("ADD", &c, &env).code, 0);
@@ -213,9 +201,7 @@ fn del_after_netns_is_gone() {
 
 #[test]
 fn check_fails_when_host_veth_leaves_the_bridge_and_follows_renames() {
-    let mut lab = Lab::new();
-    let pod = lab.pod();
-    let path = Lab::netns_path(&pod);
+    let (lab, pod, path) = Lab::with_pod();
     let env = Lab::attach_env("c1", &path, "net1");
     let c = conf("1.0.0", json!({"runtimeConfig": {"ips": ["10.0.0.2/24"]}}));
     let add = lab.cni("ADD", &c, &env);
@@ -272,9 +258,7 @@ fn killed_add_then_del_leaves_nothing() {
         "probed",
     ];
     for stage in stages {
-        let mut lab = Lab::new();
-        let pod = lab.pod();
-        let path = Lab::netns_path(&pod);
+        let (lab, pod, path) = Lab::with_pod();
         let mut env = Lab::attach_env("c1", &path, "net1");
         let c = conf(
             "1.0.0",
@@ -297,9 +281,7 @@ fn killed_add_then_del_leaves_nothing() {
 
 #[test]
 fn delegated_ipam_static() {
-    let mut lab = Lab::new();
-    let pod = lab.pod();
-    let path = Lab::netns_path(&pod);
+    let (lab, pod, path) = Lab::with_pod();
     let env = Lab::attach_env("c1", &path, "net1");
     for version in ["0.4.0", "1.0.0", "1.1.0"] {
         let c = conf(
@@ -344,9 +326,7 @@ fn delegated_ipam_static() {
 
 #[test]
 fn chaining_keeps_prev_result() {
-    let mut lab = Lab::new();
-    let pod = lab.pod();
-    let path = Lab::netns_path(&pod);
+    let (lab, _pod, path) = Lab::with_pod();
     let env = Lab::attach_env("c1", &path, "net1");
     let prev = json!({
         "cniVersion": "1.0.0",
@@ -376,9 +356,7 @@ fn chaining_keeps_prev_result() {
 
 #[test]
 fn gc_removes_what_is_not_listed() {
-    let mut lab = Lab::new();
-    let pod = lab.pod();
-    let path = Lab::netns_path(&pod);
+    let (lab, pod, path) = Lab::with_pod();
     let c = conf("1.1.0", json!({}));
     for (id, ifname) in [("keep", "net1"), ("stale1", "net2"), ("stale2", "net3")] {
         assert_eq!(
@@ -442,9 +420,7 @@ fn portgroup_conf(version: &str, extra: Value) -> Value {
 
 #[test]
 fn portgroup_mode_resolves_through_node_state() {
-    let mut lab = Lab::new();
-    let pod = lab.pod();
-    let path = Lab::netns_path(&pod);
+    let (lab, _pod, path) = Lab::with_pod();
     let env = Lab::attach_env("c1", &path, "net1");
     let c = portgroup_conf(
         "1.0.0",
@@ -545,9 +521,7 @@ fn version_lists_supported_versions() {
 
 #[test]
 fn fifty_parallel_adds_then_dels() {
-    let mut lab = Lab::new();
-    let pod = lab.pod();
-    let path = Lab::netns_path(&pod);
+    let (lab, pod, path) = Lab::with_pod();
     let c = conf("1.0.0", json!({"spoofCheck": true}));
     let lab = &lab;
     std::thread::scope(|scope| {
@@ -595,9 +569,7 @@ fn fifty_parallel_adds_then_dels() {
 
 #[test]
 fn logs_never_reach_stdout_and_log_file_works() {
-    let mut lab = Lab::new();
-    let pod = lab.pod();
-    let path = Lab::netns_path(&pod);
+    let (lab, _pod, path) = Lab::with_pod();
     let log = lab.run_dir.join("plugin.log");
     let c = conf(
         "1.0.0",

@@ -10,9 +10,7 @@ const VM_MAC: &str = "00:50:56:aa:bb:01";
 
 #[test]
 fn rules_follow_add_check_del_and_gc() {
-    let mut lab = Lab::new();
-    let pod = lab.pod();
-    let path = Lab::netns_path(&pod);
+    let (lab, pod, path) = Lab::with_pod();
     let env = Lab::attach_env("vm1", &path, "net1");
     let c = conf(
         "1.1.0",

@@ -76,6 +76,14 @@ impl Lab {
         lab
     }
 
+    /// A lab with one pod namespace: (lab, pod name, pod netns path).
+    pub fn with_pod() -> (Lab, String, String) {
+        let mut lab = Lab::new();
+        let pod = lab.pod();
+        let path = Lab::netns_path(&pod);
+        (lab, pod, path)
+    }
+
     pub fn add_bridge(&self, name: &str) {
         self.node_ip(&["link", "add", name, "type", "bridge"]);
         self.node_ip(&["link", "set", name, "up"]);
