@@ -7,6 +7,10 @@
 #   hack/bench.sh --sections S    comma list of seq,burst,profile,portsec (default all)
 #   hack/bench.sh --no-build      use target/release/portgroup as it is
 #   hack/bench.sh --no-daemon     skip the portgroupd section
+#   hack/bench.sh --compare BIN   also bench another portgroup build (rows cmp-l2, cmp-static,
+#                                 interleaved with the rest): to measure a fix before merging
+#   hack/bench.sh --state-portgroups N   size of the node state the pg-portgroup row
+#                                 resolves its portgroup through (default 100)
 #
 # Output: a table on stdout, JSON in bench-results/bench.json (parts in
 # bench-results/cni.json and bench-results/daemon.json).
@@ -35,7 +39,7 @@ repo=$PWD
 export PYTHONDONTWRITEBYTECODE=1
 argv="$*"
 
-quick=0 build=1 daemon=1 cycles="" sections="seq,burst,profile,portsec"
+quick=0 build=1 daemon=1 cycles="" sections="seq,burst,profile,portsec" state_pgs=100 compare=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) quick=1 ;;
@@ -43,6 +47,8 @@ while [[ $# -gt 0 ]]; do
         --sections) sections=$2; shift ;;
         --no-build) build=0 ;;
         --no-daemon) daemon=0 ;;
+        --state-portgroups) state_pgs=$2; shift ;;
+        --compare) compare=$(realpath "$2"); shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
@@ -118,11 +124,13 @@ mkdir -p "$run_dir" "$disk_run_dir" "$scratch"
 
 # --- CNI ADD/DEL --------------------------------------------------------------
 step "CNI benchmark: $cycles cycles, burst $burst x $burst_rounds, port security at $levels ($sections)"
-ip netns exec "$node" python3 "$repo/hack/bench/cni_bench.py" \
+extra=()
+[[ -n $compare ]] && extra+=(--compare "$compare")
+ip netns exec "$node" python3 "$repo/hack/bench/cni_bench.py" "${extra[@]}" \
     --plugin "$plugin" --run-dir "$run_dir" --disk-run-dir "$disk_run_dir" \
     --pods "$tag-p" --npods "$npods" --cycles "$cycles" --burst "$burst" \
     --burst-rounds "$burst_rounds" --portsec-levels "$levels" --portsec-reps "$reps" --profile-runs "$profile_runs" \
-    --synthetic-state 100 --sections "$sections" --scratch "$scratch" --out "$out/cni.json" --progress
+    --synthetic-state "$state_pgs" --sections "$sections" --scratch "$scratch" --out "$out/cni.json" --progress
 
 # --- portgroupd ---------------------------------------------------------------
 daemon_bin=$target/release/portgroupd
@@ -148,4 +156,4 @@ fi
 
 # --- report -------------------------------------------------------------------
 python3 "$repo/hack/bench/report.py" --cni "$out/cni.json" --daemon "$out/daemon.json" \
-    --out "$out/bench.json" --argv "$argv" --quick "$quick"
+    --out "$out/bench.json" --argv="$argv" --quick "$quick"

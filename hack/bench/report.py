@@ -66,6 +66,11 @@ def build(cni, daemon):
         }
         if "pg-l2-disk" in seq:
             r[key]["pg-l2-disk/pg-l2"] = ratio(p50(seq, "pg-l2-disk", key), p50(seq, "pg-l2", key))
+        if "cmp-l2" in seq:
+            r[key]["cmp-l2/pg-l2"] = ratio(p50(seq, "cmp-l2", key), p50(seq, "pg-l2", key))
+            r[key]["cmp-static/pg-static"] = ratio(p50(seq, "cmp-static", key), p50(seq, "pg-static", key))
+            r[key]["cmp-l2/floor"] = ratio(p50(seq, "cmp-l2", key), p50(seq, "floor", key))
+            r[key]["cmp-l2/ref-l2"] = ratio(p50(seq, "cmp-l2", key), p50(seq, "ref-l2", key))
         if "pg-portgroup" in seq:
             r[key]["pg-portgroup/ref-l2"] = ratio(p50(seq, "pg-portgroup", key), p50(seq, "ref-l2", key))
     burst = cni.get("burst", {})
@@ -142,11 +147,14 @@ def print_tables(res):
                   f"{row['failures']:>10}  {row['ok_ports_every_round']}")
     ps = cni.get("portsec")
     if ps:
-        print("\nPort security (spoofCheck true) ADD at N existing VM ports, p50 ms; pg-l2 interleaved as baseline")
+        print("\nPort security (spoofCheck true) ADD at N existing VM ports, p50 ms; pg-l2 and the floor "
+              "interleaved as baselines")
         for lv in ps["levels"]:
             print(f"  {lv['existing_ports']:>5} ports: portsec ADD {fmt(lv['pg-portsec']['add'].get('p50'), 7)}"
-                  f"  baseline ADD {fmt(lv['pg-l2']['add'].get('p50'), 7)}"
-                  f"  ratio {fmt(lv['portsec_over_baseline_add_p50'], 6)}")
+                  f"  pg-l2 ADD {fmt(lv['pg-l2']['add'].get('p50'), 7)}"
+                  f"  floor ADD {fmt(lv.get('floor', {}).get('add', {}).get('p50'), 7)}"
+                  f"  portsec/pg-l2 {fmt(lv['portsec_over_baseline_add_p50'], 6)}"
+                  f"  background {lv.get('background_frames_per_port_per_s')} frames/s/port")
         print(f"  flatness (normalised last/first): {ps['flatness'].get('normalised_ratio_last_vs_first')}")
     prof = cni.get("profile", {})
     if prof:
