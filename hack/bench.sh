@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# hack/bench.sh: portgroup's benchmarks (issue 6). Method and results: BENCHMARKS.md.
+#
+#   hack/bench.sh                 full run (200 cycles, 3 burst rounds, 1/100/1000 ports)
+#   hack/bench.sh --quick         smoke run (30 cycles, 1 burst round, 1/100 ports)
+#   hack/bench.sh --cycles N      sequential cycles per contender (default 200)
+#   hack/bench.sh --sections S    comma list of seq,burst,profile,portsec (default all)
+#   hack/bench.sh --no-build      use target/release/portgroup as it is
+#   hack/bench.sh --no-daemon     skip the portgroupd section
+#   hack/bench.sh --compare BIN   also bench another portgroup build (rows cmp-l2, cmp-static,
+#                                 interleaved with the rest): to measure a fix before merging
+#   hack/bench.sh --state-portgroups N   size of the node state the pg-portgroup row
+#                                 resolves its portgroup through (default 100)
+#
+# Output: a table on stdout, JSON in bench-results/bench.json (parts in
+# bench-results/cni.json and bench-results/daemon.json).
+#
+# Everything runs in throwaway network namespaces named pgb-<pid>-*: one "node"
+# namespace with bridge br0 and up to 112 pod namespaces. This machine's own
+# namespace is never touched. All of it (and the run dirs) is deleted on exit,
+# whatever the exit. The CNI harness runs INSIDE the node namespace, once, and
+# execs every plugin directly, so `ip netns exec`'s own overhead (new mount
+# namespace, /sys remount) is not in any measured operation.
+#
+# Installs what it needs, only when missing: containernetworking-plugins
+# (/usr/lib/cni/bridge, static), iproute2, strace, valgrind. hyperfine is not
+# used: the harness must interleave contenders cycle by cycle, which hyperfine
+# cannot do, so it times each exec itself (perf_counter_ns + wait4 rusage).
+#
+# The daemon section (portgroupd: converge N portgroups, drift repair, RSS, idle
+# CPU) runs only when target/release/portgroupd exists and is the real daemon
+# (its --help mentions --once); otherwise it is skipped with a notice. VLAN
+# portgroups need 802.1Q: when this kernel lacks it the section runs inside the
+# test VM (hack/vm.sh, ~30 s boot, TCG: absolute times are slow there, read the
+# ratios). See hack/bench/daemon_bench.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+export PYTHONDONTWRITEBYTECODE=1
+argv="$*"
+
+quick=0 build=1 daemon=1 cycles="" sections="seq,burst,profile,portsec" state_pgs=100 compare=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --quick) quick=1 ;;
+        --cycles) cycles=$2; shift ;;
+        --sections) sections=$2; shift ;;
+        --no-build) build=0 ;;
+        --no-daemon) daemon=0 ;;
+        --state-portgroups) state_pgs=$2; shift ;;
+        --compare) compare=$(realpath "$2"); shift ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+[[ $EUID -eq 0 ]] || { echo "hack/bench.sh needs root (network namespaces)" >&2; exit 1; }
+
+if [[ $quick -eq 1 ]]; then
+    cycles=${cycles:-30} burst_rounds=1 levels=1,100 reps=10 profile_runs=5
+else
+    cycles=${cycles:-200} burst_rounds=3 levels=1,100,1000 reps=40 profile_runs=15
+fi
+burst=100
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+# --- dependencies -------------------------------------------------------------
+need=()
+[[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/static ]] || need+=(containernetworking-plugins)
+command -v ip >/dev/null || need+=(iproute2)
+command -v strace >/dev/null || need+=(strace)
+command -v valgrind >/dev/null || need+=(valgrind)
+command -v python3 >/dev/null || need+=(python3)
+if [[ ${#need[@]} -gt 0 ]]; then
+    step "apt-get install ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if [[ $build -eq 1 ]]; then
+    step "cargo build --release -p portgroup-plugin"
+    cargo build --release -q -p portgroup-plugin
+fi
+target=${CARGO_TARGET_DIR:-$repo/target}
+plugin=$target/release/portgroup
+[[ -x $plugin ]] || { echo "$plugin is missing (cargo build --release -p portgroup-plugin)" >&2; exit 1; }
+
+# --- throwaway namespaces -----------------------------------------------------
+tag="pgb-$$"
+node="$tag-node"
+npods=$((burst + 12))
+out=$repo/bench-results
+mkdir -p "$out"
+run_dir=/dev/shm/$tag-run          # tmpfs, like /run on a node
+disk_run_dir=$out/.$tag-run-disk   # ext4: shows what the record's fsync costs
+scratch=/dev/shm/$tag-scratch
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    ip netns list 2>/dev/null | awk -v p="^$tag-" '$1 ~ p {print "netns del " $1}' |
+        ip -force -batch - 2>/dev/null || true
+    rm -rf "$run_dir" "$disk_run_dir" "$scratch"
+    if ip netns list 2>/dev/null | grep -q "^$tag-"; then
+        echo "warning: namespaces left behind: $(ip netns list | grep "^$tag-" | tr '\n' ' ')" >&2
+    fi
+    exit $rc
+}
+trap cleanup EXIT INT TERM
+
+step "namespaces $tag-*: node with br0, $npods pods"
+{
+    echo "netns add $node"
+    for ((i = 0; i < npods; i++)); do echo "netns add $tag-p$i"; done
+} | ip -batch -
+ip -n "$node" -batch - <<EOF
+link set lo up
+link add br0 type bridge
+link set br0 up
+EOF
+mkdir -p "$run_dir" "$disk_run_dir" "$scratch"
+
+# --- CNI ADD/DEL --------------------------------------------------------------
+step "CNI benchmark: $cycles cycles, burst $burst x $burst_rounds, port security at $levels ($sections)"
+extra=()
+[[ -n $compare ]] && extra+=(--compare "$compare")
+ip netns exec "$node" python3 "$repo/hack/bench/cni_bench.py" "${extra[@]}" \
+    --plugin "$plugin" --run-dir "$run_dir" --disk-run-dir "$disk_run_dir" \
+    --pods "$tag-p" --npods "$npods" --cycles "$cycles" --burst "$burst" \
+    --burst-rounds "$burst_rounds" --portsec-levels "$levels" --portsec-reps "$reps" --profile-runs "$profile_runs" \
+    --synthetic-state "$state_pgs" --sections "$sections" --scratch "$scratch" --out "$out/cni.json" --progress
+
+# --- portgroupd ---------------------------------------------------------------
+daemon_bin=$target/release/portgroupd
+if [[ $daemon -eq 0 ]]; then
+    echo '{"skipped": "--no-daemon"}' >"$out/daemon.json"
+elif [[ ! -x $daemon_bin ]] || ! "$daemon_bin" --help 2>&1 | grep -q -- '--once'; then
+    reason="portgroupd not built or not the real daemon yet ($daemon_bin; its --help must list --once)"
+    step "daemon section SKIPPED: $reason"
+    printf '{"skipped": "%s"}\n' "$reason" >"$out/daemon.json"
+else
+    dq=""; [[ $quick -eq 1 ]] && dq="--quick"
+    if hack/vm.sh --has-8021q; then
+        step "daemon benchmark (this kernel has 802.1Q)"
+        python3 hack/bench/daemon_bench.py --daemon "$daemon_bin" --plugin "$plugin" \
+            --tag "$tag" --out "$out/daemon.json" $dq
+    else
+        step "daemon benchmark inside the test VM (this kernel has no 802.1Q; ~30 s boot)"
+        hack/vm.sh --ensure
+        PORTGROUP_VM_TIMEOUT=${PORTGROUP_VM_TIMEOUT:-3600} hack/vm.sh \
+            "python3 hack/bench/daemon_bench.py --daemon $daemon_bin --plugin $plugin --tag pgbvm --out $out/daemon.json --in-vm $dq 2>&1"
+    fi
+fi
+
+# --- report -------------------------------------------------------------------
+python3 "$repo/hack/bench/report.py" --cni "$out/cni.json" --daemon "$out/daemon.json" \
+    --out "$out/bench.json" --argv="$argv" --quick "$quick"

@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Merges bench-results/cni.json and daemon.json into bench.json, adds the machine,
+the ratios and the target verdicts (reported, never asserted), prints the tables."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import ratio  # noqa: E402
+
+
+def sh(*argv):
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def machine():
+    cpu = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "loadavg_at_report": open("/proc/loadavg").read().split()[:3],
+        "mem_total_kib": next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), None),
+        "reference_plugin": sh("dpkg-query", "-W", "-f=${Version}", "containernetworking-plugins"),
+        "iproute2": sh("ip", "-V"),
+        "git": sh("git", "rev-parse", "--short", "HEAD"),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def p50(seq, name, key):
+    return seq.get(name, {}).get(key, {}).get("p50")
+
+
+def verdict(ok):
+    return None if ok is None else ("met" if ok else "MISSED")
+
+
+def build(cni, daemon):
+    seq = cni.get("seq", {})
+    r = {}
+    for key in ("addel", "addel_cpu", "add", "del"):
+        r[key] = {
+            "pg-l2/ref-l2": ratio(p50(seq, "pg-l2", key), p50(seq, "ref-l2", key)),
+            "pg-static/ref-static": ratio(p50(seq, "pg-static", key), p50(seq, "ref-static", key)),
+            "pg-l2/floor": ratio(p50(seq, "pg-l2", key), p50(seq, "floor", key)),
+            "ref-l2/floor": ratio(p50(seq, "ref-l2", key), p50(seq, "floor", key)),
+            "pg-portsec/pg-l2": ratio(p50(seq, "pg-portsec", key), p50(seq, "pg-l2", key)),
+        }
+        if "pg-l2-disk" in seq:
+            r[key]["pg-l2-disk/pg-l2"] = ratio(p50(seq, "pg-l2-disk", key), p50(seq, "pg-l2", key))
+        if "cmp-l2" in seq:
+            r[key]["cmp-l2/pg-l2"] = ratio(p50(seq, "cmp-l2", key), p50(seq, "pg-l2", key))
+            r[key]["cmp-static/pg-static"] = ratio(p50(seq, "cmp-static", key), p50(seq, "pg-static", key))
+            r[key]["cmp-l2/floor"] = ratio(p50(seq, "cmp-l2", key), p50(seq, "floor", key))
+            r[key]["cmp-l2/ref-l2"] = ratio(p50(seq, "cmp-l2", key), p50(seq, "ref-l2", key))
+        if "pg-portgroup" in seq:
+            r[key]["pg-portgroup/ref-l2"] = ratio(p50(seq, "pg-portgroup", key), p50(seq, "ref-l2", key))
+    burst = cni.get("burst", {})
+    pg_burst = {k: v for k, v in burst.items() if k.startswith("pg-")}
+    ps = cni.get("portsec", {}).get("flatness", {})
+    targets = {}
+    a = r["addel"]["pg-l2/ref-l2"]
+    targets["addel_p50 <= 0.25x reference"] = {"value": a, "static_ipam": r["addel"]["pg-static/ref-static"],
+                                              "verdict": verdict(None if a is None else a <= 0.25)}
+    a = r["addel"]["pg-l2/floor"]
+    targets["addel_p50 <= 2x ip -batch floor"] = {"value": a, "verdict": verdict(None if a is None else a <= 2)}
+    if pg_burst:
+        fails = sum(v["failures"] for v in pg_burst.values())
+        ports_ok = all(v["ok_ports_every_round"] for v in pg_burst.values())
+        targets["burst of 100 with no failure"] = {"failures": fails, "ports_ok": ports_ok,
+                                                   "verdict": verdict(fails == 0 and ports_ok)}
+    if ps:
+        n = ps.get("normalised_ratio_last_vs_first")
+        targets["port-security ADD flat 1..1000"] = {
+            "value": n, "verdict": verdict(None if n is None else n <= 1.25),
+            "note": "port security is a no-op stub on this branch: meaningful after the port-security merge"}
+    d = daemon or {}
+    if d.get("skipped"):
+        for t in ("1000 portgroups converged < 5 s", "drift repair p99 < 100 ms",
+                  "portgroupd < 20 MiB RSS at 1000 portgroups"):
+            targets[t] = {"verdict": "pending", "why": d["skipped"]}
+    else:
+        for k, v in d.get("targets", {}).items():
+            targets[k] = v
+    return r, targets
+
+
+def fmt(v, w=8):
+    return f"{v:>{w}}" if v is not None else f"{'-':>{w}}"
+
+
+def print_tables(res):
+    cni, ratios, targets = res["cni"], res["ratios"], res["targets"]
+    m = res["machine"]
+    print(f"\nmachine: {m['nproc']} cores, {m['cpu']}, kernel {m['kernel']}, load {' '.join(m['loadavg_at_report'])}")
+    seq = cni.get("seq", {})
+    if seq:
+        meta = seq.get("_meta", {})
+        print(f"\nSequential ADD+DEL, {meta.get('cycles')} cycles, contenders interleaved, wall ms "
+              f"(cpu = user+sys of the process)")
+        print(f"{'contender':<13}{'ADD p50':>9}{'ADD p99':>9}{'DEL p50':>9}{'DEL p99':>9}"
+              f"{'A+D p50':>9}{'A+D p99':>9}{'cpu p50':>9}{'fail':>6}")
+        for name, row in seq.items():
+            if name.startswith("_") or "addel" not in row:
+                continue
+            print(f"{name:<13}{fmt(row['add'].get('p50'), 9)}{fmt(row['add'].get('p99'), 9)}"
+                  f"{fmt(row['del'].get('p50'), 9)}{fmt(row['del'].get('p99'), 9)}"
+                  f"{fmt(row['addel'].get('p50'), 9)}{fmt(row['addel'].get('p99'), 9)}"
+                  f"{fmt(row['addel_cpu'].get('p50'), 9)}{row['failures']['count']:>6}")
+        print(f"\nprocess start alone (one exec, no netlink), wall ms")
+        for name, row in seq.items():
+            if "op" in row:
+                print(f"{name:<13}p50 {fmt(row['op'].get('p50'), 7)}  p99 {fmt(row['op'].get('p99'), 7)}"
+                      f"  cpu p50 {fmt(row['op_cpu'].get('p50'), 7)}")
+        print("\nratios of medians: ADD+DEL wall [ADD+DEL cpu]  ADD wall  DEL wall")
+        for k, v in ratios["addel"].items():
+            print(f"  {k:<22}{fmt(v, 7)}   [{fmt(ratios['addel_cpu'].get(k), 6)}]"
+                  f"  {fmt(ratios['add'].get(k), 7)}  {fmt(ratios['del'].get(k), 7)}")
+    burst = cni.get("burst", {})
+    if burst:
+        meta = burst.get("_meta", {})
+        print(f"\nBurst: {meta.get('burst')} ADDs at once, then {meta.get('burst')} DELs, "
+              f"{meta.get('rounds')} round(s); wall ms p50 over rounds")
+        print(f"{'contender':<13}{'ADD wall':>10}{'DEL wall':>10}{'failures':>10}  ports ok")
+        for name, row in burst.items():
+            if name.startswith("_"):
+                continue
+            print(f"{name:<13}{fmt(row['add_wall_ms_p50'], 10)}{fmt(row['del_wall_ms_p50'], 10)}"
+                  f"{row['failures']:>10}  {row['ok_ports_every_round']}")
+    ps = cni.get("portsec")
+    if ps:
+        print("\nPort security (spoofCheck true) ADD at N existing VM ports, p50 ms; pg-l2 and the floor "
+              "interleaved as baselines")
+        for lv in ps["levels"]:
+            print(f"  {lv['existing_ports']:>5} ports: portsec ADD {fmt(lv['pg-portsec']['add'].get('p50'), 7)}"
+                  f"  pg-l2 ADD {fmt(lv['pg-l2']['add'].get('p50'), 7)}"
+                  f"  floor ADD {fmt(lv.get('floor', {}).get('add', {}).get('p50'), 7)}"
+                  f"  portsec/pg-l2 {fmt(lv['portsec_over_baseline_add_p50'], 6)}"
+                  f"  background {lv.get('background_frames_per_port_per_s')} frames/s/port")
+        print(f"  flatness (normalised last/first): {ps['flatness'].get('normalised_ratio_last_vs_first')}")
+    prof = cni.get("profile", {})
+    if prof:
+        sc = {k[len("syscalls_"):]: v["total_per_add"] for k, v in prof.items() if k.startswith("syscalls_")}
+        if sc:
+            print("\nProfile of ADD: syscalls per ADD (strace -f -c, children included): "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in sc.items()))
+        cg = prof.get("callgrind", {})
+        if cg.get("pg_add"):
+            print(f"  user-space instructions (callgrind): pg ADD {cg['pg_add']['instructions']:,}"
+                  f", pg VERSION {(cg.get('pg_version') or {}).get('instructions') or 0:,}"
+                  f", ip -batch floor ADD {(cg.get('floor_add') or {}).get('instructions') or 0:,}"
+                  f", /bin/true {(cg.get('true') or {}).get('instructions') or 0:,}")
+        for name in ("pg-l2", "pg-static"):
+            tl = prof.get(f"timeline_{name}")
+            if tl and tl.get("steps"):
+                print(f"  {name} ADD step by step (perf trace, p50 of {tl['runs']} ADDs; "
+                      f"traced total p50 {tl['traced_total_p50_ms']} ms):")
+                for s in tl["steps"]:
+                    print(f"    {s['p50_ms']:>7.3f} ms  {s['step']}")
+    d = res.get("daemon") or {}
+    if d.get("skipped"):
+        print(f"\nportgroupd: SKIPPED ({d['skipped']})")
+    elif d:
+        print("\nportgroupd" + (" (inside the TCG test VM)" if d.get("in_vm") else ""))
+        for k, v in d.get("summary", {}).items():
+            print(f"  {k}: {v}")
+        vseq = (d.get("cni_portgroup_mode") or {}).get("seq", {})
+        if vseq:
+            print("  CNI on a VLAN portgroup's bridge, ADD+DEL p50 ratios in the same run:")
+            for x, y in (("pg-portgroup", "ref-l2"), ("pg-l2", "ref-l2"), ("pg-portgroup", "floor"),
+                         ("pg-portgroup", "pg-l2")):
+                print(f"    {x}/{y}: {ratio(p50(vseq, x, 'addel'), p50(vseq, y, 'addel'))}")
+    print("\nTargets (reported, not asserted)")
+    for k, v in targets.items():
+        extra = {x: y for x, y in v.items() if x not in ("verdict", "note", "why")}
+        print(f"  {k:<44} {v.get('verdict')}  {json.dumps(extra) if extra else ''}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--cni", required=True)
+    p.add_argument("--daemon")
+    p.add_argument("--out", required=True)
+    p.add_argument("--argv", default="")
+    p.add_argument("--quick", default="0")
+    a = p.parse_args()
+    cni = json.load(open(a.cni)) if os.path.exists(a.cni) else {}
+    daemon = json.load(open(a.daemon)) if a.daemon and os.path.exists(a.daemon) else None
+    ratios, targets = build(cni, daemon)
+    res = {"machine": machine(), "args": a.argv, "quick": a.quick == "1", "ratios": ratios,
+           "targets": targets, "cni": cni, "daemon": daemon}
+    with open(a.out, "w") as f:
+        json.dump(res, f, indent=1)
+    print_tables(res)
+    print(f"\nJSON: {a.out}")
+
+
+if __name__ == "__main__":
+    main()
