@@ -25,6 +25,15 @@ impl RunDir {
     pub fn attachments_dir(&self) -> PathBuf {
         self.0.join("attachments")
     }
+
+    /// One file per portgroup, for the plugin: see [`crate::state::NodeState::write`].
+    pub fn portgroups_dir(&self) -> PathBuf {
+        self.0.join("portgroups")
+    }
+
+    pub fn portgroup_file(&self, name: &str) -> PathBuf {
+        self.portgroups_dir().join(format!("{name}.json"))
+    }
 }
 
 /// Writes through a temporary file and a rename, so a reader sees the old or the new

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::nodeconfig::Reservation;
+use crate::paths::{write_atomic, RunDir};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -75,26 +76,100 @@ impl NodeState {
                         .join(", ")
                 ))
             })?;
-        if pg.draining {
-            return Err(Error::TryAgainLater(format!(
-                "portgroup {name:?} was removed from the config and is draining on node {}",
-                self.node
-            )));
-        }
-        if !pg.ready {
-            return Err(Error::TryAgainLater(format!(
-                "portgroup {name:?} is not ready on node {}: {}",
-                self.node,
-                pg.reason.as_deref().unwrap_or("no reason given")
-            )));
-        }
+        pg.usable(&self.node)?;
         Ok(pg)
+    }
+
+    /// Publishes the state: one file per portgroup (what the plugin reads on ADD,
+    /// so an ADD costs the same with 4094 portgroups as with one), then
+    /// state.json. Only portgroup files that differ from `previous` are rewritten;
+    /// files of portgroups no longer listed are removed.
+    pub fn write(&self, run: &RunDir, previous: Option<&NodeState>) -> std::io::Result<()> {
+        let dir = run.portgroups_dir();
+        std::fs::create_dir_all(&dir)?;
+        for pg in &self.portgroups {
+            let unchanged = previous
+                .filter(|p| p.node == self.node)
+                .and_then(|p| p.portgroups.iter().find(|old| old.name == pg.name))
+                .is_some_and(|old| old == pg);
+            let path = run.portgroup_file(&pg.name);
+            if unchanged && path.exists() {
+                continue;
+            }
+            let file = PortgroupFile {
+                node: self.node.clone(),
+                portgroup: pg.clone(),
+            };
+            write_atomic(
+                &path,
+                &serde_json::to_vec(&file).map_err(std::io::Error::other)?,
+            )?;
+        }
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let listed = name
+                .strip_suffix(".json")
+                .is_some_and(|pg| self.portgroups.iter().any(|p| p.name == pg));
+            if !listed && !name.starts_with('.') {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        bytes.push(b'\n');
+        write_atomic(&run.state_file(), &bytes)
+    }
+}
+
+/// `<run-dir>/portgroups/<name>.json`: one portgroup of the node state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortgroupFile {
+    pub node: String,
+    #[serde(flatten)]
+    pub portgroup: PortgroupState,
+}
+
+/// What ADD, CHECK and STATUS need: the named portgroup, usable. Reads its own
+/// file; only when there is none does it read state.json, to say why.
+pub fn read_ready_portgroup(run: &RunDir, name: &str) -> Result<PortgroupState, Error> {
+    let path = run.portgroup_file(name);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let file: PortgroupFile = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::TryAgainLater(format!("node state {} is unreadable: {e}", path.display()))
+            })?;
+            file.portgroup.usable(&file.node)?;
+            Ok(file.portgroup)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => NodeState::read(&run.state_file())?
+            .ready_portgroup(name)
+            .cloned(),
+        Err(e) => Err(Error::TryAgainLater(format!(
+            "reading node state {}: {e}",
+            path.display()
+        ))),
     }
 }
 
 impl PortgroupState {
     pub fn reservation_for(&self, mac: crate::mac::MacAddr) -> Option<&Reservation> {
         self.reservations.iter().find(|r| r.mac == mac)
+    }
+
+    /// Ready and not draining, or why not, for node `node`.
+    pub fn usable(&self, node: &str) -> Result<(), Error> {
+        let name = &self.name;
+        if self.draining {
+            return Err(Error::TryAgainLater(format!(
+                "portgroup {name:?} was removed from the config and is draining on node {node}"
+            )));
+        }
+        if !self.ready {
+            return Err(Error::TryAgainLater(format!(
+                "portgroup {name:?} is not ready on node {node}: {}",
+                self.reason.as_deref().unwrap_or("no reason given")
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -143,6 +218,45 @@ mod tests {
             assert_eq!(err.code(), crate::error::code::TRY_AGAIN_LATER);
             assert!(err.to_string().contains(want), "{err}");
         }
+    }
+
+    #[test]
+    fn per_portgroup_files_follow_the_state() {
+        let run = RunDir(std::env::temp_dir().join(format!("pg-state-{}", std::process::id())));
+        let _ = std::fs::remove_dir_all(&run.0);
+        let mut s = state();
+        s.write(&run, None).unwrap();
+        assert_eq!(
+            read_ready_portgroup(&run, "web").unwrap().bridge,
+            "pgbr0000.100"
+        );
+        let err = read_ready_portgroup(&run, "db").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("uplink eth1 not found on node worker-3"),
+            "{err}"
+        );
+        assert!(read_ready_portgroup(&run, "old")
+            .unwrap_err()
+            .to_string()
+            .contains("draining"));
+        // Not listed: no file, and state.json says why.
+        let err = read_ready_portgroup(&run, "nope").unwrap_err();
+        assert!(
+            err.to_string().contains("not configured on node worker-3"),
+            "{err}"
+        );
+        // A portgroup that leaves the state loses its file; one that changes is rewritten.
+        let previous = s.clone();
+        s.portgroups.retain(|pg| pg.name != "web");
+        s.portgroups[0].ready = true;
+        s.write(&run, Some(&previous)).unwrap();
+        assert!(!run.portgroup_file("web").exists());
+        assert!(read_ready_portgroup(&run, "db").is_ok());
+        std::fs::remove_dir_all(&run.0).unwrap();
+        // No state at all.
+        let err = read_ready_portgroup(&run, "web").unwrap_err();
+        assert!(err.to_string().contains("is portgroupd running"), "{err}");
     }
 
     #[test]

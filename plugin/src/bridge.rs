@@ -4,7 +4,7 @@
 use portgroup::cni::netconf::{NetConf, Target};
 use portgroup::netlink::{LinkSummary, Netlink};
 use portgroup::paths::RunDir;
-use portgroup::state::{NodeState, PortgroupState};
+use portgroup::state::{read_ready_portgroup, PortgroupState};
 use portgroup::Error;
 
 pub struct Resolved {
@@ -25,8 +25,7 @@ impl Resolved {
 pub async fn resolve(nl: &Netlink, conf: &NetConf, run: &RunDir) -> Result<Resolved, Error> {
     match &conf.target {
         Target::Portgroup(name) => {
-            let state = NodeState::read(&run.state_file())?;
-            let pg = state.ready_portgroup(name)?.clone();
+            let pg = read_ready_portgroup(run, name)?;
             let bridge = lookup(nl, &pg.bridge).await?.ok_or_else(|| {
                 Error::TryAgainLater(format!(
                     "bridge {} of portgroup {name:?} is missing; portgroupd recreates it",

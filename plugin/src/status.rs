@@ -5,7 +5,7 @@ use portgroup::cni::netconf::{NetConf, Target};
 use portgroup::cni::CniVersion;
 use portgroup::netlink::Netlink;
 use portgroup::paths::RunDir;
-use portgroup::state::NodeState;
+use portgroup::state::read_ready_portgroup;
 use portgroup::Error;
 
 use crate::env::Env;
@@ -16,11 +16,7 @@ pub async fn status(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error
     let run = RunDir::from_env();
     match &conf.target {
         Target::Portgroup(name) => {
-            let state = NodeState::read(&run.state_file())
-                .map_err(|e| Error::NotAvailable(e.to_string()))?;
-            state
-                .ready_portgroup(name)
-                .map_err(|e| Error::NotAvailable(e.to_string()))?;
+            read_ready_portgroup(&run, name).map_err(|e| Error::NotAvailable(e.to_string()))?;
         }
         Target::Bridge(name) => {
             let nl = Netlink::connect().map_err(|e| Error::system("opening netlink", e))?;

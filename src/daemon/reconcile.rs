@@ -11,7 +11,7 @@ use super::config::ConfigSource;
 use super::gc;
 use super::metrics::Metrics;
 use super::planner::plan;
-use crate::paths::{rfc3339, write_atomic, RunDir};
+use crate::paths::{rfc3339, RunDir};
 use crate::state::{NodeState, PortgroupState};
 
 pub struct Reconciler<L> {
@@ -209,15 +209,8 @@ impl<L: Links> Reconciler<L> {
             config_errors,
             portgroups,
         };
-        let path = self.run_dir.state_file();
-        let written = serde_json::to_vec_pretty(&state)
-            .map_err(std::io::Error::other)
-            .and_then(|mut bytes| {
-                bytes.push(b'\n');
-                write_atomic(&path, &bytes)
-            });
-        if let Err(e) = written {
-            tracing::error!("writing node state {}: {e}", path.display());
+        if let Err(e) = state.write(&self.run_dir, self.previous.as_ref()) {
+            tracing::error!("writing node state under {}: {e}", self.run_dir.0.display());
             self.metrics.errors.fetch_add(1, Relaxed);
         }
         self.previous = Some(state.clone());

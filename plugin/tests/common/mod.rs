@@ -231,12 +231,12 @@ impl Lab {
             .collect()
     }
 
+    /// Publishes node state as portgroupd does (state.json and a file per portgroup).
     pub fn write_state(&self, state: &Value) {
-        std::fs::write(
-            self.run_dir.join("state.json"),
-            serde_json::to_vec(state).unwrap(),
-        )
-        .unwrap();
+        let state: portgroup::state::NodeState = serde_json::from_value(state.clone()).unwrap();
+        state
+            .write(&portgroup::paths::RunDir(self.run_dir.clone()), None)
+            .unwrap();
     }
 }
 
