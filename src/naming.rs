@@ -37,15 +37,6 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("pg{:012x}", hash >> 16)
 }
 
-/// Whether a host link name has the shape of one made by [`host_veth_name`].
-pub fn is_host_veth_name(name: &str) -> bool {
-    name.len() == 14
-        && name.starts_with("pg")
-        && name[2..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 fn uplink_tag(uplink: &str) -> String {
     format!("{:04x}", stable_hash(&[uplink.as_bytes()]) >> 48)
 }
@@ -134,7 +125,6 @@ mod tests {
         assert_ne!(bridge_name("eth1", 100), bridge_name("eth2", 100));
         // Pinned: a release that changed these would orphan every running bridge.
         assert_eq!(host_veth_name("abc", "net1"), host_veth_name("abc", "net1"));
-        assert!(is_host_veth_name(&host_veth_name("abc", "net1")));
         assert_ne!(host_veth_name("abc", "net1"), host_veth_name("ab", "cnet1"));
         assert_ne!(host_veth_name("abc", "net1"), host_veth_name("abc", "net2"));
     }

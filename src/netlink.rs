@@ -105,7 +105,6 @@ pub mod libc_errno {
     pub const ENOENT: i32 = 2;
     pub const ENODEV: i32 = 19;
     pub const EEXIST: i32 = 17;
-    pub const ENOBUFS: i32 = 105;
 }
 
 /// A route-netlink connection bound to one namespace.
@@ -157,12 +156,6 @@ impl Netlink {
         }
     }
 
-    /// Every link in the namespace: for the daemon, never on the plugin's ADD path.
-    pub async fn dump_links(&self) -> Result<Vec<LinkSummary>, rtnetlink::Error> {
-        let links: Vec<LinkMessage> = self.handle.link().get().execute().try_collect().await?;
-        Ok(links.iter().map(LinkSummary::from_message).collect())
-    }
-
     /// Creates a veth pair in one request: the host end `host` on bridge `controller`,
     /// up; the pod end `peer` made directly inside `peer_netns`, with its MAC and MTU.
     /// Nothing ever exists half-made in the wrong namespace. The pod end stays down:
@@ -197,18 +190,6 @@ impl Netlink {
 
     pub async fn delete_link(&self, index: u32) -> Result<(), rtnetlink::Error> {
         self.handle.link().del(index).execute().await
-    }
-
-    /// Deletes by name; Ok(false) when there was nothing to delete.
-    pub async fn delete_link_by_name(&self, name: &str) -> Result<bool, rtnetlink::Error> {
-        match self.link_by_name(name).await? {
-            Some(link) => match self.delete_link(link.index).await {
-                Ok(()) => Ok(true),
-                Err(e) if is_not_found(&e) => Ok(false),
-                Err(e) => Err(e),
-            },
-            None => Ok(false),
-        }
     }
 
     pub async fn set_up(&self, index: u32) -> Result<(), rtnetlink::Error> {

@@ -77,16 +77,3 @@ pub fn route_socket_in(netns: &OwnedFd) -> std::io::Result<netlink_sys::Socket> 
         Ok(socket)
     })
 }
-
-/// The namespace this process runs in, to tell "same as ours" apart.
-pub fn current() -> std::io::Result<OwnedFd> {
-    Ok(File::open("/proc/self/ns/net")?.into())
-}
-
-/// Whether two namespace fds name the same namespace (same inode on nsfs).
-pub fn same(a: &OwnedFd, b: &OwnedFd) -> bool {
-    match (nix::sys::stat::fstat(a), nix::sys::stat::fstat(b)) {
-        (Ok(x), Ok(y)) => x.st_ino == y.st_ino && x.st_dev == y.st_dev,
-        _ => false,
-    }
-}

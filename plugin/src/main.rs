@@ -77,7 +77,7 @@ fn dispatch(stdin: &[u8]) -> Result<Option<Value>, Error> {
                 let conf = NetConf::parse(stdin)?;
                 gc::gc(&env, &conf, stdin).await.map(|_| None)
             }
-            Command::Version => unreachable!("answered above"),
+            Command::Version => Ok(Some(version::version(stdin))),
         }
     })
 }

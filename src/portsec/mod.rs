@@ -402,20 +402,6 @@ fn retryable(e: &NlError) -> bool {
     )
 }
 
-/// Creates the table, sets, counters, chains and rules if they are missing or
-/// differ from this build's (idempotent; the daemon may call it to repair drift).
-/// Existing set elements and counter values are kept.
-pub fn ensure_base() -> Result<(), Error> {
-    with_retries("creating table bridge portgroup", |nl| {
-        if base_ok(nl)? {
-            return Ok(());
-        }
-        let mut batch = Batch::new();
-        bootstrap(&mut batch);
-        nl.commit(batch)
-    })
-}
-
 fn too_busy() -> NlError {
     NlError {
         errno: libc::EBUSY,
