@@ -5,15 +5,18 @@
 #   hack/bench.sh --quick         smoke run (30 cycles, 1 burst round, 1/100 ports)
 #   hack/bench.sh --cycles N      sequential cycles per contender (default 200)
 #   hack/bench.sh --sections S    comma list of seq,burst,profile,portsec (default all)
-#   hack/bench.sh --no-build      use target/release/portgroup as it is
+#   hack/bench.sh --no-build      use target/release/portgroup and portgroupd as they are
 #   hack/bench.sh --no-daemon     skip the portgroupd section
+#   hack/bench.sh --out DIR       results directory (default bench-results)
 #   hack/bench.sh --compare BIN   also bench another portgroup build (rows cmp-l2, cmp-static,
 #                                 interleaved with the rest): to measure a fix before merging
-#   hack/bench.sh --state-portgroups N   size of the node state the pg-portgroup row
-#                                 resolves its portgroup through (default 100)
+#   hack/bench.sh --state-portgroups N   size of the node state (state.json plus one
+#                                 portgroups/<name>.json per portgroup, as portgroupd writes
+#                                 it) that the pg-portgroup and pg-pgmode-json rows resolve
+#                                 their portgroup through (default 100)
 #
 # Output: a table on stdout, JSON in bench-results/bench.json (parts in
-# bench-results/cni.json and bench-results/daemon.json).
+# bench-results/cni.json, daemon.json and calibrate-host.json).
 #
 # Everything runs in throwaway network namespaces named pgb-<pid>-*: one "node"
 # namespace with bridge br0 and up to 112 pod namespaces. This machine's own
@@ -27,19 +30,21 @@
 # used: the harness must interleave contenders cycle by cycle, which hyperfine
 # cannot do, so it times each exec itself (perf_counter_ns + wait4 rusage).
 #
-# The daemon section (portgroupd: converge N portgroups, drift repair, RSS, idle
-# CPU) runs only when target/release/portgroupd exists and is the real daemon
-# (its --help mentions --once); otherwise it is skipped with a notice. VLAN
-# portgroups need 802.1Q: when this kernel lacks it the section runs inside the
-# test VM (hack/vm.sh, ~30 s boot, TCG: absolute times are slow there, read the
-# ratios). See hack/bench/daemon_bench.py.
+# The daemon section (portgroupd: converge N = 10, 100, 1000, 4094 portgroups and
+# back, against an ip -batch floor up to 1000; drift repair; RSS idle and at 1000;
+# idle CPU; portgroup-mode CNI rows on a real VLAN bridge) runs when
+# target/release/portgroupd exists and its --help lists --once; otherwise it is
+# skipped with a notice. VLAN portgroups need 802.1Q: when this kernel lacks it
+# the section runs inside the test VM (hack/vm.sh; QEMU TCG: ~30 min for the full
+# section, 4094 alone ~11 min; absolute times are upper bounds there, read the
+# ratios). --quick: N = 10, 100 (~3 min). See hack/bench/daemon_bench.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 export PYTHONDONTWRITEBYTECODE=1
 argv="$*"
 
-quick=0 build=1 daemon=1 cycles="" sections="seq,burst,profile,portsec" state_pgs=100 compare=""
+quick=0 build=1 daemon=1 cycles="" sections="seq,burst,profile,portsec" state_pgs=100 compare="" out=$repo/bench-results
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) quick=1 ;;
@@ -49,6 +54,7 @@ while [[ $# -gt 0 ]]; do
         --no-daemon) daemon=0 ;;
         --state-portgroups) state_pgs=$2; shift ;;
         --compare) compare=$(realpath "$2"); shift ;;
+        --out) out=$(realpath -m "$2"); shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
@@ -80,8 +86,8 @@ if [[ ${#need[@]} -gt 0 ]]; then
 fi
 
 if [[ $build -eq 1 ]]; then
-    step "cargo build --release -p portgroup-plugin"
-    cargo build --release -q -p portgroup-plugin
+    step "cargo build --release -p portgroup-plugin -p portgroup (portgroup, portgroupd)"
+    cargo build --release -q -p portgroup-plugin -p portgroup
 fi
 target=${CARGO_TARGET_DIR:-$repo/target}
 plugin=$target/release/portgroup
@@ -91,7 +97,6 @@ plugin=$target/release/portgroup
 tag="pgb-$$"
 node="$tag-node"
 npods=$((burst + 12))
-out=$repo/bench-results
 mkdir -p "$out"
 run_dir=/dev/shm/$tag-run          # tmpfs, like /run on a node
 disk_run_dir=$out/.$tag-run-disk   # ext4: shows what the record's fsync costs
@@ -134,6 +139,7 @@ ip netns exec "$node" python3 "$repo/hack/bench/cni_bench.py" "${extra[@]}" \
 
 # --- portgroupd ---------------------------------------------------------------
 daemon_bin=$target/release/portgroupd
+rm -f "$out/calibrate-host.json"
 if [[ $daemon -eq 0 ]]; then
     echo '{"skipped": "--no-daemon"}' >"$out/daemon.json"
 elif [[ ! -x $daemon_bin ]] || ! "$daemon_bin" --help 2>&1 | grep -q -- '--once'; then
@@ -147,13 +153,18 @@ else
         python3 hack/bench/daemon_bench.py --daemon "$daemon_bin" --plugin "$plugin" \
             --tag "$tag" --out "$out/daemon.json" $dq
     else
+        step "link-work calibration on this kernel (for the TCG slowdown of the VM's converge times)"
+        python3 hack/bench/daemon_bench.py --daemon "$daemon_bin" --plugin "$plugin" --tag "$tag" \
+            --parts calibrate --out "$out/calibrate-host.json" $dq
         step "daemon benchmark inside the test VM (this kernel has no 802.1Q; ~30 s boot)"
         hack/vm.sh --ensure
-        PORTGROUP_VM_TIMEOUT=${PORTGROUP_VM_TIMEOUT:-3600} hack/vm.sh \
-            "python3 hack/bench/daemon_bench.py --daemon $daemon_bin --plugin $plugin --tag pgbvm --out $out/daemon.json --in-vm $dq 2>&1"
+        PORTGROUP_VM_RWDIRS="$out${PORTGROUP_VM_RWDIRS:+:$PORTGROUP_VM_RWDIRS}" \
+            PORTGROUP_VM_TIMEOUT=${PORTGROUP_VM_TIMEOUT:-3600} hack/vm.sh \
+            "python3 hack/bench/daemon_bench.py --daemon $daemon_bin --plugin $plugin --tag pgbvm --out $out/daemon.json --in-vm --parts calibrate,converge,daemon,cni $dq 2>&1"
     fi
 fi
 
 # --- report -------------------------------------------------------------------
 python3 "$repo/hack/bench/report.py" --cni "$out/cni.json" --daemon "$out/daemon.json" \
+    --calibrate-host "$out/calibrate-host.json" \
     --out "$out/bench.json" --argv="$argv" --quick "$quick"

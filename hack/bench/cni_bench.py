@@ -148,28 +148,49 @@ def make_contenders(a):
         c.append(Contender("pg-portgroup", "cni", desc, a.plugin,
                            base_conf(portgroup=a.portgroup, conflictProbe=False, spoofCheck=False),
                            {"PORTGROUP_RUN_DIR": a.portgroup_run_dir or a.run_dir}, 8))
+    if a.synthetic_state and a.portgroup == "bench":
+        c.append(Contender("pg-pgmode-json", "cni",
+                           "portgroup mode through state.json alone: portgroup 'bench-nofile' has no "
+                           "<run-dir>/portgroups/ file, so the plugin falls back to parsing the whole "
+                           "state.json (what every portgroup-mode ADD did before the per-portgroup files)",
+                           a.plugin, base_conf(portgroup="bench-nofile", conflictProbe=False, spoofCheck=False),
+                           {"PORTGROUP_RUN_DIR": a.portgroup_run_dir}, 11))
     return c
 
 
 def write_synthetic_state(a):
-    """A node state like portgroupd's (DESIGN.md), so portgroup mode's ADD path (read and
-    parse the state, look the portgroup up) is measured on this kernel, which has no 802.1Q:
-    the plugin never touches the VLAN interface, only the portgroup's bridge."""
+    """A node state like portgroupd's (DESIGN.md, src/state.rs), so portgroup mode's ADD path
+    (find the portgroup, read it, check it is ready) is measured on this kernel, which has no
+    802.1Q: the plugin never touches the VLAN interface, only the portgroup's bridge.
+
+    Written as portgroupd writes it: state.json with every portgroup, and one
+    <run-dir>/portgroups/<name>.json per portgroup ({"node": ..., <the portgroup's fields>}),
+    which is what the plugin reads on ADD. Two entries point at the bench bridge: "bench"
+    (with its file) and "bench-nofile" (its file removed, so the plugin falls back to
+    state.json: the pg-pgmode-json row, the cost before the per-portgroup files)."""
     pgs = []
-    for i in range(a.synthetic_state):
+    for i in range(max(a.synthetic_state, 2)):
         v = i + 1
+        name = {0: "bench", 1: "bench-nofile"}.get(i, f"pg{v}")
         pgs.append({
-            "name": "bench" if i == 0 else f"pg{v}", "vlan": v, "uplink": "eth1",
-            "bridge": a.bridge if i == 0 else f"pgbr0000.{v}", "vlanInterface": f"pgv0000.{v}",
+            "name": name, "vlan": v, "uplink": "eth1",
+            "bridge": a.bridge if i < 2 else f"pgbr0000.{v}", "vlanInterface": f"pgv0000.{v}",
             "mtu": 1500, "ready": True, "reason": None, "draining": False, "strict": False,
             "reservations": [{"mac": "00:50:56:%02x:%02x:%02x" % (v >> 8, v & 0xFF, r),
                               "ips": [f"10.{v >> 8}.{v & 0xFF}.{r + 10}/24",
                                       f"2001:db8:{v:x}::{r + 10:x}/64"]} for r in range(4)],
         })
-    state = {"node": "bench", "generation": 1, "reconciledAt": "2026-11-23T10:00:00Z", "portgroups": pgs}
-    os.makedirs(a.portgroup_run_dir, exist_ok=True)
+    state = {"node": "bench", "generation": 1, "reconciledAt": "2026-11-23T10:00:00Z",
+             "configErrors": [], "portgroups": pgs}
+    pg_dir = os.path.join(a.portgroup_run_dir, "portgroups")
+    os.makedirs(pg_dir, exist_ok=True)
+    for pg in pgs:
+        if pg["name"] != "bench-nofile":
+            with open(os.path.join(pg_dir, pg["name"] + ".json"), "w") as f:
+                json.dump({"node": "bench", **pg}, f)
     with open(os.path.join(a.portgroup_run_dir, "state.json"), "w") as f:
         json.dump(state, f, indent=1)
+    a.synthetic_state_bytes = os.path.getsize(os.path.join(a.portgroup_run_dir, "state.json"))
 
 
 def exec_rows(a):
@@ -260,7 +281,11 @@ def sanity(a, contenders, pods):
                                    if x.get("family") == "inet"])
         except (ValueError, IndexError):
             info["pod_link"] = "missing"
+        if c.name == "pg-portsec":
+            info["portsec_set_before_del"] = secured_ports()
         d = c.delete(a, cid, pod, "net1", mac)
+        if c.name == "pg-portsec":
+            info["portsec_set_after_del"] = secured_ports()
         brif_after = set(os.listdir(f"/sys/class/net/{a.bridge}/brif"))
         info.update(host_ports_added=len(brif_before - brif_after), del_rc=d.rc,
                     pod_link_gone=subprocess.run([a.ip, "-n", pod, "link", "show", "net1"],
@@ -342,6 +367,24 @@ def _has_link(a, pod, ifname):
     return subprocess.run([a.ip, "-n", pod, "link", "show", ifname], capture_output=True).returncode == 0
 
 
+def secured_ports():
+    """Ports in portgroup's port-security set (`table bridge portgroup`, set `ports`) in
+    this netns, or None without nft or without the table: proof the rows measure real rules."""
+    nft = _which("nft")
+    if not nft:
+        return None
+    r = subprocess.run([nft, "-j", "list", "set", "bridge", "portgroup", "ports"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return None
+    try:
+        for item in json.loads(r.stdout).get("nftables", []):
+            if "set" in item:
+                return len(item["set"].get("elem", []))
+    except ValueError:
+        return None
+    return None
+
+
 def flood_rate(a, pod, ifname="net1"):
     """Frames per second the bridge floods to one port (background chatter), over 1 s."""
     path = f"/sys/class/net/{a.bridge}/brif"
@@ -418,6 +461,7 @@ def section_portsec(a, contenders, pods):
                     samples[c.name]["addel"].append(ra.wall_ns + rd.wall_ns)
         row = {"existing_ports": level, "fill_seconds": round(fill_s, 1),
                "ports_on_bridge": len(os.listdir(f"/sys/class/net/{a.bridge}/brif")),
+               "ports_in_portsec_set": secured_ports(),
                "background_frames_per_port_per_s": flood_rate(a, fill_pod),
                "failures": failures.as_json()}
         for name, s in samples.items():
@@ -527,7 +571,7 @@ def perf_marks(evs, nl_types):
         elif c == "fstatfs":
             lab = "open pod netns, look for an existing record"
         elif c == "mkdir":
-            lab = "write record (create, write, fdatasync, rename)"
+            lab = "write record (create, write, rename)"
         elif c in ("clone3", "clone", "vfork"):
             lab = "clone (thread or IPAM child)"
         elif c == "continued:futex":
@@ -732,6 +776,8 @@ def main():
 
     result = {
         "contenders": {c.name: c.desc for c in contenders},
+        "synthetic_state": ({"portgroups": max(a.synthetic_state, 2), "state_json_bytes": a.synthetic_state_bytes}
+                            if getattr(a, "synthetic_state_bytes", None) else None),
         "python": platform.python_version(),
         "tools": {"strace": bool(a.strace), "valgrind": bool(a.valgrind), "perf_trace": bool(a.perf)},
     }
@@ -754,7 +800,8 @@ def main():
         if section == "seq":
             result["seq"] = section_seq(a, contenders, seq_pods)
         elif section == "burst":
-            result["burst"] = section_burst(a, [c for c in contenders if c.name != "pg-l2-disk"], pods)
+            result["burst"] = section_burst(a, [c for c in contenders
+                                                if c.name not in ("pg-l2-disk", "pg-pgmode-json")], pods)
         elif section == "profile":
             result["profile"] = section_profile(a, contenders, seq_pods)
         elif section == "portsec":

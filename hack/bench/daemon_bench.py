@@ -19,15 +19,24 @@ The uplink is a veth end (pgbup0) inside the node namespace.
 
 Rows:
   converge   for N in 10,100,1000,4094 (--quick: 10,100): `--once` from nothing to N
-             (wall, CPU, peak RSS from wait4), a no-op `--once` at N, `--once` back to 0;
-             checks N ready in state.json and N bridges, then none.
-  drift      a long-running daemon at --drift-n portgroups; delete one bridge, time from
-             the kernel's RTM_DELLINK to the bridge being back, up, with its VLAN
-             interface enslaved again (seen on an rtnetlink monitor socket); p50/p99.
+             (wall, CPU from wait4, peak RSS = VmHWM polled every 20 ms), a no-op
+             `--once` at N, `--once` back to 0; checks N ready in state.json and N
+             bridges, then none. For N <= --floor-max (1000) also the floor: one
+             `ip -batch` making the same links (4 requests per portgroup), torn down
+             link by link and, separately, with one `ip link del group`.
+  drift      a long-running daemon at --drift-n portgroups; delete one bridge with one
+             RTM_DELLINK from this process, time from just before that request to the
+             bridge being back, up, with its VLAN interface enslaved again (seen on an
+             rtnetlink monitor socket); p50/p99. Also the daemon's own "repaired drift in
+             X ms" log lines (first link event -> end of the repairing reconcile).
   memory     VmRSS of the long-running daemon idle at --drift-n, and after starting it
-             at 1000 portgroups (ready, then settled 2 s).
-  idle cpu   utime+stime of the idle daemon over --idle-seconds, as % of one core.
-  cni        cni_bench.py --sections seq with a pg-portgroup contender.
+             at 1000 portgroups (ready, then settled 2 s); VmHWM there too.
+  idle cpu   utime+stime of the idle daemon over --idle-seconds (65: one 60 s resync
+             included), as % of one core.
+  cni        cni_bench.py --sections seq with a pg-portgroup contender on the bridge of a
+             real VLAN portgroup made by portgroupd.
+
+--parts converge,daemon,cni and --levels pick a subset (for development).
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import argparse
 import json
 import os
 import random
+import re
 import select
 import signal
 import socket
@@ -46,7 +56,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from benchlib import percentile, run, summary_ms  # noqa: E402
+from benchlib import percentile, summary_ms  # noqa: E402
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 UPLINK = "pgbup0"
@@ -96,30 +106,105 @@ def daemon_env(a):
 
 def converge(a):
     rows = []
-    conf = os.path.join(a.run_dir, "config.json")
+    conf = os.path.join(a.conf_dir, "config.json")
     for n in a.levels:
         row = {"n": n}
         config(n, conf)
-        r = run(daemon_argv(a, conf, True), daemon_env(a))
+        r = run_once(daemon_argv(a, conf, True), daemon_env(a))
         state = read_state(a.run_dir) or {}
         ready = sum(1 for p in state.get("portgroups", []) if p.get("ready"))
         row.update(up_s=round(r.wall_ns / 1e9, 3), up_cpu_s=round(r.cpu_ns / 1e9, 3), rc_up=r.rc,
                    ready=ready, bridges=len(bridges()), peak_rss_mib=round(_maxrss_kib(r) / 1024, 1))
         if r.rc != 0:
             row["error"] = (r.stderr or r.stdout).decode(errors="replace")[-400:]
-        r2 = run(daemon_argv(a, conf, True), daemon_env(a))
+        r2 = run_once(daemon_argv(a, conf, True), daemon_env(a))
         row["noop_s"] = round(r2.wall_ns / 1e9, 3)
         config(0, conf)
-        r3 = run(daemon_argv(a, conf, True), daemon_env(a))
+        r3 = run_once(daemon_argv(a, conf, True), daemon_env(a))
         row.update(down_s=round(r3.wall_ns / 1e9, 3), rc_down=r3.rc, bridges_left=len(bridges()))
+        if n <= a.floor_max:
+            row["floor"] = converge_floor(a, n)
         rows.append(row)
+        fl = row.get("floor", {})
         print(f"  converge {n}: up {row['up_s']} s ({ready} ready), no-op {row['noop_s']} s, "
-              f"down {row['down_s']} s", file=sys.stderr)
+              f"down {row['down_s']} s; ip -batch floor: up {fl.get('up_s')} s, down {fl.get('down_s')} s, "
+              f"down by group {fl.get('down_group_s')} s", file=sys.stderr)
     return rows
+
+
+FLOOR_GROUP = 0x7067_0002
+
+
+def converge_floor(a, n):
+    """The same topology made by one `ip -batch` process, the least netlink work that gives
+    it: per portgroup a VLAN interface and a bridge (created down, in a link group), then
+    alias + master + up on the VLAN interface and alias + up on the bridge: 4 requests.
+    Torn down two ways: one `link del` per link (what a reconciler deleting portgroup by
+    portgroup must do), and one `link del group` request for all of them (the kernel
+    unregisters them together, with one round of RCU waits instead of one per link)."""
+    def make():
+        lines = []
+        for v in range(1, n + 1):
+            lines.append(f"link add link {UPLINK} name fv{v} group {FLOOR_GROUP} mtu 1500 type vlan id {v}")
+            lines.append(f"link add name fb{v} group {FLOOR_GROUP} mtu 1500 type bridge")
+            lines.append(f"link set fv{v} alias portgroup:floor master fb{v} up")
+            lines.append(f"link set fb{v} alias portgroup:floor up")
+        return run_once(["ip", "-batch", "-"], {"PATH": PATH}, ("\n".join(lines) + "\n").encode())
+
+    res = {}
+    r = make()
+    res.update(up_s=round(r.wall_ns / 1e9, 3), up_cpu_s=round(r.cpu_ns / 1e9, 3), rc_up=r.rc,
+               bridges=len(bridges()))
+    dels = "".join(f"link del fv{v}\nlink del fb{v}\n" for v in range(1, n + 1)).encode()
+    r = run_once(["ip", "-batch", "-"], {"PATH": PATH}, dels)
+    res.update(down_s=round(r.wall_ns / 1e9, 3), rc_down=r.rc)
+    make()
+    r = run_once(["ip", "link", "del", "group", str(FLOOR_GROUP)], {"PATH": PATH})
+    res.update(down_group_s=round(r.wall_ns / 1e9, 3), rc_down_group=r.rc, bridges_left=len(bridges()))
+    return res
 
 
 def _maxrss_kib(r):
     return r.maxrss_kib
+
+
+class Once:
+    """One `portgroupd --once`: wall, CPU (wait4 rusage) and peak RSS. The peak is the
+    process's VmHWM polled every 20 ms, not wait4's ru_maxrss: a child spawned with
+    vfork (posix_spawn) inherits its parent's high-water mark at exec, so ru_maxrss
+    reports this Python harness (~16 MiB), not portgroupd."""
+
+    def __init__(self, rc, wall_ns, cpu_ns, peak_kib, stderr):
+        self.rc, self.wall_ns, self.cpu_ns, self.maxrss_kib = rc, wall_ns, cpu_ns, peak_kib
+        self.stdout, self.stderr = b"", stderr
+
+
+def run_once(argv, env, stdin=None):
+    import tempfile
+    with tempfile.TemporaryFile() as log, tempfile.TemporaryFile() as inp:
+        if stdin:
+            inp.write(stdin)
+            inp.seek(0)
+        t0 = time.perf_counter_ns()
+        p = subprocess.Popen(argv, env=env, stdin=inp if stdin else subprocess.DEVNULL, stdout=log,
+                             stderr=subprocess.STDOUT)
+        peak = 0
+        while True:
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            try:
+                for line in open(f"/proc/{p.pid}/status"):
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]))
+            except OSError:
+                pass
+            time.sleep(0.02)
+        t1 = time.perf_counter_ns()
+        p.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        out = log.read()
+    return Once(p.returncode, t1 - t0, int((ru.ru_utime + ru.ru_stime) * 1e9), peak, out)
 
 
 # --- long-running daemon --------------------------------------------------------
@@ -128,13 +213,14 @@ def _maxrss_kib(r):
 class Daemon:
     def __init__(self, a, n):
         self.a = a
-        self.conf = os.path.join(a.run_dir, f"config-{n}.json")
+        self.conf = os.path.join(a.conf_dir, f"config-{n}.json")
         config(n, self.conf)
         try:
             os.unlink(os.path.join(a.run_dir, "state.json"))
         except FileNotFoundError:
             pass
-        self.log = open(os.path.join(a.run_dir, f"daemon-{n}.log"), "wb")
+        self.log_path = os.path.join(a.conf_dir, f"daemon-{n}.log")
+        self.log = open(self.log_path, "wb")
         self.t0 = time.perf_counter()
         self.p = subprocess.Popen(daemon_argv(a, self.conf, False), env=daemon_env(a),
                                   stdout=self.log, stderr=subprocess.STDOUT)
@@ -150,15 +236,19 @@ class Daemon:
             time.sleep(0.01)
         raise TimeoutError(f"{n} portgroups not ready after {timeout} s")
 
-    def rss_kib(self):
+    def rss_kib(self, field="VmRSS"):
         for line in open(f"/proc/{self.p.pid}/status"):
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
         return None
 
     def cpu_s(self):
         fields = open(f"/proc/{self.p.pid}/stat").read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def logged_repairs(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().count(b"repaired drift in ")
 
     def stop(self):
         if self.p.poll() is None:
@@ -208,15 +298,37 @@ class LinkMonitor:
         return out
 
 
+def del_link(name):
+    """Deletes a link with one RTM_DELLINK from this process and returns perf_counter()
+    taken just before the request. Timing from an `ip link del` child instead would
+    count from whenever the harness got around to reading the DELLINK event: under TCG
+    the daemon has often repaired the bridge before `ip` has even exited."""
+    index = socket.if_nametoindex(name)
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+    try:
+        msg = struct.pack("=IHHII", 16 + 16, RTM_DELLINK, 0x1 | 0x4, 1, 0)  # NLM_F_REQUEST|NLM_F_ACK
+        msg += struct.pack("=BBHiII", 0, 0, 0, index, 0, 0)
+        t = time.perf_counter()
+        s.sendto(msg, (0, 0))
+        ack = s.recv(65536)
+        err = struct.unpack_from("=i", ack, 16)[0]
+        if err:
+            raise OSError(-err, f"RTM_DELLINK {name}: {os.strerror(-err)}")
+        return t
+    finally:
+        s.close()
+
+
 def drift(a, d, state):
     pgs = [p for p in state["portgroups"] if p.get("ready")]
     mon = LinkMonitor()
     lat, fails = [], 0
     rng = random.Random(6)
+    base = d.logged_repairs()
     for rep in range(a.drift_reps):
         pg = rng.choice(pgs)
         br, vif = pg["bridge"], pg.get("vlanInterface")
-        sh("ip", "link", "del", br)
+        t_req = del_link(br)
         t_del, bridge_idx, bridge_up, enslaved = None, None, False, vif is None
         end = time.perf_counter() + 10
         while time.perf_counter() < end:
@@ -233,12 +345,17 @@ def drift(a, d, state):
                 continue
             break
         if t_del is not None and bridge_up and enslaved:
-            lat.append(int((ev["t"] - t_del) * 1e9))
+            lat.append(int((ev["t"] - t_req) * 1e9))
         else:
             fails += 1
+        # Let the daemon finish that reconcile (its log line) so that reps do not overlap.
+        end = time.perf_counter() + 5
+        while d.logged_repairs() < base + len(lat) + fails and time.perf_counter() < end:
+            time.sleep(0.01)
         time.sleep(rng.uniform(0.05, 0.15))
     return {"reps": a.drift_reps, "failures": fails, "repair": summary_ms(lat),
-            "definition": "RTM_DELLINK of the bridge -> bridge back, up, VLAN interface enslaved"}
+            "definition": "the harness's RTM_DELLINK request for the bridge -> the bridge back, up, "
+                          "with its VLAN interface enslaved again (both ends seen on an rtnetlink monitor)"}
 
 
 def long_running(a):
@@ -253,14 +370,24 @@ def long_running(a):
         time.sleep(a.idle_seconds)
         res["idle_cpu_pct_of_one_core"] = round(100 * (d.cpu_s() - c0) / (time.perf_counter() - t0), 3)
         res["idle_seconds"] = a.idle_seconds
+        res["idle_note"] = ("the window includes the periodic full resync (every 60 s)" if a.idle_seconds > 60
+                            else "the window is shorter than the 60 s resync period")
         res["drift"] = drift(a, d, state)
-        print(f"  drift repair p50 {res['drift']['repair'].get('p50')} ms, "
-              f"p99 {res['drift']['repair'].get('p99')} ms", file=sys.stderr)
+        res["rss_after_drift_kib"] = d.rss_kib()
     finally:
         d.stop()
-    conf = os.path.join(a.run_dir, "config.json")
+    # The daemon's own figure: "repaired drift in X ms", from the first link event of the
+    # batch to the end of the reconcile that fixed it (10 ms of event coalescing included).
+    logged = [int(m) for m in re.findall(rb"repaired drift in (\d+) ms", open(d.log_path, "rb").read())]
+    res["drift"]["daemon_logged_ms"] = {"count": len(logged), "p50": percentile(logged, 50),
+                                        "p99": percentile(logged, 99), "max": max(logged, default=None)}
+    print(f"  drift repair p50 {res['drift']['repair'].get('p50')} ms, "
+          f"p99 {res['drift']['repair'].get('p99')} ms (daemon's log: p50 "
+          f"{res['drift']['daemon_logged_ms']['p50']} ms, p99 {res['drift']['daemon_logged_ms']['p99']} ms)",
+          file=sys.stderr)
+    conf = os.path.join(a.conf_dir, "config.json")
     config(0, conf)
-    run(daemon_argv(a, conf, True), daemon_env(a))
+    run_once(daemon_argv(a, conf, True), daemon_env(a))
     n = a.rss_n
     d = Daemon(a, n)
     try:
@@ -268,18 +395,19 @@ def long_running(a):
         time.sleep(2)
         res[f"start_to_ready_s_at_{n}"] = round(t_ready, 3)
         res[f"rss_kib_at_{n}"] = d.rss_kib()
+        res[f"peak_rss_kib_at_{n}"] = d.rss_kib("VmHWM")
     finally:
         d.stop()
     config(0, conf)
-    run(daemon_argv(a, conf, True), daemon_env(a))
+    run_once(daemon_argv(a, conf, True), daemon_env(a))
     return res
 
 
 def cni_rows(a):
     """portgroup mode vs bridge mode vs the reference vs the floor, on a VLAN portgroup's bridge."""
-    conf = os.path.join(a.run_dir, "config.json")
+    conf = os.path.join(a.conf_dir, "config.json")
     config(1, conf)
-    r = run(daemon_argv(a, conf, True), daemon_env(a))
+    r = run_once(daemon_argv(a, conf, True), daemon_env(a))
     state = read_state(a.run_dir) or {}
     pg = next((p for p in state.get("portgroups", []) if p.get("ready")), None)
     if r.rc != 0 or not pg:
@@ -303,11 +431,33 @@ def cni_rows(a):
             "--cycles", str(a.cni_cycles), "--out", out, "--progress"]
     subprocess.run(argv, check=False)
     config(0, conf)
-    run(daemon_argv(a, conf, True), daemon_env(a))
+    run_once(daemon_argv(a, conf, True), daemon_env(a))
     try:
         return json.load(open(out))
     except (OSError, ValueError):
         return {"error": "cni_bench.py failed"}
+
+
+def calibrate(a, n=1000):
+    """Kernel work like N portgroups' that needs no 802.1Q, so it runs on this host and in
+    the VM alike: N bridges and N veth pairs (one veth end standing for the VLAN interface,
+    enslaved), created and brought up by one `ip -batch`, then deleted with one
+    `ip link del group`. The VM/host ratio of these times is the TCG slowdown for link work,
+    which turns the VM's converge times into estimates for this host's kernel."""
+    lines = []
+    for v in range(1, n + 1):
+        lines.append(f"link add name cb{v} group {FLOOR_GROUP} mtu 1500 type bridge")
+        lines.append(f"link add name cv{v} group {FLOOR_GROUP} mtu 1500 type veth peer name cp{v} group {FLOOR_GROUP}")
+        lines.append(f"link set cv{v} alias portgroup:calibrate master cb{v} up")
+        lines.append(f"link set cb{v} alias portgroup:calibrate up")
+    r = run_once(["ip", "-batch", "-"], {"PATH": PATH}, ("\n".join(lines) + "\n").encode())
+    res = {"n": n, "up_s": round(r.wall_ns / 1e9, 3), "up_cpu_s": round(r.cpu_ns / 1e9, 3), "rc_up": r.rc,
+           "bridges": len(bridges())}
+    r = run_once(["ip", "link", "del", "group", str(FLOOR_GROUP)], {"PATH": PATH})
+    res.update(down_group_s=round(r.wall_ns / 1e9, 3), rc_down=r.rc, bridges_left=len(bridges()))
+    print(f"  calibrate {n} bridges + veth pairs: up {res['up_s']} s, down by group {res['down_group_s']} s",
+          file=sys.stderr)
+    return res
 
 
 def inner(a):
@@ -322,11 +472,19 @@ def inner(a):
     sh("ip", "link", "set", UPLINK + "p", "up")
     res = {"in_vm": a.in_vm, "kernel": os.uname().release, "nproc": os.cpu_count()}
     t0 = time.time()
-    res["converge"] = converge(a)
-    res["daemon"] = long_running(a)
-    res["cni_portgroup_mode"] = cni_rows(a)
+    parts = a.parts.split(",")
+    if "calibrate" in parts:
+        res["calibrate"] = calibrate(a, 100 if a.quick else 1000)
+        if parts == ["calibrate"]:
+            with open(a.out, "w") as f:
+                json.dump(res, f, indent=1)
+            return
+    res["converge"] = converge(a) if "converge" in parts else []
+    res["daemon"] = long_running(a) if "daemon" in parts else {}
+    res["cni_portgroup_mode"] = cni_rows(a) if "cni" in parts else {}
     res["seconds"] = round(time.time() - t0, 1)
-    res["summary"], res["targets"] = summarize(res, a)
+    res["summary"], res["targets"] = (summarize(res, a) if {"converge", "daemon", "cni"} <= set(parts)
+                                      else ({}, {}))
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
 
@@ -335,11 +493,22 @@ def summarize(res, a):
     conv = {r["n"]: r for r in res["converge"]}
     d = res["daemon"]
     env = " (inside a TCG VM: absolute times inflated)" if a.in_vm else ""
-    summary = {f"converge {n}": f"up {r['up_s']} s, down {r['down_s']} s, ready {r['ready']}/{n}"
-               for n, r in conv.items()}
-    summary["drift repair"] = f"p50 {d['drift']['repair'].get('p50')} ms, p99 {d['drift']['repair'].get('p99')} ms"
+    summary = {}
+    for n, r in conv.items():
+        line = (f"up {r['up_s']} s (cpu {r['up_cpu_s']} s, peak RSS {r['peak_rss_mib']} MiB), no-op {r['noop_s']} s, "
+                f"down {r['down_s']} s, ready {r['ready']}/{n}, left {r['bridges_left']}")
+        fl = r.get("floor")
+        if fl:
+            line += (f"; ip -batch floor up {fl['up_s']} s, down {fl['down_s']} s (by group {fl['down_group_s']} s)"
+                     f"; portgroupd/floor up {round(r['up_s'] / fl['up_s'], 2)}x, down {round(r['down_s'] / fl['down_s'], 2)}x")
+        summary[f"converge {n}"] = line
+    lg = d["drift"].get("daemon_logged_ms", {})
+    summary["drift repair"] = (f"p50 {d['drift']['repair'].get('p50')} ms, p99 {d['drift']['repair'].get('p99')} ms, "
+                               f"{d['drift']['failures']} failed of {d['drift']['reps']} (daemon's own log: "
+                               f"p50 {lg.get('p50')} ms, p99 {lg.get('p99')} ms over {lg.get('count')})")
     summary["rss idle"] = f"{d['rss_idle_kib']} KiB at {a.drift_n} portgroups"
-    summary[f"rss at {a.rss_n}"] = f"{d.get(f'rss_kib_at_{a.rss_n}')} KiB"
+    summary[f"rss at {a.rss_n}"] = (f"{d.get(f'rss_kib_at_{a.rss_n}')} KiB (peak {d.get(f'peak_rss_kib_at_{a.rss_n}')} KiB), "
+                                    f"ready {d.get(f'start_to_ready_s_at_{a.rss_n}')} s after start")
     summary["idle cpu"] = f"{d['idle_cpu_pct_of_one_core']} % of one core"
     targets = {}
     c1000 = conv.get(1000)
@@ -387,21 +556,31 @@ def main():
     p.add_argument("--idle-seconds", type=float)
     p.add_argument("--cni-cycles", type=int)
     p.add_argument("--npods", type=int, default=12)
+    p.add_argument("--floor-max", type=int, default=1000,
+                   help="also time the ip -batch floor for converge levels up to this N")
+    p.add_argument("--parts", default="converge,daemon,cni",
+                   help="comma list of calibrate,converge,daemon,cni (targets are summarised only with "
+                        "the last three)")
     a = p.parse_args()
     q = a.quick
     a.levels = [int(x) for x in (a.levels or ("10,100" if q else "10,100,1000,4094")).split(",")]
     a.drift_reps = a.drift_reps or (10 if q else 100)
     a.rss_n = a.rss_n or (100 if q else 1000)
-    a.idle_seconds = a.idle_seconds if a.idle_seconds is not None else (5 if q else 30)
-    a.cni_cycles = a.cni_cycles or (20 if q else 100)
+    a.idle_seconds = a.idle_seconds if a.idle_seconds is not None else (5 if q else 65)
+    a.cni_cycles = a.cni_cycles or (20 if q else 50)
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else "/run"
     a.run_dir = f"{base}/{a.tag}-drun"
+    # The config lives in its own directory: portgroupd watches the config's directory
+    # (a ConfigMap volume), so a config inside the run dir would wake it on each of its
+    # own state writes.
+    a.conf_dir = f"{base}/{a.tag}-dconf"
     if not a.inner:
         sys.exit(outer(a))
     try:
+        os.makedirs(a.conf_dir, exist_ok=True)
         inner(a)
     finally:
-        subprocess.run(["rm", "-rf", a.run_dir])
+        subprocess.run(["rm", "-rf", a.run_dir, a.conf_dir])
 
 
 if __name__ == "__main__":
