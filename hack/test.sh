@@ -31,7 +31,7 @@ step "manifests, validated offline"
 hack/validate-manifests.sh
 
 if [[ $quick -eq 1 ]]; then
-    echo "quick run: VLAN and podman tests skipped"
+    echo "quick run: the VLAN tests (VM) skipped"
     exit 0
 fi
 
