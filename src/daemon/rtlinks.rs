@@ -12,6 +12,19 @@ pub struct RtLinks {
     pub netlink: Netlink,
 }
 
+impl RtLinks {
+    /// Creates a link: NLM_F_CREATE | NLM_F_EXCL, so a name taken meanwhile fails.
+    async fn add(&self, message: netlink_packet_route::link::LinkMessage) -> Result<(), LinkError> {
+        self.netlink
+            .handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(link_error)
+    }
+}
+
 /// The kernel's words for an errno ("Operation not supported") rather than
 /// rtnetlink's wrapping of the whole reply.
 pub fn link_error(err: rtnetlink::Error) -> LinkError {
@@ -75,13 +88,7 @@ impl Links for RtLinks {
             .mtu(mtu)
             .link_group(LINK_GROUP)
             .build();
-        self.netlink
-            .handle
-            .link()
-            .add(message)
-            .execute()
-            .await
-            .map_err(link_error)
+        self.add(message).await
     }
 
     async fn create_bridge(&self, name: &str, mtu: u32) -> Result<(), LinkError> {
@@ -89,13 +96,7 @@ impl Links for RtLinks {
             .mtu(mtu)
             .link_group(LINK_GROUP)
             .build();
-        self.netlink
-            .handle
-            .link()
-            .add(message)
-            .execute()
-            .await
-            .map_err(link_error)
+        self.add(message).await
     }
 
     async fn set_alias(&self, index: u32, alias: &str) -> Result<(), LinkError> {
