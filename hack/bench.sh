@@ -72,18 +72,7 @@ burst=100
 step() { printf '\n==> %s\n' "$*" >&2; }
 
 # --- dependencies -------------------------------------------------------------
-need=()
-[[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/static ]] || need+=(containernetworking-plugins)
-command -v ip >/dev/null || need+=(iproute2)
-command -v strace >/dev/null || need+=(strace)
-command -v valgrind >/dev/null || need+=(valgrind)
-command -v python3 >/dev/null || need+=(python3)
-if [[ ${#need[@]} -gt 0 ]]; then
-    step "apt-get install ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+"$repo/hack/install-deps.sh" --bench >&2
 
 if [[ $build -eq 1 ]]; then
     step "cargo build --release -p portgroup-plugin -p portgroup (portgroup, portgroupd)"

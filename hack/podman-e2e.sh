@@ -40,23 +40,7 @@ if [[ -z "${!MARKER:-}" ]]; then
     [[ $EUID -eq 0 ]] || { echo "FAIL: $0 needs root (namespaces, podman)"; exit 1; }
     start=$(date +%s%N)
 
-    need=()
-    have() { command -v "$1" >/dev/null 2>&1; }
-    have podman || need+=(podman)
-    have runc || need+=(runc)
-    have conmon || need+=(conmon)
-    have busybox || need+=(busybox-static)
-    have ip || need+=(iproute2)
-    have jq || need+=(jq)
-    have unshare || need+=(util-linux)
-    have ps || need+=(procps)
-    [[ -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] || need+=(containernetworking-plugins)
-    if [[ ${#need[@]} -gt 0 ]]; then
-        echo "apt-get install ${need[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq "${need[@]}" >/dev/null
-    fi
+    "$REPO/hack/install-deps.sh"
     busybox_bin=$(command -v busybox)
     if ! grep -q 'not a dynamic' <<<"$(ldd "$busybox_bin" 2>&1 || true)"; then
         echo "FAIL: $busybox_bin is not static: apt-get install busybox-static"

@@ -19,8 +19,6 @@ PYTHON=${PYTHON:-python3}
 # Oldest Kubernetes minor still supported by the KubeVirt releases that
 # migrations target, and bundled by the pinned kubernetes-validate.
 K8S_VERSION=${K8S_VERSION:-1.30.0}
-KV_PKG='kubernetes-validate==1.37.0'   # ships schemas for Kubernetes 1.25 .. 1.37
-JS_PKG='jsonschema>=4.18,<5'           # 2020-12 drafts + referencing registry
 
 have_deps() {
   K8S_VERSION="$K8S_VERSION" "$PYTHON" - <<'PY' >/dev/null 2>&1
@@ -31,12 +29,11 @@ from jsonschema.validators import Draft202012Validator
 PY
 }
 
+# hack/install-deps.sh pins kubernetes-validate 1.37.0 (schemas for Kubernetes
+# 1.25 .. 1.37) and jsonschema 4.18+ (2020-12 drafts, referencing registry).
 if ! have_deps; then
-  echo "validate-manifests: installing $KV_PKG $JS_PKG" >&2
-  pip=("$PYTHON" -m pip install --quiet --disable-pip-version-check)
-  "${pip[@]}" "$KV_PKG" "$JS_PKG" >&2 ||
-    "${pip[@]}" --user --break-system-packages "$KV_PKG" "$JS_PKG" >&2
-  have_deps || { echo "validate-manifests: dependencies still missing after pip install" >&2; exit 2; }
+  hack/install-deps.sh >&2
+  have_deps || { echo "validate-manifests: kubernetes-validate, jsonschema or pyyaml still missing after hack/install-deps.sh" >&2; exit 2; }
 fi
 
 exec "$PYTHON" hack/validate_manifests.py --kubernetes-version "$K8S_VERSION" manifests

@@ -86,30 +86,8 @@ die() { echo "vm.sh: $*" >&2; exit 125; }
 
 # ---------------------------------------------------------------- --ensure
 ensure() {
-	local log pkgs=() p
-	log=$(mktemp)
-	trap 'rm -f "$log"' RETURN
-	for p in qemu-system-x86 linux-image-amd64 busybox-static iproute2 nftables; do
-		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || pkgs+=("$p")
-	done
-	if ((${#pkgs[@]})); then
-		export DEBIAN_FRONTEND=noninteractive
-		if ! apt-get install -y -q --no-install-recommends "${pkgs[@]}" >"$log" 2>&1; then
-			# Stale package lists are the usual cause: refresh once, retry.
-			if ! { apt-get update -q && apt-get install -y -q --no-install-recommends "${pkgs[@]}"; } >>"$log" 2>&1; then
-				cat "$log" >&2
-				die "apt-get install ${pkgs[*]} failed"
-			fi
-		fi
-	fi
-	if ! command -v vng >/dev/null 2>&1; then
-		if ! { python3 -m pip install -q virtme-ng && { command -v pyenv >/dev/null 2>&1 && pyenv rehash || true; }; } >"$log" 2>&1; then
-			cat "$log" >&2
-			die "pip install virtme-ng failed"
-		fi
-		hash -r
-		command -v vng >/dev/null 2>&1 || die "virtme-ng installed but vng is not on PATH"
-	fi
+	# One place installs packages for every script (qemu must match qemu-utils).
+	"$(dirname "$SELF")/install-deps.sh" >&2 || die "installing what the VM needs failed (see above)"
 	compgen -G '/boot/vmlinuz-*' >/dev/null || die "no /boot/vmlinuz-* after install"
 }
 
