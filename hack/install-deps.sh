@@ -10,8 +10,8 @@
 # - apt never removes a package (--no-remove) and is never asked to downgrade.
 # - qemu-system-x86 must match an installed qemu-utils: a machine that came
 #   with qemu-utils from <release>-backports gets qemu-system-x86 from there
-#   too, with backports enabled for that one install only (a temporary sources
-#   list and package-list directory, deleted afterwards).
+#   too, with backports enabled for that one install only (a temporary
+#   sources.list.d and package-list directory, deleted afterwards).
 set -euo pipefail
 
 bench=0
@@ -30,19 +30,19 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok instal
 # Each entry: package, then why it is needed (printed with the install line).
 apt_pkgs=()
 apt_why=()
-want() { apt_pkgs+=("$1"); apt_why+=("$1 ($2)"); }
+want() { apt_pkgs+=("$1"); apt_why+=("$1 ($2);"); }
 
 [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/static && -x /usr/lib/cni/host-local ]] ||
     want containernetworking-plugins "reference CNI plugins the tests compare with and delegate to"
 have nft || want nftables "inspecting port-security rules in tests"
 have ip || want iproute2 "network namespaces and links"
 have jq || want jq "podman end-to-end test"
-have podman || want podman "podman end-to-end test (a real libcni runtime)"
+have podman || want podman "podman end-to-end test, a real libcni runtime"
 have runc || want runc "podman's OCI runtime"
 have conmon || want conmon "podman's container monitor"
 have busybox || want busybox-static "the podman test's container and the VM's tools"
 have tcpdump || want tcpdump "packet captures in the labs"
-have qemu-system-x86_64 || want qemu-system-x86 "the VLAN test VM (this kernel has no 802.1Q)"
+have qemu-system-x86_64 || want qemu-system-x86 "the VLAN test VM, for kernels without 802.1Q"
 compgen -G '/boot/vmlinuz-*' >/dev/null || want linux-image-amd64 "the VLAN test VM's kernel"
 if ((bench)); then
     have strace || want strace "benchmarks: syscall profile of one ADD"
@@ -84,15 +84,21 @@ install_qemu_from_backports() {
     codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
     [[ -n $codename ]] || die "qemu-utils $utils is newer than this release's qemu-system-x86, and /etc/os-release names no release to take backports from"
     bpo_dir=$(mktemp -d)
-    mkdir -p "$bpo_dir/lists/partial"
-    echo "deb http://deb.debian.org/debian $codename-backports main" >"$bpo_dir/sources.list"
-    # The machine's own sources (sources.list.d) stay; backports is added for
-    # these two calls only, with package lists kept in the temporary directory.
-    local o=(-o "Dir::Etc::sourcelist=$bpo_dir/sources.list" -o "Dir::State::lists=$bpo_dir/lists")
+    mkdir -p "$bpo_dir/lists/partial" "$bpo_dir/sources.list.d"
+    # The machine's own sources (sources.list and every sources.list.d entry)
+    # stay; backports is added beside them for these calls only, with package
+    # lists kept in the temporary directory.
+    local part
+    for part in /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+        [[ -e $part ]] && ln -s "$part" "$bpo_dir/sources.list.d/"
+    done
+    echo "deb http://deb.debian.org/debian $codename-backports main" >"$bpo_dir/sources.list.d/portgroup-backports.list"
+    local o=(-o "Dir::Etc::sourceparts=$bpo_dir/sources.list.d" -o "Dir::State::lists=$bpo_dir/lists")
     say "apt-get install qemu-system-x86=$utils from $codename-backports (it must match the installed qemu-utils $utils)"
     apt_run "the package lists of $codename-backports" "${o[@]}" update
     if apt-cache "${o[@]}" madison qemu-system-x86 | awk '{print $3}' | grep -qxF "$utils"; then
-        apt_run "qemu-system-x86=$utils" "${o[@]}" install -y --no-remove "qemu-system-x86=$utils"
+        # -t: its dependencies (qemu-system-common, -data, ...) must come from there too.
+        apt_run "qemu-system-x86=$utils" "${o[@]}" install -y --no-remove -t "$codename-backports" "qemu-system-x86=$utils"
     else
         # Backports has moved past the installed qemu-utils: upgrade both together.
         apt_run "qemu-system-x86 and qemu-utils from $codename-backports" "${o[@]}" \
