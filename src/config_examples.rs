@@ -108,9 +108,12 @@ fn count(kinds: &[Kind], kind: Kind) -> usize {
 
 #[test]
 fn readme_and_design_examples_validate() {
-    for (doc, at_least) in [("README.md", 1), ("docs/DESIGN.md", 1)] {
+    // README must show both configs, and every ```json block there is JSON.
+    // DESIGN.md may sketch (a block that is not JSON is no example there).
+    for (doc, at_least) in [("README.md", 1), ("docs/DESIGN.md", 0)] {
         let kinds: Vec<Kind> = json_blocks(&read(doc))
             .iter()
+            .filter(|(_, text)| at_least > 0 || serde_json::from_str::<Value>(text).is_ok())
             .map(|(line, text)| assert_valid(&format!("{doc}:{line}"), text))
             .collect();
         assert!(
