@@ -9,8 +9,15 @@ use serde_json::Value;
 use crate::cni::netconf_check;
 use crate::nodeconfig;
 
+/// A file of the repository, found from whichever package's directory this
+/// test is compiled in.
 fn repo_file(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+    let package = Path::new(env!("CARGO_MANIFEST_DIR"));
+    package
+        .ancestors()
+        .find(|dir| dir.join("manifests").is_dir())
+        .unwrap_or(package)
+        .join(relative)
 }
 
 fn read(relative: &str) -> String {
