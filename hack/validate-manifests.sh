@@ -8,9 +8,13 @@
 # Built-in kinds are checked against the strict (unknown fields rejected)
 # schemas that kubernetes-validate bundles; the CRD kinds
 # (NetworkAttachmentDefinition, VirtualMachine) against manifests/schemas/;
-# plus the semantic checks of hack/validate_manifests.py (node network config,
-# NAD CNI configs, cross references). Prints one line per file; exits non-zero
-# on any failure.
+# the node network config and each NAD's CNI config by the binaries' own
+# --check-config (portgroupd, portgroup), so the rules live in Rust only; plus
+# the cross references of hack/validate_manifests.py. Prints one line per file;
+# exits non-zero on any failure.
+#
+# Builds portgroupd and portgroup (debug) first, unless PORTGROUPD and
+# PORTGROUP_PLUGIN name binaries to use.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,4 +40,13 @@ if ! have_deps; then
   have_deps || { echo "validate-manifests: kubernetes-validate, jsonschema or pyyaml still missing after hack/install-deps.sh" >&2; exit 2; }
 fi
 
-exec "$PYTHON" hack/validate_manifests.py --kubernetes-version "$K8S_VERSION" manifests
+if [[ -z "${PORTGROUPD:-}" || -z "${PORTGROUP_PLUGIN:-}" ]]; then
+  cargo build --quiet --bin portgroupd --bin portgroup
+  target_dir=$(cargo metadata --format-version 1 --no-deps |
+    "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+  PORTGROUPD=${PORTGROUPD:-$target_dir/debug/portgroupd}
+  PORTGROUP_PLUGIN=${PORTGROUP_PLUGIN:-$target_dir/debug/portgroup}
+fi
+
+exec "$PYTHON" hack/validate_manifests.py --kubernetes-version "$K8S_VERSION" \
+  --portgroupd "$PORTGROUPD" --plugin "$PORTGROUP_PLUGIN" manifests

@@ -13,19 +13,25 @@ Checks:
 - CRD kinds (NetworkAttachmentDefinition, VirtualMachine): the schemas in
   manifests/schemas/, named <kind>-<apiVersion with "/" as "-">.json; their
   metadata is checked against the same version's strict ObjectMeta.
-- The node network config (config.json in a ConfigMap): parses as JSON, matches
-  schemas/portgroup-node-config.json, uplink set, portgroup names unique, VLANs
-  in 1..4094 and unique, reservation MACs and IPs valid and unique.
-- Every NAD's spec.config: parses as JSON, type=portgroup, cniVersion and name
-  set, exactly one of portgroup/bridge, matches schemas/portgroup-cni-config.json,
-  and a named portgroup exists in the node network config.
+- The node network config (config.json in a ConfigMap): `portgroupd
+  --check-config`, the daemon's own validation, word for word.
+- Every NAD's spec.config: `portgroup --check-config`, the plugin's own
+  validation; and a named portgroup exists in the node network config, with
+  an MTU no larger than the portgroup's.
+- The config schemas (schemas/portgroup-*-config.json) agree with the binaries:
+  every example in them, in README.md, docs/DESIGN.md and the manifests is
+  accepted by schema and binary alike, and each structurally broken config of
+  a fixed corpus is refused by both.
 - Cross references: namespaces, ServiceAccounts and ConfigMaps a pod template
   uses, VM interfaces <-> networks, disks <-> volumes, Multus networks -> NADs,
   files a kustomization.yaml lists (and `kubectl kustomize` if kubectl exists).
+
+The config rules themselves live in Rust only (docs/DESIGN.md, "Config
+validation"); this script never re-implements them.
 """
 
 import argparse
-import ipaddress
+import copy
 import json
 import os
 import re
@@ -42,8 +48,6 @@ from jsonschema.validators import Draft202012Validator
 import kubernetes_validate.utils as kv
 
 K8S_DEFS_URI = "https://kubernetes.io/api/_definitions.json"
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
 BUILTIN_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease"}
 CNI_CONFIG_SCHEMA = "portgroup-cni-config.json"
 NODE_CONFIG_SCHEMA = "portgroup-node-config.json"
@@ -73,9 +77,105 @@ def short(msg, limit=300):
     return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
+
+# ---------- the config schemas against the binaries ----------
+# A config with one change applied: (path, value) sets, (path, DELETE) removes.
+DELETE = object()
+NODE_BASE = {"uplink": "eth1", "portgroups": [
+    {"name": "a", "vlan": 5, "mtu": 1500, "strict": False,
+     "reservations": [{"mac": "00:50:56:00:00:01", "ips": ["10.0.0.1", "2001:db8::1/64"]}]}]}
+CNI_BASE = {"cniVersion": "1.0.0", "name": "a", "type": "portgroup", "portgroup": "a"}
+PG, RES = ("portgroups", 0), ("portgroups", 0, "reservations", 0)
+# Broken in structure: type, shape, range, pattern, unknown field. The schema and
+# the binary must both refuse each.
+NODE_STRUCTURAL = [
+    [((), [])], [((), "x")], [((), {})],
+    [(("uplink",), DELETE)], [(("uplink",), None)],
+    [(("uplink",), DELETE), (("nodeUplinks",), {})],
+    [(("uplink",), 5)], [(("uplink",), "")], [(("uplink",), "this-name-is-too-long")],
+    [(("uplink",), "a/b")], [(("uplink",), "a:b")], [(("uplink",), "a b")], [(("uplink",), "..")],
+    [(("nodeUplinks",), [])], [(("nodeUplinks",), {"w1": 5})], [(("nodeUplinks",), {"w1": "x y"})],
+    [(("extra",), 1)],
+    [(("portgroups",), DELETE)], [(("portgroups",), None)], [(("portgroups",), {})],
+    [(("portgroups", 0), "a")], [(PG + ("name",), DELETE)], [(PG + ("vlan",), DELETE)],
+    [(PG + ("name",), "A")], [(PG + ("name",), "-a")], [(PG + ("name",), "a_b")],
+    [(PG + ("name",), "x" * 64)], [(PG + ("name",), 5)],
+    [(PG + ("vlan",), 0)], [(PG + ("vlan",), 4095)], [(PG + ("vlan",), "5")], [(PG + ("vlan",), -1)],
+    [(PG + ("vlan",), 5.5)], [(PG + ("vlan",), True)], [(PG + ("vlan",), None)],
+    [(PG + ("mtu",), 67)], [(PG + ("mtu",), 65536)], [(PG + ("mtu",), "1500")],
+    [(PG + ("strict",), "yes")], [(PG + ("extra",), 1)],
+    [(PG + ("reservations",), {})], [(PG + ("reservations", 0), "x")],
+    [(RES + ("mac",), DELETE)], [(RES + ("mac",), 5)], [(RES + ("mac",), "00:50:56:00:00")],
+    [(RES + ("mac",), "00:50-56:00:00:01")], [(RES + ("mac",), "0050.5600.0001")],
+    [(RES + ("mac",), "00:50:56:00:00:0g")], [(RES + ("extra",), 1)],
+    [(RES + ("ips",), "10.0.0.1")], [(RES + ("ips",), [5])], [(RES + ("ips",), ["host"])],
+    [(RES + ("ips",), [""])], [(RES + ("ips",), [" 10.0.0.1"])],
+]
+# Broken beyond structure: the binary alone refuses these, the schema leaves them to it.
+NODE_SEMANTIC = [
+    [(("portgroups", 1), {"name": "a", "vlan": 6})], [(("portgroups", 1), {"name": "b", "vlan": 5})],
+    [(PG + ("reservations", 1), {"mac": "00:50:56:00:00:01"})],
+    [(PG + ("reservations", 1), {"mac": "00:50:56:00:00:02", "ips": ["10.0.0.1/24"]})],
+    [(RES + ("mac",), "01:00:5e:00:00:01")], [(RES + ("mac",), "00:00:00:00:00:00")],
+    [(RES + ("ips",), ["10.0.0.256"])], [(RES + ("ips",), ["10.0.0.1/33"])],
+]
+CNI_STRUCTURAL = [
+    [((), [])], [(("cniVersion",), DELETE)], [(("cniVersion",), 1)], [(("cniVersion",), "0.2.0")],
+    [(("name",), DELETE)], [(("name",), "-a")], [(("name",), 5)],
+    [(("type",), DELETE)], [(("type",), "bridge")],
+    [(("portgroup",), DELETE)], [(("bridge",), "br0")], [(("portgroup",), None)],
+    [(("portgroup",), "A")], [(("portgroup",), 5)],
+    [(("portgroup",), DELETE), (("bridge",), "much-too-long-bridge")],
+    [(("portgroup",), DELETE), (("bridge",), "")],
+    [(("mtu",), 10)], [(("mtu",), 65536)], [(("mtu",), "1500")],
+    [(("linkDown",), "yes")], [(("spoofCheck",), 1)], [(("conflictProbe",), "no")],
+    [(("probe",), [])], [(("probe",), {"count": -1})], [(("probe",), {"count": "2"})],
+    [(("probe",), {"retries": 1})],
+    [(("ipam",), "static")], [(("ipam",), {"type": "../x"})], [(("ipam",), {"routes": []})],
+    [(("capabilities",), [])], [(("capabilities",), {"mac": "yes"})], [(("dns",), [])],
+    [(("args",), [])], [(("runtimeConfig",), 5)], [(("prevResult",), 5)],
+    [(("vlan",), 100)], [(("ipMasq",), True)], [(("isGateway",), True)], [(("vlanTrunk",), [])],
+    [(("logFile",), 5)], [(("logLevel",), False)],
+    [(("cni.dev/attachments",), [{"containerID": 1}])], [(("cni.dev/valid-attachments",), {})],
+    [(("spoofchek",), False)],
+]
+CORPUS = {
+    "node": ("portgroup-node-config.json", NODE_BASE, NODE_STRUCTURAL, NODE_SEMANTIC),
+    "cni": ("portgroup-cni-config.json", CNI_BASE, CNI_STRUCTURAL, []),
+}
+
+
+def mutate(base, changes):
+    doc = copy.deepcopy(base)
+    for path, value in changes:
+        if not path:
+            doc = value
+            continue
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        if value is DELETE:
+            del parent[path[-1]]
+        elif isinstance(parent, list) and path[-1] == len(parent):
+            parent.append(value)
+        else:
+            parent[path[-1]] = value
+    return doc
+
+
+def config_kind(doc):
+    """"node" or "cni" for a config, None for other JSON (node state, results)."""
+    if not isinstance(doc, dict) or "node" in doc:
+        return None
+    if "type" in doc or "plugins" in doc:
+        return "cni"
+    return "node" if "portgroups" in doc else None
+
+
 class Validator:
-    def __init__(self, manifests_dir, k8s_version):
+    def __init__(self, manifests_dir, k8s_version, portgroupd, plugin):
         self.dir = manifests_dir
+        self.checkers = {"node": portgroupd, "cni": plugin}
         self.schema_dir = os.path.join(manifests_dir, "schemas")
         self.k8s_version = k8s_version
         self.failed = False
@@ -227,6 +327,10 @@ class Validator:
         extra = getattr(self, "check_" + kind.lower(), None)
         if extra is not None:
             problems += extra(doc)
+        if kind == "ConfigMap" and "config.json" in (doc.get("data") or {}):
+            what += "; config.json: portgroupd --check-config"
+        if kind == "NetworkAttachmentDefinition":
+            what += "; spec.config: portgroup --check-config"
         return what, problems
 
     def check_namespace(self, doc):
@@ -256,7 +360,7 @@ class Validator:
         data = doc.get("data") or {}
         if "config.json" not in data:
             return []
-        return ["data.config.json: " + p for p in self.node_config_problems(data["config.json"])]
+        return ["data.config.json: " + p for p in self.binary_check("node", data["config.json"])]
 
     def node_config(self):
         for d in self.find("ConfigMap"):
@@ -268,98 +372,52 @@ class Validator:
                     return None
         return None
 
-    def node_config_problems(self, raw):
+    def binary_check(self, kind, text):
+        """The problems `<binary> --check-config -` finds in text ([] when valid)."""
+        binary = self.checkers[kind]
         try:
-            cfg = json.loads(raw)
-        except ValueError as e:
-            return ["not valid JSON: %s" % e]
-        v = self.schema_validator(NODE_CONFIG_SCHEMA)
-        problems = self.schema_errors(v, cfg) if v else ["schemas/%s missing" % NODE_CONFIG_SCHEMA]
-        if not isinstance(cfg, dict):
-            return problems or ["not a JSON object"]
-        if not isinstance(cfg.get("uplink"), str) or not cfg.get("uplink"):
-            problems.append("uplink: missing or empty")
-        pgs = cfg.get("portgroups")
-        if not isinstance(pgs, list):
-            return problems + ["portgroups: missing or not a list"]
-        names, vlans, macs, ips = {}, {}, {}, {}
-        for i, pg in enumerate(pgs):
-            if not isinstance(pg, dict):
-                continue
-            where = "portgroups.%d" % i
-            name, vlan = pg.get("name"), pg.get("vlan")
-            if not isinstance(name, str) or not DNS_LABEL.match(name):
-                problems.append("%s.name: %r is not a DNS label" % (where, name))
-            elif name in names:
-                problems.append("%s.name: %r already used by portgroups.%d" % (where, name, names[name]))
-            else:
-                names[name] = i
-            if not isinstance(vlan, int) or isinstance(vlan, bool) or not 1 <= vlan <= 4094:
-                problems.append("%s.vlan: %r is not a VLAN ID in 1..4094" % (where, vlan))
-            elif vlan in vlans:
-                problems.append("%s.vlan: %d already used by portgroups.%d" % (where, vlan, vlans[vlan]))
-            else:
-                vlans[vlan] = i
-            for j, res in enumerate(pg.get("reservations") or []):
-                rwhere = "%s.reservations.%d" % (where, j)
-                mac = res.get("mac") if isinstance(res, dict) else None
-                if not isinstance(mac, str) or not MAC.match(mac):
-                    problems.append("%s.mac: %r is not a MAC address" % (rwhere, mac))
-                else:
-                    norm = mac.lower().replace("-", ":")
-                    if int(norm[:2], 16) & 1:
-                        problems.append("%s.mac: %s is a multicast address" % (rwhere, mac))
-                    if norm in macs:
-                        problems.append("%s.mac: %s already reserved at %s" % (rwhere, mac, macs[norm]))
-                    macs[norm] = rwhere
-                for k, ip in enumerate((res.get("ips") or []) if isinstance(res, dict) else []):
-                    try:
-                        addr = ipaddress.ip_interface(ip).ip
-                    except ValueError:
-                        problems.append("%s.ips.%d: %r is not an IP address with prefix" % (rwhere, k, ip))
-                        continue
-                    if "/" not in str(ip):
-                        problems.append("%s.ips.%d: %r has no prefix length" % (rwhere, k, ip))
-                    if addr in ips:
-                        problems.append("%s.ips.%d: %s already reserved at %s" % (rwhere, k, addr, ips[addr]))
-                    ips[addr] = rwhere
-        return problems
+            r = subprocess.run([binary, "--check-config", "-"], input=text.encode(),
+                               capture_output=True, timeout=60)
+        except OSError as e:
+            return ["running %s --check-config: %s" % (binary, e)]
+        lines = r.stdout.decode(errors="replace").splitlines()
+        if r.returncode == 0 and lines == ["<stdin>: ok"]:
+            return []
+        if r.returncode == 1 and lines and all(l.startswith("<stdin>: ") for l in lines):
+            return [l[len("<stdin>: "):] for l in lines]
+        return ["%s --check-config exited %s: %s" % (
+            binary, r.returncode, short(r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")))]
 
     # NetworkAttachmentDefinition: the CNI config string
     def check_networkattachmentdefinition(self, doc):
         raw = (doc.get("spec") or {}).get("config")
         if not isinstance(raw, str):
             return []  # the CRD schema already failed
+        problems = ["spec.config: " + p for p in self.binary_check("cni", raw)]
         try:
             conf = json.loads(raw)
-        except ValueError as e:
-            return ["spec.config: not valid JSON: %s" % e]
+        except ValueError:
+            return problems
         if not isinstance(conf, dict):
-            return ["spec.config: not a JSON object"]
-        problems = []
-        if conf.get("type") != "portgroup":
-            problems.append("spec.config.type: %r, expected \"portgroup\"" % conf.get("type"))
-        for key in ("cniVersion", "name"):
-            if not isinstance(conf.get(key), str) or not conf.get(key):
-                problems.append("spec.config.%s: missing or empty" % key)
-        if ("portgroup" in conf) == ("bridge" in conf):
-            problems.append("spec.config: exactly one of \"portgroup\" and \"bridge\" is needed")
-        v = self.schema_validator(CNI_CONFIG_SCHEMA)
-        if v is None:
-            problems.append("schemas/%s missing" % CNI_CONFIG_SCHEMA)
-        else:
-            # "oneOf" is the portgroup/bridge rule, already reported above
-            problems += self.schema_errors(v, conf, "spec.config.", skip=("oneOf",))
-        pg_name = conf.get("portgroup")
-        if isinstance(pg_name, str):
-            cfg = self.node_config()
-            pgs = {p.get("name"): p for p in (cfg or {}).get("portgroups", []) if isinstance(p, dict)}
+            return problems
+        # Cross references to the node network config, per portgroup entry.
+        entries = [("spec.config.", conf)]
+        if isinstance(conf.get("plugins"), list):
+            entries = [("spec.config.plugins.%d." % i, p) for i, p in enumerate(conf["plugins"])
+                       if isinstance(p, dict) and p.get("type") == "portgroup"]
+        cfg = self.node_config()
+        pgs = {p.get("name"): p for p in (cfg or {}).get("portgroups") or [] if isinstance(p, dict)}
+        for where, entry in entries:
+            pg_name = entry.get("portgroup")
+            if not isinstance(pg_name, str):
+                continue
             if pg_name not in pgs:
-                problems.append("spec.config.portgroup: %r is not in the node network config (ConfigMap config.json)" % pg_name)
-            else:
-                pg_mtu, mtu = pgs[pg_name].get("mtu"), conf.get("mtu")
-                if isinstance(pg_mtu, int) and isinstance(mtu, int) and mtu > pg_mtu:
-                    problems.append("spec.config.mtu: %d is above portgroup %r's mtu %d" % (mtu, pg_name, pg_mtu))
+                problems.append("%sportgroup: %r is not in the node network config (ConfigMap config.json)"
+                                % (where, pg_name))
+                continue
+            pg_mtu, mtu = pgs[pg_name].get("mtu"), entry.get("mtu")
+            if isinstance(pg_mtu, int) and isinstance(mtu, int) and mtu > pg_mtu:
+                problems.append("%smtu: %d is above portgroup %r's mtu %d" % (where, mtu, pg_name, pg_mtu))
         return problems
 
     # VirtualMachine: cross references inside the VM and to the NADs
@@ -418,6 +476,83 @@ class Validator:
                 problems.append("volume %r: no ConfigMap %s/%s under manifests/" % (vol.get("name"), ns, cm))
         return problems
 
+    # ---------- the config schemas against the binaries ----------
+    def config_examples(self, kind):
+        """(origin, config) for every example of this kind the repository shows."""
+        out = []
+        schema = self.schema_json(CORPUS[kind][0])
+        for i, ex in enumerate((schema or {}).get("examples") or []):
+            out.append(("examples[%d]" % i, ex))
+        repo = os.path.dirname(os.path.abspath(self.dir))
+        for doc in ("README.md", os.path.join("docs", "DESIGN.md")):
+            path = os.path.join(repo, doc)
+            if not os.path.exists(path):
+                continue
+            with open(path) as f:
+                text = f.read()
+            for m in re.finditer(r"^[ \t]*```json[ \t]*\n(.*?)^[ \t]*```", text, re.M | re.S):
+                line = text.count("\n", 0, m.start()) + 2
+                try:
+                    ex = json.loads(m.group(1))
+                except ValueError:
+                    continue  # the Rust example test names it
+                if config_kind(ex) == kind:
+                    out.append(("%s:%d" % (doc, line), ex))
+        for path, d in self.docs:
+            raw = None
+            if kind == "node" and d.get("kind") == "ConfigMap":
+                raw = (d.get("data") or {}).get("config.json")
+            if kind == "cni" and d.get("kind") == "NetworkAttachmentDefinition":
+                raw = (d.get("spec") or {}).get("config")
+            try:
+                ex = json.loads(raw) if isinstance(raw, str) else None
+            except ValueError:
+                ex = None
+            # A manifest the binary refuses is reported on the manifest's own line.
+            if config_kind(ex) == kind and "plugins" not in ex and not self.binary_check(kind, raw):
+                out.append((os.path.relpath(path), ex))
+        return out
+
+    def schema_json(self, filename):
+        try:
+            with open(os.path.join(self.schema_dir, filename)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def check_config_schemas(self):
+        for kind, (filename, base, structural, semantic) in sorted(CORPUS.items()):
+            path = os.path.join(self.schema_dir, filename)
+            validator = self.schema_validator(filename)
+            if validator is None:
+                self.report(path, "agreement with --check-config", ["schema missing"])
+                continue
+            problems = []
+            examples = self.config_examples(kind)
+            if len(examples) < 2:
+                problems.append("found %d %s config examples, expected the schema's and the manifests'" % (len(examples), kind))
+            for origin, ex in examples:
+                for p in self.schema_errors(validator, ex):
+                    problems.append("%s: valid example refused by the schema: %s" % (origin, p))
+                for p in self.binary_check(kind, json.dumps(ex)):
+                    problems.append("%s: example refused by %s: %s" % (origin, self.checkers[kind], p))
+            for changes in [[]] + structural + semantic:
+                doc = mutate(base, changes)
+                text = json.dumps(doc)
+                by_binary = self.binary_check(kind, text)
+                by_schema = self.schema_errors(validator, doc)
+                if not changes:
+                    if by_binary or by_schema:
+                        problems.append("corpus base %s refused: %s" % (text, short(by_binary + by_schema)))
+                    continue
+                if not by_binary:
+                    problems.append("%s --check-config accepts broken %s" % (self.checkers[kind], short(text)))
+                if changes in structural and not by_schema:
+                    problems.append("schema accepts structurally broken %s (binary: %s)"
+                                    % (short(text), short("; ".join(by_binary))))
+            self.report(path, "agrees with --check-config: %d examples accepted, %d broken configs refused by both, %d by the binary alone"
+                        % (len(examples), len(structural), len(semantic)), problems)
+
     # ---------- main ----------
     def run(self):
         if self.k8s_version not in kv.all_versions():
@@ -443,18 +578,28 @@ class Validator:
                 prefix = "%s/%s: " % (doc["kind"], name) if len(docs) > 1 else ""
                 problems += [prefix + p for p in probs]
             self.report(path, "; ".join(whats), problems)
+        self.check_config_schemas()
         return 1 if self.failed else 0
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kubernetes-version", "-k", default="1.30.0")
+    ap.add_argument("--portgroupd", default=os.environ.get("PORTGROUPD", "target/debug/portgroupd"),
+                    help="portgroupd binary, for --check-config (default: $PORTGROUPD, else %(default)s)")
+    ap.add_argument("--plugin", default=os.environ.get("PORTGROUP_PLUGIN", "target/debug/portgroup"),
+                    help="portgroup CNI plugin binary, for --check-config (default: $PORTGROUP_PLUGIN, else %(default)s)")
     ap.add_argument("manifests", nargs="?", default="manifests")
     args = ap.parse_args()
+    for binary in (args.portgroupd, args.plugin):
+        if not os.access(binary, os.X_OK):
+            print("FATAL %s is not an executable: build it (cargo build --bins) or pass its path" % binary)
+            return 2
     version = args.kubernetes_version.lstrip("v")
     if version.count(".") == 1:
         version += ".0"
-    return Validator(os.path.normpath(args.manifests), version).run()
+    return Validator(os.path.normpath(args.manifests), version,
+                     os.path.abspath(args.portgroupd), os.path.abspath(args.plugin)).run()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ pub mod nodeconfig;
 pub mod paths;
 pub mod state;
 
+#[cfg(test)]
+mod config_examples;
+
 pub use error::{Error, Result};
 pub mod daemon;
 pub mod portsec;

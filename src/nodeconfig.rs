@@ -4,6 +4,8 @@
 //! names every problem, each by its path ("portgroups[1].vlan"), not just the first.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::Path;
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -63,6 +65,28 @@ impl NodeConfig {
             _ => Err(problems),
         }
     }
+}
+
+/// Every problem of a node config, in the words the daemon logs them (each names
+/// its field path, like `portgroups[1].vlan: ...`); empty when the config is valid.
+/// The one node-config validation that `portgroupd --check-config`, the daemon's
+/// reload and any other tool share.
+pub fn check(bytes: &[u8]) -> Vec<String> {
+    NodeConfig::parse(bytes).err().unwrap_or_default()
+}
+
+/// [`check`] for a file, an unreadable file being one problem, worded as the
+/// daemon's reload words it.
+pub fn check_file(path: &Path) -> Vec<String> {
+    match std::fs::read(path) {
+        Ok(bytes) => check(&bytes),
+        Err(e) => vec![read_problem(path, &e)],
+    }
+}
+
+/// The problem of a config file that cannot be read.
+pub fn read_problem(path: &Path, error: &std::io::Error) -> String {
+    format!("reading {}: {error}", path.display())
 }
 
 /// DNS-label style: lowercase letters, digits and '-', at most 63, starting and
@@ -248,6 +272,7 @@ fn validate_portgroup(
         None | Some(Value::Null) => {}
         Some(Value::Array(items)) => {
             let mut macs: HashMap<MacAddr, usize> = HashMap::new();
+            let mut ips: HashMap<IpAddr, (usize, usize)> = HashMap::new();
             for (j, r) in items.iter().enumerate() {
                 let rpath = format!("{path}.reservations[{j}]");
                 if let Some(res) = validate_reservation(&rpath, r, problems) {
@@ -256,6 +281,15 @@ fn validate_portgroup(
                             "{rpath}.mac: {} is already reserved by reservations[{first}]",
                             res.mac
                         ));
+                    }
+                    // Compared by address: 10.0.0.5 and 10.0.0.5/24 are the same host.
+                    for (k, ip) in res.ips.iter().enumerate() {
+                        if let Some((fj, fk)) = ips.insert(ip.ip(), (j, k)) {
+                            problems.push(format!(
+                                "{rpath}.ips[{k}]: {} is already reserved by reservations[{fj}].ips[{fk}]",
+                                ip.ip()
+                            ));
+                        }
                     }
                     reservations.push(res);
                 }
@@ -305,11 +339,11 @@ fn validate_reservation(
         None | Some(Value::Null) => {}
         Some(Value::Array(items)) => {
             for (k, ip) in items.iter().enumerate() {
-                match ip.as_str().map(parse_cidr) {
+                match ip.as_str().map(parse_host_or_cidr) {
                     Some(Ok(net)) => ips.push(net),
                     Some(Err(why)) => problems.push(format!("{path}.ips[{k}]: {why}")),
                     None => problems.push(format!(
-                        "{path}.ips[{k}]: must be a string like 10.0.0.5/24"
+                        "{path}.ips[{k}]: must be a string like 10.0.0.5 or 10.0.0.5/24"
                     )),
                 }
             }
@@ -329,6 +363,20 @@ pub fn parse_cidr(text: &str) -> Result<IpNetwork, String> {
     }
     text.parse::<IpNetwork>()
         .map_err(|e| format!("{text:?} is not an IP address with prefix: {e}"))
+}
+
+/// A reserved address: bare (`10.1.1.5`, `2001:db8::5`, the host address, /32 or
+/// /128) or with its prefix length (`10.1.1.5/24`). Inventories such as RVTools
+/// exports carry no prefix lengths, and port security and the conflict probe use
+/// only the address, so the prefix is optional here (unlike [`parse_cidr`], for
+/// addresses the plugin configures on an interface).
+pub fn parse_host_or_cidr(text: &str) -> Result<IpNetwork, String> {
+    if text.contains('/') {
+        return parse_cidr(text);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(IpNetwork::from)
+        .map_err(|_| format!("{text:?} is not an IP address (like 10.0.0.5 or 10.0.0.5/24)"))
 }
 
 #[cfg(test)]
@@ -393,7 +441,7 @@ mod tests {
                 &["portgroups[0].vlan"],
             ),
             (
-                r#"{"uplink": "eth1", "portgroups": [{"name": "a", "vlan": 5, "reservations": [{"mac": "01:00:5e:00:00:01", "ips": ["10.0.0.1"]}]}]}"#,
+                r#"{"uplink": "eth1", "portgroups": [{"name": "a", "vlan": 5, "reservations": [{"mac": "01:00:5e:00:00:01", "ips": ["10.0.0.256"]}]}]}"#,
                 &["reservations[0].mac", "reservations[0].ips[0]"],
             ),
             (
@@ -413,6 +461,124 @@ mod tests {
                     "{input}: wanted {want:?} in {problems:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn reservations_take_bare_host_addresses() {
+        let config = NodeConfig::parse(
+            br#"{"uplink": "eth1", "portgroups": [{"name": "a", "vlan": 5, "reservations": [
+                {"mac": "00:50:56:00:00:01", "ips": ["10.1.1.5", "2001:db8::5", "10.1.2.5/24"]}]}]}"#,
+        )
+        .unwrap();
+        let ips = &config.portgroups[0].reservations[0].ips;
+        assert_eq!(ips[0], "10.1.1.5/32".parse::<IpNetwork>().unwrap());
+        assert_eq!(ips[1], "2001:db8::5/128".parse::<IpNetwork>().unwrap());
+        assert_eq!(ips[2], "10.1.2.5/24".parse::<IpNetwork>().unwrap());
+    }
+
+    #[test]
+    fn reserved_addresses_are_unique_per_portgroup() {
+        let config = |reservations: &str| {
+            format!(
+                r#"{{"uplink": "eth1", "portgroups": [
+                    {{"name": "a", "vlan": 5, "reservations": {reservations}}},
+                    {{"name": "b", "vlan": 6, "reservations": [
+                        {{"mac": "00:50:56:00:00:01", "ips": ["10.0.0.1", "2001:db8::1"]}}]}}]}}"#
+            )
+        };
+        // The same MAC and IPs on another portgroup (another VLAN) are fine.
+        let ok = config(r#"[{"mac": "00:50:56:00:00:01", "ips": ["10.0.0.1", "2001:db8::1"]}]"#);
+        assert_eq!(check(ok.as_bytes()), Vec::<String>::new());
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"[{"mac": "00:50:56:00:00:01", "ips": ["10.0.0.1"]}, {"mac": "00:50:56:00:00:02", "ips": ["10.0.0.1/24"]}]"#,
+                "portgroups[0].reservations[1].ips[0]: 10.0.0.1 is already reserved by reservations[0].ips[0]",
+            ),
+            (
+                r#"[{"mac": "00:50:56:00:00:01", "ips": ["10.0.0.2", "2001:db8::1/64", "2001:DB8::1"]}]"#,
+                "portgroups[0].reservations[0].ips[2]: 2001:db8::1 is already reserved by reservations[0].ips[1]",
+            ),
+            (
+                r#"[{"mac": "00:50:56:00:00:01"}, {"mac": "00-50-56-00-00-01"}]"#,
+                "portgroups[0].reservations[1].mac: 00:50:56:00:00:01 is already reserved by reservations[0]",
+            ),
+        ];
+        for (reservations, want) in cases {
+            assert_eq!(
+                check(config(reservations).as_bytes()),
+                vec![want.to_string()]
+            );
+        }
+    }
+
+    #[test]
+    fn node_uplinks_alone_are_a_valid_config() {
+        // Nodes missing from nodeUplinks have no uplink: their portgroups are
+        // reported not ready with that reason, the config itself is fine.
+        let config = NodeConfig::parse(
+            br#"{"nodeUplinks": {"worker-1": "eth1"}, "portgroups": [{"name": "a", "vlan": 5}]}"#,
+        )
+        .unwrap();
+        assert_eq!(config.uplink_for("worker-1"), Some("eth1"));
+        assert_eq!(config.uplink_for("worker-2"), None);
+        assert_eq!(
+            check(br#"{"nodeUplinks": {}, "portgroups": []}"#),
+            vec!["uplink: required (or nodeUplinks for every node)".to_string()]
+        );
+    }
+
+    #[test]
+    fn check_file_words_problems_as_the_daemon() {
+        let dir = std::env::temp_dir().join(format!("pg-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.json");
+        std::fs::write(
+            &path,
+            br#"{"uplink": "eth1", "portgroups": [{"name": "a", "vlan": 0}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            check_file(&path),
+            vec!["portgroups[0].vlan: must be a whole number from 1 to 4094, got 0".to_string()]
+        );
+        std::fs::write(&path, br#"{"uplink": "eth1", "portgroups": []}"#).unwrap();
+        assert!(check_file(&path).is_empty());
+        let missing = dir.join("missing.json");
+        let problems = check_file(&missing);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].starts_with(&format!("reading {}: ", missing.display())),
+            "{problems:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reserved_address_forms() {
+        for (text, want) in [
+            ("10.1.1.5", "10.1.1.5/32"),
+            ("2001:db8::5", "2001:db8::5/128"),
+            ("10.1.1.5/24", "10.1.1.5/24"),
+            ("2001:db8::5/64", "2001:db8::5/64"),
+        ] {
+            assert_eq!(
+                parse_host_or_cidr(text),
+                Ok(want.parse::<IpNetwork>().unwrap()),
+                "{text}"
+            );
+        }
+        for bad in [
+            "",
+            "10.1.1",
+            "10.1.1.256",
+            "10.1.1.5/33",
+            "2001:db8::5/129",
+            "10.1.1.5/",
+            "host",
+            " 10.1.1.5",
+        ] {
+            assert!(parse_host_or_cidr(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -71,6 +71,55 @@ fn once_with_invalid_config_exits_2_and_names_every_problem() {
     assert!(state.config_errors[0].contains("No such file"), "{state:?}");
 }
 
+/// `--check-config` prints exactly what the daemon refuses a config for, each
+/// problem prefixed with the file, and exits 1; a valid config is "ok" and 0.
+#[test]
+fn check_config_lists_what_the_daemon_refuses() {
+    let lab = Lab::new();
+    let path = lab.config_path();
+    let check = |file: &std::path::Path| {
+        let out = std::process::Command::new(common::BIN)
+            .arg("--check-config")
+            .arg(file)
+            .output()
+            .expect("run portgroupd --check-config");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    for bad in [
+        r#"{"uplink": "eth1", "portgroups": [{"name": "Prod", "vlan": 5000}, {"vlan": 7,
+            "reservations": [{"mac": "00:50:56:aa:bb:01", "ips": ["10.0.0.1", "10.0.0.1/24"]}]}]}"#,
+        "{",
+    ] {
+        lab.write_config(bad);
+        assert_eq!(lab.once().status.code(), Some(2));
+        let state = lab.state().expect("state written with the errors");
+        assert!(!state.config_errors.is_empty());
+        let want: String = state
+            .config_errors
+            .iter()
+            .map(|e| format!("{}: {e}\n", path.display()))
+            .collect();
+        assert_eq!(check(&path), (Some(1), want), "{bad}");
+    }
+    std::fs::remove_file(&path).expect("rm config");
+    assert_eq!(lab.once().status.code(), Some(2));
+    let state = lab.state().expect("state");
+    assert_eq!(
+        check(&path),
+        (
+            Some(1),
+            format!("{}: {}\n", path.display(), state.config_errors[0])
+        )
+    );
+
+    lab.write_config(ONE_PG);
+    assert_eq!(check(&path), (Some(0), format!("{}: ok\n", path.display())));
+    assert!(lab.once().status.success());
+}
+
 #[test]
 fn dry_run_changes_nothing() {
     let lab = Lab::new();

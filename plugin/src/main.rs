@@ -13,7 +13,9 @@ mod status;
 mod teardown;
 mod version;
 
+use std::ffi::OsString;
 use std::io::{Read, Write};
+use std::path::PathBuf;
 
 use portgroup::cni::error_json;
 use portgroup::cni::netconf::{error_version, NetConf};
@@ -23,6 +25,12 @@ use serde_json::Value;
 use env::{Command, Env};
 
 fn main() {
+    // Not part of the CNI protocol (runtimes pass no arguments): a check of a
+    // written network configuration for operators and the manifest validation.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == "--check-config") {
+        std::process::exit(check_config(args.next(), args.next()));
+    }
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
         Ok(_) => {
@@ -120,4 +128,36 @@ fn init_logging(stdin: &[u8]) {
         )
         .with(file)
         .try_init();
+}
+
+/// `portgroup --check-config FILE`: FILE ("-": stdin) holds a network configuration
+/// as a NetworkAttachmentDefinition's `spec.config` does. Prints every problem the
+/// plugin would refuse it for ("FILE: field: what is wrong", one a line) and exits 1
+/// on any; "FILE: ok" and 0 when valid; 2 on a usage error.
+fn check_config(file: Option<OsString>, extra: Option<OsString>) -> i32 {
+    let (Some(file), None) = (file, extra) else {
+        eprintln!("usage: portgroup --check-config FILE   (FILE \"-\" reads stdin)");
+        return 2;
+    };
+    let (label, read) = if file == "-" {
+        let mut bytes = Vec::new();
+        let read = std::io::stdin().read_to_end(&mut bytes).map(|_| bytes);
+        ("<stdin>".to_string(), read)
+    } else {
+        let path = PathBuf::from(&file);
+        (path.display().to_string(), std::fs::read(&path))
+    };
+    let problems = match read {
+        Ok(bytes) => portgroup::cni::netconf_check::check(&bytes),
+        Err(e) => vec![format!("reading {label}: {e}")],
+    };
+    let mut out = std::io::stdout().lock();
+    if problems.is_empty() {
+        let _ = writeln!(out, "{label}: ok");
+        return 0;
+    }
+    for problem in &problems {
+        let _ = writeln!(out, "{label}: {problem}");
+    }
+    1
 }

@@ -1,6 +1,7 @@
 //! The CNI protocol: versions, the network configuration, results and errors.
 
 pub mod netconf;
+pub mod netconf_check;
 pub mod result;
 
 use serde_json::{json, Value};

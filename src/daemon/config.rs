@@ -8,7 +8,7 @@ use futures::StreamExt;
 use inotify::{Inotify, WatchMask};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::nodeconfig::NodeConfig;
+use crate::nodeconfig::{read_problem, NodeConfig};
 
 #[derive(Debug)]
 pub struct ConfigSource {
@@ -45,7 +45,7 @@ impl ConfigSource {
         match std::fs::read(&self.path) {
             Ok(bytes) => self.offer(bytes),
             Err(e) => {
-                let problem = format!("reading {}: {e}", self.path.display());
+                let problem = read_problem(&self.path, &e);
                 self.last_bytes = None;
                 if self.errors == [problem.clone()] {
                     return Reload::Unchanged;
