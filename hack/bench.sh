@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# hack/bench.sh: portgroup's benchmarks (issue 6). Method and results: BENCHMARKS.md.
+# hack/bench.sh: portgroup's benchmarks. Method and results: BENCHMARKS.md.
 #
 #   hack/bench.sh                 full run (200 cycles, 3 burst rounds, 1/100/1000 ports)
 #   hack/bench.sh --quick         smoke run (30 cycles, 1 burst round, 1/100 ports)
@@ -19,7 +19,7 @@
 # bench-results/cni.json, daemon.json and calibrate-host.json).
 #
 # Everything runs in throwaway network namespaces named pgb-<pid>-*: one "node"
-# namespace with bridge br0 and up to 112 pod namespaces. This machine's own
+# namespace with bridge br0 and up to 112 pod namespaces. The host's own
 # namespace is never touched. All of it (and the run dirs) is deleted on exit,
 # whatever the exit. The CNI harness runs INSIDE the node namespace, once, and
 # execs every plugin directly, so `ip netns exec`'s own overhead (new mount

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The two-node migration lab (issue 5), with real packets:
+# The two-node migration lab, with real packets:
 #   1. a migrated VM attached on node A keeps its MAC and IP and reaches its
 #      legacy neighbour on VLAN 100;
 #   2. live migration: the same VM attached on node B with linkDown while A still

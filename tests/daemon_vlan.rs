@@ -1,7 +1,7 @@
 //! portgroupd against a kernel with 802.1Q: creation, drift repair, crash and
 //! restart, uplink hot-plug, unowned collisions. On a kernel without 802.1Q each
 //! test prints "SKIP: no 802.1Q" and returns (fails with PORTGROUP_REQUIRE_VLAN=1);
-//! hack/daemon-vlan-tests.sh runs them in a VM.
+//! hack/test.sh runs them in the test VM (hack/vm.sh).
 
 mod common;
 

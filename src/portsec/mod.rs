@@ -1,4 +1,4 @@
-//! Port security (issue 4): only the VM's MAC and IPs may leave its port.
+//! Port security: only the VM's MAC and IPs may leave its port.
 //!
 //! # Layout
 //!

@@ -1,4 +1,4 @@
-//! Conflict probe (issue 4): RFC 5227 ARP probes and IPv6 duplicate-address
+//! Conflict probe: RFC 5227 ARP probes and IPv6 duplicate-address
 //! detection on the portgroup's VLAN before ADD succeeds.
 //!
 //! # How

@@ -341,7 +341,7 @@ macro_rules! require_vlan {
                 panic!("PORTGROUP_REQUIRE_VLAN=1 but this kernel has no 802.1Q support");
             }
             println!("SKIP: no 802.1Q");
-            eprintln!("SKIP: no 802.1Q (run in the VM: hack/daemon-vlan-tests.sh)");
+            eprintln!("SKIP: no 802.1Q (hack/test.sh runs these in the VM)");
             return;
         }
     };

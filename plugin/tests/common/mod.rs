@@ -1,5 +1,5 @@
 //! A throwaway lab for running the plugin exactly as a runtime does: a "node"
-//! network namespace (the plugin's host side, never this machine's own), pod
+//! network namespace (the plugin's host side, never the host's own), pod
 //! namespaces, and a private run directory. Dropping the lab deletes it all.
 
 #![allow(dead_code)]
