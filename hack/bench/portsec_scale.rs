@@ -9,27 +9,12 @@
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::libc;
-use portgroup::mac::MacAddr;
-use portgroup::portsec::{self, PortRules};
-use portgroup_testkit::Netns;
-
-fn port(i: u32) -> PortRules {
-    PortRules {
-        host_veth: format!("pgs{i}"),
-        mac: MacAddr([2, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8, 1]),
-        ips: vec![
-            IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
-            IpAddr::V6(Ipv6Addr::from(
-                0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + u128::from(i),
-            )),
-        ],
-    }
-}
+use portgroup::portsec;
+use portgroup_testkit::{numbered_port as port, Netns};
 
 /// The same elements as `install(port(i))`, in nft syntax.
 fn nft_text(i: u32) -> String {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use portgroup::mac::MacAddr;
 use portgroup::portsec::{self, DropCounters, PortRules};
 use portgroup_testkit::frame::{arp, eth, icmp_echo, ipv4, ipv6, nd, udp};
-use portgroup_testkit::{Netns, PacketSocket};
+use portgroup_testkit::{numbered_port as port, Netns, PacketSocket};
 
 const VM_MAC: [u8; 6] = [0x02, 0x50, 0x56, 0, 0, 0x02];
 const PEER_MAC: [u8; 6] = [0x02, 0x50, 0x56, 0, 0, 0x03];
@@ -551,19 +551,6 @@ fn garbage_collection_keeps_only_live_ports() {
         })
     })
     .expect("kept port intact");
-}
-
-fn port(i: u32) -> PortRules {
-    PortRules {
-        host_veth: format!("pgs{i}"),
-        mac: MacAddr([2, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8, 1]),
-        ips: vec![
-            IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
-            IpAddr::V6(Ipv6Addr::from(
-                0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + u128::from(i),
-            )),
-        ],
-    }
 }
 
 #[test]

@@ -186,21 +186,9 @@ impl Lab {
 
     /// Ports with port-security rules in the node's nftables (set `ports`).
     pub fn secured_ports(&self) -> Vec<String> {
-        let out = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.node,
-                "nft",
-                "-j",
-                "list",
-                "set",
-                "bridge",
-                "portgroup",
-                "ports",
-            ])
-            .output()
-            .expect("nft");
+        let out = self
+            .node_ns
+            .exec(&["nft", "-j", "list", "set", "bridge", "portgroup", "ports"]);
         if !out.status.success() {
             return Vec::new(); // no table yet: nothing installed
         }

@@ -12,12 +12,16 @@ mod netns;
 mod packet;
 
 use std::fmt::Display;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use netns::{has_8021q, require_8021q, Link, Netns};
 pub use packet::PacketSocket;
+
+use portgroup::mac::MacAddr;
+use portgroup::portsec::PortRules;
 
 /// Eight random hex digits, for names that must not collide between tests
 /// running at once.
@@ -106,6 +110,21 @@ pub fn age_file(path: &Path, age: Duration) {
         .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
     file.set_modified(SystemTime::now() - age)
         .unwrap_or_else(|e| panic!("setting the mtime of {}: {e}", path.display()));
+}
+
+/// Port-security rules for VM port number `i`: host veth `pgs<i>`, a MAC, one
+/// IPv4 and one IPv6 address, all distinct for every `i` below 2^24.
+pub fn numbered_port(i: u32) -> PortRules {
+    PortRules {
+        host_veth: format!("pgs{i}"),
+        mac: MacAddr([2, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8, 1]),
+        ips: vec![
+            IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
+            IpAddr::V6(Ipv6Addr::from(
+                0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + u128::from(i),
+            )),
+        ],
+    }
 }
 
 #[cfg(test)]
