@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# hack/bench.sh: portgroup's benchmarks (issue 6). Method and results: BENCHMARKS.md.
+# hack/bench.sh: portgroup's benchmarks. Method and results: BENCHMARKS.md.
 #
 #   hack/bench.sh                 full run (200 cycles, 3 burst rounds, 1/100/1000 ports)
 #   hack/bench.sh --quick         smoke run (30 cycles, 1 burst round, 1/100 ports)
@@ -8,6 +8,9 @@
 #   hack/bench.sh --no-build      use target/release/portgroup and portgroupd as they are
 #   hack/bench.sh --no-daemon     skip the portgroupd section
 #   hack/bench.sh --out DIR       results directory (default bench-results)
+#   hack/bench.sh --portsec-mechanisms   also time port security at 1000 ports and what
+#                                 each alternative mechanism (nft -f, nft -j, libnftables)
+#                                 costs per port (hack/bench/portsec_scale.rs, printed only)
 #   hack/bench.sh --compare BIN   also bench another portgroup build (rows cmp-l2, cmp-static,
 #                                 interleaved with the rest): to measure a fix before merging
 #   hack/bench.sh --state-portgroups N   size of the node state (state.json plus one
@@ -19,7 +22,7 @@
 # bench-results/cni.json, daemon.json and calibrate-host.json).
 #
 # Everything runs in throwaway network namespaces named pgb-<pid>-*: one "node"
-# namespace with bridge br0 and up to 112 pod namespaces. This machine's own
+# namespace with bridge br0 and up to 112 pod namespaces. The host's own
 # namespace is never touched. All of it (and the run dirs) is deleted on exit,
 # whatever the exit. The CNI harness runs INSIDE the node namespace, once, and
 # execs every plugin directly, so `ip netns exec`'s own overhead (new mount
@@ -44,7 +47,7 @@ repo=$PWD
 export PYTHONDONTWRITEBYTECODE=1
 argv="$*"
 
-quick=0 build=1 daemon=1 cycles="" sections="seq,burst,profile,portsec" state_pgs=100 compare="" out=$repo/bench-results
+quick=0 build=1 daemon=1 mechanisms=0 cycles="" sections="seq,burst,profile,portsec" state_pgs=100 compare="" out=$repo/bench-results
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) quick=1 ;;
@@ -52,6 +55,7 @@ while [[ $# -gt 0 ]]; do
         --sections) sections=$2; shift ;;
         --no-build) build=0 ;;
         --no-daemon) daemon=0 ;;
+        --portsec-mechanisms) mechanisms=1 ;;
         --state-portgroups) state_pgs=$2; shift ;;
         --compare) compare=$(realpath "$2"); shift ;;
         --out) out=$(realpath -m "$2"); shift ;;
@@ -125,6 +129,12 @@ ip netns exec "$node" python3 "$repo/hack/bench/cni_bench.py" "${extra[@]}" \
     --pods "$tag-p" --npods "$npods" --cycles "$cycles" --burst "$burst" \
     --burst-rounds "$burst_rounds" --portsec-levels "$levels" --portsec-reps "$reps" --profile-runs "$profile_runs" \
     --synthetic-state "$state_pgs" --sections "$sections" --scratch "$scratch" --out "$out/cni.json" --progress
+
+# --- port-security mechanisms -------------------------------------------------
+if [[ $mechanisms -eq 1 ]]; then
+    step "port security at 1000 ports and the alternative mechanisms (cargo bench --bench portsec_scale)"
+    cargo bench -q -p portgroup --bench portsec_scale | tee "$out/portsec-mechanisms.txt" >&2
+fi
 
 # --- portgroupd ---------------------------------------------------------------
 daemon_bin=$target/release/portgroupd

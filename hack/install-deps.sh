@@ -36,6 +36,7 @@ want() { apt_pkgs+=("$1"); apt_why+=("$1 ($2);"); }
     want containernetworking-plugins "reference CNI plugins the tests compare with and delegate to"
 have nft || want nftables "inspecting port-security rules in tests"
 have ip || want iproute2 "network namespaces and links"
+have ping || want iputils-ping "pings through port security in the namespace tests, the labs and the podman test"
 have jq || want jq "podman end-to-end test"
 have podman || want podman "podman end-to-end test, a real libcni runtime"
 have runc || want runc "podman's OCI runtime"

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # The lab that hack/demo.sh and hack/migration-lab.sh build, as bash functions.
 # Source it; never run it. Everything lives in network namespaces named pgl-*,
-# and lab_down removes them all, so this machine's own network is never touched.
+# and lab_down removes them all, so the host's own network is never touched.
 #
 #   switch   pgl-sw: per node a trunk port, per VLAN a bridge of the trunks'
 #            VLAN sub-interfaces plus an access port for that VLAN's legacy host

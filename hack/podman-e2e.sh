@@ -8,7 +8,7 @@
 # Needs root. Installs what is missing (apt-get). Everything runs in a private
 # network and mount namespace (the script re-execs itself under `unshare`);
 # /run, /var/lib, /dev/shm and the work directory are private tmpfs mounts there,
-# so neither this machine's network nor its podman or CNI state is touched, and
+# so neither the host's network nor its podman or CNI state is touched, and
 # nothing is left behind. Prints PASS/FAIL lines, exits non-zero on a failure.
 #
 # How podman 4.3 (CNI backend) hands --mac-address and --ip to a plugin:

@@ -23,7 +23,7 @@
 # host's $PWD, and PATH is the host's PATH plus the sbin directories.
 #
 # Gotchas found with virtme-ng 1.42, QEMU TCG, Debian kernel 6.1:
-# - Never pass KVM: use `--disable-kvm` (/dev/kvm hangs on this machine).
+# - Never pass KVM: use `--disable-kvm` (on the CI host /dev/kvm hangs).
 #   Under TCG vng picks `-machine q35` (microvm needs virtiofsd, which is not
 #   installed), so the root is shared over 9p. Boot to a trivial command takes
 #   ~20 s, ~30 s for the self test. TCG is single-threaded per vCPU; 2 vCPUs
@@ -207,9 +207,9 @@ run_vm() {
 }
 
 # ---------------------------------------------------------------- --selftest
-# Guest half: runs inside the VM. $1 = shared dir on the host, $2 = host epoch.
+# Guest half: runs inside the VM. $1 = the exchange dir on the host, $2 = host epoch.
 selftest_guest() {
-	local shared=$1 t0=$2 fails=0 now
+	local xfer=$1 t0=$2 fails=0 now
 	now=$(date +%s.%N)
 	echo "guest: command started $(awk -v a="$now" -v b="$t0" 'BEGIN{printf "%.1f", a-b}') s after launch (kernel uptime $(cut -d' ' -f1 /proc/uptime) s)"
 
@@ -284,10 +284,10 @@ selftest_guest() {
 		nft list table bridge t'
 	check "bridge forwarding still works with the nft rule" "${ns_pod[@]}" ping -c 1 -W 3 10.99.100.2
 	check "unshare -n" unshare -n ip link show lo
-	check "binary built on the host runs" sh -c "'$shared/hello' | grep -qx 'hello from the host'"
-	check "write to the shared temp dir" sh -c "echo ok >'$shared/from-guest'"
+	check "binary built on the host runs" sh -c "'$xfer/hello' | grep -qx 'hello from the host'"
+	check "write to the shared temp dir" sh -c "echo ok >'$xfer/from-guest'"
 	check "write to the repo's target/" sh -c "mkdir -p target/vm-selftest && echo ok >target/vm-selftest/from-guest"
-	check "cwd is the host's" test "$PWD" = "$(cat "$shared/host-pwd")"
+	check "cwd is the host's" test "$PWD" = "$(cat "$xfer/host-pwd")"
 	ip netns del pgst-pod 2>/dev/null || true
 	ip netns del pgst-node 2>/dev/null || true
 	ip netns del pgst-peer 2>/dev/null || true
@@ -295,28 +295,28 @@ selftest_guest() {
 }
 
 selftest() {
-	local shared t0 t1 rc=0 repo
-	shared=$(mktemp -d "${TMPDIR:-/tmp}/portgroup-vm-selftest.XXXXXX")
-	CLEANUP+=("$shared")
+	local xfer t0 t1 rc=0 repo
+	xfer=$(mktemp -d "${TMPDIR:-/tmp}/portgroup-vm-selftest.XXXXXX")
+	CLEANUP+=("$xfer")
 	repo=$(git -C "$PWD" rev-parse --show-toplevel 2>/dev/null || printf '%s' "$PWD")
 	rm -rf "$repo/target/vm-selftest"
-	printf '%s\n' "$PWD" >"$shared/host-pwd"
+	printf '%s\n' "$PWD" >"$xfer/host-pwd"
 	if command -v cc >/dev/null 2>&1; then
 		printf '#include <stdio.h>\nint main(void){puts("hello from the host");return 0;}\n' |
-			cc -x c -o "$shared/hello" -
+			cc -x c -o "$xfer/hello" -
 	else
-		printf '#!/bin/sh\necho "hello from the host"\n' >"$shared/hello"
-		chmod +x "$shared/hello"
+		printf '#!/bin/sh\necho "hello from the host"\n' >"$xfer/hello"
+		chmod +x "$xfer/hello"
 	fi
 
 	echo "selftest: booting $(pick_kernel) (TCG, ${PORTGROUP_VM_MEMORY:-1G})"
 	t0=$(date +%s.%N)
-	PORTGROUP_VM_RWDIRS="$shared${PORTGROUP_VM_RWDIRS:+:$PORTGROUP_VM_RWDIRS}" \
-		run_vm "$SELF" --selftest-guest "$shared" "$t0" || rc=$?
+	PORTGROUP_VM_RWDIRS="$xfer${PORTGROUP_VM_RWDIRS:+:$PORTGROUP_VM_RWDIRS}" \
+		run_vm "$SELF" --selftest-guest "$xfer" "$t0" || rc=$?
 	t1=$(date +%s.%N)
 
 	# Host half: are the guest's writes visible here?
-	if [[ $(cat "$shared/from-guest" 2>/dev/null) == ok ]]; then
+	if [[ $(cat "$xfer/from-guest" 2>/dev/null) == ok ]]; then
 		echo "  ok   host sees the guest's file in the shared temp dir"
 	else
 		echo "  FAIL host does not see the guest's file in the shared temp dir"; rc=1

@@ -20,7 +20,8 @@ use portgroup::paths::{RunDir, DEFAULT_RUN_DIR, RUN_DIR_ENV};
 /// never changes or deletes an interface without that mark, and never touches the
 /// uplink beyond bringing it up. It repairs drift within about 100 ms of a netlink
 /// event, reloads the config when its directory changes (ConfigMap updates
-/// included), writes the node state the CNI plugin reads to <run-dir>/state.json,
+/// included), writes the node state to <run-dir>/state.json and, for the CNI
+/// plugin, one file per portgroup to <run-dir>/portgroups/<name>.json,
 /// and removes attachments whose pod network namespace is gone.
 ///
 /// An invalid config is refused whole, every problem is logged and listed in the

@@ -123,8 +123,13 @@ mod tests {
         let all: HashSet<_> = (1..=4094).map(|v| bridge_name("eth1", v)).collect();
         assert_eq!(all.len(), 4094);
         assert_ne!(bridge_name("eth1", 100), bridge_name("eth2", 100));
-        // Pinned: a release that changed these would orphan every running bridge.
-        assert_eq!(host_veth_name("abc", "net1"), host_veth_name("abc", "net1"));
+        // Pinned to literal values: a release that changed these would orphan every
+        // running bridge, VLAN interface and veth (docs/DESIGN.md, "Names").
+        assert_eq!(host_veth_name("abc", "net1"), "pgd6f14846f97a");
+        assert_eq!(host_veth_name("abc123", "net1"), "pg885d85f7df1d");
+        assert_eq!(bridge_name("eth1", 100), "pgbr43a1.100");
+        assert_eq!(vlan_interface_name("eth1", 100), "pgv43a1.100");
+        assert_eq!(bridge_name("enp129s0f0np0", 4094), "pgbra4cd.4094");
         assert_ne!(host_veth_name("abc", "net1"), host_veth_name("ab", "cnet1"));
         assert_ne!(host_veth_name("abc", "net1"), host_veth_name("abc", "net2"));
     }

@@ -159,7 +159,7 @@ def make_contenders(a):
 
 
 def write_synthetic_state(a):
-    """A node state like portgroupd's (DESIGN.md, src/state.rs), so portgroup mode's ADD path
+    """A node state like portgroupd's (docs/DESIGN.md, src/state.rs), so portgroup mode's ADD path
     (find the portgroup, read it, check it is ready) is measured on this kernel, which has no
     802.1Q: the plugin never touches the VLAN interface, only the portgroup's bridge.
 

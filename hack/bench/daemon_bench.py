@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""portgroupd benchmark (issue 6): converge from nothing to N portgroups and back,
+"""portgroupd benchmark: converge from nothing to N portgroups and back,
 drift repair latency, resident memory, idle CPU; and, while VLAN portgroups exist,
 the CNI rows in portgroup mode (pg-portgroup against the reference and the floor,
 interleaved, on the portgroup's own bridge).
@@ -12,7 +12,7 @@ The outer invocation makes its own namespaces (<tag>-dnode and pods <tag>-dp<i>)
 re-runs itself inside the node namespace (--inner), and deletes them all on exit.
 Never touches the namespace it was started in.
 
-portgroupd is driven through its command line (DESIGN.md):
+portgroupd is driven through its command line (docs/DESIGN.md):
   portgroupd --config FILE --node-name NAME --run-dir DIR [--once]
 and its node state <run-dir>/state.json (portgroups[].ready, .bridge, .vlanInterface).
 The uplink is a veth end (pgbup0) inside the node namespace.

@@ -21,7 +21,7 @@ use crate::fault;
 use crate::ipam;
 use crate::teardown::Teardown;
 
-/// Where the VM's MAC came from, first match wins (DESIGN.md).
+/// Where the VM's MAC came from, first match wins (docs/DESIGN.md, "CNI config").
 pub fn choose_mac(conf: &NetConf, args: &CniArgs) -> MacAddr {
     conf.runtime_mac
         .or(conf.args_mac)

@@ -14,7 +14,7 @@ pub struct FakeKernel {
     /// Links in the daemon's IFLA_GROUP: every link `create_*` makes, as in the real applier.
     pub group: BTreeSet<u32>,
     pub next_index: u32,
-    /// Like this machine's kernel: VLAN creation fails with EOPNOTSUPP.
+    /// Like a kernel without 802.1Q: VLAN creation fails with EOPNOTSUPP.
     pub no_8021q: bool,
     pub calls: Vec<String>,
 }

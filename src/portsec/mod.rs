@@ -1,4 +1,4 @@
-//! Port security (issue 4): only the VM's MAC and IPs may leave its port.
+//! Port security: only the VM's MAC and IPs may leave its port.
 //!
 //! # Layout
 //!
@@ -43,8 +43,9 @@
 //!
 //! We build the nfnetlink messages ourselves (`nfnl.rs`, ~400 lines on
 //! `netlink-sys`, which the crate already depends on) instead of going through
-//! `nft`. Measured with `tests/portsec_scale.rs` (release build, in a netns, on
-//! the 2-core development VM shared with other builds; kernel 6.18, nft 1.0.6),
+//! `nft`. Measured with `hack/bench/portsec_scale.rs` (`hack/bench.sh
+//! --portsec-mechanisms`; release build, in a netns, on 2 cores shared with
+//! other builds; kernel 6.18, nft 1.0.6),
 //! adding one port's 5 set elements, median of 10, at ~10 and at ~1050 ports:
 //!
 //! | mechanism | ~10 ports | ~1050 ports |

@@ -1,4 +1,4 @@
-//! Conflict probe (issue 4): RFC 5227 ARP probes and IPv6 duplicate-address
+//! Conflict probe: RFC 5227 ARP probes and IPv6 duplicate-address
 //! detection on the portgroup's VLAN before ADD succeeds.
 //!
 //! # How
@@ -52,7 +52,9 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use crate::mac::MacAddr;
 
-pub use frame::{icmpv6_checksum, ipv6_multicast_mac, solicited_node};
+/// The exact frame a probe for an address is, from a given MAC: tests play
+/// another host probing with it.
+pub use frame::probe_frame;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeConfig {

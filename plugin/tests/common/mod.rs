@@ -1,40 +1,31 @@
 //! A throwaway lab for running the plugin exactly as a runtime does: a "node"
-//! network namespace (the plugin's host side, never this machine's own), pod
+//! network namespace (the plugin's host side, never the host's own), pod
 //! namespaces, and a private run directory. Dropping the lab deletes it all.
+//! Namespaces and commands come from the test kit.
 
-#![allow(dead_code)]
+#![allow(dead_code)] // a test file of its own may use only part of this
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 
+use portgroup_testkit::{Netns, TempDir};
 use serde_json::{json, Value};
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
+pub use portgroup_testkit::sh;
 
 pub fn plugin_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_portgroup"))
 }
 
-pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
+/// A node namespace (with bridge `br0`), its pods and a run directory.
 pub struct Lab {
+    /// The node namespace's name.
     pub node: String,
-    pub pods: Vec<String>,
     pub run_dir: PathBuf,
-    tag: String,
+    node_ns: Netns,
+    pods: Vec<Netns>,
+    _dir: TempDir,
 }
 
 pub struct Output {
@@ -58,20 +49,15 @@ impl Output {
 impl Lab {
     /// A node namespace with bridge `br0` up.
     pub fn new() -> Lab {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let tag = format!("{}x{n}", std::process::id());
-        let node = format!("pgt-node-{tag}");
-        sh(&["ip", "netns", "add", &node]);
-        let run_dir = std::env::temp_dir().join(format!("pgt-run-{tag}"));
-        let _ = std::fs::remove_dir_all(&run_dir);
-        std::fs::create_dir_all(&run_dir).unwrap();
+        let node_ns = Netns::new("node");
+        let dir = TempDir::new("run");
         let lab = Lab {
-            node,
+            node: node_ns.name.clone(),
+            run_dir: dir.0.clone(),
+            node_ns,
             pods: Vec::new(),
-            run_dir,
-            tag,
+            _dir: dir,
         };
-        lab.node_ip(&["link", "set", "lo", "up"]);
         lab.add_bridge("br0");
         lab
     }
@@ -90,9 +76,7 @@ impl Lab {
     }
 
     pub fn node_ip(&self, args: &[&str]) -> String {
-        let mut full = vec!["ip", "-n", &self.node];
-        full.extend_from_slice(args);
-        sh(&full)
+        self.node_ns.ip(args)
     }
 
     pub fn pod_ip(&self, pod: &str, args: &[&str]) -> String {
@@ -103,9 +87,9 @@ impl Lab {
 
     /// A new pod namespace; returns its name (its path is /run/netns/<name>).
     pub fn pod(&mut self) -> String {
-        let name = format!("pgt-pod-{}-{}", self.tag, self.pods.len());
-        sh(&["ip", "netns", "add", &name]);
-        self.pods.push(name.clone());
+        let pod = Netns::new("pod");
+        let name = pod.name.clone();
+        self.pods.push(pod);
         name
     }
 
@@ -202,21 +186,9 @@ impl Lab {
 
     /// Ports with port-security rules in the node's nftables (set `ports`).
     pub fn secured_ports(&self) -> Vec<String> {
-        let out = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.node,
-                "nft",
-                "-j",
-                "list",
-                "set",
-                "bridge",
-                "portgroup",
-                "ports",
-            ])
-            .output()
-            .expect("nft");
+        let out = self
+            .node_ns
+            .exec(&["nft", "-j", "list", "set", "bridge", "portgroup", "ports"]);
         if !out.status.success() {
             return Vec::new(); // no table yet: nothing installed
         }
@@ -256,18 +228,6 @@ pub fn pod_link(pod: &str, ifname: &str) -> Value {
     let out = sh(&["ip", "-n", pod, "-j", "-d", "addr", "show", "dev", ifname]);
     let v: Value = serde_json::from_str(&out).unwrap();
     v[0].clone()
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for pod in &self.pods {
-            let _ = Command::new("ip").args(["netns", "del", pod]).status();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.node])
-            .status();
-        let _ = std::fs::remove_dir_all(&self.run_dir);
-    }
 }
 
 /// A bridge-mode config with the given extra fields merged in.

@@ -2,11 +2,9 @@
 //! handling, exit codes, dry run, HTTP, SIGTERM, garbage collection.
 //! Root only; every link lives in a namespace the test makes and deletes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Lab, NODE};
+use crate::common::{http_get, DaemonLab, Netns, NODE};
 use nix::sys::signal::Signal;
 use portgroup::attachment::Record;
 use portgroup::naming::{bridge_name, host_veth_name, is_owned};
@@ -16,7 +14,7 @@ const ONE_PG: &str = r#"{"uplink": "eth1", "portgroups": [{"name": "prod-web", "
 
 #[test]
 fn once_with_missing_uplink_reports_it() {
-    let lab = Lab::bare();
+    let lab = DaemonLab::bare();
     lab.write_config(ONE_PG);
     let out = lab.once();
     assert!(out.status.success(), "{out:?}");
@@ -40,7 +38,7 @@ fn once_with_missing_uplink_reports_it() {
 
 #[test]
 fn once_with_invalid_config_exits_2_and_names_every_problem() {
-    let lab = Lab::new();
+    let lab = DaemonLab::new();
     lab.write_config(
         r#"{"uplink": "eth1", "portgroups": [{"name": "Prod", "vlan": 5000}, {"vlan": 7}]}"#,
     );
@@ -122,7 +120,7 @@ fn check_config_lists_what_the_daemon_refuses() {
 
 #[test]
 fn dry_run_changes_nothing() {
-    let lab = Lab::new();
+    let lab = DaemonLab::new();
     lab.write_config(ONE_PG);
     let before = lab.node.links();
     let out = lab.command(&["--dry-run"]).output().expect("dry run");
@@ -156,7 +154,7 @@ fn dry_run_changes_nothing() {
 
 #[test]
 fn http_endpoints_and_sigterm_leaves_topology() {
-    let lab = Lab::new();
+    let lab = DaemonLab::new();
     lab.write_config(ONE_PG);
     let mut daemon = lab.start(&["--listen", "127.0.0.1:9750"]);
     lab.wait_state(Duration::from_secs(30), "first reconcile", |s| {
@@ -166,7 +164,7 @@ fn http_endpoints_and_sigterm_leaves_topology() {
     let get = |path: &str| {
         let start = std::time::Instant::now();
         loop {
-            if let Some(r) = lab.node.http_get(9750, path) {
+            if let Some(r) = http_get(&lab.node, 9750, path) {
                 return r;
             }
             assert!(
@@ -218,7 +216,7 @@ fn http_endpoints_and_sigterm_leaves_topology() {
 #[test]
 fn config_reload_through_a_kubelet_symlink_swap() {
     // Kubelet's ConfigMap layout: config.json -> ..data/config.json, ..data -> ..<timestamp>.
-    let lab = Lab::bare();
+    let lab = DaemonLab::bare();
     let dir = &lab.dir.0;
     let version = |n: u32, json: &str| {
         let d = dir.join(format!("..2026_11_23_{n}"));
@@ -244,7 +242,7 @@ fn config_reload_through_a_kubelet_symlink_swap() {
         "{state:?}"
     );
     assert!(state.portgroups.is_empty());
-    assert_eq!(lab.node.http_get(9751, "/readyz").map(|r| r.0), Some(503));
+    assert_eq!(http_get(&lab.node, 9751, "/readyz").map(|r| r.0), Some(503));
 
     version(2, ONE_PG);
     let state = lab.wait_state(Duration::from_secs(30), "the new config", |s| {
@@ -254,7 +252,7 @@ fn config_reload_through_a_kubelet_symlink_swap() {
         state.portgroups[0].reason.as_deref(),
         Some("uplink eth1 not found on node worker-3")
     );
-    assert_eq!(lab.node.http_get(9751, "/readyz").map(|r| r.0), Some(200));
+    assert_eq!(http_get(&lab.node, 9751, "/readyz").map(|r| r.0), Some(200));
 
     // Refused again: the last good config stays in force, the errors are published.
     version(
@@ -278,17 +276,17 @@ fn config_reload_through_a_kubelet_symlink_swap() {
 
 #[test]
 fn gc_removes_attachments_whose_netns_is_gone() {
-    let lab = Lab::new();
+    let lab = DaemonLab::new();
     lab.write_config(r#"{"uplink": "eth1", "portgroups": []}"#);
     let node = &lab.node;
     node.ip(&["link", "add", "name", "br0", "type", "bridge"]);
     node.ip(&["link", "set", "br0", "up"]);
     let attachments = lab.run_dir().join("attachments");
 
-    let vm_live = common::Netns::new();
-    let vm_dead = common::Netns::new();
-    let vm_gone = common::Netns::new();
-    let record = |cid: &str, netns: &common::Netns| Record {
+    let vm_live = Netns::new("vm");
+    let vm_dead = Netns::new("vm");
+    let vm_gone = Netns::new("vm");
+    let record = |cid: &str, netns: &Netns| Record {
         container_id: cid.into(),
         ifname: "net1".into(),
         network: "prod-web".into(),
@@ -330,7 +328,7 @@ fn gc_removes_attachments_whose_netns_is_gone() {
             &peer_ns,
         ]);
         r.write(&attachments).expect("record");
-        common::age_file(&r.path(&attachments), Duration::from_secs(120));
+        crate::common::age_file(&r.path(&attachments), Duration::from_secs(120));
     }
     // Too young to judge: an ADD may still be running.
     let young = record("young", &vm_dead);
@@ -368,13 +366,13 @@ fn gc_removes_attachments_whose_netns_is_gone() {
 
 #[test]
 fn removed_portgroup_drains_until_its_last_vm_port_leaves() {
-    let lab = Lab::new();
+    let lab = DaemonLab::new();
     lab.write_config(r#"{"uplink": "eth1", "portgroups": [{"name": "prod-web", "vlan": 100}, {"name": "db", "vlan": 200}]}"#);
     assert!(lab.once().status.success());
     let db_bridge = bridge_name("eth1", 200);
     assert!(lab.node.has_link(&db_bridge), "bridges need no 802.1Q");
     // A VM port on db's bridge.
-    let vm = common::Netns::new();
+    let vm = Netns::new("vm");
     lab.node.ip(&[
         "link", "add", "name", "pgvmport", "master", &db_bridge, "type", "veth", "peer", "name",
         "eth0", "netns", &vm.name,

@@ -8,72 +8,13 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::libc;
 use portgroup::mac::MacAddr;
-use portgroup::netns;
 use portgroup::portsec::{self, DropCounters, PortRules};
-
-// ---------------------------------------------------------------- namespaces
-
-struct Ns {
-    name: String,
-    fd: OwnedFd,
-}
-
-impl Ns {
-    fn new(tag: &str) -> Ns {
-        let name = format!("pgt-{tag}-{:08x}", rand::random::<u32>());
-        sh(&["ip", "netns", "add", &name]);
-        let fd = netns::open(&Path::new("/var/run/netns").join(&name)).expect("open netns");
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Ns { name, fd }
-    }
-
-    fn ip(&self, args: &str) {
-        let mut v = vec!["ip", "-n", &self.name];
-        v.extend(args.split_whitespace());
-        sh(&v);
-    }
-
-    /// Runs `f` in this namespace.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        netns::run_in(&self.fd, move || Ok(f())).expect("run in netns")
-    }
-
-    fn exec(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .output()
-            .expect("ip netns exec")
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect(args[0]);
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use portgroup_testkit::frame::{arp, eth, icmp_echo, ipv4, ipv6, nd, udp};
+use portgroup_testkit::{numbered_port as port, Netns, PacketSocket};
 
 const VM_MAC: [u8; 6] = [0x02, 0x50, 0x56, 0, 0, 0x02];
 const PEER_MAC: [u8; 6] = [0x02, 0x50, 0x56, 0, 0, 0x03];
@@ -90,35 +31,35 @@ fn forged_ip6() -> Ipv6Addr {
     "2001:db8::99".parse().unwrap()
 }
 
-struct Lab {
-    node: Ns,
-    vm: Ns,
-    peer: Ns,
+struct PortLab {
+    node: Netns,
+    vm: Netns,
+    peer: Netns,
 }
 
 fn mac_str(m: &[u8; 6]) -> String {
     MacAddr(*m).to_string()
 }
 
-fn lab() -> Lab {
-    let (node, vm, peer) = (Ns::new("node"), Ns::new("vm"), Ns::new("peer"));
-    node.ip("link add br0 type bridge");
-    node.ip("link set br0 up");
+fn lab() -> PortLab {
+    let (node, vm, peer) = (Netns::new("node"), Netns::new("vm"), Netns::new("peer"));
+    node.ip_line("link add br0 type bridge");
+    node.ip_line("link set br0 up");
     for (port, ns, mac, v4, v6) in [
         ("pv1", &vm, VM_MAC, "10.0.0.2/24", "2001:db8::2/64"),
         ("pp1", &peer, PEER_MAC, "10.0.0.3/24", "2001:db8::3/64"),
     ] {
-        node.ip(&format!(
+        node.ip_line(&format!(
             "link add {port} type veth peer name eth0 netns {}",
             ns.name
         ));
-        node.ip(&format!("link set {port} master br0 up"));
-        ns.ip(&format!("link set eth0 address {}", mac_str(&mac)));
-        ns.ip(&format!("addr add {v4} dev eth0"));
-        ns.ip(&format!("addr add {v6} dev eth0 nodad"));
-        ns.ip("link set eth0 up");
+        node.ip_line(&format!("link set {port} master br0 up"));
+        ns.ip_line(&format!("link set eth0 address {}", mac_str(&mac)));
+        ns.ip_line(&format!("addr add {v4} dev eth0"));
+        ns.ip_line(&format!("addr add {v6} dev eth0 nodad"));
+        ns.ip_line("link set eth0 up");
     }
-    Lab { node, vm, peer }
+    PortLab { node, vm, peer }
 }
 
 fn vm_rules() -> PortRules {
@@ -130,100 +71,13 @@ fn vm_rules() -> PortRules {
 }
 
 fn in_ns<T: Send + 'static>(
-    ns: &Ns,
+    ns: &Netns,
     f: impl FnOnce() -> Result<T, portgroup::Error> + Send + 'static,
 ) -> Result<T, portgroup::Error> {
     ns.run(f)
 }
 
 // ---------------------------------------------------------------- frames
-
-fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    while f.len() < 60 {
-        f.push(0);
-    }
-    f
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for chunk in data.chunks(2) {
-        let word = if chunk.len() == 2 {
-            u16::from_be_bytes([chunk[0], chunk[1]])
-        } else {
-            u16::from_be_bytes([chunk[0], 0])
-        };
-        sum += u32::from(word);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
-    let mut h = vec![0x45, 0];
-    h.extend_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
-    h.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
-    h.extend_from_slice(&src.octets());
-    h.extend_from_slice(&dst.octets());
-    let c = checksum(&h);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    h.extend_from_slice(payload);
-    h
-}
-
-fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut u = Vec::new();
-    u.extend_from_slice(&sport.to_be_bytes());
-    u.extend_from_slice(&dport.to_be_bytes());
-    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    u.extend_from_slice(&[0, 0]);
-    u.extend_from_slice(payload);
-    u
-}
-
-fn icmp_echo(payload: &[u8]) -> Vec<u8> {
-    let mut m = vec![8, 0, 0, 0, 0, 1, 0, 1];
-    m.extend_from_slice(payload);
-    let c = checksum(&m);
-    m[2..4].copy_from_slice(&c.to_be_bytes());
-    m
-}
-
-fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr, marker: &[u8]) -> Vec<u8> {
-    let mut a = vec![0, 1, 8, 0, 6, 4];
-    a.extend_from_slice(&op.to_be_bytes());
-    a.extend_from_slice(&sha);
-    a.extend_from_slice(&spa.octets());
-    a.extend_from_slice(&[0; 6]);
-    a.extend_from_slice(&tpa.octets());
-    a.extend_from_slice(marker);
-    a
-}
-
-fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
-    let mut h = vec![0x60, 0, 0, 0];
-    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    h.extend_from_slice(&[next, 255]);
-    h.extend_from_slice(&src.octets());
-    h.extend_from_slice(&dst.octets());
-    h.extend_from_slice(payload);
-    h
-}
-
-/// ICMPv6 neighbour solicitation (135) or advertisement (136) for `target`.
-fn nd(kind: u8, target: Ipv6Addr, marker: &[u8]) -> Vec<u8> {
-    let mut m = vec![kind, 0, 0, 0, 0, 0, 0, 0];
-    m.extend_from_slice(&target.octets());
-    m.extend_from_slice(marker);
-    m
-}
 
 fn marker(id: u8) -> Vec<u8> {
     vec![b'P', b'G', b'T', b'!', id]
@@ -427,113 +281,35 @@ fn probes() -> Vec<(u8, &'static str, Vec<u8>, Option<&'static str>)> {
 
 // ---------------------------------------------------------------- AF_PACKET
 
-fn packet_socket(ns: &Ns, ifname: &'static str) -> OwnedFd {
-    ns.run(move || {
-        // SAFETY: plain socket calls with valid arguments; the fd is owned at once.
-        unsafe {
-            let fd = libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW,
-                (libc::ETH_P_ALL as u16).to_be() as i32,
-            );
-            assert!(
-                fd >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
-            let fd = OwnedFd::from_raw_fd(fd);
-            let name = std::ffi::CString::new(ifname).unwrap();
-            let index = libc::if_nametoindex(name.as_ptr());
-            assert!(index > 0, "no {ifname}");
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-            addr.sll_ifindex = index as i32;
-            let rc = libc::bind(
-                fd.as_raw_fd(),
-                &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            );
-            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-            let tv = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 50_000,
-            };
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
-            fd
-        }
-    })
-}
-
-fn send(fd: &OwnedFd, frame: &[u8]) {
-    // SAFETY: sending a valid buffer on a bound packet socket.
-    let n = unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            frame.as_ptr() as *const libc::c_void,
-            frame.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        n as usize,
-        frame.len(),
-        "send: {}",
-        std::io::Error::last_os_error()
-    );
-}
-
-/// Marker ids seen on `fd` until `quiet` passes with nothing new.
-fn seen(fd: &OwnedFd, wait: Duration) -> HashSet<u8> {
-    let mut ids = HashSet::new();
-    let deadline = Instant::now() + wait;
-    let mut buf = vec![0u8; 4096];
-    while Instant::now() < deadline {
-        // SAFETY: receiving into a buffer we own.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                0,
-            )
-        };
-        if n <= 0 {
-            continue;
-        }
-        let frame = &buf[..n as usize];
-        if let Some(pos) = frame.windows(4).position(|w| w == b"PGT!") {
-            if let Some(id) = frame.get(pos + 4) {
-                ids.insert(*id);
-            }
-        }
-    }
-    ids
+/// Marker ids in the frames `socket` hears during `window`.
+fn seen(socket: &PacketSocket, window: Duration) -> HashSet<u8> {
+    socket
+        .listen(window)
+        .iter()
+        .filter_map(|frame| {
+            let pos = frame.windows(4).position(|w| w == b"PGT!")?;
+            frame.get(pos + 4).copied()
+        })
+        .collect()
 }
 
 /// Sends every probe from the VM and returns the ids the peer received.
-fn run_probes(lab: &Lab) -> HashSet<u8> {
-    let rx = packet_socket(&lab.peer, "eth0");
-    let tx = packet_socket(&lab.vm, "eth0");
+fn run_probes(lab: &PortLab) -> HashSet<u8> {
+    let rx = PacketSocket::open(&lab.peer, "eth0");
+    let tx = PacketSocket::open(&lab.vm, "eth0");
     // Drain whatever was queued before.
     let _ = seen(&rx, Duration::from_millis(100));
     for (_, _, frame, _) in probes() {
-        send(&tx, &frame);
+        tx.send(&frame);
     }
     seen(&rx, Duration::from_millis(600))
 }
 
-fn counters(lab: &Lab) -> DropCounters {
+fn counters(lab: &PortLab) -> DropCounters {
     in_ns(&lab.node, portsec::counters).expect("counters")
 }
 
-fn ping(ns: &Ns, args: &[&str]) -> bool {
+fn ping(ns: &Netns, args: &[&str]) -> bool {
     let mut v = vec!["ping", "-c", "1", "-W", "2"];
     v.extend_from_slice(args);
     ns.exec(&v).status.success()
@@ -604,7 +380,7 @@ fn spoofed_frames_are_dropped_and_counted_own_traffic_passes() {
         "ping over IPv6 with its own IP"
     );
     // A source address the VM really holds but was not declared is refused.
-    lab.vm.ip("addr add 10.0.0.50/32 dev eth0");
+    lab.vm.ip_line("addr add 10.0.0.50/32 dev eth0");
     assert!(
         !ping(&lab.vm, &["-I", "10.0.0.50", "10.0.0.3"]),
         "undeclared source IP"
@@ -646,7 +422,7 @@ fn port_without_ips_is_mac_locked_only() {
 
 #[test]
 fn verify_remove_and_reinstall() {
-    let node = Ns::new("node");
+    let node = Netns::new("node");
     let run = |f: fn() -> Result<(), portgroup::Error>| in_ns(&node, f);
     // Nothing installed: remove is fine, verify says what is missing.
     run(|| portsec::remove("pvx")).expect("remove of an unknown port");
@@ -750,7 +526,7 @@ fn verify_remove_and_reinstall() {
 
 #[test]
 fn garbage_collection_keeps_only_live_ports() {
-    let node = Ns::new("node");
+    let node = Netns::new("node");
     for i in 0..5u8 {
         in_ns(&node, move || {
             portsec::install(&PortRules {
@@ -777,29 +553,16 @@ fn garbage_collection_keeps_only_live_ports() {
     .expect("kept port intact");
 }
 
-fn port(i: u32) -> PortRules {
-    PortRules {
-        host_veth: format!("pgs{i}"),
-        mac: MacAddr([2, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8, 1]),
-        ips: vec![
-            IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
-            IpAddr::V6(Ipv6Addr::from(
-                0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + u128::from(i),
-            )),
-        ],
-    }
-}
-
 #[test]
 fn concurrent_installs_all_land() {
-    let node = Ns::new("node");
+    let node = Netns::new("node");
     // Twenty threads, each with its own netlink socket, racing on an empty
     // namespace: the table is created concurrently too.
     let threads: Vec<_> = (0..20)
         .map(|i| {
-            let fd = node.fd.try_clone().unwrap();
+            let fd = node.fd().try_clone().unwrap();
             std::thread::spawn(move || {
-                netns::run_in(&fd, move || Ok(portsec::install(&port(i)))).unwrap()
+                portgroup::netns::run_in(&fd, move || Ok(portsec::install(&port(i)))).unwrap()
             })
         })
         .collect();
@@ -807,19 +570,7 @@ fn concurrent_installs_all_land() {
         t.join().unwrap().expect("concurrent install");
     }
     // Plus twenty processes: the plugin's real situation.
-    let exe = std::env::current_exe().unwrap();
-    let children: Vec<_> = (20..40)
-        .map(|i| {
-            Command::new("ip")
-                .args(["netns", "exec", &node.name])
-                .arg(&exe)
-                .args(["--exact", "install_one_port_from_env", "--nocapture"])
-                .env("PGT_INSTALL_PORT", i.to_string())
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let children: Vec<_> = (20..40).map(|i| install_in_child(&node, i)).collect();
     for mut c in children {
         assert!(c.wait().unwrap().success());
     }
@@ -842,17 +593,65 @@ fn concurrent_installs_all_land() {
     assert_eq!(text.matches("jump port_in").count(), 1, "{text}");
 }
 
-/// Helper for `concurrent_installs_all_land`: run as a child process inside the node netns.
+/// Set in a child process started by [`install_in_child`]: the port it installs.
+const CHILD_PORT_ENV: &str = "PGT_INSTALL_PORT";
+
+/// Starts this test binary again, inside `ns`, running only
+/// `port_installed_by_a_child_process` as a child that installs port `i`.
+fn install_in_child(ns: &Netns, i: u32) -> std::process::Child {
+    // libtest names a test by its module path without the crate's name.
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let test = format!("{module}::port_installed_by_a_child_process");
+    Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(std::env::current_exe().expect("current exe"))
+        .args(["--exact", &test, "--nocapture"])
+        .env(CHILD_PORT_ENV, i.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start a child process")
+}
+
 #[test]
-fn install_one_port_from_env() {
-    if let Ok(i) = std::env::var("PGT_INSTALL_PORT") {
-        portsec::install(&port(i.parse().unwrap())).expect("install from a child process");
+fn port_installed_by_a_child_process() {
+    if let Ok(i) = std::env::var(CHILD_PORT_ENV) {
+        // The child's part, in the namespace it was started in.
+        portsec::install(&port(i.parse().expect("port number"))).expect("install in the child");
+        return;
     }
+    // A port installed by another process, as the plugin does it, is there and whole.
+    let node = Netns::new("node");
+    let status = install_in_child(&node, 7)
+        .wait()
+        .expect("wait for the child");
+    assert!(status.success(), "child: {status}");
+    assert_eq!(in_ns(&node, portsec::ports).unwrap(), ["pgs7"]);
+    in_ns(&node, || portsec::verify(&port(7))).expect("the child's port verified");
+}
+
+#[test]
+fn a_thousand_ports_install_verify_and_collect() {
+    let node = Netns::new("node");
+    in_ns(&node, || {
+        (0..1000).try_for_each(|i| portsec::install(&port(i)))
+    })
+    .expect("install 1000 ports");
+    assert_eq!(in_ns(&node, portsec::ports).unwrap().len(), 1000);
+    in_ns(&node, || portsec::verify(&port(999))).expect("verify at 1000 ports");
+    in_ns(&node, || portsec::install(&port(500))).expect("re-install at 1000 ports");
+    in_ns(&node, || portsec::verify(&port(500))).expect("verify the re-installed port");
+    in_ns(&node, || portsec::remove("pgs500")).expect("remove at 1000 ports");
+    in_ns(&node, || portsec::remove("pgs500")).expect("remove an absent port");
+    assert!(in_ns(&node, || portsec::verify(&port(500))).is_err());
+    let removed = in_ns(&node, || portsec::remove_all_not_in(&["pgs7".into()])).unwrap();
+    assert_eq!(removed.len(), 998);
+    assert_eq!(in_ns(&node, portsec::ports).unwrap(), ["pgs7"]);
+    in_ns(&node, || portsec::verify(&port(7))).expect("the kept port is whole");
 }
 
 #[test]
 fn foreign_table_layout_is_a_clear_error() {
-    let node = Ns::new("node");
+    let node = Netns::new("node");
     let out = node.exec(&[
         "nft",
         "add table bridge portgroup; add set bridge portgroup ports { type ipv4_addr; }",

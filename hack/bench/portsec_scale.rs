@@ -1,62 +1,20 @@
-//! Port security at scale, and the per-call cost of the mechanisms we could have
-//! used (prints numbers; asserts only correctness, never timings). Needs root;
-//! runs in a private network namespace.
+//! Port security at scale, and the per-call cost of the mechanisms portsec could
+//! have used instead of nf_tables netlink (`nft -f`, `nft -j`, libnftables in
+//! process). Prints numbers; checks only that everything landed. Needs root and
+//! libnftables.so.1 (Debian: libnftables1); runs in a private network namespace.
+//!
+//!   cargo bench --bench portsec_scale     (or hack/bench.sh --sections portsec-mechanisms)
+//!
+//! The results are quoted in src/portsec/mod.rs and BENCHMARKS.md.
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::OwnedFd;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::libc;
-use portgroup::mac::MacAddr;
-use portgroup::netns;
-use portgroup::portsec::{self, PortRules};
-
-struct Ns {
-    name: String,
-    fd: OwnedFd,
-}
-
-impl Ns {
-    fn new() -> Ns {
-        let name = format!("pgt-scale-{:08x}", rand::random::<u32>());
-        assert!(Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap()
-            .success());
-        let fd = netns::open(&Path::new("/var/run/netns").join(&name)).unwrap();
-        Ns { name, fd }
-    }
-
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        netns::run_in(&self.fd, move || Ok(f())).unwrap()
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn port(i: u32) -> PortRules {
-    PortRules {
-        host_veth: format!("pgs{i}"),
-        mac: MacAddr([2, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8, 1]),
-        ips: vec![
-            IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
-            IpAddr::V6(Ipv6Addr::from(
-                0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + u128::from(i),
-            )),
-        ],
-    }
-}
+use portgroup::portsec;
+use portgroup_testkit::{numbered_port as port, Netns};
 
 /// The same elements as `install(port(i))`, in nft syntax.
 fn nft_text(i: u32) -> String {
@@ -161,7 +119,7 @@ fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn time_install(ns: &Ns, i: u32) -> Duration {
+fn time_install(ns: &Netns, i: u32) -> Duration {
     ns.run(move || {
         let start = Instant::now();
         portsec::install(&port(i)).expect("install");
@@ -170,7 +128,7 @@ fn time_install(ns: &Ns, i: u32) -> Duration {
 }
 
 /// Per-call cost of each mechanism for one port's elements, `samples` times.
-fn mechanisms(ns: &Ns, first: u32, samples: u32, label: &str) {
+fn mechanisms(ns: &Netns, first: u32, samples: u32, label: &str) {
     let base = first;
     let ours = median((0..samples).map(|k| time_install(ns, base + k)).collect());
     let base = base + samples;
@@ -199,9 +157,8 @@ fn mechanisms(ns: &Ns, first: u32, samples: u32, label: &str) {
     println!("  libnftables run_cmd only            {}", ms(lib_run));
 }
 
-#[test]
-fn thousand_ports() {
-    let ns = Ns::new();
+fn main() {
+    let ns = Netns::new("scale");
     let first = time_install(&ns, 0);
     let second = time_install(&ns, 1);
     let small: Vec<Duration> = (2..12).map(|i| time_install(&ns, i)).collect();

@@ -1,13 +1,12 @@
 //! portgroupd against a kernel with 802.1Q: creation, drift repair, crash and
-//! restart, uplink hot-plug, unowned collisions. On a kernel without 802.1Q each
-//! test prints "SKIP: no 802.1Q" and returns (fails with PORTGROUP_REQUIRE_VLAN=1);
-//! hack/daemon-vlan-tests.sh runs them in a VM.
-
-mod common;
+//! restart, uplink hot-plug, unowned collisions. Each test is `#[ignore]`d, so a
+//! run on a kernel without 802.1Q leaves them out and counts them as skipped;
+//! hack/test.sh runs them in the test VM (hack/vm.sh) with `--include-ignored`.
+//! Run anywhere else without 802.1Q, they fail at once, saying why.
 
 use std::time::{Duration, Instant};
 
-use common::{Lab, Netns};
+use crate::common::{http_get, DaemonLab, Netns};
 use nix::sys::signal::Signal;
 use portgroup::naming::{bridge_name, is_owned, vlan_interface_name};
 use portgroup::state::NodeState;
@@ -34,7 +33,7 @@ fn assert_topology(ns: &Netns, vlan: u16, mtu: u32) {
 }
 
 /// Deletes `name` by hand and times until the topology is whole again.
-fn time_repair(lab: &Lab, name: &str, vlan: u16, mtu: u32) -> Duration {
+fn time_repair(lab: &DaemonLab, name: &str, vlan: u16, mtu: u32) -> Duration {
     let (vname, bname) = (vlan_interface_name("eth1", vlan), bridge_name("eth1", vlan));
     let start = Instant::now();
     lab.node.ip(&["link", "del", name]);
@@ -60,9 +59,10 @@ fn time_repair(lab: &Lab, name: &str, vlan: u16, mtu: u32) -> Duration {
 }
 
 #[test]
+#[ignore = "needs 802.1Q: hack/test.sh runs it in the test VM"]
 fn creates_and_repairs_drift() {
-    require_vlan!();
-    let lab = Lab::new();
+    portgroup_testkit::require_8021q();
+    let lab = DaemonLab::new();
     lab.write_config(TWO_PGS);
     let daemon = lab.start(&["--listen", "127.0.0.1:9760"]);
     let state = lab.wait_state(Duration::from_secs(60), "all ready", all_ready);
@@ -89,7 +89,7 @@ fn creates_and_repairs_drift() {
         println!("daemon: {}", line.trim());
     }
     assert!(log.matches("repaired drift in").count() >= 2, "{log}");
-    let metrics = lab.node.http_get(9760, "/metrics").expect("metrics").1;
+    let metrics = http_get(&lab.node, 9760, "/metrics").expect("metrics").1;
     assert!(
         !metrics.contains("portgroupd_drift_repairs_total 0"),
         "{metrics}"
@@ -98,9 +98,10 @@ fn creates_and_repairs_drift() {
 }
 
 #[test]
+#[ignore = "needs 802.1Q: hack/test.sh runs it in the test VM"]
 fn sigkill_mid_reconcile_then_restart_converges() {
-    require_vlan!();
-    let lab = Lab::new();
+    portgroup_testkit::require_8021q();
+    let lab = DaemonLab::new();
     // Many portgroups make the first reconcile long enough to be cut short.
     let pgs: Vec<String> = (1..=40)
         .map(|i| format!(r#"{{"name": "pg{i}", "vlan": {}}}"#, 1000 + i))
@@ -147,9 +148,10 @@ fn sigkill_mid_reconcile_then_restart_converges() {
 }
 
 #[test]
+#[ignore = "needs 802.1Q: hack/test.sh runs it in the test VM"]
 fn uplink_removed_then_readded() {
-    require_vlan!();
-    let lab = Lab::new();
+    portgroup_testkit::require_8021q();
+    let lab = DaemonLab::new();
     lab.write_config(TWO_PGS);
     let _daemon = lab.start(&["--listen", "127.0.0.1:9763"]);
     lab.wait_state(Duration::from_secs(60), "all ready", all_ready);
@@ -171,9 +173,10 @@ fn uplink_removed_then_readded() {
 }
 
 #[test]
+#[ignore = "needs 802.1Q: hack/test.sh runs it in the test VM"]
 fn unowned_colliding_interface_is_left_alone_and_reported() {
-    require_vlan!();
-    let lab = Lab::new();
+    portgroup_testkit::require_8021q();
+    let lab = DaemonLab::new();
     lab.write_config(TWO_PGS);
     let bname = bridge_name("eth1", 100);
     lab.node

@@ -5,17 +5,13 @@
 //! (nodad) with MAC 00:50:56:12:34:56, like the source VM still running on vSphere.
 //! Each test builds its own lab; namespaces are deleted by a Drop guard.
 
-use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use portgroup::error::Error;
 use portgroup::mac::MacAddr;
-use portgroup::netns;
-use portgroup::probe::{probe, ProbeAnswer, ProbeConfig};
+use portgroup::probe::{probe, probe_frame, ProbeAnswer, ProbeConfig};
+use portgroup_testkit::{Netns, PacketSocket};
 
 const LEGACY_MAC: &str = "00:50:56:12:34:56";
 const VM_MAC: &str = "00:50:56:aa:bb:01";
@@ -29,83 +25,16 @@ fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// A named network namespace, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(role: &str) -> Netns {
-        let name = format!("pgt-{role}-{:08x}", rand::random::<u32>());
-        run(&["ip", "netns", "add", &name]);
-        Netns { name }
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut full = vec!["ip", "-n", &self.name];
-        full.extend_from_slice(args);
-        run(&full);
-    }
-
-    fn fd(&self) -> OwnedFd {
-        netns::open(&PathBuf::from("/var/run/netns").join(&self.name)).unwrap()
-    }
-
-    /// Runs `work` on a thread inside this namespace.
-    fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
-        netns::run_in(&self.fd(), move || Ok(work())).unwrap()
-    }
-
-    /// Waits until `link` is operationally up (carrier on, qdisc active).
-    fn wait_up(&self, link: &str) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let out = Command::new("ip")
-                .args(["-n", &self.name, "-o", "link", "show", link])
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout);
-            if text.contains("state UP") {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{link} never came up: {text}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
-    }
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-struct Lab {
+struct ProbeLab {
     node: Netns,
     legacy: Netns,
 }
 
-impl Lab {
+impl ProbeLab {
     /// The lab with the legacy host holding its addresses under `legacy_mac`.
-    fn new(legacy_mac: &str) -> Lab {
+    fn new(legacy_mac: &str) -> ProbeLab {
         let node = Netns::new("node");
         let legacy = Netns::new("legacy");
-        node.ip(&["link", "set", "lo", "up"]);
         node.ip(&[
             "link", "add", "br0", "address", BRIDGE_MAC, "type", "bridge",
         ]);
@@ -123,14 +52,13 @@ impl Lab {
         ]);
         node.ip(&["link", "set", "vleg", "master", "br0", "up"]);
         node.ip(&["link", "set", "br0", "up"]);
-        legacy.ip(&["link", "set", "lo", "up"]);
         legacy.ip(&["link", "set", "eth0", "address", legacy_mac, "up"]);
         legacy.ip(&["addr", "add", "10.10.100.21/24", "dev", "eth0"]);
         legacy.ip(&["addr", "add", "2001:db8:100::21/64", "dev", "eth0", "nodad"]);
         node.wait_up("br0");
         node.wait_up("vleg");
         legacy.wait_up("eth0");
-        Lab { node, legacy }
+        ProbeLab { node, legacy }
     }
 
     fn probe(&self, vm_mac: &str, ips: &[&str], config: ProbeConfig) -> Vec<ProbeAnswer> {
@@ -151,15 +79,6 @@ impl Lab {
     }
 }
 
-macro_rules! needs_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (network namespaces)");
-            return;
-        }
-    };
-}
-
 fn sorted(mut answers: Vec<ProbeAnswer>) -> Vec<ProbeAnswer> {
     answers.sort_by_key(|a| (a.ip, a.mac));
     answers
@@ -167,8 +86,7 @@ fn sorted(mut answers: Vec<ProbeAnswer>) -> Vec<ProbeAnswer> {
 
 #[test]
 fn ipv4_in_use_is_answered_by_the_legacy_mac() {
-    needs_root!();
-    let lab = Lab::new(LEGACY_MAC);
+    let lab = ProbeLab::new(LEGACY_MAC);
     let answers = lab.probe(VM_MAC, &["10.10.100.21"], ProbeConfig::default());
     assert_eq!(
         answers,
@@ -181,8 +99,7 @@ fn ipv4_in_use_is_answered_by_the_legacy_mac() {
 
 #[test]
 fn ipv6_in_use_is_answered_by_the_legacy_mac() {
-    needs_root!();
-    let lab = Lab::new(LEGACY_MAC);
+    let lab = ProbeLab::new(LEGACY_MAC);
     let answers = lab.probe(VM_MAC, &["2001:db8:100::21"], ProbeConfig::default());
     assert_eq!(
         answers,
@@ -195,8 +112,7 @@ fn ipv6_in_use_is_answered_by_the_legacy_mac() {
 
 #[test]
 fn unused_addresses_get_no_answer() {
-    needs_root!();
-    let lab = Lab::new(LEGACY_MAC);
+    let lab = ProbeLab::new(LEGACY_MAC);
     let answers = lab.probe(
         VM_MAC,
         &["10.10.100.99", "2001:db8:100::99"],
@@ -207,9 +123,8 @@ fn unused_addresses_get_no_answer() {
 
 #[test]
 fn an_answer_from_the_vm_mac_is_reported_as_such() {
-    needs_root!();
     // The source of a live migration: the same MAC still holds the addresses.
-    let lab = Lab::new(VM_MAC);
+    let lab = ProbeLab::new(VM_MAC);
     let answers = lab.probe(
         VM_MAC,
         &["10.10.100.21", "2001:db8:100::21"],
@@ -232,8 +147,7 @@ fn an_answer_from_the_vm_mac_is_reported_as_such() {
 
 #[test]
 fn many_addresses_at_once_in_one_fixed_window() {
-    needs_root!();
-    let lab = Lab::new(LEGACY_MAC);
+    let lab = ProbeLab::new(LEGACY_MAC);
     let ips = [
         "10.10.100.21",
         "10.10.100.99",
@@ -269,9 +183,11 @@ fn many_addresses_at_once_in_one_fixed_window() {
 }
 
 #[test]
-fn probe_time_with_defaults() {
-    needs_root!();
-    let lab = Lab::new(LEGACY_MAC);
+fn the_window_is_the_same_for_one_address_or_eight() {
+    // Probes for every address go out in the same rounds, and listening always
+    // lasts the whole window, so late answers are heard whatever the count.
+    let lab = ProbeLab::new(LEGACY_MAC);
+    let config = ProbeConfig::default();
     for ips in [
         &["10.10.100.21"][..],
         &["10.10.100.21", "2001:db8:100::21"][..],
@@ -286,71 +202,42 @@ fn probe_time_with_defaults() {
             "2001:db8:100::24",
         ][..],
     ] {
-        let via = "br0".to_string();
-        let ips: Vec<IpAddr> = ips.iter().map(|s| ip(s)).collect();
-        let n = ips.len();
-        let (took, answers) = lab.node.run(move || {
-            let started = Instant::now();
-            let answers = probe(&via, mac(VM_MAC), &ips, &ProbeConfig::default());
-            (started.elapsed(), answers)
-        });
-        let answers = answers.unwrap();
-        println!(
-            "probe time, defaults, {n} address(es): {took:?} ({} answer(s))",
-            answers.len()
+        let started = Instant::now();
+        let answers = lab.probe(VM_MAC, ips, config.clone());
+        let took = started.elapsed();
+        assert!(
+            took >= config.duration(),
+            "{} address(es): returned after {took:?}, before the {:?} window closed",
+            ips.len(),
+            config.duration()
         );
+        let held: Vec<ProbeAnswer> = ["10.10.100.21", "2001:db8:100::21"]
+            .into_iter()
+            .filter(|held| ips.contains(held))
+            .map(|held| ProbeAnswer {
+                ip: ip(held),
+                mac: mac(LEGACY_MAC),
+            })
+            .collect();
+        assert_eq!(sorted(answers), held, "{ips:?}");
     }
 }
 
-/// A raw socket in the legacy namespace that hears every frame on its eth0.
-fn capture_socket(ns: &Netns) -> OwnedFd {
-    ns.run(|| {
-        use nix::libc;
-        // SAFETY: plain socket(2); checked below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                (libc::ETH_P_ALL as u16).to_be() as libc::c_int,
-            )
-        };
-        assert!(fd >= 0, "{}", io::Error::last_os_error());
-        // SAFETY: fresh descriptor owned by nobody else.
-        unsafe { OwnedFd::from_raw_fd(fd) }
-    })
-}
-
-fn drain(fd: &OwnedFd) -> Vec<Vec<u8>> {
-    let mut frames = Vec::new();
-    let mut buf = [0u8; 2048];
-    loop {
-        // SAFETY: recv into a valid buffer.
-        let n = unsafe {
-            nix::libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                nix::libc::MSG_DONTWAIT,
-            )
-        };
-        if n <= 0 {
-            return frames;
-        }
-        frames.push(buf[..n as usize].to_vec());
-    }
+/// A packet socket on the legacy host's eth0: hears every frame there from now on, and sends.
+fn legacy_socket(lab: &ProbeLab) -> PacketSocket {
+    PacketSocket::open(&lab.legacy, "eth0")
 }
 
 #[test]
 fn probes_are_sent_from_the_bridge_mac_never_the_vm_mac() {
-    needs_root!();
-    let lab = Lab::new(LEGACY_MAC);
-    let capture = capture_socket(&lab.legacy);
+    let lab = ProbeLab::new(LEGACY_MAC);
+    let capture = legacy_socket(&lab);
     lab.probe(
         VM_MAC,
         &["10.10.100.99", "2001:db8:100::99"],
         ProbeConfig::default(),
     );
-    let frames = drain(&capture);
+    let frames = capture.drain();
     let bridge = mac(BRIDGE_MAC).0;
     let vm = mac(VM_MAC).0;
     let arp_probes: Vec<_> = frames
@@ -398,8 +285,7 @@ fn ip_octets(text: &str) -> [u8; 16] {
 
 #[test]
 fn an_unknown_interface_is_a_system_error() {
-    needs_root!();
-    let lab = Lab::new(LEGACY_MAC);
+    let lab = ProbeLab::new(LEGACY_MAC);
     let err = lab
         .try_probe("nope0", VM_MAC, &["10.10.100.21"], ProbeConfig::default())
         .unwrap_err();
@@ -409,8 +295,7 @@ fn an_unknown_interface_is_a_system_error() {
 
 #[test]
 fn a_down_bridge_is_a_system_error() {
-    needs_root!();
-    let lab = Lab::new(LEGACY_MAC);
+    let lab = ProbeLab::new(LEGACY_MAC);
     lab.node.ip(&["link", "set", "br0", "down"]);
     let err = lab
         .try_probe("br0", VM_MAC, &["10.10.100.21"], ProbeConfig::default())
@@ -432,94 +317,32 @@ fn nothing_to_probe_returns_at_once() {
         .is_empty());
 }
 
-/// Sends `frames` out of `ifname` in `ns`, `delay` after being called, from a thread.
+/// Sends `frames` on `socket`, `delay` after being called, from a thread.
 fn send_later(
-    ns: &Netns,
-    ifname: &'static str,
+    socket: PacketSocket,
     frames: Vec<Vec<u8>>,
     delay: Duration,
 ) -> std::thread::JoinHandle<()> {
-    let fd = ns.fd();
     std::thread::spawn(move || {
-        netns::run_in(&fd, move || {
-            use nix::libc;
-            std::thread::sleep(delay);
-            let name = std::ffi::CString::new(ifname).unwrap();
-            // SAFETY: if_nametoindex with a valid C string; socket(2) checked below.
-            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-            assert!(ifindex > 0);
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-            assert!(fd >= 0);
-            // SAFETY: fresh descriptor.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            for frame in frames {
-                // SAFETY: sockaddr_ll is plain old data.
-                let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-                addr.sll_family = libc::AF_PACKET as u16;
-                addr.sll_ifindex = ifindex as i32;
-                addr.sll_halen = 6;
-                addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-                // SAFETY: sendto with valid buffer and address.
-                let sent = unsafe {
-                    libc::sendto(
-                        fd.as_raw_fd(),
-                        frame.as_ptr().cast(),
-                        frame.len(),
-                        0,
-                        (&addr as *const libc::sockaddr_ll).cast(),
-                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                    )
-                };
-                assert_eq!(sent, frame.len() as isize, "{}", io::Error::last_os_error());
-            }
-            Ok(())
-        })
-        .unwrap()
+        std::thread::sleep(delay);
+        for frame in frames {
+            socket.send(&frame);
+        }
     })
-}
-
-/// Another host's RFC 5227 ARP probe for `target`, from `src`.
-fn foreign_arp_probe(src: MacAddr, target: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend_from_slice(&src.0);
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    f.extend_from_slice(&src.0);
-    f.extend_from_slice(&[0; 10]);
-    f.extend_from_slice(&target);
-    f
-}
-
-/// Another host's DAD neighbour solicitation for `target`, from `src`.
-fn foreign_dad(src: MacAddr, target: &str) -> Vec<u8> {
-    use portgroup::probe::{icmpv6_checksum, ipv6_multicast_mac, solicited_node};
-    let target: std::net::Ipv6Addr = target.parse().unwrap();
-    let group = solicited_node(target);
-    let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
-    icmp.extend_from_slice(&target.octets());
-    let sum = icmpv6_checksum(std::net::Ipv6Addr::UNSPECIFIED, group, &icmp);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    let mut f = ipv6_multicast_mac(group).0.to_vec();
-    f.extend_from_slice(&src.0);
-    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 24, 58, 255]);
-    f.extend_from_slice(&[0; 16]);
-    f.extend_from_slice(&group.octets());
-    f.extend_from_slice(&icmp);
-    f
 }
 
 #[test]
 fn another_host_probing_the_same_address_is_an_answer() {
-    needs_root!();
     // Another host (say, a second copy of the VM booting elsewhere) probes the same
     // addresses while we do: RFC 5227 2.1.1 and RFC 4862 5.4.3 call that a conflict.
-    let lab = Lab::new(LEGACY_MAC);
+    let lab = ProbeLab::new(LEGACY_MAC);
     let other = mac("00:50:56:77:77:77");
+    // Their probes are byte for byte what ours would be from their MAC.
     let sender = send_later(
-        &lab.legacy,
-        "eth0",
+        legacy_socket(&lab),
         vec![
-            foreign_arp_probe(other, [10, 10, 100, 50]),
-            foreign_dad(other, "2001:db8:100::50"),
+            probe_frame(other, ip("10.10.100.50")),
+            probe_frame(other, ip("2001:db8:100::50")),
         ],
         Duration::from_millis(60),
     );

@@ -2,12 +2,10 @@
 //! both, and our result must have every key the reference's has, in the same places,
 //! so runtimes and meta-plugins that read bridge results read ours.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::{conf, Lab};
+use crate::common::{conf, Lab};
 use serde_json::{json, Value};
 
 const REFERENCE: &str = "/usr/lib/cni/bridge";

@@ -1,9 +1,7 @@
 //! A table of bad inputs: each gets the right CNI error code, a JSON error on
 //! stdout, a non-zero exit, and leaves nothing behind.
 
-mod common;
-
-use common::{conf, links, Lab};
+use crate::common::{conf, links, Lab};
 use serde_json::{json, Value};
 
 enum Input {

@@ -1,9 +1,7 @@
 //! ADD, CHECK, DEL, GC, STATUS and VERSION through the built binary, as a runtime
 //! runs it, in private network namespaces.
 
-mod common;
-
-use common::{conf, links, pod_link, Lab};
+use crate::common::{conf, links, pod_link, Lab};
 use serde_json::{json, Value};
 
 const VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -193,7 +191,7 @@ fn del_after_netns_is_gone() {
     let env = Lab::attach_env("c1", &path, "net1");
     let c = conf("1.0.0", json!({}));
     assert_eq!(lab.cni("ADD", &c, &env).code, 0);
-    common::sh(&["ip", "netns", "del", &pod]);
+    crate::common::sh(&["ip", "netns", "del", &pod]);
     let del = lab.cni("DEL", &c, &env);
     assert_eq!(del.code, 0, "{}", del.stdout);
     lab.assert_clean(&["br0"]);
@@ -414,7 +412,7 @@ fn state(ready: bool, reason: Option<&str>, strict: bool) -> Value {
 
 fn portgroup_conf(version: &str, extra: Value) -> Value {
     let mut c = conf(version, json!({"bridge": null, "portgroup": "prod-web"}));
-    common::merge(&mut c, extra);
+    crate::common::merge(&mut c, extra);
     c
 }
 
@@ -533,7 +531,7 @@ fn fifty_parallel_adds_then_dels() {
                     let ifname = format!("net{i}");
                     let ips = json!({"runtimeConfig": {"ips": [format!("10.2.{}.{}/16", i / 200, i % 200 + 1)]}});
                     let mut c = c.clone();
-                    common::merge(&mut c, ips);
+                    crate::common::merge(&mut c, ips);
                     lab.cni("ADD", &c, &Lab::attach_env(&id, path, &ifname))
                 })
             })

@@ -3,9 +3,7 @@
 //! IP and the MAC that answered, and leaves nothing behind; the VM's own MAC
 //! answering (a live migration) lets ADD go on.
 
-mod common;
-
-use common::{conf, links, sh, Lab};
+use crate::common::{conf, links, sh, Lab};
 use serde_json::json;
 
 const LEGACY_MAC: &str = "00:50:56:12:34:56";

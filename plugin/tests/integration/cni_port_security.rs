@@ -1,9 +1,7 @@
 //! Port security through real ADDs: rules follow the attachment's life, CHECK sees
 //! them, and a reservation lets its MAC through with only its IPs.
 
-mod common;
-
-use common::{conf, Lab};
+use crate::common::{conf, Lab};
 use serde_json::json;
 
 const VM_MAC: &str = "00:50:56:aa:bb:01";
@@ -29,7 +27,7 @@ fn rules_follow_add_check_del_and_gc() {
 
     // Someone removes the port's MAC element: CHECK notices.
     let element = format!("{{ \"{host}\" . {VM_MAC} }}");
-    common::sh(&[
+    crate::common::sh(&[
         "ip",
         "netns",
         "exec",
@@ -56,7 +54,7 @@ fn rules_follow_add_check_del_and_gc() {
 
     // GC of an attachment whose pod is gone removes its rules too.
     assert_eq!(lab.cni("ADD", &c, &env).code, 0);
-    common::sh(&["ip", "netns", "del", &pod]);
+    crate::common::sh(&["ip", "netns", "del", &pod]);
     let mut gc = c.clone();
     gc["cni.dev/valid-attachments"] = json!([]);
     assert_eq!(lab.cni("GC", &gc, &[]).code, 0);

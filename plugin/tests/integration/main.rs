@@ -1,0 +1,14 @@
+//! The plugin's integration tests, in one test binary (linking one binary
+//! instead of one per file is most of the suite's build time on a small
+//! machine). They run the plugin binary exactly as a runtime does, in private
+//! network namespaces, and need root.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cni_bad_input;
+mod cni_conflict_probe;
+mod cni_lifecycle;
+mod cni_port_security;
+mod cni_reference_bridge;
+mod podman_e2e;

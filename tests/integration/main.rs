@@ -1,0 +1,13 @@
+//! portgroupd's and the shared library's integration tests, in one test binary
+//! (linking one binary instead of one per file is most of the suite's build time
+//! on a small machine). Every test runs in private network namespaces and needs
+//! root. Tests that need 802.1Q are `#[ignore]`d: `hack/test.sh` runs them in the
+//! test VM with `--include-ignored`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod daemon_basic;
+mod daemon_vlan;
+mod portsec_netns;
+mod probe_netns;
