@@ -73,10 +73,10 @@ fn once_with_invalid_config_exits_2_and_names_every_problem() {
 /// problem prefixed with the file, and exits 1; a valid config is "ok" and 0.
 #[test]
 fn check_config_lists_what_the_daemon_refuses() {
-    let lab = Lab::new();
+    let lab = DaemonLab::bare();
     let path = lab.config_path();
     let check = |file: &std::path::Path| {
-        let out = std::process::Command::new(common::BIN)
+        let out = std::process::Command::new(crate::common::BIN)
             .arg("--check-config")
             .arg(file)
             .output()
