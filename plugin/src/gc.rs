@@ -2,7 +2,7 @@
 //! Keeps going past errors, then forwards GC to a delegated IPAM plugin.
 
 use portgroup::attachment;
-use portgroup::cni::netconf::NetConf;
+use portgroup::cni::netconf::{ipam_section, NetConf};
 use portgroup::cni::CniVersion;
 use portgroup::netlink::Netlink;
 use portgroup::paths::RunDir;
@@ -32,11 +32,23 @@ pub async fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
             record.container_id,
             record.ifname
         );
-        let ipam = conf.ipam.as_ref().or(record.ipam.as_ref());
+        // Released through the section recorded at ADD, validated again; never the
+        // config's, which may have changed since.
+        let ipam = match ipam_section(record.ipam.as_ref()) {
+            Ok(section) => section,
+            Err(e) => {
+                tracing::warn!(
+                    "GC: recorded IPAM section of {}/{} not run: {e}",
+                    record.container_id,
+                    record.ifname
+                );
+                None
+            }
+        };
         let result = Teardown {
             container_id: &record.container_id,
             ifname: &record.ifname,
-            ipam,
+            ipam: ipam.as_ref(),
             config: stdin,
             cni_path: &env.path,
             foreign: true,

@@ -9,6 +9,7 @@ mod env;
 mod fault;
 mod gc;
 mod ipam;
+mod log;
 mod status;
 mod teardown;
 mod version;
@@ -16,7 +17,7 @@ mod version;
 use std::io::{Read, Write};
 
 use portgroup::cni::error_json;
-use portgroup::cni::netconf::{error_version, NetConf};
+use portgroup::cni::netconf::{error_version, NetConf, TeardownConf};
 use portgroup::Error;
 use serde_json::Value;
 
@@ -26,7 +27,7 @@ fn main() {
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
         Ok(_) => {
-            init_logging(&stdin);
+            log::init(&stdin);
             dispatch(&stdin)
         }
         Err(e) => Err(Error::Stdin(e)),
@@ -58,66 +59,25 @@ fn dispatch(stdin: &[u8]) -> Result<Option<Value>, Error> {
         .enable_all()
         .build()
         .map_err(|e| Error::system("starting the runtime", e))?;
+    // The config is validated before the log file it names is opened.
+    if command == Command::Del {
+        let conf = TeardownConf::parse(stdin)?;
+        if let Some(name) = &conf.log_file {
+            log::open_file(name);
+        }
+        return runtime.block_on(del::del(&env, &conf, stdin)).map(|_| None);
+    }
+    let conf = NetConf::parse(stdin)?;
+    if let Some(name) = &conf.log_file {
+        log::open_file(name);
+    }
     runtime.block_on(async {
         match command {
-            Command::Add => {
-                let conf = NetConf::parse(stdin)?;
-                add::add(&env, &conf, stdin).await.map(Some)
-            }
-            Command::Del => del::del(&env, stdin).await.map(|_| None),
-            Command::Check => {
-                let conf = NetConf::parse(stdin)?;
-                check::check(&env, &conf, stdin).await.map(|_| None)
-            }
-            Command::Status => {
-                let conf = NetConf::parse(stdin)?;
-                status::status(&env, &conf, stdin).await.map(|_| None)
-            }
-            Command::Gc => {
-                let conf = NetConf::parse(stdin)?;
-                gc::gc(&env, &conf, stdin).await.map(|_| None)
-            }
-            Command::Version => Ok(Some(version::version(stdin))),
+            Command::Add => add::add(&env, &conf, stdin).await.map(Some),
+            Command::Check => check::check(&env, &conf, stdin).await.map(|_| None),
+            Command::Status => status::status(&env, &conf, stdin).await.map(|_| None),
+            Command::Gc => gc::gc(&env, &conf, stdin).await.map(|_| None),
+            Command::Del | Command::Version => Ok(None),
         }
     })
-}
-
-/// Logs go to stderr and, when the config names a `logFile`, to that file too.
-/// Level: `logLevel` in the config, else PORTGROUP_LOG, else warn.
-fn init_logging(stdin: &[u8]) {
-    use tracing_subscriber::fmt;
-    use tracing_subscriber::prelude::*;
-    let conf: Value = serde_json::from_slice(stdin).unwrap_or(Value::Null);
-    let level = conf
-        .get("logLevel")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .or_else(|| std::env::var("PORTGROUP_LOG").ok())
-        .unwrap_or_else(|| "warn".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| "warn".into());
-    let file = conf
-        .get("logFile")
-        .and_then(Value::as_str)
-        .and_then(|path| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .ok()
-        })
-        .map(|f| {
-            fmt::layer()
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(f))
-        });
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(false)
-                .with_target(false),
-        )
-        .with(file)
-        .try_init();
 }

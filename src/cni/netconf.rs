@@ -2,7 +2,6 @@
 //! side effect. Every complaint names the field it is about.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
@@ -43,7 +42,9 @@ pub struct NetConf {
     pub prev_result: Option<CniResult>,
     /// GC: the attachments still valid, as (container ID, ifname).
     pub valid_attachments: Option<BTreeSet<(String, String)>>,
-    pub log_file: Option<PathBuf>,
+    /// `logFile` reduced to a bare file name: the file lives in the node's log
+    /// directory, never where the config says (see [`log_file_name`]).
+    pub log_file: Option<String>,
     pub log_level: Option<String>,
 }
 
@@ -53,7 +54,12 @@ pub struct NetConf {
 pub struct TeardownConf {
     pub cni_version: CniVersion,
     pub name: String,
+    /// The config's IPAM section, only when it passes the same validation as ADD's.
     pub ipam: Option<Value>,
+    /// Why the config's IPAM section was set aside, when it was: never executed.
+    pub ignored_ipam: Option<String>,
+    /// `logFile` reduced as for ADD; one that cannot be reduced is dropped.
+    pub log_file: Option<String>,
 }
 
 impl NetConf {
@@ -101,26 +107,7 @@ impl NetConf {
             }
         };
 
-        let ipam = match root.get("ipam") {
-            None | Some(Value::Null) => None,
-            Some(Value::Object(section)) if section.is_empty() => None,
-            Some(Value::Object(section)) => match section.get("type") {
-                Some(Value::String(t)) if is_plugin_name(t) => Some(Value::Object(section.clone())),
-                Some(Value::String(t)) => {
-                    return Err(Error::invalid_config(
-                        "ipam.type",
-                        format!("{t:?} is not a plugin name"),
-                    ))
-                }
-                _ => {
-                    return Err(Error::invalid_config(
-                        "ipam.type",
-                        "required, the IPAM plugin's name",
-                    ))
-                }
-            },
-            Some(_) => return Err(Error::invalid_config("ipam", "must be an object")),
-        };
+        let ipam = ipam_section(root.get("ipam"))?;
 
         // With a delegated IPAM the requested IPs are the IPAM plugin's to honour
         // (static and host-local read runtimeConfig.ips, bare addresses included);
@@ -171,7 +158,10 @@ impl NetConf {
             args_ips: args_ips.filter(|_| own_ips),
             prev_result,
             valid_attachments: valid_attachments(&root)?,
-            log_file: get.opt_str("logFile")?.map(PathBuf::from),
+            log_file: get
+                .opt_str("logFile")?
+                .map(|path| log_file_name(&path))
+                .transpose()?,
             log_level: get.opt_str("logLevel")?,
         })
     }
@@ -180,13 +170,19 @@ impl NetConf {
 impl TeardownConf {
     pub fn parse(bytes: &[u8]) -> Result<TeardownConf, Error> {
         let root = decode(bytes)?;
+        let (ipam, ignored_ipam) = match ipam_section(root.get("ipam")) {
+            Ok(ipam) => (ipam, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         Ok(TeardownConf {
             cni_version: version_of(&root)?,
             name: network_name(&root)?,
-            ipam: root
-                .get("ipam")
-                .filter(|v| v.get("type").is_some_and(Value::is_string))
-                .cloned(),
+            ipam,
+            ignored_ipam,
+            log_file: root
+                .get("logFile")
+                .and_then(Value::as_str)
+                .and_then(|path| log_file_name(path).ok()),
         })
     }
 }
@@ -241,13 +237,67 @@ fn network_name(root: &Map<String, Value>) -> Result<String, Error> {
     Ok(name)
 }
 
-fn is_plugin_name(name: &str) -> bool {
+/// The binary this plugin is installed as: never a delegated IPAM plugin, which
+/// would run this same config again, and again.
+const OWN_PLUGIN_NAME: &str = "portgroup";
+
+/// Longest plugin or log file name accepted (NAME_MAX).
+const FILE_NAME_MAX: usize = 255;
+
+/// A bare file name: letters, digits, '-', '_', '.'; not "." or "..". So never a
+/// path, never a control character: joined onto a directory it stays inside it.
+pub fn is_bare_file_name(name: &str) -> bool {
     !name.is_empty()
+        && name.len() <= FILE_NAME_MAX
         && name != "."
         && name != ".."
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// The delegated IPAM section, validated. Its `type` is executed from CNI_PATH, so it
+/// must be a bare plugin name. Every command that runs an IPAM plugin goes through here.
+pub fn ipam_section(value: Option<&Value>) -> Result<Option<Value>, Error> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(section)) if section.is_empty() => Ok(None),
+        Some(Value::Object(section)) => match section.get("type") {
+            Some(Value::String(t)) if t == OWN_PLUGIN_NAME => Err(Error::invalid_config(
+                "ipam.type",
+                format!("{t:?} is this plugin, not an IPAM plugin"),
+            )),
+            Some(Value::String(t)) if is_bare_file_name(t) => {
+                Ok(Some(Value::Object(section.clone())))
+            }
+            Some(Value::String(t)) => Err(Error::invalid_config(
+                "ipam.type",
+                format!(
+                    "{t:?} is not a plugin name: a bare file name in CNI_PATH (letters, digits, '-', '_', '.'), never a path"
+                ),
+            )),
+            _ => Err(Error::invalid_config(
+                "ipam.type",
+                "required, the IPAM plugin's name",
+            )),
+        },
+        Some(_) => Err(Error::invalid_config("ipam", "must be an object")),
+    }
+}
+
+/// `logFile` reduced to its last path component: the node, not the config, chooses
+/// the directory plugin logs go to. A value with no usable file name is refused.
+pub fn log_file_name(path: &str) -> Result<String, Error> {
+    let name = path.rsplit('/').next().unwrap_or("");
+    if is_bare_file_name(name) && !name.starts_with('.') {
+        Ok(name.to_string())
+    } else {
+        Err(Error::UnsupportedField {
+            field: "logFile",
+            value: format!("{path:?}"),
+            why: "must end in a file name (letters, digits, '-', '_', '.'); the file is created in the node's log directory",
+        })
+    }
 }
 
 /// Bridge-plugin fields that would silently not do what their owner expects here.
