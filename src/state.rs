@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::nodeconfig::Reservation;
+use crate::nodeconfig::{AttachPolicy, Reservation};
 use crate::paths::{write_atomic, RunDir};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,6 +19,9 @@ pub struct NodeState {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub config_errors: Vec<String>,
     pub portgroups: Vec<PortgroupState>,
+    /// The node config's `allowedBridges`: which bridges `bridge:` mode may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_bridges: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +42,8 @@ pub struct PortgroupState {
     pub strict: bool,
     #[serde(default)]
     pub reservations: Vec<Reservation>,
+    #[serde(default, flatten)]
+    pub policy: AttachPolicy,
 }
 
 impl NodeState {
@@ -190,12 +195,14 @@ mod tests {
             draining,
             strict: false,
             reservations: vec![],
+            policy: Default::default(),
         };
         NodeState {
             node: "worker-3".into(),
             generation: 7,
             reconciled_at: "2026-11-23T10:00:00Z".into(),
             config_errors: vec![],
+            allowed_bridges: None,
             portgroups: vec![
                 pg("web", true, false),
                 pg("db", false, false),

@@ -4,12 +4,16 @@
 use portgroup::cni::netconf::{NetConf, Target};
 use portgroup::netlink::{LinkSummary, Netlink};
 use portgroup::paths::RunDir;
-use portgroup::state::{read_ready_portgroup, PortgroupState};
+use portgroup::state::{read_ready_portgroup, NodeState, PortgroupState};
 use portgroup::Error;
+
+use crate::spec::Place;
 
 pub struct Resolved {
     pub bridge: LinkSummary,
     pub portgroup: Option<PortgroupState>,
+    /// `bridge:` mode on a node with a node state: its `allowedBridges`.
+    pub allowed_bridges: Option<Vec<String>>,
 }
 
 impl Resolved {
@@ -18,6 +22,17 @@ impl Resolved {
         match &self.portgroup {
             Some(pg) => format!("VLAN {}", pg.vlan),
             None => format!("bridge {}", self.bridge.name),
+        }
+    }
+
+    /// What the attachment spec needs to know of the place.
+    pub fn place(&self) -> Place<'_> {
+        Place {
+            bridge: &self.bridge.name,
+            bridge_mtu: self.bridge.mtu,
+            bridge_alias: self.bridge.alias.as_deref(),
+            portgroup: self.portgroup.as_ref(),
+            allowed_bridges: self.allowed_bridges.as_deref(),
         }
     }
 }
@@ -35,6 +50,7 @@ pub async fn resolve(nl: &Netlink, conf: &NetConf, run: &RunDir) -> Result<Resol
             Ok(Resolved {
                 bridge,
                 portgroup: Some(pg),
+                allowed_bridges: None,
             })
         }
         Target::Bridge(name) => {
@@ -46,9 +62,20 @@ pub async fn resolve(nl: &Netlink, conf: &NetConf, run: &RunDir) -> Result<Resol
             Ok(Resolved {
                 bridge,
                 portgroup: None,
+                allowed_bridges: node_allowed_bridges(run)?,
             })
         }
     }
+}
+
+/// Without portgroupd (a lab, podman) there is no node state and `bridge:` mode is
+/// the admin's alone; with one, the node config's `allowedBridges` applies.
+fn node_allowed_bridges(run: &RunDir) -> Result<Option<Vec<String>>, Error> {
+    let path = run.state_file();
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(NodeState::read(&path)?.allowed_bridges)
 }
 
 async fn lookup(nl: &Netlink, name: &str) -> Result<Option<LinkSummary>, Error> {

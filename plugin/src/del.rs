@@ -6,11 +6,11 @@ use portgroup::netlink::Netlink;
 use portgroup::paths::RunDir;
 use portgroup::Error;
 
-use crate::env::Env;
+use crate::env::Teardown as DelCall;
 use crate::teardown::Teardown;
 
-pub async fn del(env: &Env, conf: &TeardownConf, stdin: &[u8]) -> Result<(), Error> {
-    let (container_id, ifname) = env.attachment()?;
+pub async fn del(call: &DelCall, conf: &TeardownConf, stdin: &[u8]) -> Result<(), Error> {
+    let (container_id, ifname) = (call.container_id.as_str(), call.ifname.as_str());
     let run = RunDir::from_env();
     let nl = Netlink::connect().map_err(|e| Error::system("opening netlink", e))?;
     let record = match Record::find(&run.attachments_dir(), container_id, ifname) {
@@ -26,7 +26,7 @@ pub async fn del(env: &Env, conf: &TeardownConf, stdin: &[u8]) -> Result<(), Err
         ifname,
         ipam: ipam.as_ref(),
         config: stdin,
-        cni_path: &env.path,
+        cni_path: &call.node.cni_path,
         foreign: false,
     }
     .run(&nl, &run)

@@ -8,11 +8,11 @@ use portgroup::netlink::Netlink;
 use portgroup::paths::RunDir;
 use portgroup::Error;
 
-use crate::env::Env;
+use crate::env::Node;
 use crate::ipam;
 use crate::teardown::Teardown;
 
-pub async fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
+pub async fn gc(node: &Node, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
     conf.cni_version.require("GC", CniVersion::V1_1_0)?;
     let valid = conf.valid_attachments.clone().unwrap_or_default();
     let run = RunDir::from_env();
@@ -50,7 +50,7 @@ pub async fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
             ifname: &record.ifname,
             ipam: ipam.as_ref(),
             config: stdin,
-            cni_path: &env.path,
+            cni_path: &node.cni_path,
             foreign: true,
         }
         .run(&nl, &run)
@@ -65,7 +65,7 @@ pub async fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
             command: "GC",
             ipam: section,
             config: stdin,
-            cni_path: &env.path,
+            cni_path: &node.cni_path,
             attachment: None,
         };
         match call.run() {

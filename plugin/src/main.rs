@@ -10,6 +10,7 @@ mod fault;
 mod gc;
 mod ipam;
 mod log;
+mod spec;
 mod status;
 mod teardown;
 mod version;
@@ -21,7 +22,7 @@ use portgroup::cni::netconf::{error_version, NetConf, TeardownConf};
 use portgroup::Error;
 use serde_json::Value;
 
-use env::{Command, Env};
+use env::Invocation;
 
 fn main() {
     let mut stdin = Vec::new();
@@ -50,34 +51,33 @@ fn main() {
 }
 
 fn dispatch(stdin: &[u8]) -> Result<Option<Value>, Error> {
-    let command = Env::command_from_env()?;
-    if command == Command::Version {
+    let invocation = Invocation::from_env()?;
+    if let Invocation::Version = invocation {
         return Ok(Some(version::version(stdin)));
     }
-    let env = Env::from_env(command)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::system("starting the runtime", e))?;
     // The config is validated before the log file it names is opened.
-    if command == Command::Del {
+    if let Invocation::Del(call) = &invocation {
         let conf = TeardownConf::parse(stdin)?;
         if let Some(name) = &conf.log_file {
             log::open_file(name);
         }
-        return runtime.block_on(del::del(&env, &conf, stdin)).map(|_| None);
+        return runtime.block_on(del::del(call, &conf, stdin)).map(|_| None);
     }
     let conf = NetConf::parse(stdin)?;
     if let Some(name) = &conf.log_file {
         log::open_file(name);
     }
     runtime.block_on(async {
-        match command {
-            Command::Add => add::add(&env, &conf, stdin).await.map(Some),
-            Command::Check => check::check(&env, &conf, stdin).await.map(|_| None),
-            Command::Status => status::status(&env, &conf, stdin).await.map(|_| None),
-            Command::Gc => gc::gc(&env, &conf, stdin).await.map(|_| None),
-            Command::Del | Command::Version => Ok(None),
+        match &invocation {
+            Invocation::Add(call) => add::add(call, &conf, stdin).await.map(Some),
+            Invocation::Check(call) => check::check(call, &conf, stdin).await.map(|_| None),
+            Invocation::Status(node) => status::status(node, &conf, stdin).await.map(|_| None),
+            Invocation::Gc(node) => gc::gc(node, &conf, stdin).await.map(|_| None),
+            Invocation::Del(_) | Invocation::Version => Ok(None),
         }
     })
 }

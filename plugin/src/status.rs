@@ -8,10 +8,10 @@ use portgroup::paths::RunDir;
 use portgroup::state::read_ready_portgroup;
 use portgroup::Error;
 
-use crate::env::Env;
+use crate::env::Node;
 use crate::ipam;
 
-pub async fn status(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
+pub async fn status(node: &Node, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
     conf.cni_version.require("STATUS", CniVersion::V1_1_0)?;
     let run = RunDir::from_env();
     match &conf.target {
@@ -39,7 +39,7 @@ pub async fn status(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error
             command: "STATUS",
             ipam: section,
             config: stdin,
-            cni_path: &env.path,
+            cni_path: &node.cni_path,
             attachment: None,
         }
         .run()

@@ -2,6 +2,7 @@
 
 pub mod netconf;
 pub mod result;
+pub mod strict_json;
 
 use serde_json::{json, Value};
 

@@ -14,6 +14,16 @@ use crate::mac::MacAddr;
 use crate::nodeconfig::{parse_cidr, validate_portgroup_name, MTU_MAX, MTU_MIN};
 use crate::probe::ProbeConfig;
 
+/// Probe bounds: at most (5 - 1) × 500 ms + 1000 ms = 3 s of listening per ADD,
+/// however many addresses, so a config cannot make an ADD slow.
+pub const PROBE_COUNT_MAX: u64 = 5;
+pub const PROBE_INTERVAL_MS_MAX: u64 = 500;
+pub const PROBE_WAIT_MS_MAX: u64 = 1000;
+
+/// Addresses one attachment may declare (each list: `runtimeConfig.ips`,
+/// `args.cni.ips`, `CNI_ARGS IP=`) or receive from IPAM.
+pub const MAX_ADDRESSES: usize = 256;
+
 /// Where the VM's port goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -124,18 +134,24 @@ impl NetConf {
         let defaults = ProbeConfig::default();
         let probe = ProbeConfig {
             count: probe_section
-                .opt_u64_named("probe.count", "count")?
-                .map(|c| c.clamp(1, 10) as u32)
+                .bounded_u64("probe.count", "count", PROBE_COUNT_MAX)?
+                .map(|c| c as u32)
                 .unwrap_or(defaults.count),
             interval: probe_section
-                .opt_u64_named("probe.intervalMs", "intervalMs")?
-                .map(|ms| Duration::from_millis(ms.min(5000)))
+                .bounded_u64("probe.intervalMs", "intervalMs", PROBE_INTERVAL_MS_MAX)?
+                .map(Duration::from_millis)
                 .unwrap_or(defaults.interval),
             wait: probe_section
-                .opt_u64_named("probe.waitMs", "waitMs")?
-                .map(|ms| Duration::from_millis(ms.min(10_000)))
+                .bounded_u64("probe.waitMs", "waitMs", PROBE_WAIT_MS_MAX)?
+                .map(Duration::from_millis)
                 .unwrap_or(defaults.wait),
         };
+        if probe.count == 0 {
+            return Err(Error::invalid_config(
+                "probe.count",
+                "must be at least 1; set conflictProbe to false to probe nothing",
+            ));
+        }
 
         let prev_result = match root.get("prevResult") {
             None | Some(Value::Null) => None,
@@ -168,8 +184,10 @@ impl NetConf {
 }
 
 impl TeardownConf {
+    /// Lenient: DEL must go through for a config ADD refused (duplicate keys
+    /// included), as long as it is JSON.
     pub fn parse(bytes: &[u8]) -> Result<TeardownConf, Error> {
-        let root = decode(bytes)?;
+        let root = decode_with(serde_json::from_slice(bytes))?;
         let (ipam, ignored_ipam) = match ipam_section(root.get("ipam")) {
             Ok(ipam) => (ipam, None),
             Err(e) => (None, Some(e.to_string())),
@@ -200,8 +218,13 @@ pub fn error_version(bytes: &[u8]) -> String {
         .unwrap_or_else(|| LATEST_VERSION.to_string())
 }
 
+/// The config as a JSON object, refusing duplicate keys (see `strict_json`).
 fn decode(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
-    match serde_json::from_slice::<Value>(bytes) {
+    decode_with(crate::cni::strict_json::from_slice(bytes))
+}
+
+fn decode_with(parsed: serde_json::Result<Value>) -> Result<Map<String, Value>, Error> {
+    match parsed {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(Error::Decode {
             what: "network configuration",
@@ -413,6 +436,16 @@ impl<'a> Fields<'a> {
         }
     }
 
+    fn bounded_u64(&self, field: &str, key: &str, max: u64) -> Result<Option<u64>, Error> {
+        match self.opt_u64_named(field, key)? {
+            Some(v) if v > max => Err(Error::invalid_config(
+                field,
+                format!("must be at most {max}, got {v}"),
+            )),
+            other => Ok(other),
+        }
+    }
+
     fn opt_u64(&self, key: &str) -> Result<Option<u64>, Error> {
         self.opt_u64_named(key, key)
     }
@@ -452,6 +485,15 @@ impl<'a> Fields<'a> {
         let items = match self.0.get(key) {
             None | Some(Value::Null) => return Ok(None),
             Some(Value::Array(items)) if items.is_empty() => return Ok(None),
+            Some(Value::Array(items)) if items.len() > MAX_ADDRESSES => {
+                return Err(Error::invalid_config(
+                    field,
+                    format!(
+                        "{} addresses; an attachment may have at most {MAX_ADDRESSES}",
+                        items.len()
+                    ),
+                ))
+            }
             Some(Value::Array(items)) => items,
             Some(other) => {
                 return Err(Error::invalid_config(

@@ -96,7 +96,13 @@ impl Links for RtLinks {
             .mtu(mtu)
             .link_group(LINK_GROUP)
             .build();
-        self.add(message).await
+        self.add(message).await?;
+        // Set again once it exists: an MTU given at creation still follows the
+        // smallest port's, one set on the bridge is kept whatever ports join.
+        match self.index_of(name).await? {
+            Some(index) => self.set_mtu(index, mtu).await,
+            None => Ok(()),
+        }
     }
 
     async fn set_alias(&self, index: u32, alias: &str) -> Result<(), LinkError> {
