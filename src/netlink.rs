@@ -169,14 +169,12 @@ impl Netlink {
         }
     }
 
-    /// Creates a veth pair in one request: the host end `host` on bridge `controller`,
-    /// up; the pod end `peer` made directly inside `peer_netns`, with its MAC and MTU.
-    /// Nothing ever exists half-made in the wrong namespace. The pod end stays down:
-    /// the kernel refuses to open a veth end before its peer is linked (ENOTCONN), so
-    /// the caller brings it up with [`Netlink::set_up`] from inside the pod netns.
-    #[allow(clippy::too_many_arguments)]
-    /// Creates a veth pair: the host end on its bridge, up, at the bridge's MTU (so
-    /// the bridge's own MTU never moves), the pod end in the pod's namespace.
+    /// Creates a veth pair in one request: the host end on its bridge, up, at the
+    /// bridge's MTU (so the bridge's own MTU never moves); the pod end made directly
+    /// inside the pod's netns, with its MAC and MTU. Nothing ever exists half-made in
+    /// the wrong namespace. The pod end stays down: the kernel refuses to open a veth
+    /// end before its peer is linked (ENOTCONN), so the caller brings it up with
+    /// [`Netlink::set_up`] from inside the pod netns.
     pub async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), rtnetlink::Error> {
         let peer_builder = LinkMessageBuilder::<LinkUnspec>::new()
             .name(spec.pod_name.to_string())
