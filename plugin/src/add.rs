@@ -33,6 +33,7 @@ pub async fn add(call: &Pod, conf: &NetConf, stdin: &[u8]) -> Result<Value, Erro
     let run = RunDir::from_env();
     let nl = Netlink::connect().map_err(|e| Error::system("opening netlink", e))?;
     let target = bridge::resolve(&nl, conf, &run).await?;
+    let owners = bridge::mac_owners(&run, spec::choose_mac(conf, &call.node.args)?)?;
     let spec = spec::resolve(
         &Request {
             conf,
@@ -40,7 +41,7 @@ pub async fn add(call: &Pod, conf: &NetConf, stdin: &[u8]) -> Result<Value, Erro
             container_id: &call.container_id,
             ifname: &call.ifname,
         },
-        &target.place(),
+        &target.place(&owners),
         MacAddr::random_local(),
     )?;
     let pod_ns = netns::open(std::path::Path::new(&call.netns))
@@ -94,6 +95,7 @@ pub async fn add(call: &Pod, conf: &NetConf, stdin: &[u8]) -> Result<Value, Erro
 
     let attempt = Attempt {
         call,
+        run: &run,
         conf,
         stdin,
         target: &target,
@@ -177,6 +179,7 @@ impl UndoLog<'_> {
 
 struct Attempt<'a> {
     call: &'a Pod,
+    run: &'a RunDir,
     conf: &'a NetConf,
     stdin: &'a [u8],
     target: &'a Resolved,
@@ -299,8 +302,25 @@ impl Attempt<'_> {
                 });
             }
             if let Some(own) = answers.first() {
-                // Only a pod the portgroup's namespaces admit gets this far with
-                // this MAC (see spec::resolve).
+                // A reserved MAC reached here only from its portgroups' namespaces
+                // (spec::resolve). Where the answering attachment is on this node,
+                // its record says its namespace: a takeover from another is refused.
+                if let Some(holder) = self.live_here_elsewhere() {
+                    return Err(Error::NamespaceNotAllowed {
+                        what: format!(
+                            "taking over MAC {} from attachment {}/{} on this node",
+                            spec.mac, holder.container_id, holder.ifname
+                        ),
+                        namespace: spec::shown_namespace(spec.namespace.as_deref()),
+                        portgroup: self
+                            .target
+                            .portgroup
+                            .as_ref()
+                            .map_or(&self.target.bridge.name, |pg| &pg.name)
+                            .clone(),
+                        allowed: spec::shown_namespace(holder.namespace.as_deref()),
+                    });
+                }
                 tracing::info!(
                     "{} answered from the VM's own MAC {}: live migration in progress, going on",
                     own.ip,
@@ -312,6 +332,16 @@ impl Attempt<'_> {
         fault::point("probed");
         let result = self.result(host_mac, ips, routes, dns);
         Ok((result.to_json(conf.cni_version), assigned))
+    }
+
+    /// Another attachment on this node with this MAC, of another namespace.
+    fn live_here_elsewhere(&self) -> Option<Record> {
+        let (records, _) = attachment::list(&self.run.attachments_dir());
+        records.into_iter().find(|r| {
+            r.mac == self.spec.mac
+                && (r.container_id != self.call.container_id || r.ifname != self.call.ifname)
+                && r.namespace != self.spec.namespace
+        })
     }
 
     async fn explain_create_failure(&self, e: rtnetlink::Error) -> Error {

@@ -2,9 +2,12 @@
 //! state, or the admin's bridge by name. The plugin never creates a bridge.
 
 use portgroup::cni::netconf::{NetConf, Target};
+use portgroup::mac::MacAddr;
 use portgroup::netlink::{LinkSummary, Netlink};
 use portgroup::paths::RunDir;
-use portgroup::state::{read_ready_portgroup, NodeState, PortgroupState};
+use portgroup::state::{
+    read_mac_owners, read_ready_portgroup, MacOwner, NodeState, PortgroupState,
+};
 use portgroup::Error;
 
 use crate::spec::Place;
@@ -25,14 +28,16 @@ impl Resolved {
         }
     }
 
-    /// What the attachment spec needs to know of the place.
-    pub fn place(&self) -> Place<'_> {
+    /// What the attachment spec needs to know of the place; `mac_owners` are the
+    /// portgroups reserving the requested MAC (see [`mac_owners`]).
+    pub fn place<'a>(&'a self, mac_owners: &'a [MacOwner]) -> Place<'a> {
         Place {
             bridge: &self.bridge.name,
             bridge_mtu: self.bridge.mtu,
             bridge_alias: self.bridge.alias.as_deref(),
             portgroup: self.portgroup.as_ref(),
             allowed_bridges: self.allowed_bridges.as_deref(),
+            mac_owners,
         }
     }
 }
@@ -89,5 +94,14 @@ async fn lookup(nl: &Netlink, name: &str) -> Result<Option<LinkSummary>, Error> 
             link.kind.as_deref().unwrap_or("physical")
         ))),
         other => Ok(other),
+    }
+}
+
+/// Which portgroups on this node reserve `mac` (one small file, written by
+/// portgroupd): none without portgroupd, or when no MAC is requested.
+pub fn mac_owners(run: &RunDir, mac: Option<MacAddr>) -> Result<Vec<MacOwner>, Error> {
+    match mac {
+        Some(mac) => read_mac_owners(run, mac),
+        None => Ok(Vec::new()),
     }
 }

@@ -35,6 +35,8 @@ pub async fn check(call: &Pod, conf: &NetConf, stdin: &[u8]) -> Result<(), Error
     let target = bridge::resolve(&nl, conf, &run).await?;
     // What ADD would make of this config now, the MAC falling back to the recorded
     // one (a random MAC is chosen once), compared with what the record says it made.
+    let requested = spec::choose_mac(conf, &call.node.args)?.unwrap_or(record.mac);
+    let owners = bridge::mac_owners(&run, Some(requested))?;
     let spec = spec::resolve(
         &Request {
             conf,
@@ -42,7 +44,7 @@ pub async fn check(call: &Pod, conf: &NetConf, stdin: &[u8]) -> Result<(), Error
             container_id,
             ifname,
         },
-        &target.place(),
+        &target.place(&owners),
         record.mac,
     )?;
     if spec.mac != record.mac {

@@ -14,8 +14,9 @@ use portgroup::cni::netconf::{NetConf, MAX_ADDRESSES};
 use portgroup::mac::MacAddr;
 use portgroup::naming::host_veth_name;
 use portgroup::nodeconfig::parse_cidr;
+use portgroup::nodeconfig::AttachPolicy;
 use portgroup::probe::ProbeConfig;
-use portgroup::state::PortgroupState;
+use portgroup::state::{MacOwner, PortgroupState};
 use portgroup::Error;
 use serde_json::Value;
 
@@ -39,6 +40,8 @@ pub struct Place<'a> {
     pub portgroup: Option<&'a PortgroupState>,
     /// `allowedBridges` of the node config (`bridge:` mode on a node running portgroupd).
     pub allowed_bridges: Option<&'a [String]>,
+    /// The portgroups on this node reserving the MAC the request names, if any.
+    pub mac_owners: &'a [MacOwner],
 }
 
 /// Where the pod's addresses come from.
@@ -120,6 +123,7 @@ pub fn resolve(req: &Request, place: &Place, fallback_mac: MacAddr) -> Result<Sp
         None => admit_bridge(place)?,
     }
     let mac = choose_mac(conf, req.args)?.unwrap_or(fallback_mac);
+    admit_mac_owner(mac, namespace.as_deref(), place.mac_owners)?;
     let reservation = place.portgroup.and_then(|pg| pg.reservation_for(mac));
     let strict_portgroup = place
         .portgroup
@@ -188,10 +192,7 @@ fn admit_namespace(pg: &PortgroupState, namespace: Option<&str>) -> Result<(), E
     }
     Err(Error::NamespaceNotAllowed {
         what: "attaching".into(),
-        namespace: match namespace {
-            Some(ns) => format!("{ns:?}"),
-            None => "(none: the runtime sent no K8S_POD_NAMESPACE)".into(),
-        },
+        namespace: shown_namespace(namespace),
         portgroup: pg.name.clone(),
         allowed: pg
             .policy
@@ -200,6 +201,47 @@ fn admit_namespace(pg: &PortgroupState, namespace: Option<&str>) -> Result<(), E
             .unwrap_or_default()
             .join(", "),
     })
+}
+
+/// A reserved MAC belongs to the namespaces of the portgroups reserving it, whatever
+/// the pod attaches to: another namespace cannot take a VM's MAC elsewhere.
+fn admit_mac_owner(
+    mac: MacAddr,
+    namespace: Option<&str>,
+    owners: &[MacOwner],
+) -> Result<(), Error> {
+    let allowed_by = |owner: &MacOwner| {
+        AttachPolicy {
+            namespaces: owner.namespaces.clone(),
+            ..Default::default()
+        }
+        .allows_namespace(namespace)
+    };
+    if owners.is_empty() || owners.iter().any(allowed_by) {
+        return Ok(());
+    }
+    Err(Error::NamespaceNotAllowed {
+        what: format!("using MAC {mac}, which it reserves"),
+        namespace: shown_namespace(namespace),
+        portgroup: owners
+            .iter()
+            .map(|o| o.portgroup.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        allowed: owners
+            .iter()
+            .flat_map(|o| o.namespaces.iter().flatten().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// A namespace as messages show it.
+pub fn shown_namespace(namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) => format!("{ns:?}"),
+        None => "(none: the runtime sent no K8S_POD_NAMESPACE)".into(),
+    }
 }
 
 /// `bridge:` mode: never a bridge portgroupd owns (that is a portgroup's, with its
@@ -335,6 +377,17 @@ mod tests {
         alias: Option<&str>,
         allowed: Option<&[String]>,
     ) -> Result<Spec, Error> {
+        run_owned(conf, cni_args, pg, alias, allowed, &[])
+    }
+
+    fn run_owned(
+        conf: &NetConf,
+        cni_args: &str,
+        pg: Option<&PortgroupState>,
+        alias: Option<&str>,
+        allowed: Option<&[String]>,
+        owners: &[MacOwner],
+    ) -> Result<Spec, Error> {
         let a = args(cni_args);
         resolve(
             &Request {
@@ -349,6 +402,7 @@ mod tests {
                 bridge_alias: alias,
                 portgroup: pg,
                 allowed_bridges: allowed,
+                mac_owners: owners,
             },
             FALLBACK.parse().unwrap(),
         )
@@ -524,6 +578,57 @@ mod tests {
                 .code(),
             code::NAMESPACE_NOT_ALLOWED
         );
+    }
+
+    #[test]
+    fn a_reserved_mac_belongs_to_its_portgroups_namespaces_everywhere() {
+        let owners = [
+            MacOwner {
+                portgroup: "db".into(),
+                namespaces: Some(vec!["db".into()]),
+            },
+            MacOwner {
+                portgroup: "db-dr".into(),
+                namespaces: Some(vec!["dr-*".into()]),
+            },
+        ];
+        let open = portgroup(false, json!({}));
+        let c = conf(json!({"runtimeConfig": {"mac": "00:50:56:00:00:07"}}));
+        let cases: &[(&str, Option<u32>)] = &[
+            ("K8S_POD_NAMESPACE=db", None),
+            ("K8S_POD_NAMESPACE=dr-east", None),
+            ("K8S_POD_NAMESPACE=web", Some(code::NAMESPACE_NOT_ALLOWED)),
+            ("", Some(code::NAMESPACE_NOT_ALLOWED)),
+        ];
+        for (cni_args, want) in cases {
+            // On another portgroup, and in bridge: mode, alike.
+            for pg in [Some(&open), None] {
+                let conf = if pg.is_some() {
+                    c.clone()
+                } else {
+                    bridge_conf(json!({"runtimeConfig": {"mac": "00:50:56:00:00:07"}}))
+                };
+                let got = run_owned(&conf, cni_args, pg, None, None, &owners);
+                assert_eq!(
+                    got.as_ref().err().map(Error::code),
+                    *want,
+                    "{cni_args}: {got:?}"
+                );
+                if let Err(e) = got {
+                    let text = e.to_string();
+                    assert!(
+                        text.contains("00:50:56:00:00:07") && text.contains("db, db-dr"),
+                        "{text}"
+                    );
+                }
+            }
+        }
+        // A MAC reserved for any namespace is anyone's, as before.
+        let anyone = [MacOwner {
+            portgroup: "web".into(),
+            namespaces: None,
+        }];
+        assert!(run_owned(&c, "K8S_POD_NAMESPACE=x", Some(&open), None, None, &anyone).is_ok());
     }
 
     #[test]

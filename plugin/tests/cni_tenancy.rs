@@ -367,3 +367,83 @@ fn long_container_ids_and_colliding_record_names() {
     assert_eq!(lab.cni("DEL", &c, &first).code, 0);
     lab.assert_clean(&["br0"]);
 }
+
+#[test]
+fn a_live_mac_on_this_node_is_no_other_namespaces_migration() {
+    let mut lab = Lab::new();
+    let source_pod = lab.pod();
+    let target_pod = lab.pod();
+    let (source_path, target_path) = (Lab::netns_path(&source_pod), Lab::netns_path(&target_pod));
+    lab.write_state(&state(json!({"reservations": []}), json!({})));
+    let vm = |extra: Value| {
+        let mut c = portgroup_conf(
+            json!({"runtimeConfig": {"mac": "00:50:56:aa:bb:77", "ips": ["10.10.100.77/24"]}}),
+        );
+        merge(&mut c, extra);
+        c
+    };
+    // The running VM, in namespace team-a, answering for its address.
+    let source = vm(json!({"conflictProbe": false}));
+    let a = multus_args("team-a");
+    let mut source_env = Lab::attach_env("src", &source_path, "net1");
+    source_env.push(("CNI_ARGS", &a));
+    let add = lab.cni("ADD", &source, &source_env);
+    assert_eq!(add.code, 0, "{}", add.stdout);
+
+    // Another namespace claiming that MAC: the probe hears the VM, and the record of
+    // the VM here says whose it is.
+    let target = vm(json!({"linkDown": true, "conflictProbe": true, "logLevel": "info"}));
+    let b = multus_args("team-b");
+    let mut env = Lab::attach_env("dst", &target_path, "net1");
+    env.push(("CNI_ARGS", &b));
+    let add = lab.cni("ADD", &target, &env);
+    assert_eq!(add.cni_code(), 108, "{} {}", add.stdout, add.stderr);
+    assert!(
+        add.stdout.contains("team-a") && add.stdout.contains("team-b"),
+        "{}",
+        add.stdout
+    );
+    assert_eq!(lab.records().len(), 1);
+
+    // The same namespace: a live migration, as before.
+    env.pop();
+    env.push(("CNI_ARGS", &a));
+    let add = lab.cni("ADD", &target, &env);
+    assert_eq!(add.code, 0, "{} {}", add.stdout, add.stderr);
+    assert!(add.stderr.contains("live migration"), "{}", add.stderr);
+    assert_eq!(lab.cni("DEL", &target, &env).code, 0);
+    assert_eq!(lab.cni("DEL", &source, &source_env).code, 0);
+    lab.assert_clean(&["br0"]);
+}
+
+#[test]
+fn a_reserved_mac_cannot_be_taken_through_another_portgroup() {
+    let (lab, _pod, path) = Lab::with_pod();
+    lab.add_bridge("br1");
+    // prod-web (br0) reserves the VM's MAC for team-a; open (br1) admits anyone.
+    let mut s = state(json!({"namespaces": ["team-a"]}), json!({}));
+    s["portgroups"].as_array_mut().unwrap().push(json!({
+        "name": "open", "vlan": 300, "uplink": "eth1", "bridge": "br1",
+        "vlanInterface": "pgv0000.300", "mtu": 1500, "ready": true, "reason": null
+    }));
+    lab.write_state(&s);
+    let b = multus_args("team-b");
+    let mut env = Lab::attach_env("c1", &path, "net1");
+    env.push(("CNI_ARGS", &b));
+    let via_open = portgroup_conf(json!({"portgroup": "open", "runtimeConfig": {"mac": VM_MAC}}));
+    let add = lab.cni("ADD", &via_open, &env);
+    assert_eq!(add.cni_code(), 108, "{}", add.stdout);
+    assert!(add.stdout.contains("prod-web"), "{}", add.stdout);
+    let via_bridge = conf(
+        "1.0.0",
+        json!({"bridge": "br1", "runtimeConfig": {"mac": VM_MAC}}),
+    );
+    assert_eq!(lab.cni("ADD", &via_bridge, &env).cni_code(), 108);
+    lab.assert_clean(&["br0", "br1"]);
+    // Another MAC through the open portgroup is fine.
+    let free =
+        portgroup_conf(json!({"portgroup": "open", "runtimeConfig": {"mac": "00:50:56:aa:bb:99"}}));
+    assert_eq!(lab.cni("ADD", &free, &env).code, 0);
+    assert_eq!(lab.cni("DEL", &free, &env).code, 0);
+    lab.assert_clean(&["br0", "br1"]);
+}
