@@ -15,7 +15,7 @@ use portgroup::{netns, portsec, probe, Error};
 use serde_json::Value;
 
 use crate::bridge::{self, Resolved};
-use crate::env::Pod;
+use crate::env::{Call, Pod};
 use crate::fault;
 use crate::ipam;
 use crate::spec::{self, Addresses, Request, Spec};
@@ -29,7 +29,8 @@ fn host_side_mac() -> MacAddr {
     mac
 }
 
-pub async fn add(call: &Pod, conf: &NetConf, stdin: &[u8]) -> Result<Value, Error> {
+pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
+    let (call, conf, stdin) = (&cmd.env, &cmd.conf, cmd.stdin);
     let run = RunDir::from_env();
     let nl = Netlink::connect().map_err(|e| Error::system("opening netlink", e))?;
     let target = bridge::resolve(&nl, conf, &run).await?;

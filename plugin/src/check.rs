@@ -12,11 +12,12 @@ use portgroup::paths::RunDir;
 use portgroup::{netns, portsec, Error};
 
 use crate::bridge;
-use crate::env::Pod;
+use crate::env::{Call, Pod};
 use crate::ipam;
 use crate::spec::{self, Request};
 
-pub async fn check(call: &Pod, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
+pub async fn check(cmd: &Call<'_, Pod, NetConf>) -> Result<(), Error> {
+    let (call, conf, stdin) = (&cmd.env, &cmd.conf, cmd.stdin);
     conf.cni_version.require("CHECK", CniVersion::V0_4_0)?;
     let (container_id, ifname) = (call.container_id.as_str(), call.ifname.as_str());
     let netns_path = call.netns.as_str();

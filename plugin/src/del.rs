@@ -6,10 +6,11 @@ use portgroup::netlink::Netlink;
 use portgroup::paths::RunDir;
 use portgroup::Error;
 
-use crate::env::Teardown as DelCall;
+use crate::env::{Call, Teardown as DelCall};
 use crate::teardown::Teardown;
 
-pub async fn del(call: &DelCall, conf: &TeardownConf, stdin: &[u8]) -> Result<(), Error> {
+pub async fn del(cmd: &Call<'_, DelCall, TeardownConf>) -> Result<(), Error> {
+    let (call, conf, stdin) = (&cmd.env, &cmd.conf, cmd.stdin);
     let (container_id, ifname) = (call.container_id.as_str(), call.ifname.as_str());
     let run = RunDir::from_env();
     let nl = Netlink::connect().map_err(|e| Error::system("opening netlink", e))?;

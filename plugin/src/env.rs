@@ -51,6 +51,15 @@ pub struct Teardown {
     pub node: Node,
 }
 
+/// One command as a handler receives it: its environment, checked once; its
+/// network config, validated once; and the config's bytes, which delegated IPAM
+/// plugins read as the spec has them.
+pub struct Call<'a, E, C> {
+    pub env: E,
+    pub conf: C,
+    pub stdin: &'a [u8],
+}
+
 /// One CNI command with the environment it needs, checked once when built.
 #[derive(Debug, Clone)]
 pub enum Invocation {

@@ -8,11 +8,12 @@ use portgroup::netlink::Netlink;
 use portgroup::paths::RunDir;
 use portgroup::Error;
 
-use crate::env::Node;
+use crate::env::{Call, Node};
 use crate::ipam;
 use crate::teardown::Teardown;
 
-pub async fn gc(node: &Node, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
+pub async fn gc(cmd: &Call<'_, Node, NetConf>) -> Result<(), Error> {
+    let (node, conf, stdin) = (&cmd.env, &cmd.conf, cmd.stdin);
     conf.cni_version.require("GC", CniVersion::V1_1_0)?;
     let valid = conf.valid_attachments.clone().unwrap_or_default();
     let run = RunDir::from_env();

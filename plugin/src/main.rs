@@ -22,7 +22,7 @@ use portgroup::cni::netconf::{error_version, NetConf, TeardownConf};
 use portgroup::Error;
 use serde_json::Value;
 
-use env::Invocation;
+use env::{Call, Invocation};
 
 fn main() {
     let mut stdin = Vec::new();
@@ -60,23 +60,26 @@ fn dispatch(stdin: &[u8]) -> Result<Option<Value>, Error> {
         .build()
         .map_err(|e| Error::system("starting the runtime", e))?;
     // The config is validated before the log file it names is opened.
-    if let Invocation::Del(call) = &invocation {
+    if let Invocation::Del(env) = invocation {
         let conf = TeardownConf::parse(stdin)?;
         if let Some(name) = &conf.log_file {
             log::open_file(name);
         }
-        return runtime.block_on(del::del(call, &conf, stdin)).map(|_| None);
+        let call = Call { env, conf, stdin };
+        return runtime.block_on(del::del(&call)).map(|_| None);
     }
     let conf = NetConf::parse(stdin)?;
     if let Some(name) = &conf.log_file {
         log::open_file(name);
     }
     runtime.block_on(async {
-        match &invocation {
-            Invocation::Add(call) => add::add(call, &conf, stdin).await.map(Some),
-            Invocation::Check(call) => check::check(call, &conf, stdin).await.map(|_| None),
-            Invocation::Status(node) => status::status(node, &conf, stdin).await.map(|_| None),
-            Invocation::Gc(node) => gc::gc(node, &conf, stdin).await.map(|_| None),
+        match invocation {
+            Invocation::Add(env) => add::add(&Call { env, conf, stdin }).await.map(Some),
+            Invocation::Check(env) => check::check(&Call { env, conf, stdin }).await.map(|_| None),
+            Invocation::Status(env) => status::status(&Call { env, conf, stdin })
+                .await
+                .map(|_| None),
+            Invocation::Gc(env) => gc::gc(&Call { env, conf, stdin }).await.map(|_| None),
             Invocation::Del(_) | Invocation::Version => Ok(None),
         }
     })

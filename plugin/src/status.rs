@@ -8,10 +8,11 @@ use portgroup::paths::RunDir;
 use portgroup::state::read_ready_portgroup;
 use portgroup::Error;
 
-use crate::env::Node;
+use crate::env::{Call, Node};
 use crate::ipam;
 
-pub async fn status(node: &Node, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
+pub async fn status(cmd: &Call<'_, Node, NetConf>) -> Result<(), Error> {
+    let (node, conf, stdin) = (&cmd.env, &cmd.conf, cmd.stdin);
     conf.cni_version.require("STATUS", CniVersion::V1_1_0)?;
     let run = RunDir::from_env();
     match &conf.target {
