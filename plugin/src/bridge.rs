@@ -75,7 +75,7 @@ pub async fn resolve(nl: &Netlink, conf: &NetConf, run: &RunDir) -> Result<Resol
 
 /// Without portgroupd (a lab, podman) there is no node state and `bridge:` mode is
 /// the admin's alone; with one, the node config's `allowedBridges` applies.
-fn node_allowed_bridges(run: &RunDir) -> Result<Option<Vec<String>>, Error> {
+pub fn node_allowed_bridges(run: &RunDir) -> Result<Option<Vec<String>>, Error> {
     let path = run.state_file();
     if !path.exists() {
         return Ok(None);

@@ -247,23 +247,29 @@ pub fn shown_namespace(namespace: Option<&str>) -> String {
 /// `bridge:` mode: never a bridge portgroupd owns (that is a portgroup's, with its
 /// own tenancy), and only a listed one where the node config lists them.
 fn admit_bridge(place: &Place) -> Result<(), Error> {
-    if portgroup::naming::is_owned(place.bridge_alias) {
+    admit_bridge_mode(place.bridge, place.bridge_alias, place.allowed_bridges)
+}
+
+/// The `bridge:` mode rule on its own, for STATUS as well as ADD and CHECK.
+pub fn admit_bridge_mode(
+    bridge: &str,
+    alias: Option<&str>,
+    allowed_bridges: Option<&[String]>,
+) -> Result<(), Error> {
+    if portgroup::naming::is_owned(alias) {
         return Err(Error::NotPermitted(format!(
-            "bridge: {} belongs to portgroupd ({}); attach to it with \"portgroup\" instead",
-            place.bridge,
-            place.bridge_alias.unwrap_or_default()
+            "bridge: {bridge} belongs to portgroupd ({}); attach to it with \"portgroup\" instead",
+            alias.unwrap_or_default()
         )));
     }
-    match place.allowed_bridges {
+    match allowed_bridges {
         None => Ok(()),
         Some([]) => Err(Error::NotPermitted(format!(
-            "bridge: {}: bridge mode is turned off on this node (allowedBridges is empty); use \"portgroup\"",
-            place.bridge
+            "bridge: {bridge}: bridge mode is turned off on this node (allowedBridges is empty); use \"portgroup\""
         ))),
-        Some(list) if list.iter().any(|b| b == place.bridge) => Ok(()),
+        Some(list) if list.iter().any(|b| b == bridge) => Ok(()),
         Some(list) => Err(Error::NotPermitted(format!(
-            "bridge: {} is not one of the node's allowedBridges ({})",
-            place.bridge,
+            "bridge: {bridge} is not one of the node's allowedBridges ({})",
             list.join(", ")
         ))),
     }

@@ -22,7 +22,11 @@ pub async fn status(cmd: &Call<'_, Node, NetConf>) -> Result<(), Error> {
         Target::Bridge(name) => {
             let nl = Netlink::connect().map_err(|e| Error::system("opening netlink", e))?;
             match nl.link_by_name(name).await {
-                Ok(Some(link)) if link.is_kind("bridge") => {}
+                Ok(Some(link)) if link.is_kind("bridge") => {
+                    let allowed = crate::bridge::node_allowed_bridges(&run)?;
+                    crate::spec::admit_bridge_mode(name, link.alias.as_deref(), allowed.as_deref())
+                        .map_err(|e| Error::NotAvailable(e.to_string()))?;
+                }
                 Ok(Some(_)) => return Err(Error::NotAvailable(format!("{name} is not a bridge"))),
                 Ok(None) => {
                     return Err(Error::NotAvailable(format!("bridge {name} does not exist")))

@@ -178,6 +178,19 @@ fn bridge_mode_never_takes_a_portgroupd_bridge() {
     assert_eq!(lab.cni("DEL", &br1, &env).code, 0);
     lab.write_state(&state(json!({}), json!({"allowedBridges": []})));
     assert_eq!(lab.cni("ADD", &br1, &env).cni_code(), 109);
+    // STATUS says so too, for the owned bridge and for one bridge mode may not use.
+    let mut status = br1.clone();
+    status["cniVersion"] = "1.1.0".into();
+    assert_eq!(lab.cni("STATUS", &status, &[]).cni_code(), 50);
+    let mut owned = c.clone();
+    owned["cniVersion"] = "1.1.0".into();
+    let out = lab.cni("STATUS", &owned, &[]);
+    assert_eq!(out.cni_code(), 50, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("belongs to portgroupd"),
+        "{}",
+        out.stdout
+    );
     lab.assert_clean(&["br0", "br1", "pgbr1a2b.200"]);
 }
 
