@@ -293,10 +293,13 @@ pub fn choose_mac(conf: &NetConf, args: &CniArgs) -> Result<Option<MacAddr>, Err
 /// `CNI_ARGS` `IP=`. None means "ask IPAM, if configured" — with an `ipam` section
 /// requested addresses are the IPAM plugin's to honour, so none are ours.
 pub fn declared_ips(conf: &NetConf, args: &CniArgs) -> Result<Option<Vec<IpNetwork>>, Error> {
+    if conf.ipam.is_some() {
+        return Ok(None);
+    }
     if let Some(ips) = conf.runtime_ips.as_ref().or(conf.args_ips.as_ref()) {
         return Ok(Some(ips.clone()));
     }
-    if conf.ipam.is_some() || args.ips.is_empty() {
+    if args.ips.is_empty() {
         return Ok(None);
     }
     if args.ips.len() > MAX_ADDRESSES {

@@ -46,6 +46,8 @@ pub struct NetConf {
     /// The delegated IPAM section; its `type` is a plugin in CNI_PATH.
     pub ipam: Option<Value>,
     pub runtime_mac: Option<MacAddr>,
+    /// Requested addresses, as given. With an `ipam` section they may be bare (the
+    /// IPAM plugin's to honour); without one each carries its prefix length.
     pub runtime_ips: Option<Vec<IpNetwork>>,
     pub args_mac: Option<MacAddr>,
     pub args_ips: Option<Vec<IpNetwork>>,
@@ -119,9 +121,10 @@ impl NetConf {
 
         let ipam = ipam_section(root.get("ipam"))?;
 
-        // With a delegated IPAM the requested IPs are the IPAM plugin's to honour
-        // (static and host-local read runtimeConfig.ips, bare addresses included);
-        // without one we configure them ourselves, so they need a prefix length.
+        // With a delegated IPAM requested IPs are the IPAM plugin's to honour (static
+        // and host-local read runtimeConfig.ips, bare addresses included); without
+        // one we configure them ourselves, so they need a prefix length. Whose they
+        // are is decided once, by the attachment spec.
         let own_ips = ipam.is_none();
         let runtime = Fields::section(&root, "runtimeConfig")?;
         let runtime_mac = runtime.opt_mac("runtimeConfig.mac", "mac")?;
@@ -169,9 +172,9 @@ impl NetConf {
             probe,
             ipam,
             runtime_mac,
-            runtime_ips: runtime_ips.filter(|_| own_ips),
+            runtime_ips,
             args_mac,
-            args_ips: args_ips.filter(|_| own_ips),
+            args_ips,
             prev_result,
             valid_attachments: valid_attachments(&root)?,
             log_file: get
@@ -715,7 +718,8 @@ mod tests {
             "runtimeConfig": {"ips": ["10.10.100.21", "10.10.100.21"]}
         })))
         .unwrap();
-        assert!(with_ipam.runtime_ips.is_none());
+        // Parsed (bare addresses accepted); whose they are is the attachment spec's call.
+        assert_eq!(with_ipam.runtime_ips.unwrap().len(), 1);
         let bad = NetConf::parse(&with(
             json!({"ipam": {"type": "host-local"}, "runtimeConfig": {"ips": ["nope"]}}),
         ));
