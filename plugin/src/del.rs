@@ -6,10 +6,10 @@ use portgroup::netlink::Netlink;
 use portgroup::paths::RunDir;
 use portgroup::Error;
 
-use crate::env::{Call, Teardown as DelCall};
+use crate::env::{Call, Detach};
 use crate::teardown::Teardown;
 
-pub async fn del(cmd: &Call<'_, DelCall, TeardownConf>) -> Result<(), Error> {
+pub async fn del(cmd: &Call<'_, Detach, TeardownConf>) -> Result<(), Error> {
     let (call, conf, stdin) = (&cmd.env, &cmd.conf, cmd.stdin);
     let (container_id, ifname) = (call.container_id.as_str(), call.ifname.as_str());
     let run = RunDir::from_env();

@@ -45,7 +45,7 @@ pub struct Pod {
 
 /// DEL: one attachment; its namespace may be gone already.
 #[derive(Debug, Clone)]
-pub struct Teardown {
+pub struct Detach {
     pub container_id: String,
     pub ifname: String,
     pub node: Node,
@@ -65,7 +65,7 @@ pub struct Call<'a, E, C> {
 pub enum Invocation {
     Add(Pod),
     Check(Pod),
-    Del(Teardown),
+    Del(Detach),
     Gc(Node),
     Status(Node),
     Version,
@@ -136,7 +136,7 @@ impl Invocation {
             Command::Check => Invocation::Check(pod(node)?),
             Command::Del => {
                 let (container_id, ifname) = ids()?;
-                Invocation::Del(Teardown {
+                Invocation::Del(Detach {
                     container_id,
                     ifname,
                     node,
