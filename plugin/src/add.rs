@@ -335,12 +335,15 @@ impl Attempt<'_> {
         Ok((result.to_json(conf.cni_version), assigned))
     }
 
-    /// Another attachment on this node with this MAC, of another namespace.
+    /// Another attachment on this node with this MAC, of another namespace. A record
+    /// with no namespace (written by an older release, or for a runtime that sends
+    /// none) proves nothing either way and is not held against the pod.
     fn live_here_elsewhere(&self) -> Option<Record> {
         let (records, _) = attachment::list(&self.run.attachments_dir());
         records.into_iter().find(|r| {
             r.mac == self.spec.mac
                 && (r.container_id != self.call.container_id || r.ifname != self.call.ifname)
+                && r.namespace.is_some()
                 && r.namespace != self.spec.namespace
         })
     }
