@@ -33,10 +33,52 @@ pub struct Record {
     pub ipam: Option<serde_json::Value>,
     pub cni_version: String,
     pub created_at: String,
+    /// The pod's namespace (K8S_POD_NAMESPACE), when the runtime sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// Longest file name Linux accepts (NAME_MAX).
+const FILE_NAME_MAX: usize = 255;
+/// How much of a long container ID a record's file name keeps, for people.
+const LONG_ID_PREFIX: usize = 100;
+
+/// The record's file name, one per (container ID, ifname) and never two pairs the
+/// same. Container IDs hold only `[A-Za-z0-9_.-]` and ifnames never ':', so:
+/// - `<id>-<ifname>.json`, the usual form, when ifname has no '-' (the pair splits
+///   at the last '-') and the name fits in NAME_MAX;
+/// - `<id>:<ifname>.json` when ifname has a '-' (splits at the only ':');
+/// - `<id prefix>~<tag>:<ifname>.json` for IDs too long for either: '~' occurs in
+///   no other form, and the tag hashes the whole pair.
+pub fn record_file_name(container_id: &str, ifname: &str) -> String {
+    let separator = if ifname.contains('-') { ':' } else { '-' };
+    let name = format!("{container_id}{separator}{ifname}.json");
+    if name.len() <= FILE_NAME_MAX {
+        return name;
+    }
+    let prefix: String = container_id.chars().take(LONG_ID_PREFIX).collect();
+    format!(
+        "{prefix}~{}:{ifname}.json",
+        crate::naming::attachment_tag(container_id, ifname)
+    )
 }
 
 pub fn record_path(dir: &Path, container_id: &str, ifname: &str) -> PathBuf {
-    dir.join(format!("{container_id}-{ifname}.json"))
+    dir.join(record_file_name(container_id, ifname))
+}
+
+/// Where releases before the current naming kept this pair's record, when that
+/// differs from [`record_path`]; read only if its content names this same pair.
+fn legacy_record_path(dir: &Path, container_id: &str, ifname: &str) -> Option<PathBuf> {
+    let name = format!("{container_id}-{ifname}.json");
+    (name.len() <= FILE_NAME_MAX && name != record_file_name(container_id, ifname))
+        .then(|| dir.join(name))
+}
+
+fn read_legacy(dir: &Path, container_id: &str, ifname: &str) -> Option<(PathBuf, Record)> {
+    let path = legacy_record_path(dir, container_id, ifname)?;
+    let record = Record::read(&path).ok()?;
+    (record.container_id == container_id && record.ifname == ifname).then_some((path, record))
 }
 
 impl Record {
@@ -61,9 +103,24 @@ impl Record {
 
     /// Reads the record of one attachment; Ok(None) when there is none.
     pub fn find(dir: &Path, container_id: &str, ifname: &str) -> std::io::Result<Option<Record>> {
-        match Record::read(&record_path(dir, container_id, ifname)) {
-            Ok(record) => Ok(Some(record)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        let path = record_path(dir, container_id, ifname);
+        match Record::read(&path) {
+            Ok(record) if record.container_id == container_id && record.ifname == ifname => {
+                Ok(Some(record))
+            }
+            // Only an older release's "<id>-<ifname>" for an ifname with a '-' can land here.
+            Ok(record) => Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} holds the record of {}/{}, written by an older release; DEL that attachment first",
+                    path.display(),
+                    record.container_id,
+                    record.ifname
+                ),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(read_legacy(dir, container_id, ifname).map(|(_, record)| record))
+            }
             Err(e) => Err(e),
         }
     }
@@ -71,7 +128,16 @@ impl Record {
 
 /// Removes a record; a missing one is fine (DEL is idempotent).
 pub fn remove(dir: &Path, container_id: &str, ifname: &str) -> std::io::Result<()> {
-    match std::fs::remove_file(record_path(dir, container_id, ifname)) {
+    if let Some((path, _)) = read_legacy(dir, container_id, ifname) {
+        let _ = std::fs::remove_file(path);
+    }
+    let path = record_path(dir, container_id, ifname);
+    if let Ok(record) = Record::read(&path) {
+        if record.container_id != container_id || record.ifname != ifname {
+            return Ok(()); // another attachment's, under an older release's name
+        }
+    }
+    match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
@@ -103,6 +169,96 @@ pub fn list(dir: &Path) -> (Vec<Record>, Vec<(PathBuf, String)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn record_names_are_injective_and_fit() {
+        let long = "a".repeat(300);
+        let long2 = format!("{}b", "a".repeat(299));
+        let pairs: Vec<(&str, &str)> = vec![
+            ("a-b", "c"),
+            ("a", "b-c"),
+            ("a", "b"),
+            ("a-b", "c-d"),
+            ("a", "b-c-d"),
+            ("a-b-c", "d"),
+            ("c1", "net1"),
+            ("c1", "net-1"),
+            ("c1-net", "1"),
+            (&long, "net1"),
+            (&long2, "net1"),
+            (&long, "net2"),
+            (&long, "net-1"),
+        ];
+        let mut seen = HashMap::new();
+        for (id, ifname) in &pairs {
+            let name = record_file_name(id, ifname);
+            assert!(name.len() <= FILE_NAME_MAX, "{name}");
+            assert!(!name.contains('/'));
+            if let Some(other) = seen.insert(name.clone(), (id, ifname)) {
+                panic!("{name} for both {other:?} and {:?}", (id, ifname));
+            }
+        }
+        // The usual form is unchanged, so existing records stay where they are.
+        assert_eq!(record_file_name("abc", "net1"), "abc-net1.json");
+        assert_eq!(
+            record_file_name(&"f".repeat(64), "eth0"),
+            format!("{}-eth0.json", "f".repeat(64))
+        );
+    }
+
+    #[test]
+    fn legacy_names_are_found_and_removed() {
+        let dir = std::env::temp_dir().join(format!("pg-records-legacy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut record = sample("c1", "net-1");
+        // A record an older release wrote under "<id>-<ifname>.json".
+        std::fs::write(
+            dir.join("c1-net-1.json"),
+            serde_json::to_vec(&record).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            Record::find(&dir, "c1", "net-1").unwrap(),
+            Some(record.clone())
+        );
+        // The same file name read for another pair is not that pair's record, and
+        // that pair's DEL leaves it alone.
+        assert!(Record::find(&dir, "c1-net", "1").is_err());
+        remove(&dir, "c1-net", "1").unwrap();
+        assert!(dir.join("c1-net-1.json").exists());
+        remove(&dir, "c1", "net-1").unwrap();
+        assert_eq!(Record::find(&dir, "c1", "net-1").unwrap(), None);
+        record.container_id = "x".repeat(300);
+        record.write(&dir).unwrap();
+        assert_eq!(
+            Record::find(&dir, &record.container_id, "net-1").unwrap(),
+            Some(record.clone())
+        );
+        remove(&dir, &record.container_id, "net-1").unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn sample(container_id: &str, ifname: &str) -> Record {
+        Record {
+            container_id: container_id.into(),
+            ifname: ifname.into(),
+            network: "prod-web".into(),
+            netns: "/var/run/netns/x".into(),
+            host_veth: crate::naming::host_veth_name(container_id, ifname),
+            bridge: "br0".into(),
+            portgroup: None,
+            vlan: None,
+            mac: "00:50:56:aa:bb:01".parse().unwrap(),
+            ips: vec![],
+            spoof_check: true,
+            ipam: None,
+            cni_version: "1.1.0".into(),
+            created_at: "2026-11-23T10:00:00Z".into(),
+            namespace: None,
+        }
+    }
 
     #[test]
     fn write_find_list_remove() {
@@ -122,6 +278,7 @@ mod tests {
             ipam: None,
             cni_version: "1.1.0".into(),
             created_at: "2026-11-23T10:00:00Z".into(),
+            namespace: None,
         };
         record.write(&dir).unwrap();
         assert_eq!(

@@ -30,6 +30,11 @@ pub mod code {
     pub const PORT_SECURITY: u32 = 106;
     /// CHECK found the attachment differs from what ADD made.
     pub const CHECK_FAILED: u32 = 107;
+    /// The pod's namespace may not attach to this portgroup (or use this reserved MAC).
+    pub const NAMESPACE_NOT_ALLOWED: u32 = 108;
+    /// The node config does not permit what the network config asks for: a bridge
+    /// for `bridge:` mode, turning off port security or the probe where it is required.
+    pub const NOT_PERMITTED: u32 = 109;
 }
 
 #[derive(Debug, Error)]
@@ -90,6 +95,23 @@ pub enum Error {
         mac: crate::mac::MacAddr,
         portgroup: String,
     },
+    #[error("{ip} is not reserved for MAC {mac} on strict portgroup {portgroup}; only the reservation's addresses may be used there")]
+    IpNotReserved {
+        ip: std::net::IpAddr,
+        mac: crate::mac::MacAddr,
+        portgroup: String,
+    },
+    #[error("{what}: namespace {namespace} may not attach to portgroup {portgroup} (allowed: {allowed})")]
+    NamespaceNotAllowed {
+        /// What was refused: the attachment, or the use of a reserved MAC.
+        what: String,
+        /// The pod's namespace as shown in messages ("(none sent)" when absent).
+        namespace: String,
+        portgroup: String,
+        allowed: String,
+    },
+    #[error("{0}")]
+    NotPermitted(String),
     #[error("port security: {0}")]
     PortSecurity(String),
     #[error("check failed: {0}")]
@@ -118,7 +140,9 @@ impl Error {
                 _ => IPAM_FAILED,
             },
             Error::IpConflict { .. } => IP_CONFLICT,
-            Error::MacNotReserved { .. } => MAC_NOT_RESERVED,
+            Error::MacNotReserved { .. } | Error::IpNotReserved { .. } => MAC_NOT_RESERVED,
+            Error::NamespaceNotAllowed { .. } => NAMESPACE_NOT_ALLOWED,
+            Error::NotPermitted(_) => NOT_PERMITTED,
             Error::PortSecurity(_) => PORT_SECURITY,
             Error::CheckFailed(_) => CHECK_FAILED,
         }
@@ -139,7 +163,9 @@ impl Error {
             code::BRIDGE_UNUSABLE => "bridge unusable",
             code::IPAM_FAILED => "IPAM failed",
             code::IP_CONFLICT => "IP address in use by another MAC",
-            code::MAC_NOT_RESERVED => "MAC not reserved on strict portgroup",
+            code::MAC_NOT_RESERVED => "not reserved on strict portgroup",
+            code::NAMESPACE_NOT_ALLOWED => "namespace not allowed on portgroup",
+            code::NOT_PERMITTED => "not permitted by the node config",
             code::PORT_SECURITY => "port security failed",
             code::CHECK_FAILED => "attachment check failed",
             _ => "system error",

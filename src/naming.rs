@@ -37,6 +37,15 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("pg{:012x}", hash >> 16)
 }
 
+/// 16 hex digits (64 bits) naming one (container ID, ifname) pair, for file names
+/// that must stay short whatever the container ID's length.
+pub fn attachment_tag(container_id: &str, ifname: &str) -> String {
+    format!(
+        "{:016x}",
+        stable_hash(&[container_id.as_bytes(), ifname.as_bytes()])
+    )
+}
+
 fn uplink_tag(uplink: &str) -> String {
     format!("{:04x}", stable_hash(&[uplink.as_bytes()]) >> 48)
 }

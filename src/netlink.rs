@@ -107,6 +107,19 @@ pub mod libc_errno {
     pub const EEXIST: i32 = 17;
 }
 
+/// One veth pair as ADD makes it.
+pub struct VethSpec<'a> {
+    pub host_name: &'a str,
+    pub host_mac: MacAddr,
+    /// The bridge's MTU: a port below it would pull the bridge down with it.
+    pub host_mtu: u32,
+    pub bridge_index: u32,
+    pub pod_name: &'a str,
+    pub pod_mac: MacAddr,
+    pub pod_mtu: u32,
+    pub pod_netns: &'a OwnedFd,
+}
+
 /// A route-netlink connection bound to one namespace.
 #[derive(Clone)]
 pub struct Netlink {
@@ -156,32 +169,23 @@ impl Netlink {
         }
     }
 
-    /// Creates a veth pair in one request: the host end `host` on bridge `controller`,
-    /// up; the pod end `peer` made directly inside `peer_netns`, with its MAC and MTU.
-    /// Nothing ever exists half-made in the wrong namespace. The pod end stays down:
-    /// the kernel refuses to open a veth end before its peer is linked (ENOTCONN), so
-    /// the caller brings it up with [`Netlink::set_up`] from inside the pod netns.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn create_veth(
-        &self,
-        host: &str,
-        controller: u32,
-        mtu: u32,
-        peer: &str,
-        peer_mac: MacAddr,
-        peer_netns: &OwnedFd,
-        host_mac: MacAddr,
-    ) -> Result<(), rtnetlink::Error> {
+    /// Creates a veth pair in one request: the host end on its bridge, up, at the
+    /// bridge's MTU (so the bridge's own MTU never moves); the pod end made directly
+    /// inside the pod's netns, with its MAC and MTU. Nothing ever exists half-made in
+    /// the wrong namespace. The pod end stays down: the kernel refuses to open a veth
+    /// end before its peer is linked (ENOTCONN), so the caller brings it up with
+    /// [`Netlink::set_up`] from inside the pod netns.
+    pub async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), rtnetlink::Error> {
         let peer_builder = LinkMessageBuilder::<LinkUnspec>::new()
-            .name(peer.to_string())
-            .mtu(mtu)
-            .address(peer_mac.0.to_vec())
-            .setns_by_fd(peer_netns.as_raw_fd());
+            .name(spec.pod_name.to_string())
+            .mtu(spec.pod_mtu)
+            .address(spec.pod_mac.0.to_vec())
+            .setns_by_fd(spec.pod_netns.as_raw_fd());
         let message = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
-            .name(host.to_string())
-            .mtu(mtu)
-            .address(host_mac.0.to_vec())
-            .controller(controller)
+            .name(spec.host_name.to_string())
+            .mtu(spec.host_mtu)
+            .address(spec.host_mac.0.to_vec())
+            .controller(spec.bridge_index)
             .up()
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_builder.build())))
             .build();

@@ -21,6 +21,10 @@ pub struct NodeConfig {
     #[serde(default)]
     pub node_uplinks: BTreeMap<String, String>,
     pub portgroups: Vec<PortgroupConfig>,
+    /// Bridges a network config may name with `bridge:`: None allows any bridge
+    /// portgroupd does not own, an empty list turns `bridge:` mode off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_bridges: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +37,126 @@ pub struct PortgroupConfig {
     pub strict: bool,
     #[serde(default)]
     pub reservations: Vec<Reservation>,
+    #[serde(flatten)]
+    pub policy: AttachPolicy,
+}
+
+/// Who may attach to a portgroup and what a network config may not turn off there:
+/// the cluster admin's say, enforced by the plugin on every ADD.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachPolicy {
+    /// Namespaces whose pods may attach: exact names or simple globs (`team-*`).
+    /// None: any namespace, and runtimes that send none (podman, a bare libcni).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<String>>,
+    /// A network config cannot set `spoofCheck: false` here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_spoof_check: bool,
+    /// A network config cannot set `conflictProbe: false` here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_conflict_probe: bool,
+}
+
+impl AttachPolicy {
+    /// Whether a pod of `namespace` (None: the runtime sent no K8S_POD_NAMESPACE) may attach.
+    pub fn allows_namespace(&self, namespace: Option<&str>) -> bool {
+        match (&self.namespaces, namespace) {
+            (None, _) => true,
+            (Some(patterns), None) => patterns.iter().any(|p| p == "*"),
+            (Some(patterns), Some(ns)) => patterns.iter().any(|p| glob_match(p, ns)),
+        }
+    }
+}
+
+/// `*` matches any run of characters (none included); everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if text.len() < first.len() + last.len() || !text.starts_with(first) || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// A namespace pattern: a Kubernetes namespace name (DNS label) where `*` may
+/// stand for any run of characters.
+fn validate_namespace_pattern(pattern: &str) -> Result<(), String> {
+    let ok = !pattern.is_empty()
+        && pattern.len() <= 63
+        && pattern
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'*');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{pattern:?} is not a namespace name or pattern (lowercase letters, digits, '-', '*' for any run)"
+        ))
+    }
+}
+
+fn validate_string_list(
+    path: &str,
+    value: Option<&Value>,
+    check: impl Fn(&str) -> Result<(), String>,
+    problems: &mut Vec<String>,
+) -> Option<Vec<String>> {
+    match value {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                match item.as_str() {
+                    Some(text) => match check(text) {
+                        Ok(()) => out.push(text.to_string()),
+                        Err(why) => problems.push(format!("{path}[{i}]: {why}")),
+                    },
+                    None => problems.push(format!("{path}[{i}]: must be a string")),
+                }
+            }
+            Some(out)
+        }
+        Some(_) => {
+            problems.push(format!("{path}: must be an array of strings"));
+            None
+        }
+    }
+}
+
+fn validate_attach_policy(
+    path: &str,
+    obj: &Map<String, Value>,
+    problems: &mut Vec<String>,
+) -> AttachPolicy {
+    let flag = |key: &str, problems: &mut Vec<String>| match obj.get(key) {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            problems.push(format!("{path}.{key}: must be true or false"));
+            false
+        }
+    };
+    AttachPolicy {
+        namespaces: validate_string_list(
+            &format!("{path}.namespaces"),
+            obj.get("namespaces"),
+            validate_namespace_pattern,
+            problems,
+        ),
+        require_spoof_check: flag("requireSpoofCheck", problems),
+        require_conflict_probe: flag("requireConflictProbe", problems),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,7 +238,10 @@ fn validate(root: &Value, problems: &mut Vec<String>) -> Option<NodeConfig> {
         return None;
     };
     for key in obj.keys() {
-        if !matches!(key.as_str(), "uplink" | "nodeUplinks" | "portgroups") {
+        if !matches!(
+            key.as_str(),
+            "uplink" | "nodeUplinks" | "portgroups" | "allowedBridges"
+        ) {
             problems.push(format!("{key}: unknown field"));
         }
     }
@@ -170,10 +297,17 @@ fn validate(root: &Value, problems: &mut Vec<String>) -> Option<NodeConfig> {
         None => problems.push("portgroups: required (an array, may be empty)".into()),
         Some(_) => problems.push("portgroups: must be an array".into()),
     }
+    let allowed_bridges = validate_string_list(
+        "allowedBridges",
+        obj.get("allowedBridges"),
+        validate_ifname,
+        problems,
+    );
     Some(NodeConfig {
         uplink,
         node_uplinks,
         portgroups,
+        allowed_bridges,
     })
 }
 
@@ -212,7 +346,14 @@ fn validate_portgroup(
     for key in obj.keys() {
         if !matches!(
             key.as_str(),
-            "name" | "vlan" | "mtu" | "strict" | "reservations"
+            "name"
+                | "vlan"
+                | "mtu"
+                | "strict"
+                | "reservations"
+                | "namespaces"
+                | "requireSpoofCheck"
+                | "requireConflictProbe"
         ) {
             problems.push(format!("{path}.{key}: unknown field"));
         }
@@ -297,12 +438,14 @@ fn validate_portgroup(
         }
         Some(_) => problems.push(format!("{path}.reservations: must be an array")),
     }
+    let policy = validate_attach_policy(path, obj, problems);
     (problems.len() == before).then_some(PortgroupConfig {
         name,
         vlan,
         mtu,
         strict,
         reservations,
+        policy,
     })
 }
 

@@ -31,6 +31,17 @@ impl RunDir {
         self.0.join("portgroups")
     }
 
+    /// Which portgroups reserve a MAC, one file per reserved MAC: see
+    /// [`crate::state::MacOwner`].
+    pub fn reserved_macs_dir(&self) -> PathBuf {
+        self.0.join("reserved-macs")
+    }
+
+    pub fn reserved_mac_file(&self, mac: crate::mac::MacAddr) -> PathBuf {
+        self.reserved_macs_dir()
+            .join(format!("{}.json", mac.to_string().replace(':', "-")))
+    }
+
     pub fn portgroup_file(&self, name: &str) -> PathBuf {
         self.portgroups_dir().join(format!("{name}.json"))
     }

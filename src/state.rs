@@ -1,12 +1,14 @@
 //! The node state file (`/run/portgroup/state.json`): written by portgroupd after
 //! every reconcile, read by the plugin on ADD, CHECK and STATUS.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::nodeconfig::Reservation;
+use crate::mac::MacAddr;
+use crate::nodeconfig::{AttachPolicy, Reservation};
 use crate::paths::{write_atomic, RunDir};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,6 +21,9 @@ pub struct NodeState {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub config_errors: Vec<String>,
     pub portgroups: Vec<PortgroupState>,
+    /// The node config's `allowedBridges`: which bridges `bridge:` mode may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_bridges: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +44,8 @@ pub struct PortgroupState {
     pub strict: bool,
     #[serde(default)]
     pub reservations: Vec<Reservation>,
+    #[serde(default, flatten)]
+    pub policy: AttachPolicy,
 }
 
 impl NodeState {
@@ -114,9 +121,80 @@ impl NodeState {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
+        self.write_mac_owners(run, previous)?;
         let mut bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         bytes.push(b'\n');
         write_atomic(&run.state_file(), &bytes)
+    }
+
+    /// Every reserved MAC and the portgroups (with their namespaces) reserving it.
+    pub fn mac_owners(&self) -> BTreeMap<MacAddr, Vec<MacOwner>> {
+        let mut owners: BTreeMap<MacAddr, Vec<MacOwner>> = BTreeMap::new();
+        for pg in &self.portgroups {
+            for reservation in &pg.reservations {
+                owners.entry(reservation.mac).or_default().push(MacOwner {
+                    portgroup: pg.name.clone(),
+                    namespaces: pg.policy.namespaces.clone(),
+                });
+            }
+        }
+        owners
+    }
+
+    /// `<run-dir>/reserved-macs/<mac>.json`, so that ADD learns in one read whether
+    /// the MAC it is given is reserved anywhere on the node, and for whom. Only
+    /// files that changed are rewritten.
+    fn write_mac_owners(&self, run: &RunDir, previous: Option<&NodeState>) -> std::io::Result<()> {
+        let dir = run.reserved_macs_dir();
+        std::fs::create_dir_all(&dir)?;
+        let owners = self.mac_owners();
+        let before = previous
+            .filter(|p| p.node == self.node)
+            .map(NodeState::mac_owners)
+            .unwrap_or_default();
+        for (mac, list) in &owners {
+            let path = run.reserved_mac_file(*mac);
+            if before.get(mac) == Some(list) && path.exists() {
+                continue;
+            }
+            write_atomic(
+                &path,
+                &serde_json::to_vec(list).map_err(std::io::Error::other)?,
+            )?;
+        }
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let listed = owners.keys().any(|mac| {
+                run.reserved_mac_file(*mac).file_name() == Some(entry.file_name().as_os_str())
+            });
+            if !listed && !name.starts_with('.') {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One portgroup reserving a MAC, and the namespaces it admits (None: any).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MacOwner {
+    pub portgroup: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<String>>,
+}
+
+/// The portgroups reserving `mac` on this node; none without a node state.
+pub fn read_mac_owners(run: &RunDir, mac: MacAddr) -> Result<Vec<MacOwner>, Error> {
+    let path = run.reserved_mac_file(mac);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            Error::TryAgainLater(format!("node state {} is unreadable: {e}", path.display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::TryAgainLater(format!(
+            "reading node state {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -190,12 +268,14 @@ mod tests {
             draining,
             strict: false,
             reservations: vec![],
+            policy: Default::default(),
         };
         NodeState {
             node: "worker-3".into(),
             generation: 7,
             reconciled_at: "2026-11-23T10:00:00Z".into(),
             config_errors: vec![],
+            allowed_bridges: None,
             portgroups: vec![
                 pg("web", true, false),
                 pg("db", false, false),
@@ -257,6 +337,35 @@ mod tests {
         // No state at all.
         let err = read_ready_portgroup(&run, "web").unwrap_err();
         assert!(err.to_string().contains("is portgroupd running"), "{err}");
+    }
+
+    #[test]
+    fn reserved_mac_files_follow_the_reservations() {
+        let run = RunDir(std::env::temp_dir().join(format!("pg-macs-{}", std::process::id())));
+        let _ = std::fs::remove_dir_all(&run.0);
+        let mac: MacAddr = "00:50:56:aa:bb:01".parse().unwrap();
+        let other: MacAddr = "00:50:56:aa:bb:02".parse().unwrap();
+        let mut s = state();
+        s.portgroups[0].reservations = vec![Reservation { mac, ips: vec![] }];
+        s.portgroups[0].policy.namespaces = Some(vec!["team-*".into()]);
+        s.portgroups[1].reservations = vec![Reservation { mac, ips: vec![] }];
+        s.write(&run, None).unwrap();
+        let owners = read_mac_owners(&run, mac).unwrap();
+        assert_eq!(owners.len(), 2);
+        assert_eq!(owners[0].namespaces, Some(vec!["team-*".to_string()]));
+        assert_eq!(owners[1].namespaces, None);
+        assert_eq!(read_mac_owners(&run, other).unwrap(), vec![]);
+        let previous = s.clone();
+        for pg in &mut s.portgroups {
+            pg.reservations.clear();
+        }
+        s.write(&run, Some(&previous)).unwrap();
+        assert_eq!(read_mac_owners(&run, mac).unwrap(), vec![]);
+        assert_eq!(
+            std::fs::read_dir(run.reserved_macs_dir()).unwrap().count(),
+            0
+        );
+        std::fs::remove_dir_all(&run.0).unwrap();
     }
 
     #[test]

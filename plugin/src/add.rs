@@ -1,58 +1,25 @@
-//! ADD: validate → resolve bridge → create veth → addresses → port security →
-//! probe → result. Whatever a failed ADD made is undone before it returns.
+//! ADD: validate → resolve the attachment spec (pure) → record → veth → addresses →
+//! port security → probe → result. Each side effect is logged for undo before or
+//! as it is made; a failed ADD undoes the log in reverse before it returns.
 
-use std::net::IpAddr;
+use std::os::fd::OwnedFd;
 
 use ipnetwork::IpNetwork;
-use portgroup::attachment::Record;
+use portgroup::attachment::{self, Record};
 use portgroup::cni::netconf::NetConf;
 use portgroup::cni::result::{CniResult, Interface, IpConfig, Route};
 use portgroup::mac::MacAddr;
-use portgroup::naming::host_veth_name;
-use portgroup::netlink::{is_exists, Netlink};
-use portgroup::nodeconfig::parse_cidr;
+use portgroup::netlink::{is_exists, Netlink, VethSpec};
 use portgroup::paths::{rfc3339, RunDir};
 use portgroup::{netns, portsec, probe, Error};
 use serde_json::Value;
 
 use crate::bridge::{self, Resolved};
-use crate::env::{CniArgs, Env};
+use crate::env::{Call, Pod};
 use crate::fault;
 use crate::ipam;
-use crate::teardown::Teardown;
-
-/// Where the VM's MAC came from, first match wins (docs/DESIGN.md, "CNI config").
-pub fn choose_mac(conf: &NetConf, args: &CniArgs) -> MacAddr {
-    conf.runtime_mac
-        .or(conf.args_mac)
-        .or(args.mac)
-        .unwrap_or_else(MacAddr::random_local)
-}
-
-/// Addresses we configure ourselves: `runtimeConfig.ips`, else `args.cni.ips`, else
-/// `CNI_ARGS` `IP=`. None means "ask IPAM, if configured" — with an `ipam` section
-/// requested addresses are the IPAM plugin's to honour, so none are ours.
-pub fn declared_ips(conf: &NetConf, args: &CniArgs) -> Result<Option<Vec<IpNetwork>>, Error> {
-    if let Some(ips) = conf.runtime_ips.as_ref().or(conf.args_ips.as_ref()) {
-        return Ok(Some(ips.clone()));
-    }
-    if conf.ipam.is_some() || args.ips.is_empty() {
-        return Ok(None);
-    }
-    let mut ips = Vec::new();
-    for text in &args.ips {
-        let ip = parse_cidr(text).map_err(|why| {
-            Error::env(
-                "CNI_ARGS",
-                format!("IP={text}: {why}; with no ipam section to allocate from, the address needs its prefix length (or add an ipam section)"),
-            )
-        })?;
-        if !ips.contains(&ip) {
-            ips.push(ip);
-        }
-    }
-    Ok(Some(ips))
-}
+use crate::spec::{self, Addresses, Request, Spec};
+use crate::teardown::{delete_host_veth, Teardown};
 
 /// Host-side veth MACs start with fe: a Linux bridge adopts the lowest port MAC,
 /// and fe:… is never the lowest, so attaching a VM never changes the bridge's MAC.
@@ -62,85 +29,86 @@ fn host_side_mac() -> MacAddr {
     mac
 }
 
-pub async fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, Error> {
-    let (container_id, ifname) = env.attachment()?;
-    let netns_path = env
-        .netns()
-        .ok_or_else(|| Error::env("CNI_NETNS", "is required"))?;
+pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
+    let (call, conf, stdin) = (&cmd.env, &cmd.conf, cmd.stdin);
     let run = RunDir::from_env();
-
     let nl = Netlink::connect().map_err(|e| Error::system("opening netlink", e))?;
     let target = bridge::resolve(&nl, conf, &run).await?;
-    let mac = choose_mac(conf, &env.args);
-    let reservation = target
-        .portgroup
-        .as_ref()
-        .and_then(|pg| pg.reservation_for(mac));
-    if let Some(pg) = &target.portgroup {
-        if pg.strict && reservation.is_none() {
-            return Err(Error::MacNotReserved {
-                mac,
-                portgroup: pg.name.clone(),
-            });
-        }
-    }
-    let mtu = conf.mtu.unwrap_or(target.bridge.mtu);
-    let declared = declared_ips(conf, &env.args)?;
-    let pod_ns = netns::open(std::path::Path::new(netns_path))
+    let owners = bridge::mac_owners(&run, spec::choose_mac(conf, &call.node.args)?)?;
+    let spec = spec::resolve(
+        &Request {
+            conf,
+            args: &call.node.args,
+            container_id: &call.container_id,
+            ifname: &call.ifname,
+        },
+        &target.place(&owners),
+        MacAddr::random_local(),
+    )?;
+    let pod_ns = netns::open(std::path::Path::new(&call.netns))
         .map_err(|e| Error::env("CNI_NETNS", e.to_string()))?;
 
     let records = run.attachments_dir();
-    if Record::find(&records, container_id, ifname)
+    if Record::find(&records, &call.container_id, &call.ifname)
         .map_err(|e| Error::system("reading the attachment record", e))?
         .is_some()
     {
         return Err(Error::InterfaceExists(format!(
-            "attachment {container_id}/{ifname} already exists; DEL it before adding it again"
+            "attachment {}/{} already exists; DEL it before adding it again",
+            call.container_id, call.ifname
         )));
     }
-    let host_veth = host_veth_name(container_id, ifname);
     let mut record = Record {
-        container_id: container_id.to_string(),
-        ifname: ifname.to_string(),
+        container_id: call.container_id.clone(),
+        ifname: call.ifname.clone(),
         network: conf.name.clone(),
-        netns: netns_path.to_string(),
-        host_veth: host_veth.clone(),
+        netns: call.netns.clone(),
+        host_veth: spec.host_veth.clone(),
         bridge: target.bridge.name.clone(),
         portgroup: target.portgroup.as_ref().map(|pg| pg.name.clone()),
         vlan: target.portgroup.as_ref().map(|pg| pg.vlan),
-        mac,
-        ips: declared.clone().unwrap_or_default(),
-        spoof_check: conf.spoof_check,
+        mac: spec.mac,
+        ips: match &spec.addresses {
+            Addresses::Declared(ips) => ips.clone(),
+            _ => Vec::new(),
+        },
+        spoof_check: spec.spoof_check,
         ipam: conf.ipam.clone(),
         cni_version: conf.cni_version.as_str().to_string(),
         created_at: rfc3339(std::time::SystemTime::now()),
+        namespace: spec.namespace.clone(),
+    };
+    let mut undo = UndoLog {
+        call,
+        stdin,
+        nl: &nl,
+        run: &run,
+        host_veth: spec.host_veth.clone(),
+        steps: Vec::new(),
     };
     // Written before the veth exists, so a killed ADD never leaves a veth nobody knows of.
-    record
-        .write(&records)
-        .map_err(|e| Error::system("writing the attachment record", e))?;
+    undo.steps.push(Undo::Record);
+    if let Err(e) = record.write(&records) {
+        undo.run().await;
+        return Err(Error::system("writing the attachment record", e));
+    }
     fault::point("record-written");
 
     let attempt = Attempt {
-        env,
+        call,
+        run: &run,
         conf,
         stdin,
         target: &target,
         nl: &nl,
         pod_ns: &pod_ns,
-        mac,
-        mtu,
-        ifname,
-        host_veth: &host_veth,
-        reserved_ips: reservation.map(|r| r.ips.clone()).unwrap_or_default(),
-        declared: declared.as_deref(),
+        spec: &spec,
     };
-    let declared_record_ips = record.ips.clone();
-    let mut created_veth = false;
-    match attempt.build(&mut record, &mut created_veth).await {
-        Ok(result) => {
+    match attempt.build(&mut undo).await {
+        Ok((result, assigned)) => {
             // IPAM may have added addresses the first write could not know.
-            if record.ips != declared_record_ips {
+            if assigned != record.ips {
+                record.ips = assigned;
                 if let Err(e) = record.write(&records) {
                     tracing::warn!("updating the attachment record: {e}");
                 }
@@ -148,106 +116,115 @@ pub async fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, Error
             Ok(result)
         }
         Err(err) => {
-            tracing::warn!("ADD {container_id}/{ifname} failed, rolling back: {err}");
-            rollback(
-                env,
-                conf,
-                stdin,
-                &nl,
-                &run,
-                container_id,
-                ifname,
-                created_veth,
-            )
-            .await;
+            tracing::warn!(
+                "ADD {}/{} failed, undoing: {err}",
+                call.container_id,
+                call.ifname
+            );
+            undo.run().await;
             Err(err)
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn rollback(
-    env: &Env,
-    conf: &NetConf,
-    stdin: &[u8],
-    nl: &Netlink,
-    run: &RunDir,
-    container_id: &str,
-    ifname: &str,
-    created_veth: bool,
-) {
-    if created_veth {
-        let teardown = Teardown {
-            container_id,
-            ifname,
-            ipam: conf.ipam.as_ref(),
-            config: stdin,
-            cni_path: &env.path,
-            foreign: false,
-        };
-        if let Err(e) = teardown.run(nl, run).await {
-            tracing::warn!("rollback: {e}");
+/// One side effect of ADD, to undo if ADD fails.
+enum Undo {
+    Record,
+    /// Only a veth this ADD made: one that already existed under the name is an
+    /// earlier attachment's.
+    Veth,
+    /// Logged before the IPAM plugin is asked: a failed IPAM ADD is cleaned up by DEL.
+    Ipam(Value),
+    /// Logged before installing: a half-installed set of rules goes too.
+    PortSecurity,
+}
+
+struct UndoLog<'a> {
+    call: &'a Pod,
+    stdin: &'a [u8],
+    nl: &'a Netlink,
+    run: &'a RunDir,
+    host_veth: String,
+    steps: Vec<Undo>,
+}
+
+impl UndoLog<'_> {
+    /// Undoes every step, newest first, going on past failures.
+    async fn run(&mut self) {
+        while let Some(step) = self.steps.pop() {
+            let result = match step {
+                Undo::PortSecurity => portsec::remove(&self.host_veth),
+                Undo::Ipam(section) => Teardown {
+                    container_id: &self.call.container_id,
+                    ifname: &self.call.ifname,
+                    ipam: Some(&section),
+                    config: self.stdin,
+                    cni_path: &self.call.node.cni_path,
+                    foreign: false,
+                }
+                .release_ipam(&section),
+                Undo::Veth => delete_host_veth(self.nl, &self.host_veth).await,
+                Undo::Record => attachment::remove(
+                    &self.run.attachments_dir(),
+                    &self.call.container_id,
+                    &self.call.ifname,
+                )
+                .map_err(|e| Error::system("removing the attachment record", e)),
+            };
+            if let Err(e) = result {
+                tracing::warn!("undoing ADD: {e}");
+            }
         }
-    } else if let Err(e) =
-        portgroup::attachment::remove(&run.attachments_dir(), container_id, ifname)
-    {
-        // The veth was never made, so only the record is ours to remove: a veth that
-        // already existed under this name belongs to an earlier attachment.
-        tracing::warn!("rollback: removing the record: {e}");
     }
 }
 
 struct Attempt<'a> {
-    env: &'a Env,
+    call: &'a Pod,
+    run: &'a RunDir,
     conf: &'a NetConf,
     stdin: &'a [u8],
     target: &'a Resolved,
     nl: &'a Netlink,
-    pod_ns: &'a std::os::fd::OwnedFd,
-    mac: MacAddr,
-    mtu: u32,
-    ifname: &'a str,
-    host_veth: &'a str,
-    reserved_ips: Vec<IpNetwork>,
-    declared: Option<&'a [IpNetwork]>,
+    pod_ns: &'a OwnedFd,
+    spec: &'a Spec,
 }
 
 impl Attempt<'_> {
-    async fn build(&self, record: &mut Record, created_veth: &mut bool) -> Result<Value, Error> {
-        let (conf, nl) = (self.conf, self.nl);
+    /// Makes the attachment; returns the result and the addresses it was given.
+    async fn build(&self, undo: &mut UndoLog<'_>) -> Result<(Value, Vec<IpNetwork>), Error> {
+        let (conf, nl, spec) = (self.conf, self.nl, self.spec);
+        let ifname = self.call.ifname.as_str();
         let host_mac = host_side_mac();
-        if let Err(e) = nl
-            .create_veth(
-                self.host_veth,
-                self.target.bridge.index,
-                self.mtu,
-                self.ifname,
-                self.mac,
-                self.pod_ns,
-                host_mac,
-            )
-            .await
-        {
+        let veth = VethSpec {
+            host_name: &spec.host_veth,
+            host_mac,
+            host_mtu: spec.bridge_mtu,
+            bridge_index: self.target.bridge.index,
+            pod_name: ifname,
+            pod_mac: spec.mac,
+            pod_mtu: spec.pod_mtu,
+            pod_netns: self.pod_ns,
+        };
+        if let Err(e) = nl.create_veth(&veth).await {
             return Err(self.explain_create_failure(e).await);
         }
-        *created_veth = true;
+        undo.steps.push(Undo::Veth);
         fault::point("veth-created");
 
         let pod = Netlink::connect_in(self.pod_ns)
             .map_err(|e| Error::system("opening netlink in the pod netns", e))?;
         let peer = pod
-            .link_by_name(self.ifname)
+            .link_by_name(ifname)
             .await
-            .map_err(|e| Error::netlink(format!("looking up {} in the pod", self.ifname), e))?
+            .map_err(|e| Error::netlink(format!("looking up {ifname} in the pod"), e))?
             .ok_or_else(|| {
                 Error::CheckFailed(format!(
-                    "{} vanished from the pod right after ADD made it",
-                    self.ifname
+                    "{ifname} vanished from the pod right after ADD made it"
                 ))
             })?;
 
-        let (ips, routes, dns) = match self.declared {
-            Some(ips) => (
+        let (ips, routes, dns) = match &spec.addresses {
+            Addresses::Declared(ips) => (
                 ips.iter()
                     .map(|address| IpConfig {
                         address: *address,
@@ -258,45 +235,42 @@ impl Attempt<'_> {
                 Vec::new(),
                 None,
             ),
-            None => match &conf.ipam {
-                Some(section) => {
-                    let result = ipam::Call {
-                        command: "ADD",
-                        ipam: section,
-                        config: self.stdin,
-                        cni_path: &self.env.path,
-                        attachment: None,
-                    }
-                    .run()?
-                    .unwrap_or_default();
-                    (result.ips, result.routes, result.dns)
+            Addresses::Ipam(section) => {
+                undo.steps.push(Undo::Ipam(section.clone()));
+                let result = ipam::Call {
+                    command: "ADD",
+                    ipam: section,
+                    config: self.stdin,
+                    cni_path: &self.call.node.cni_path,
+                    attachment: None,
                 }
-                None => (Vec::new(), Vec::new(), None),
-            },
+                .run()?
+                .unwrap_or_default();
+                (result.ips, result.routes, result.dns)
+            }
+            Addresses::None => (Vec::new(), Vec::new(), None),
         };
-        record.ips = ips.iter().map(|ip| ip.address).collect();
+        let assigned: Vec<IpNetwork> = ips.iter().map(|ip| ip.address).collect();
+        spec.admit(&assigned)?;
 
         for ip in &ips {
             pod.add_address(peer.index, ip.address.ip(), ip.address.prefix())
                 .await
-                .map_err(|e| {
-                    Error::netlink(format!("adding {} to {}", ip.address, self.ifname), e)
-                })?;
+                .map_err(|e| Error::netlink(format!("adding {} to {ifname}", ip.address), e))?;
         }
         fault::point("addresses-added");
         if conf.link_down {
             if !routes.is_empty() {
                 // A down link has no connected routes for a gateway to resolve through.
                 tracing::warn!(
-                    "linkDown: {} IPAM route(s) not installed on {}",
-                    routes.len(),
-                    self.ifname
+                    "linkDown: {} IPAM route(s) not installed on {ifname}",
+                    routes.len()
                 );
             }
         } else {
             pod.set_up(peer.index)
                 .await
-                .map_err(|e| Error::netlink(format!("bringing {} up", self.ifname), e))?;
+                .map_err(|e| Error::netlink(format!("bringing {ifname} up"), e))?;
             for route in &routes {
                 let gateway = route.gw.or_else(|| {
                     ips.iter()
@@ -309,24 +283,19 @@ impl Attempt<'_> {
             }
         }
 
-        // The reservation for the VM's MAC is part of what it may use and what we probe.
-        let mut allowed: Vec<IpAddr> = ips.iter().map(|ip| ip.address.ip()).collect();
-        for ip in &self.reserved_ips {
-            if !allowed.contains(&ip.ip()) {
-                allowed.push(ip.ip());
-            }
-        }
-        if conf.spoof_check {
+        let allowed = spec.allowed_ips(&assigned);
+        if spec.spoof_check {
+            undo.steps.push(Undo::PortSecurity);
             portsec::install(&portsec::PortRules {
-                host_veth: self.host_veth.to_string(),
-                mac: self.mac,
+                host_veth: spec.host_veth.clone(),
+                mac: spec.mac,
                 ips: allowed.clone(),
             })?;
             fault::point("port-security-installed");
         }
-        if conf.conflict_probe && !allowed.is_empty() {
-            let answers = probe::probe(&self.target.bridge.name, self.mac, &allowed, &conf.probe)?;
-            if let Some(conflict) = answers.iter().find(|a| a.mac != self.mac) {
+        if let Some(settings) = spec.probe.as_ref().filter(|_| !allowed.is_empty()) {
+            let answers = probe::probe(&self.target.bridge.name, spec.mac, &allowed, settings)?;
+            if let Some(conflict) = answers.iter().find(|a| a.mac != spec.mac) {
                 return Err(Error::IpConflict {
                     ip: conflict.ip,
                     vlan: self.target.segment(),
@@ -334,6 +303,25 @@ impl Attempt<'_> {
                 });
             }
             if let Some(own) = answers.first() {
+                // A reserved MAC reached here only from its portgroups' namespaces
+                // (spec::resolve). Where the answering attachment is on this node,
+                // its record says its namespace: a takeover from another is refused.
+                if let Some(holder) = self.live_here_elsewhere() {
+                    return Err(Error::NamespaceNotAllowed {
+                        what: format!(
+                            "taking over MAC {} from attachment {}/{} on this node",
+                            spec.mac, holder.container_id, holder.ifname
+                        ),
+                        namespace: spec::shown_namespace(spec.namespace.as_deref()),
+                        portgroup: self
+                            .target
+                            .portgroup
+                            .as_ref()
+                            .map_or(&self.target.bridge.name, |pg| &pg.name)
+                            .clone(),
+                        allowed: spec::shown_namespace(holder.namespace.as_deref()),
+                    });
+                }
                 tracing::info!(
                     "{} answered from the VM's own MAC {}: live migration in progress, going on",
                     own.ip,
@@ -343,26 +331,38 @@ impl Attempt<'_> {
         }
 
         fault::point("probed");
-        Ok(self
-            .result(host_mac, ips, routes, dns)
-            .to_json(conf.cni_version))
+        let result = self.result(host_mac, ips, routes, dns);
+        Ok((result.to_json(conf.cni_version), assigned))
+    }
+
+    /// Another attachment on this node with this MAC, of another namespace. A record
+    /// with no namespace (written by an older release, or for a runtime that sends
+    /// none) proves nothing either way and is not held against the pod.
+    fn live_here_elsewhere(&self) -> Option<Record> {
+        let (records, _) = attachment::list(&self.run.attachments_dir());
+        records.into_iter().find(|r| {
+            r.mac == self.spec.mac
+                && (r.container_id != self.call.container_id || r.ifname != self.call.ifname)
+                && r.namespace.is_some()
+                && r.namespace != self.spec.namespace
+        })
     }
 
     async fn explain_create_failure(&self, e: rtnetlink::Error) -> Error {
+        let host_veth = &self.spec.host_veth;
         if !is_exists(&e) {
             return Error::netlink(
-                format!("creating veth {} / {}", self.host_veth, self.ifname),
+                format!("creating veth {host_veth} / {}", self.call.ifname),
                 e,
             );
         }
-        match self.nl.link_by_name(self.host_veth).await {
+        match self.nl.link_by_name(host_veth).await {
             Ok(Some(_)) => Error::InterfaceExists(format!(
-                "host veth {} of this container and interface already exists; DEL the attachment first",
-                self.host_veth
+                "host veth {host_veth} of this container and interface already exists; DEL the attachment first"
             )),
             _ => Error::InterfaceExists(format!(
                 "interface {} already exists in the pod's network namespace",
-                self.ifname
+                self.call.ifname
             )),
         }
     }
@@ -377,15 +377,15 @@ impl Attempt<'_> {
         let mut result = self.conf.prev_result.clone().unwrap_or_default();
         let pod_index = result.interfaces.len() + 1;
         result.interfaces.push(Interface {
-            name: self.host_veth.to_string(),
+            name: self.spec.host_veth.clone(),
             mac: Some(host_mac.to_string()),
             ..Default::default()
         });
         result.interfaces.push(Interface {
-            name: self.ifname.to_string(),
-            mac: Some(self.mac.to_string()),
-            mtu: Some(self.mtu),
-            sandbox: self.env.netns().map(str::to_string),
+            name: self.call.ifname.clone(),
+            mac: Some(self.spec.mac.to_string()),
+            mtu: Some(self.spec.pod_mtu),
+            sandbox: Some(self.call.netns.clone()),
             ..Default::default()
         });
         result.ips.extend(ips.into_iter().map(|ip| IpConfig {
@@ -403,79 +403,6 @@ impl Attempt<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn conf(extra: Value) -> NetConf {
-        let mut v =
-            json!({"cniVersion": "1.0.0", "name": "n", "type": "portgroup", "bridge": "br0"});
-        for (k, val) in extra.as_object().unwrap() {
-            v[k] = val.clone();
-        }
-        NetConf::parse(&serde_json::to_vec(&v).unwrap()).unwrap()
-    }
-
-    #[test]
-    fn mac_precedence() {
-        let runtime = json!({"runtimeConfig": {"mac": "00:50:56:00:00:01"}});
-        let args = json!({"args": {"cni": {"mac": "00:50:56:00:00:02"}}});
-        let both = json!({"runtimeConfig": {"mac": "00:50:56:00:00:01"}, "args": {"cni": {"mac": "00:50:56:00:00:02"}}});
-        let env_mac = CniArgs {
-            mac: Some("00:50:56:00:00:03".parse().unwrap()),
-            ..Default::default()
-        };
-        let none = CniArgs::default();
-        let cases = [
-            (both.clone(), &env_mac, "00:50:56:00:00:01"),
-            (runtime, &env_mac, "00:50:56:00:00:01"),
-            (args, &env_mac, "00:50:56:00:00:02"),
-            (json!({}), &env_mac, "00:50:56:00:00:03"),
-        ];
-        for (extra, cni_args, want) in cases {
-            assert_eq!(choose_mac(&conf(extra), cni_args).to_string(), want);
-        }
-        let random = choose_mac(&conf(json!({})), &none);
-        assert!(!random.is_multicast() && random.0[0] & 2 == 2);
-    }
-
-    #[test]
-    fn ip_precedence() {
-        let none = CniArgs::default();
-        let podman = CniArgs {
-            ips: vec!["10.0.0.3".into()],
-            ..Default::default()
-        };
-        let with_prefix = CniArgs {
-            ips: vec!["10.0.0.4/24".into(), "10.0.0.4/24".into()],
-            ..Default::default()
-        };
-        let first = |c: &NetConf, a: &CniArgs| {
-            declared_ips(c, a)
-                .unwrap()
-                .map(|ips| ips.iter().map(|i| i.to_string()).collect::<Vec<_>>())
-        };
-        let both = conf(
-            json!({"runtimeConfig": {"ips": ["10.0.0.1/24"]}, "args": {"cni": {"ips": ["10.0.0.2/24"]}}}),
-        );
-        assert_eq!(
-            first(&both, &with_prefix),
-            Some(vec!["10.0.0.1/24".to_string()])
-        );
-        let args = conf(json!({"args": {"cni": {"ips": ["10.0.0.2/24"]}}}));
-        assert_eq!(first(&args, &none), Some(vec!["10.0.0.2/24".to_string()]));
-        assert_eq!(
-            first(&conf(json!({})), &with_prefix),
-            Some(vec!["10.0.0.4/24".to_string()])
-        );
-        assert_eq!(first(&conf(json!({})), &none), None);
-        // A bare IP= with nothing to allocate from: a clear error, not silence.
-        let err = declared_ips(&conf(json!({})), &podman).unwrap_err();
-        assert_eq!(err.code(), portgroup::error::code::INVALID_ENV);
-        assert!(err.to_string().contains("IP=10.0.0.3"));
-        // With IPAM, requested addresses are IPAM's business.
-        let ipam =
-            conf(json!({"ipam": {"type": "host-local"}, "runtimeConfig": {"ips": ["10.0.0.1"]}}));
-        assert_eq!(first(&ipam, &podman), None);
-    }
 
     #[test]
     fn host_mac_never_lowest() {

@@ -2,14 +2,21 @@
 //! state, or the admin's bridge by name. The plugin never creates a bridge.
 
 use portgroup::cni::netconf::{NetConf, Target};
+use portgroup::mac::MacAddr;
 use portgroup::netlink::{LinkSummary, Netlink};
 use portgroup::paths::RunDir;
-use portgroup::state::{read_ready_portgroup, PortgroupState};
+use portgroup::state::{
+    read_mac_owners, read_ready_portgroup, MacOwner, NodeState, PortgroupState,
+};
 use portgroup::Error;
+
+use crate::spec::Place;
 
 pub struct Resolved {
     pub bridge: LinkSummary,
     pub portgroup: Option<PortgroupState>,
+    /// `bridge:` mode on a node with a node state: its `allowedBridges`.
+    pub allowed_bridges: Option<Vec<String>>,
 }
 
 impl Resolved {
@@ -18,6 +25,19 @@ impl Resolved {
         match &self.portgroup {
             Some(pg) => format!("VLAN {}", pg.vlan),
             None => format!("bridge {}", self.bridge.name),
+        }
+    }
+
+    /// What the attachment spec needs to know of the place; `mac_owners` are the
+    /// portgroups reserving the requested MAC (see [`mac_owners`]).
+    pub fn place<'a>(&'a self, mac_owners: &'a [MacOwner]) -> Place<'a> {
+        Place {
+            bridge: &self.bridge.name,
+            bridge_mtu: self.bridge.mtu,
+            bridge_alias: self.bridge.alias.as_deref(),
+            portgroup: self.portgroup.as_ref(),
+            allowed_bridges: self.allowed_bridges.as_deref(),
+            mac_owners,
         }
     }
 }
@@ -35,6 +55,7 @@ pub async fn resolve(nl: &Netlink, conf: &NetConf, run: &RunDir) -> Result<Resol
             Ok(Resolved {
                 bridge,
                 portgroup: Some(pg),
+                allowed_bridges: None,
             })
         }
         Target::Bridge(name) => {
@@ -46,9 +67,20 @@ pub async fn resolve(nl: &Netlink, conf: &NetConf, run: &RunDir) -> Result<Resol
             Ok(Resolved {
                 bridge,
                 portgroup: None,
+                allowed_bridges: node_allowed_bridges(run)?,
             })
         }
     }
+}
+
+/// Without portgroupd (a lab, podman) there is no node state and `bridge:` mode is
+/// the admin's alone; with one, the node config's `allowedBridges` applies.
+pub fn node_allowed_bridges(run: &RunDir) -> Result<Option<Vec<String>>, Error> {
+    let path = run.state_file();
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(NodeState::read(&path)?.allowed_bridges)
 }
 
 async fn lookup(nl: &Netlink, name: &str) -> Result<Option<LinkSummary>, Error> {
@@ -62,5 +94,14 @@ async fn lookup(nl: &Netlink, name: &str) -> Result<Option<LinkSummary>, Error> 
             link.kind.as_deref().unwrap_or("physical")
         ))),
         other => Ok(other),
+    }
+}
+
+/// Which portgroups on this node reserve `mac` (one small file, written by
+/// portgroupd): none without portgroupd, or when no MAC is requested.
+pub fn mac_owners(run: &RunDir, mac: Option<MacAddr>) -> Result<Vec<MacOwner>, Error> {
+    match mac {
+        Some(mac) => read_mac_owners(run, mac),
+        None => Ok(Vec::new()),
     }
 }

@@ -7,21 +7,20 @@ use std::collections::HashSet;
 use portgroup::attachment::Record;
 use portgroup::cni::netconf::NetConf;
 use portgroup::cni::CniVersion;
-use portgroup::naming::host_veth_name;
 use portgroup::netlink::Netlink;
 use portgroup::paths::RunDir;
 use portgroup::{netns, portsec, Error};
 
 use crate::bridge;
-use crate::env::Env;
+use crate::env::{Call, Pod};
 use crate::ipam;
+use crate::spec::{self, Request};
 
-pub async fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
+pub async fn check(cmd: &Call<'_, Pod, NetConf>) -> Result<(), Error> {
+    let (call, conf, stdin) = (&cmd.env, &cmd.conf, cmd.stdin);
     conf.cni_version.require("CHECK", CniVersion::V0_4_0)?;
-    let (container_id, ifname) = env.attachment()?;
-    let netns_path = env
-        .netns()
-        .ok_or_else(|| Error::env("CNI_NETNS", "is required"))?;
+    let (container_id, ifname) = (call.container_id.as_str(), call.ifname.as_str());
+    let netns_path = call.netns.as_str();
     let prev = conf
         .prev_result
         .as_ref()
@@ -35,7 +34,33 @@ pub async fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error>
 
     let nl = Netlink::connect().map_err(|e| Error::system("opening netlink", e))?;
     let target = bridge::resolve(&nl, conf, &run).await?;
-    let host_veth = host_veth_name(container_id, ifname);
+    // What ADD would make of this config now, the MAC falling back to the recorded
+    // one (a random MAC is chosen once), compared with what the record says it made.
+    let requested = spec::choose_mac(conf, &call.node.args)?.unwrap_or(record.mac);
+    let owners = bridge::mac_owners(&run, Some(requested))?;
+    let spec = spec::resolve(
+        &Request {
+            conf,
+            args: &call.node.args,
+            container_id,
+            ifname,
+        },
+        &target.place(&owners),
+        record.mac,
+    )?;
+    if spec.mac != record.mac {
+        return Err(failed(format!(
+            "the config asks for MAC {}, the attachment was made with {}",
+            spec.mac, record.mac
+        )));
+    }
+    if spec.spoof_check != record.spoof_check {
+        return Err(failed(format!(
+            "the config asks for spoofCheck {}, the attachment was made with {}",
+            spec.spoof_check, record.spoof_check
+        )));
+    }
+    let host_veth = spec.host_veth.clone();
     let host = nl
         .link_by_name(&host_veth)
         .await
@@ -100,22 +125,10 @@ pub async fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error>
     }
 
     if record.spoof_check {
-        let mut ips: Vec<_> = record.ips.iter().map(|ip| ip.ip()).collect();
-        if let Some(res) = target
-            .portgroup
-            .as_ref()
-            .and_then(|pg| pg.reservation_for(record.mac))
-        {
-            for ip in &res.ips {
-                if !ips.contains(&ip.ip()) {
-                    ips.push(ip.ip());
-                }
-            }
-        }
         portsec::verify(&portsec::PortRules {
             host_veth: host_veth.clone(),
             mac: record.mac,
-            ips,
+            ips: spec.allowed_ips(&record.ips),
         })?;
     }
 
@@ -124,7 +137,7 @@ pub async fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error>
             command: "CHECK",
             ipam: section,
             config: stdin,
-            cni_path: &env.path,
+            cni_path: &call.node.cni_path,
             attachment: None,
         }
         .run()?;

@@ -2,17 +2,18 @@
 //! Keeps going past errors, then forwards GC to a delegated IPAM plugin.
 
 use portgroup::attachment;
-use portgroup::cni::netconf::NetConf;
+use portgroup::cni::netconf::{ipam_section, NetConf};
 use portgroup::cni::CniVersion;
 use portgroup::netlink::Netlink;
 use portgroup::paths::RunDir;
 use portgroup::Error;
 
-use crate::env::Env;
+use crate::env::{Call, Node};
 use crate::ipam;
 use crate::teardown::Teardown;
 
-pub async fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
+pub async fn gc(cmd: &Call<'_, Node, NetConf>) -> Result<(), Error> {
+    let (node, conf, stdin) = (&cmd.env, &cmd.conf, cmd.stdin);
     conf.cni_version.require("GC", CniVersion::V1_1_0)?;
     let valid = conf.valid_attachments.clone().unwrap_or_default();
     let run = RunDir::from_env();
@@ -32,13 +33,25 @@ pub async fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
             record.container_id,
             record.ifname
         );
-        let ipam = conf.ipam.as_ref().or(record.ipam.as_ref());
+        // Released through the section recorded at ADD, validated again; never the
+        // config's, which may have changed since.
+        let ipam = match ipam_section(record.ipam.as_ref()) {
+            Ok(section) => section,
+            Err(e) => {
+                tracing::warn!(
+                    "GC: recorded IPAM section of {}/{} not run: {e}",
+                    record.container_id,
+                    record.ifname
+                );
+                None
+            }
+        };
         let result = Teardown {
             container_id: &record.container_id,
             ifname: &record.ifname,
-            ipam,
+            ipam: ipam.as_ref(),
             config: stdin,
-            cni_path: &env.path,
+            cni_path: &node.cni_path,
             foreign: true,
         }
         .run(&nl, &run)
@@ -53,7 +66,7 @@ pub async fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
             command: "GC",
             ipam: section,
             config: stdin,
-            cni_path: &env.path,
+            cni_path: &node.cni_path,
             attachment: None,
         };
         match call.run() {

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use portgroup::cni::netconf::is_bare_file_name;
 use portgroup::cni::result::CniResult;
 use portgroup::Error;
 use serde_json::Value;
@@ -23,17 +24,52 @@ fn plugin_name(ipam: &Value) -> &str {
     ipam.get("type").and_then(Value::as_str).unwrap_or("")
 }
 
+/// The plugin's binary: a regular file directly inside one of the CNI_PATH
+/// directories, by a bare name. Anything else is never executed.
+fn find_binary(name: &str, cni_path: &[PathBuf]) -> Result<PathBuf, String> {
+    if !is_bare_file_name(name) {
+        return Err(format!(
+            "{name:?} is not a bare plugin name; nothing was executed"
+        ));
+    }
+    cni_path
+        .iter()
+        .map(|dir| dir.join(name))
+        .find(|path| std::fs::metadata(path).is_ok_and(|m| m.is_file()))
+        .ok_or_else(|| {
+            format!(
+                "not found in CNI_PATH ({})",
+                std::env::join_paths(cni_path)
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            )
+        })
+}
+
+/// The config the delegated plugin reads, with `ipam` set to the section we chose:
+/// DEL and GC release through the section recorded at ADD, whatever the config says now.
+fn with_section(config: &[u8], ipam: &Value) -> Option<Vec<u8>> {
+    let mut conf: Value = serde_json::from_slice(config).ok()?;
+    if conf.get("ipam") == Some(ipam) {
+        return None;
+    }
+    conf.as_object_mut()?.insert("ipam".into(), ipam.clone());
+    serde_json::to_vec(&conf).ok()
+}
+
 impl Call<'_> {
     /// Runs the plugin. ADD, DEL and CHECK mean the same in 1.0.0 and 1.1.0 and their
     /// results have one format, while many IPAM plugins (Debian's among them) stop at
     /// 1.0.0; so a 1.1.0 config reaches them as 1.0.0. GC and STATUS exist only in 1.1.0.
     pub fn run(&self) -> Result<Option<CniResult>, Error> {
+        let rewritten = with_section(self.config, self.ipam);
+        let config = rewritten.as_deref().unwrap_or(self.config);
         if !matches!(self.command, "ADD" | "DEL" | "CHECK") {
-            return self.run_with(self.config);
+            return self.run_with(config);
         }
-        match downgraded(self.config) {
+        match downgraded(config) {
             Some(bytes) => self.run_with(&bytes),
-            None => self.run_with(self.config),
+            None => self.run_with(config),
         }
     }
 
@@ -44,22 +80,7 @@ impl Call<'_> {
             why,
             code,
         };
-        let binary = self
-            .cni_path
-            .iter()
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                fail(
-                    format!(
-                        "not found in CNI_PATH ({})",
-                        std::env::join_paths(self.cni_path)
-                            .map(|p| p.to_string_lossy().into_owned())
-                            .unwrap_or_default()
-                    ),
-                    None,
-                )
-            })?;
+        let binary = find_binary(name, self.cni_path).map_err(|why| fail(why, None))?;
         let mut command = Command::new(&binary);
         command
             .env("CNI_COMMAND", self.command)
@@ -126,6 +147,42 @@ fn downgraded(config: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_bare_names_in_cni_path_are_found() {
+        let dir = std::env::temp_dir().join(format!("pg-ipam-find-{}", std::process::id()));
+        let sub = dir.join("sub");
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(dir.join("good"), b"").unwrap();
+        std::fs::write(sub.join("inner"), b"").unwrap();
+        let path = vec![dir.clone()];
+        assert_eq!(find_binary("good", &path).unwrap(), dir.join("good"));
+        for bad in [
+            "/bin/sh",
+            "../x",
+            "x/y",
+            ".",
+            "..",
+            "sub/inner",
+            "",
+            "a\nb",
+            "a\0b",
+            "sub",
+        ] {
+            assert!(find_binary(bad, &path).is_err(), "{bad:?}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_chosen_section_is_what_the_plugin_reads() {
+        let recorded = serde_json::json!({"type": "host-local", "subnet": "10.0.0.0/24"});
+        let now = br#"{"cniVersion":"1.0.0","ipam":{"type":"static"}}"#;
+        let sent: Value = serde_json::from_slice(&with_section(now, &recorded).unwrap()).unwrap();
+        assert_eq!(sent["ipam"], recorded);
+        let same = br#"{"cniVersion":"1.0.0","ipam":{"type":"host-local","subnet":"10.0.0.0/24"}}"#;
+        assert!(with_section(same, &recorded).is_none(), "sent unchanged");
+    }
 
     #[test]
     fn downgrade_only_1_1_0() {

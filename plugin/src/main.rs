@@ -9,6 +9,8 @@ mod env;
 mod fault;
 mod gc;
 mod ipam;
+mod log;
+mod spec;
 mod status;
 mod teardown;
 mod version;
@@ -18,11 +20,11 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use portgroup::cni::error_json;
-use portgroup::cni::netconf::{error_version, NetConf};
+use portgroup::cni::netconf::{error_version, NetConf, TeardownConf};
 use portgroup::Error;
 use serde_json::Value;
 
-use env::{Command, Env};
+use env::{Call, Invocation};
 
 fn main() {
     // Not part of the CNI protocol (runtimes pass no arguments): a check of a
@@ -34,7 +36,7 @@ fn main() {
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
         Ok(_) => {
-            init_logging(&stdin);
+            log::init(&stdin);
             dispatch(&stdin)
         }
         Err(e) => Err(Error::Stdin(e)),
@@ -57,77 +59,38 @@ fn main() {
 }
 
 fn dispatch(stdin: &[u8]) -> Result<Option<Value>, Error> {
-    let command = Env::command_from_env()?;
-    if command == Command::Version {
+    let invocation = Invocation::from_env()?;
+    if let Invocation::Version = invocation {
         return Ok(Some(version::version(stdin)));
     }
-    let env = Env::from_env(command)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::system("starting the runtime", e))?;
+    // The config is validated before the log file it names is opened.
+    if let Invocation::Del(env) = invocation {
+        let conf = TeardownConf::parse(stdin)?;
+        if let Some(name) = &conf.log_file {
+            log::open_file(name);
+        }
+        let call = Call { env, conf, stdin };
+        return runtime.block_on(del::del(&call)).map(|_| None);
+    }
+    let conf = NetConf::parse(stdin)?;
+    if let Some(name) = &conf.log_file {
+        log::open_file(name);
+    }
     runtime.block_on(async {
-        match command {
-            Command::Add => {
-                let conf = NetConf::parse(stdin)?;
-                add::add(&env, &conf, stdin).await.map(Some)
-            }
-            Command::Del => del::del(&env, stdin).await.map(|_| None),
-            Command::Check => {
-                let conf = NetConf::parse(stdin)?;
-                check::check(&env, &conf, stdin).await.map(|_| None)
-            }
-            Command::Status => {
-                let conf = NetConf::parse(stdin)?;
-                status::status(&env, &conf, stdin).await.map(|_| None)
-            }
-            Command::Gc => {
-                let conf = NetConf::parse(stdin)?;
-                gc::gc(&env, &conf, stdin).await.map(|_| None)
-            }
-            Command::Version => Ok(Some(version::version(stdin))),
+        match invocation {
+            Invocation::Add(env) => add::add(&Call { env, conf, stdin }).await.map(Some),
+            Invocation::Check(env) => check::check(&Call { env, conf, stdin }).await.map(|_| None),
+            Invocation::Status(env) => status::status(&Call { env, conf, stdin })
+                .await
+                .map(|_| None),
+            Invocation::Gc(env) => gc::gc(&Call { env, conf, stdin }).await.map(|_| None),
+            Invocation::Del(_) | Invocation::Version => Ok(None),
         }
     })
-}
-
-/// Logs go to stderr and, when the config names a `logFile`, to that file too.
-/// Level: `logLevel` in the config, else PORTGROUP_LOG, else warn.
-fn init_logging(stdin: &[u8]) {
-    use tracing_subscriber::fmt;
-    use tracing_subscriber::prelude::*;
-    let conf: Value = serde_json::from_slice(stdin).unwrap_or(Value::Null);
-    let level = conf
-        .get("logLevel")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .or_else(|| std::env::var("PORTGROUP_LOG").ok())
-        .unwrap_or_else(|| "warn".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| "warn".into());
-    let file = conf
-        .get("logFile")
-        .and_then(Value::as_str)
-        .and_then(|path| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .ok()
-        })
-        .map(|f| {
-            fmt::layer()
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(f))
-        });
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(false)
-                .with_target(false),
-        )
-        .with(file)
-        .try_init();
 }
 
 /// `portgroup --check-config FILE`: FILE ("-": stdin) holds a network configuration

@@ -8,10 +8,11 @@ use portgroup::paths::RunDir;
 use portgroup::state::read_ready_portgroup;
 use portgroup::Error;
 
-use crate::env::Env;
+use crate::env::{Call, Node};
 use crate::ipam;
 
-pub async fn status(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
+pub async fn status(cmd: &Call<'_, Node, NetConf>) -> Result<(), Error> {
+    let (node, conf, stdin) = (&cmd.env, &cmd.conf, cmd.stdin);
     conf.cni_version.require("STATUS", CniVersion::V1_1_0)?;
     let run = RunDir::from_env();
     match &conf.target {
@@ -21,7 +22,11 @@ pub async fn status(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error
         Target::Bridge(name) => {
             let nl = Netlink::connect().map_err(|e| Error::system("opening netlink", e))?;
             match nl.link_by_name(name).await {
-                Ok(Some(link)) if link.is_kind("bridge") => {}
+                Ok(Some(link)) if link.is_kind("bridge") => {
+                    let allowed = crate::bridge::node_allowed_bridges(&run)?;
+                    crate::spec::admit_bridge_mode(name, link.alias.as_deref(), allowed.as_deref())
+                        .map_err(|e| Error::NotAvailable(e.to_string()))?;
+                }
                 Ok(Some(_)) => return Err(Error::NotAvailable(format!("{name} is not a bridge"))),
                 Ok(None) => {
                     return Err(Error::NotAvailable(format!("bridge {name} does not exist")))
@@ -39,7 +44,7 @@ pub async fn status(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error
             command: "STATUS",
             ipam: section,
             config: stdin,
-            cni_path: &env.path,
+            cni_path: &node.cni_path,
             attachment: None,
         }
         .run()

@@ -1,4 +1,4 @@
-//! Taking one attachment down, shared by DEL, GC and a failed ADD's rollback.
+//! Taking one attachment down, shared by DEL, GC and a failed ADD's undo log.
 //! Every step runs even when an earlier one failed; the first error is returned.
 
 use std::path::PathBuf;
@@ -23,39 +23,52 @@ pub struct Teardown<'a> {
     pub foreign: bool,
 }
 
+/// Deletes our host veth (and so its pod end, in whatever netns it is); a missing
+/// one is fine, anything that is not a veth is left alone.
+pub async fn delete_host_veth(nl: &Netlink, host_veth: &str) -> Result<(), Error> {
+    match nl.link_by_name(host_veth).await {
+        Ok(Some(link)) if link.is_kind("veth") => match nl.delete_link(link.index).await {
+            Err(e) if !portgroup::netlink::is_not_found(&e) => {
+                Err(Error::netlink(format!("deleting {host_veth}"), e))
+            }
+            _ => Ok(()),
+        },
+        Ok(Some(link)) => {
+            tracing::warn!(
+                "{host_veth} exists but is a {:?} interface, not our veth; left alone",
+                link.kind
+            );
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(Error::netlink(format!("looking up {host_veth}"), e)),
+    }
+}
+
 impl Teardown<'_> {
+    pub fn release_ipam(&self, section: &Value) -> Result<(), Error> {
+        ipam::Call {
+            command: "DEL",
+            ipam: section,
+            config: self.config,
+            cni_path: self.cni_path,
+            attachment: self.foreign.then_some((self.container_id, self.ifname)),
+        }
+        .run()
+        .map(|_| ())
+    }
+
     pub async fn run(&self, nl: &Netlink, run: &RunDir) -> Result<(), Error> {
         let host_veth = host_veth_name(self.container_id, self.ifname);
         let mut errors = Vec::new();
-
-        match nl.link_by_name(&host_veth).await {
-            // Deleting one end of a veth deletes the pod end too, in whatever netns it is.
-            Ok(Some(link)) if link.is_kind("veth") => {
-                if let Err(e) = nl.delete_link(link.index).await {
-                    if !portgroup::netlink::is_not_found(&e) {
-                        errors.push(Error::netlink(format!("deleting {host_veth}"), e));
-                    }
-                }
-            }
-            Ok(Some(link)) => tracing::warn!(
-                "{host_veth} exists but is a {:?} interface, not our veth; left alone",
-                link.kind
-            ),
-            Ok(None) => {}
-            Err(e) => errors.push(Error::netlink(format!("looking up {host_veth}"), e)),
+        if let Err(e) = delete_host_veth(nl, &host_veth).await {
+            errors.push(e);
         }
         if let Err(e) = portsec::remove(&host_veth) {
             errors.push(e);
         }
         if let Some(section) = self.ipam {
-            let call = ipam::Call {
-                command: "DEL",
-                ipam: section,
-                config: self.config,
-                cni_path: self.cni_path,
-                attachment: self.foreign.then_some((self.container_id, self.ifname)),
-            };
-            if let Err(e) = call.run() {
+            if let Err(e) = self.release_ipam(section) {
                 errors.push(e);
             }
         }

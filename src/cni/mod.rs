@@ -3,6 +3,7 @@
 pub mod netconf;
 pub mod netconf_check;
 pub mod result;
+pub mod strict_json;
 
 use serde_json::{json, Value};
 

@@ -2,7 +2,6 @@
 //! side effect. Every complaint names the field it is about.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
@@ -14,6 +13,16 @@ use crate::error::Error;
 use crate::mac::MacAddr;
 use crate::nodeconfig::{parse_cidr, validate_portgroup_name, MTU_MAX, MTU_MIN};
 use crate::probe::ProbeConfig;
+
+/// Probe bounds: at most (5 - 1) × 500 ms + 1000 ms = 3 s of listening per ADD,
+/// however many addresses, so a config cannot make an ADD slow.
+pub const PROBE_COUNT_MAX: u64 = 5;
+pub const PROBE_INTERVAL_MS_MAX: u64 = 500;
+pub const PROBE_WAIT_MS_MAX: u64 = 1000;
+
+/// Addresses one attachment may declare (each list: `runtimeConfig.ips`,
+/// `args.cni.ips`, `CNI_ARGS IP=`) or receive from IPAM.
+pub const MAX_ADDRESSES: usize = 256;
 
 /// Where the VM's port goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,13 +46,17 @@ pub struct NetConf {
     /// The delegated IPAM section; its `type` is a plugin in CNI_PATH.
     pub ipam: Option<Value>,
     pub runtime_mac: Option<MacAddr>,
+    /// Requested addresses, as given. With an `ipam` section they may be bare (the
+    /// IPAM plugin's to honour); without one each carries its prefix length.
     pub runtime_ips: Option<Vec<IpNetwork>>,
     pub args_mac: Option<MacAddr>,
     pub args_ips: Option<Vec<IpNetwork>>,
     pub prev_result: Option<CniResult>,
     /// GC: the attachments still valid, as (container ID, ifname).
     pub valid_attachments: Option<BTreeSet<(String, String)>>,
-    pub log_file: Option<PathBuf>,
+    /// `logFile` reduced to a bare file name: the file lives in the node's log
+    /// directory, never where the config says (see [`log_file_name`]).
+    pub log_file: Option<String>,
     pub log_level: Option<String>,
 }
 
@@ -53,7 +66,12 @@ pub struct NetConf {
 pub struct TeardownConf {
     pub cni_version: CniVersion,
     pub name: String,
+    /// The config's IPAM section, only when it passes the same validation as ADD's.
     pub ipam: Option<Value>,
+    /// Why the config's IPAM section was set aside, when it was: never executed.
+    pub ignored_ipam: Option<String>,
+    /// `logFile` reduced as for ADD; one that cannot be reduced is dropped.
+    pub log_file: Option<String>,
 }
 
 impl NetConf {
@@ -101,30 +119,12 @@ impl NetConf {
             }
         };
 
-        let ipam = match root.get("ipam") {
-            None | Some(Value::Null) => None,
-            Some(Value::Object(section)) if section.is_empty() => None,
-            Some(Value::Object(section)) => match section.get("type") {
-                Some(Value::String(t)) if is_plugin_name(t) => Some(Value::Object(section.clone())),
-                Some(Value::String(t)) => {
-                    return Err(Error::invalid_config(
-                        "ipam.type",
-                        format!("{t:?} is not a plugin name"),
-                    ))
-                }
-                _ => {
-                    return Err(Error::invalid_config(
-                        "ipam.type",
-                        "required, the IPAM plugin's name",
-                    ))
-                }
-            },
-            Some(_) => return Err(Error::invalid_config("ipam", "must be an object")),
-        };
+        let ipam = ipam_section(root.get("ipam"))?;
 
-        // With a delegated IPAM the requested IPs are the IPAM plugin's to honour
-        // (static and host-local read runtimeConfig.ips, bare addresses included);
-        // without one we configure them ourselves, so they need a prefix length.
+        // With a delegated IPAM requested IPs are the IPAM plugin's to honour (static
+        // and host-local read runtimeConfig.ips, bare addresses included); without
+        // one we configure them ourselves, so they need a prefix length. Whose they
+        // are is decided once, by the attachment spec.
         let own_ips = ipam.is_none();
         let runtime = Fields::section(&root, "runtimeConfig")?;
         let runtime_mac = runtime.opt_mac("runtimeConfig.mac", "mac")?;
@@ -137,18 +137,24 @@ impl NetConf {
         let defaults = ProbeConfig::default();
         let probe = ProbeConfig {
             count: probe_section
-                .opt_u64_named("probe.count", "count")?
-                .map(|c| c.clamp(1, 10) as u32)
+                .bounded_u64("probe.count", "count", PROBE_COUNT_MAX)?
+                .map(|c| c as u32)
                 .unwrap_or(defaults.count),
             interval: probe_section
-                .opt_u64_named("probe.intervalMs", "intervalMs")?
-                .map(|ms| Duration::from_millis(ms.min(5000)))
+                .bounded_u64("probe.intervalMs", "intervalMs", PROBE_INTERVAL_MS_MAX)?
+                .map(Duration::from_millis)
                 .unwrap_or(defaults.interval),
             wait: probe_section
-                .opt_u64_named("probe.waitMs", "waitMs")?
-                .map(|ms| Duration::from_millis(ms.min(10_000)))
+                .bounded_u64("probe.waitMs", "waitMs", PROBE_WAIT_MS_MAX)?
+                .map(Duration::from_millis)
                 .unwrap_or(defaults.wait),
         };
+        if probe.count == 0 {
+            return Err(Error::invalid_config(
+                "probe.count",
+                "must be at least 1; set conflictProbe to false to probe nothing",
+            ));
+        }
 
         let prev_result = match root.get("prevResult") {
             None | Some(Value::Null) => None,
@@ -166,27 +172,38 @@ impl NetConf {
             probe,
             ipam,
             runtime_mac,
-            runtime_ips: runtime_ips.filter(|_| own_ips),
+            runtime_ips,
             args_mac,
-            args_ips: args_ips.filter(|_| own_ips),
+            args_ips,
             prev_result,
             valid_attachments: valid_attachments(&root)?,
-            log_file: get.opt_str("logFile")?.map(PathBuf::from),
+            log_file: get
+                .opt_str("logFile")?
+                .map(|path| log_file_name(&path))
+                .transpose()?,
             log_level: get.opt_str("logLevel")?,
         })
     }
 }
 
 impl TeardownConf {
+    /// Lenient: DEL must go through for a config ADD refused (duplicate keys
+    /// included), as long as it is JSON.
     pub fn parse(bytes: &[u8]) -> Result<TeardownConf, Error> {
-        let root = decode(bytes)?;
+        let root = decode_with(serde_json::from_slice(bytes))?;
+        let (ipam, ignored_ipam) = match ipam_section(root.get("ipam")) {
+            Ok(ipam) => (ipam, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         Ok(TeardownConf {
             cni_version: version_of(&root)?,
             name: network_name(&root)?,
-            ipam: root
-                .get("ipam")
-                .filter(|v| v.get("type").is_some_and(Value::is_string))
-                .cloned(),
+            ipam,
+            ignored_ipam,
+            log_file: root
+                .get("logFile")
+                .and_then(Value::as_str)
+                .and_then(|path| log_file_name(path).ok()),
         })
     }
 }
@@ -204,8 +221,13 @@ pub fn error_version(bytes: &[u8]) -> String {
         .unwrap_or_else(|| LATEST_VERSION.to_string())
 }
 
+/// The config as a JSON object, refusing duplicate keys (see `strict_json`).
 fn decode(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
-    match serde_json::from_slice::<Value>(bytes) {
+    decode_with(crate::cni::strict_json::from_slice(bytes))
+}
+
+fn decode_with(parsed: serde_json::Result<Value>) -> Result<Map<String, Value>, Error> {
+    match parsed {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(Error::Decode {
             what: "network configuration",
@@ -241,13 +263,67 @@ fn network_name(root: &Map<String, Value>) -> Result<String, Error> {
     Ok(name)
 }
 
-fn is_plugin_name(name: &str) -> bool {
+/// The binary this plugin is installed as: never a delegated IPAM plugin, which
+/// would run this same config again, and again.
+const OWN_PLUGIN_NAME: &str = "portgroup";
+
+/// Longest plugin or log file name accepted (NAME_MAX).
+const FILE_NAME_MAX: usize = 255;
+
+/// A bare file name: letters, digits, '-', '_', '.'; not "." or "..". So never a
+/// path, never a control character: joined onto a directory it stays inside it.
+pub fn is_bare_file_name(name: &str) -> bool {
     !name.is_empty()
+        && name.len() <= FILE_NAME_MAX
         && name != "."
         && name != ".."
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// The delegated IPAM section, validated. Its `type` is executed from CNI_PATH, so it
+/// must be a bare plugin name. Every command that runs an IPAM plugin goes through here.
+pub fn ipam_section(value: Option<&Value>) -> Result<Option<Value>, Error> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(section)) if section.is_empty() => Ok(None),
+        Some(Value::Object(section)) => match section.get("type") {
+            Some(Value::String(t)) if t == OWN_PLUGIN_NAME => Err(Error::invalid_config(
+                "ipam.type",
+                format!("{t:?} is this plugin, not an IPAM plugin"),
+            )),
+            Some(Value::String(t)) if is_bare_file_name(t) => {
+                Ok(Some(Value::Object(section.clone())))
+            }
+            Some(Value::String(t)) => Err(Error::invalid_config(
+                "ipam.type",
+                format!(
+                    "{t:?} is not a plugin name: a bare file name in CNI_PATH (letters, digits, '-', '_', '.'), never a path"
+                ),
+            )),
+            _ => Err(Error::invalid_config(
+                "ipam.type",
+                "required, the IPAM plugin's name",
+            )),
+        },
+        Some(_) => Err(Error::invalid_config("ipam", "must be an object")),
+    }
+}
+
+/// `logFile` reduced to its last path component: the node, not the config, chooses
+/// the directory plugin logs go to. A value with no usable file name is refused.
+pub fn log_file_name(path: &str) -> Result<String, Error> {
+    let name = path.rsplit('/').next().unwrap_or("");
+    if is_bare_file_name(name) && !name.starts_with('.') {
+        Ok(name.to_string())
+    } else {
+        Err(Error::UnsupportedField {
+            field: "logFile",
+            value: format!("{path:?}"),
+            why: "must end in a file name (letters, digits, '-', '_', '.'); the file is created in the node's log directory",
+        })
+    }
 }
 
 /// Bridge-plugin fields that would silently not do what their owner expects here.
@@ -363,6 +439,16 @@ impl<'a> Fields<'a> {
         }
     }
 
+    fn bounded_u64(&self, field: &str, key: &str, max: u64) -> Result<Option<u64>, Error> {
+        match self.opt_u64_named(field, key)? {
+            Some(v) if v > max => Err(Error::invalid_config(
+                field,
+                format!("must be at most {max}, got {v}"),
+            )),
+            other => Ok(other),
+        }
+    }
+
     fn opt_u64(&self, key: &str) -> Result<Option<u64>, Error> {
         self.opt_u64_named(key, key)
     }
@@ -402,6 +488,15 @@ impl<'a> Fields<'a> {
         let items = match self.0.get(key) {
             None | Some(Value::Null) => return Ok(None),
             Some(Value::Array(items)) if items.is_empty() => return Ok(None),
+            Some(Value::Array(items)) if items.len() > MAX_ADDRESSES => {
+                return Err(Error::invalid_config(
+                    field,
+                    format!(
+                        "{} addresses; an attachment may have at most {MAX_ADDRESSES}",
+                        items.len()
+                    ),
+                ))
+            }
             Some(Value::Array(items)) => items,
             Some(other) => {
                 return Err(Error::invalid_config(
@@ -623,7 +718,8 @@ mod tests {
             "runtimeConfig": {"ips": ["10.10.100.21", "10.10.100.21"]}
         })))
         .unwrap();
-        assert!(with_ipam.runtime_ips.is_none());
+        // Parsed (bare addresses accepted); whose they are is the attachment spec's call.
+        assert_eq!(with_ipam.runtime_ips.unwrap().len(), 1);
         let bad = NetConf::parse(&with(
             json!({"ipam": {"type": "host-local"}, "runtimeConfig": {"ips": ["nope"]}}),
         ));

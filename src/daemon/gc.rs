@@ -140,6 +140,7 @@ mod tests {
             ipam: None,
             cni_version: "1.1.0".into(),
             created_at: "2026-11-23T10:00:00Z".into(),
+            namespace: None,
         }
     }
 

@@ -266,6 +266,7 @@ fn not_ready_unplaced(pg: &PortgroupConfig, node: &str) -> PortgroupState {
         draining: false,
         strict: pg.strict,
         reservations: pg.reservations.clone(),
+        policy: pg.policy.clone(),
     }
 }
 
@@ -340,6 +341,7 @@ fn plan_stale(
             draining: true,
             strict: before.is_some_and(|b| b.strict),
             reservations: before.map(|b| b.reservations.clone()).unwrap_or_default(),
+            policy: before.map(|b| b.policy.clone()).unwrap_or_default(),
         });
     }
     for vlan in view
@@ -393,6 +395,7 @@ fn plan_portgroup(
         draining: false,
         strict: pg.strict,
         reservations: pg.reservations.clone(),
+        policy: pg.policy.clone(),
     };
     let Some(uplink) = view.get(uplink_name) else {
         status.reason = Some(format!("uplink {uplink_name} not found on node {node}"));

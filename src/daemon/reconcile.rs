@@ -77,7 +77,11 @@ impl<L: Links> Reconciler<L> {
             .as_ref()
             .map(|s| s.portgroups.clone())
             .unwrap_or_default();
-        self.publish(portgroups, source.errors.clone())
+        let allowed_bridges = self
+            .previous
+            .as_ref()
+            .and_then(|s| s.allowed_bridges.clone());
+        self.publish(portgroups, source.errors.clone(), allowed_bridges)
     }
 
     pub async fn reconcile(
@@ -193,7 +197,11 @@ impl<L: Links> Reconciler<L> {
         for pg in portgroups.iter().filter(|p| !p.ready) {
             tracing::debug!(portgroup = %pg.name, reason = pg.reason.as_deref().unwrap_or(""), "not ready");
         }
-        outcome.state = self.publish(portgroups, source.errors.clone());
+        outcome.state = self.publish(
+            portgroups,
+            source.errors.clone(),
+            config.allowed_bridges.clone(),
+        );
         Ok(outcome)
     }
 
@@ -201,6 +209,7 @@ impl<L: Links> Reconciler<L> {
         &mut self,
         portgroups: Vec<PortgroupState>,
         config_errors: Vec<String>,
+        allowed_bridges: Option<Vec<String>>,
     ) -> Option<NodeState> {
         let state = NodeState {
             node: self.node.clone(),
@@ -208,6 +217,7 @@ impl<L: Links> Reconciler<L> {
             reconciled_at: rfc3339(SystemTime::now()),
             config_errors,
             portgroups,
+            allowed_bridges,
         };
         if let Err(e) = state.write(&self.run_dir, self.previous.as_ref()) {
             tracing::error!("writing node state under {}: {e}", self.run_dir.0.display());

@@ -96,7 +96,20 @@ impl Links for RtLinks {
             .mtu(mtu)
             .link_group(LINK_GROUP)
             .build();
-        self.add(message).await
+        self.add(message).await?;
+        // An MTU given at creation follows the smallest port's; one set on the bridge
+        // is kept whatever ports join. Setting the value it already has is a no-op
+        // to the kernel, so it goes through a neighbour first.
+        let Some(index) = self.index_of(name).await? else {
+            return Ok(());
+        };
+        let neighbour = if mtu > crate::nodeconfig::MTU_MIN {
+            mtu - 1
+        } else {
+            mtu + 1
+        };
+        self.set_mtu(index, neighbour).await?;
+        self.set_mtu(index, mtu).await
     }
 
     async fn set_alias(&self, index: u32, alias: &str) -> Result<(), LinkError> {
@@ -121,5 +134,48 @@ impl Links for RtLinks {
 
     async fn delete(&self, index: u32) -> Result<(), LinkError> {
         self.netlink.delete_link(index).await.map_err(link_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs root: runs in a network namespace of its own, on a thread of its own.
+    #[test]
+    fn a_new_bridge_keeps_its_mtu_when_a_smaller_port_joins() {
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            let ip = |args: &[&str]| {
+                let status = std::process::Command::new("ip").args(args).status();
+                assert!(status.is_ok_and(|s| s.success()), "ip {args:?}");
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let links = RtLinks {
+                    netlink: Netlink::connect().expect("netlink"),
+                };
+                links
+                    .create_bridge("pgbrtest.1", 1500)
+                    .await
+                    .expect("bridge");
+                ip(&[
+                    "link", "add", "va", "mtu", "1400", "type", "veth", "peer", "name", "vb",
+                ]);
+                ip(&["link", "set", "va", "master", "pgbrtest.1"]);
+                let bridge = links
+                    .netlink
+                    .link_by_name("pgbrtest.1")
+                    .await
+                    .expect("lookup")
+                    .expect("bridge exists");
+                assert_eq!(bridge.mtu, 1500, "the bridge followed its smaller port");
+            });
+        })
+        .join()
+        .expect("test thread");
     }
 }

@@ -266,26 +266,46 @@ fn setelem_msg(kind: u16, flags: u16, set: &str, keys: &[&[u8]]) -> Msg {
     m
 }
 
-/// Adds element messages for `keys` to `batch`, one message per set.
+/// Bytes of elements one message carries at most. The element list is one netlink
+/// attribute with a 16-bit length (65535: about 2047 IPv4 or 1489 IPv6 port
+/// elements); well below it, so a message never comes near the limit.
+const ELEMENTS_PER_MESSAGE_BYTES: usize = 16 * 1024;
+
+/// One element's bytes in a set-element message: list element, key and value headers.
+fn element_bytes(key: &[u8]) -> usize {
+    12 + key.len().div_ceil(4) * 4
+}
+
+/// Adds element messages for `keys` to `batch`: per set, as many messages as it
+/// takes, all in the one transaction. Split, never truncated.
 fn push_elems(batch: &mut Batch, kind: u16, keys: &[(&'static str, Vec<u8>)], what: &str) {
+    let flags = if kind == msg::NEWSETELEM {
+        NLM_F_REQUEST | NLM_F_CREATE
+    } else {
+        NLM_F_REQUEST
+    };
     for (set, _, _) in SETS {
-        let in_set: Vec<&[u8]> = keys
-            .iter()
-            .filter(|(s, _)| *s == set)
-            .map(|(_, k)| k.as_slice())
-            .collect();
-        if in_set.is_empty() {
-            continue;
+        let mut chunk: Vec<&[u8]> = Vec::new();
+        let mut bytes = 0;
+        let in_set = keys.iter().filter(|(s, _)| *s == set).map(|(_, k)| k);
+        for key in in_set {
+            if !chunk.is_empty() && bytes + element_bytes(key) > ELEMENTS_PER_MESSAGE_BYTES {
+                batch.push(
+                    setelem_msg(kind, flags, set, &chunk),
+                    format!("{what} in set {set}"),
+                );
+                chunk.clear();
+                bytes = 0;
+            }
+            bytes += element_bytes(key);
+            chunk.push(key);
         }
-        let flags = if kind == msg::NEWSETELEM {
-            NLM_F_REQUEST | NLM_F_CREATE
-        } else {
-            NLM_F_REQUEST
-        };
-        batch.push(
-            setelem_msg(kind, flags, set, &in_set),
-            format!("{what} in set {set}"),
-        );
+        if !chunk.is_empty() {
+            batch.push(
+                setelem_msg(kind, flags, set, &chunk),
+                format!("{what} in set {set}"),
+            );
+        }
     }
 }
 
@@ -668,6 +688,35 @@ mod tests {
         for ((_, key), (_, _, len)) in keys.iter().zip(SETS) {
             assert_eq!(key.len() as u32, len);
         }
+    }
+
+    #[test]
+    fn many_addresses_are_split_never_truncated() {
+        let ifkey = ifname_key("pg1").unwrap();
+        let ips: Vec<std::net::IpAddr> = (0..2100u32)
+            .map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i).into())
+            .chain((0..1500u128).map(|i| std::net::Ipv6Addr::from(0x2001_0db8 << 96 | i).into()))
+            .collect();
+        let rules = PortRules {
+            host_veth: "pg1".into(),
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            ips,
+        };
+        let keys = PortElems::wanted(&rules).keys(&ifkey);
+        let mut batch = Batch::new();
+        push_elems(&mut batch, msg::NEWSETELEM, &keys, "port pg1");
+        // ports, locked, mac: one each; 2100 IPv4 and 1500 IPv6 need several.
+        assert!(batch.len() > 5, "{} messages", batch.len());
+        assert!(batch.msgs().all(|m| m.fits()));
+        let elements: usize = batch.msgs().map(|m| m.element_count()).sum();
+        assert_eq!(elements, keys.len(), "every element sent exactly once");
+        // The old single message would not have fit.
+        let ip4: Vec<&[u8]> = keys
+            .iter()
+            .filter(|(s, _)| *s == SET_IP4)
+            .map(|(_, k)| k.as_slice())
+            .collect();
+        assert!(!setelem_msg(msg::NEWSETELEM, NLM_F_REQUEST, SET_IP4, &ip4).fits());
     }
 
     #[test]

@@ -71,6 +71,8 @@ impl NlError {
 pub struct Msg {
     buf: Vec<u8>,
     nests: Vec<usize>,
+    /// An attribute grew past what its 16-bit length can say: never sent.
+    overflow: bool,
 }
 
 impl Msg {
@@ -92,6 +94,7 @@ impl Msg {
         Msg {
             buf,
             nests: Vec::new(),
+            overflow: false,
         }
     }
 
@@ -101,7 +104,23 @@ impl Msg {
         }
     }
 
+    /// NFTA_LIST_ELEM attributes inside the message's element list (tests).
+    #[cfg(test)]
+    pub fn element_count(&self) -> usize {
+        // nlmsghdr (16) + nfgenmsg (4), then the top-level attributes.
+        attrs(&self.buf[20..])
+            .filter(|(ty, _)| *ty == 3) // NFTA_SET_ELEM_LIST_ELEMENTS
+            .map(|(_, list)| attrs(list).count())
+            .sum()
+    }
+
+    /// Whether every attribute's length fits its 16 bits (see `commit`).
+    pub fn fits(&self) -> bool {
+        !self.overflow
+    }
+
     pub fn bytes(&mut self, ty: u16, data: &[u8]) -> &mut Self {
+        self.overflow |= 4 + data.len() > usize::from(u16::MAX);
         let len = (4 + data.len()) as u16;
         self.buf.extend_from_slice(&len.to_ne_bytes());
         self.buf.extend_from_slice(&ty.to_ne_bytes());
@@ -131,6 +150,7 @@ impl Msg {
 
     pub fn end(&mut self) -> &mut Self {
         if let Some(start) = self.nests.pop() {
+            self.overflow |= self.buf.len() - start > usize::from(u16::MAX);
             let len = (self.buf.len() - start) as u16;
             self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
         }
@@ -210,6 +230,11 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.msgs.is_empty()
+    }
+
+    #[cfg(test)]
+    pub fn msgs(&self) -> impl Iterator<Item = &Msg> {
+        self.msgs.iter().map(|(m, _)| m)
     }
 }
 
@@ -306,6 +331,13 @@ impl Nfnl {
     pub fn commit(&mut self, batch: Batch) -> Result<(), NlError> {
         if batch.is_empty() {
             return Ok(());
+        }
+        // A length that wrapped would send a different message than the one built.
+        if let Some((_, what)) = batch.msgs.iter().find(|(m, _)| !m.fits()) {
+            return Err(NlError {
+                errno: libc::EMSGSIZE,
+                what: format!("{what}: an attribute exceeds netlink's 64 KiB limit"),
+            });
         }
         let mut buf = Vec::with_capacity(batch.len() * 128 + 40);
         let mut pending: Vec<(u32, String)> = Vec::with_capacity(batch.len());

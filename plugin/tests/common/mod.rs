@@ -62,6 +62,11 @@ impl Lab {
         lab
     }
 
+    /// The node's log directory for plugin log files (`logFile` names a file in it).
+    pub fn log_dir(&self) -> PathBuf {
+        self.run_dir.join("log")
+    }
+
     /// A lab with one pod namespace: (lab, pod name, pod netns path).
     pub fn with_pod() -> (Lab, String, String) {
         let mut lab = Lab::new();
@@ -109,6 +114,7 @@ impl Lab {
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("PORTGROUP_RUN_DIR", &self.run_dir)
+            .env("PORTGROUP_LOG_DIR", self.log_dir())
             .env("CNI_PATH", "/usr/lib/cni")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -568,10 +568,10 @@ fn fifty_parallel_adds_then_dels() {
 #[test]
 fn logs_never_reach_stdout_and_log_file_works() {
     let (lab, _pod, path) = Lab::with_pod();
-    let log = lab.run_dir.join("plugin.log");
+    let log = lab.log_dir().join("plugin.log");
     let c = conf(
         "1.0.0",
-        json!({"logLevel": "debug", "logFile": log.to_string_lossy()}),
+        json!({"logLevel": "debug", "logFile": "plugin.log"}),
     );
     let env = Lab::attach_env("c1", &path, "net1");
     let add = lab.cni("ADD", &c, &env);
@@ -582,7 +582,7 @@ fn logs_never_reach_stdout_and_log_file_works() {
         "ADD",
         &conf(
             "1.0.0",
-            json!({"logFile": log.to_string_lossy(), "bridge": "missing0"}),
+            json!({"logFile": "plugin.log", "bridge": "missing0"}),
         ),
         &Lab::attach_env("c2", &path, "net2"),
     );

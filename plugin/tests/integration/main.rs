@@ -8,7 +8,9 @@ mod common;
 
 mod cni_bad_input;
 mod cni_conflict_probe;
+mod cni_hostile_nad;
 mod cni_lifecycle;
 mod cni_port_security;
 mod cni_reference_bridge;
+mod cni_tenancy;
 mod podman_e2e;

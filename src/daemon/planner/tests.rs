@@ -471,6 +471,7 @@ fn removed_portgroup_drains_then_goes() {
         generation: 1,
         reconciled_at: String::new(),
         config_errors: vec![],
+        allowed_bridges: None,
         portgroups: vec![PortgroupState {
             strict: true,
             reservations: two_pgs().portgroups[0].reservations.clone(),
