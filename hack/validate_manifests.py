@@ -15,7 +15,7 @@ Checks:
   metadata is checked against the same version's strict ObjectMeta.
 - The node network config (config.json in a ConfigMap): parses as JSON, matches
   schemas/portgroup-node-config.json, uplink set, portgroup names unique, VLANs
-  in 1..4094 and unique, reservation MACs and IPs valid and unique.
+  in 1..4094 and unique, reservation MACs and IPs (bare or with prefix) valid and unique.
 - Every NAD's spec.config: parses as JSON, type=portgroup, cniVersion and name
   set, exactly one of portgroup/bridge, matches schemas/portgroup-cni-config.json,
   and a named portgroup exists in the node network config.
@@ -313,13 +313,12 @@ class Validator:
                         problems.append("%s.mac: %s already reserved at %s" % (rwhere, mac, macs[norm]))
                     macs[norm] = rwhere
                 for k, ip in enumerate((res.get("ips") or []) if isinstance(res, dict) else []):
+                    # a bare address is the host address (/32, /128)
                     try:
                         addr = ipaddress.ip_interface(ip).ip
                     except ValueError:
-                        problems.append("%s.ips.%d: %r is not an IP address with prefix" % (rwhere, k, ip))
+                        problems.append("%s.ips.%d: %r is not an IP address (bare or with prefix)" % (rwhere, k, ip))
                         continue
-                    if "/" not in str(ip):
-                        problems.append("%s.ips.%d: %r has no prefix length" % (rwhere, k, ip))
                     if addr in ips:
                         problems.append("%s.ips.%d: %s already reserved at %s" % (rwhere, k, addr, ips[addr]))
                     ips[addr] = rwhere

@@ -305,11 +305,11 @@ fn validate_reservation(
         None | Some(Value::Null) => {}
         Some(Value::Array(items)) => {
             for (k, ip) in items.iter().enumerate() {
-                match ip.as_str().map(parse_cidr) {
+                match ip.as_str().map(parse_host_or_cidr) {
                     Some(Ok(net)) => ips.push(net),
                     Some(Err(why)) => problems.push(format!("{path}.ips[{k}]: {why}")),
                     None => problems.push(format!(
-                        "{path}.ips[{k}]: must be a string like 10.0.0.5/24"
+                        "{path}.ips[{k}]: must be a string like 10.0.0.5 or 10.0.0.5/24"
                     )),
                 }
             }
@@ -329,6 +329,20 @@ pub fn parse_cidr(text: &str) -> Result<IpNetwork, String> {
     }
     text.parse::<IpNetwork>()
         .map_err(|e| format!("{text:?} is not an IP address with prefix: {e}"))
+}
+
+/// A reserved address: bare (`10.1.1.5`, `2001:db8::5`, the host address, /32 or
+/// /128) or with its prefix length (`10.1.1.5/24`). Inventories such as RVTools
+/// exports carry no prefix lengths, and port security and the conflict probe use
+/// only the address, so the prefix is optional here (unlike [`parse_cidr`], for
+/// addresses the plugin configures on an interface).
+pub fn parse_host_or_cidr(text: &str) -> Result<IpNetwork, String> {
+    if text.contains('/') {
+        return parse_cidr(text);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(IpNetwork::from)
+        .map_err(|_| format!("{text:?} is not an IP address (like 10.0.0.5 or 10.0.0.5/24)"))
 }
 
 #[cfg(test)]
@@ -393,7 +407,7 @@ mod tests {
                 &["portgroups[0].vlan"],
             ),
             (
-                r#"{"uplink": "eth1", "portgroups": [{"name": "a", "vlan": 5, "reservations": [{"mac": "01:00:5e:00:00:01", "ips": ["10.0.0.1"]}]}]}"#,
+                r#"{"uplink": "eth1", "portgroups": [{"name": "a", "vlan": 5, "reservations": [{"mac": "01:00:5e:00:00:01", "ips": ["10.0.0.256"]}]}]}"#,
                 &["reservations[0].mac", "reservations[0].ips[0]"],
             ),
             (
@@ -413,6 +427,47 @@ mod tests {
                     "{input}: wanted {want:?} in {problems:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn reservations_take_bare_host_addresses() {
+        let config = NodeConfig::parse(
+            br#"{"uplink": "eth1", "portgroups": [{"name": "a", "vlan": 5, "reservations": [
+                {"mac": "00:50:56:00:00:01", "ips": ["10.1.1.5", "2001:db8::5", "10.1.2.5/24"]}]}]}"#,
+        )
+        .unwrap();
+        let ips = &config.portgroups[0].reservations[0].ips;
+        assert_eq!(ips[0], "10.1.1.5/32".parse::<IpNetwork>().unwrap());
+        assert_eq!(ips[1], "2001:db8::5/128".parse::<IpNetwork>().unwrap());
+        assert_eq!(ips[2], "10.1.2.5/24".parse::<IpNetwork>().unwrap());
+    }
+
+    #[test]
+    fn reserved_address_forms() {
+        for (text, want) in [
+            ("10.1.1.5", "10.1.1.5/32"),
+            ("2001:db8::5", "2001:db8::5/128"),
+            ("10.1.1.5/24", "10.1.1.5/24"),
+            ("2001:db8::5/64", "2001:db8::5/64"),
+        ] {
+            assert_eq!(
+                parse_host_or_cidr(text),
+                Ok(want.parse::<IpNetwork>().unwrap()),
+                "{text}"
+            );
+        }
+        for bad in [
+            "",
+            "10.1.1",
+            "10.1.1.256",
+            "10.1.1.5/33",
+            "2001:db8::5/129",
+            "10.1.1.5/",
+            "host",
+            " 10.1.1.5",
+        ] {
+            assert!(parse_host_or_cidr(bad).is_err(), "{bad:?}");
         }
     }
 
