@@ -10,9 +10,23 @@ use common::{read_tree, realistic, run, Scratch};
 
 /// Runs `plan` expecting failure; returns the one stderr line.
 fn refused(input_flag: &str, input: &Path, out: &Path) -> String {
-    let o = run(&["plan", input_flag, input.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    assert!(!o.status.success(), "plan accepted bad input {}", input.display());
-    assert!(o.stdout.is_empty(), "stdout: {}", String::from_utf8_lossy(&o.stdout));
+    let o = run(&[
+        "plan",
+        input_flag,
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success(),
+        "plan accepted bad input {}",
+        input.display()
+    );
+    assert!(
+        o.stdout.is_empty(),
+        "stdout: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     let stderr = String::from_utf8(o.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
     assert!(stderr.starts_with("portgroupctl: "), "{stderr}");
@@ -51,13 +65,28 @@ fn missing_sheet_xlsx_and_csv() {
     let xlsx = s.path("no-dvport.xlsx");
     without_sheet("dvPort").write_xlsx(&xlsx);
     let msg = refused("--rvtools", &xlsx, &s.path("out"));
-    assert!(msg.contains(&format!("{}: sheet dvPort: missing sheet dvPort", xlsx.display())), "{msg}");
-    assert!(msg.contains("the workbook has: vInfo, vNetwork, vPort"), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "{}: sheet dvPort: missing sheet dvPort",
+            xlsx.display()
+        )),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("the workbook has: vInfo, vNetwork, vPort"),
+        "{msg}"
+    );
 
     let dir = s.path("csv");
     without_sheet("vNetwork").write_csv_dir(&dir, ',');
     let msg = refused("--rvtools", &dir, &s.path("out"));
-    assert!(msg.contains(&format!("{}: sheet vNetwork: missing sheet vNetwork", dir.display())), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "{}: sheet vNetwork: missing sheet vNetwork",
+            dir.display()
+        )),
+        "{msg}"
+    );
     assert!(msg.contains("RVTools_tabvNetwork.csv"), "{msg}");
 }
 
@@ -78,7 +107,10 @@ fn missing_column_names_file_sheet_and_column() {
     without_column("vPort", "VLAN").write_csv_dir(&dir, ';');
     let msg = refused("--rvtools", &dir, &s.path("out"));
     assert!(
-        msg.contains(&format!("{}: sheet vPort, column \"VLAN\": missing column", dir.join("RVTools_tabvPort.csv").display())),
+        msg.contains(&format!(
+            "{}: sheet vPort, column \"VLAN\": missing column",
+            dir.join("RVTools_tabvPort.csv").display()
+        )),
         "{msg}"
     );
 }
@@ -103,7 +135,12 @@ fn bad_cell_names_the_row() {
     let dir = s.path("csv");
     e.write_csv_dir(&dir, ',');
     let msg = refused("--rvtools", &dir, &s.path("out"));
-    assert!(msg.contains("sheet vNetwork, column \"IPv4 Address\", row 2: \"10.0.0\" is not an IP address"), "{msg}");
+    assert!(
+        msg.contains(
+            "sheet vNetwork, column \"IPv4 Address\", row 2: \"10.0.0\" is not an IP address"
+        ),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -112,7 +149,13 @@ fn corrupt_and_unreadable_files() {
     let corrupt = s.path("RVTools_export_all.xlsx");
     std::fs::write(&corrupt, b"PK\x03\x04 this is not really a zip archive").unwrap();
     let msg = refused("--rvtools", &corrupt, &s.path("out"));
-    assert!(msg.contains(&format!("{}: not a readable xlsx workbook", corrupt.display())), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "{}: not a readable xlsx workbook",
+            corrupt.display()
+        )),
+        "{msg}"
+    );
 
     // An xlsx that is a CSV in disguise.
     let disguised = s.path("disguised.xlsx");
@@ -122,15 +165,24 @@ fn corrupt_and_unreadable_files() {
 
     let missing = s.path("nowhere.xlsx");
     let msg = refused("--rvtools", &missing, &s.path("out"));
-    assert!(msg.contains(&format!("{}: cannot read", missing.display())), "{msg}");
+    assert!(
+        msg.contains(&format!("{}: cannot read", missing.display())),
+        "{msg}"
+    );
 
     let govc = s.path("vms.json");
     std::fs::write(&govc, "{\"virtualMachines\": [").unwrap();
     let msg = refused("--govc", &govc, &s.path("out"));
-    assert!(msg.contains(&format!("{}: not JSON", govc.display())), "{msg}");
+    assert!(
+        msg.contains(&format!("{}: not JSON", govc.display())),
+        "{msg}"
+    );
     std::fs::write(&govc, "{\"datastores\": []}").unwrap();
     let msg = refused("--govc", &govc, &s.path("out"));
-    assert!(msg.contains("not govc vm.info, host.portgroup.info or dvs.portgroup.info JSON"), "{msg}");
+    assert!(
+        msg.contains("not govc vm.info, host.portgroup.info or dvs.portgroup.info JSON"),
+        "{msg}"
+    );
 
     let single = s.path("RVTools_tabvNetwork.csv");
     std::fs::write(&single, "VM\n").unwrap();
@@ -144,15 +196,26 @@ fn csv_of_something_else() {
     let dir = s.path("export");
     std::fs::create_dir_all(&dir).unwrap();
     for sheet in ["vNetwork", "vPort", "dvPort"] {
-        std::fs::write(dir.join(format!("RVTools_tab{sheet}.csv")), "Name,Price,Stock\napple,1.20,5\npear,0.90,3\n").unwrap();
+        std::fs::write(
+            dir.join(format!("RVTools_tab{sheet}.csv")),
+            "Name,Price,Stock\napple,1.20,5\npear,0.90,3\n",
+        )
+        .unwrap();
     }
     let msg = refused("--rvtools", &dir, &s.path("out"));
     assert!(
-        msg.contains(&format!("{}: sheet vNetwork, column \"VM\": missing column", dir.join("RVTools_tabvNetwork.csv").display())),
+        msg.contains(&format!(
+            "{}: sheet vNetwork, column \"VM\": missing column",
+            dir.join("RVTools_tabvNetwork.csv").display()
+        )),
         "{msg}"
     );
     // Binary noise with the right name.
-    std::fs::write(dir.join("RVTools_tabvNetwork.csv"), [0u8, 159, 146, 150, 10, 1, 2]).unwrap();
+    std::fs::write(
+        dir.join("RVTools_tabvNetwork.csv"),
+        [0u8, 159, 146, 150, 10, 1, 2],
+    )
+    .unwrap();
     let msg = refused("--rvtools", &dir, &s.path("out"));
     assert!(msg.contains("sheet vNetwork"), "{msg}");
 }
@@ -163,22 +226,43 @@ fn a_failed_plan_leaves_the_previous_plan_and_other_directories_alone() {
     let xlsx = s.path("good.xlsx");
     realistic().write_xlsx(&xlsx);
     let out = s.path("plan");
-    let ok = run(&["plan", "--rvtools", xlsx.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let ok = run(&[
+        "plan",
+        "--rvtools",
+        xlsx.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(ok.status.success());
     let before = read_tree(&out);
     let bad = s.path("bad.xlsx");
     without_column("vPort", "Forged Transmits").write_xlsx(&bad);
-    let o = run(&["plan", "--rvtools", bad.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = run(&[
+        "plan",
+        "--rvtools",
+        bad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(read_tree(&out) == before, "the previous plan changed");
 
     let other = s.path("home");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("notes.txt"), "mine").unwrap();
-    let o = run(&["plan", "--rvtools", xlsx.to_str().unwrap(), "--out", other.to_str().unwrap()]);
+    let o = run(&[
+        "plan",
+        "--rvtools",
+        xlsx.to_str().unwrap(),
+        "--out",
+        other.to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.contains("is not empty and holds no previous plan"), "{stderr}");
+    assert!(
+        stderr.contains("is not empty and holds no previous plan"),
+        "{stderr}"
+    );
     assert_eq!(read_tree(&other).len(), 1);
 }
 
@@ -194,7 +278,16 @@ fn check_config_lists_every_problem_and_exits_1() {
     let o = run(&["check-config", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let stderr = String::from_utf8(o.stderr).unwrap();
-    for want in ["portgroups[0].name", "portgroups[0].vlan", "reservations[0].mac"] {
-        assert!(stderr.lines().any(|l| l.starts_with(&format!("{}: ", bad.display())) && l.contains(want)), "{want}: {stderr}");
+    for want in [
+        "portgroups[0].name",
+        "portgroups[0].vlan",
+        "reservations[0].mac",
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("{}: ", bad.display())) && l.contains(want)),
+            "{want}: {stderr}"
+        );
     }
 }
