@@ -104,6 +104,23 @@ impl FindingKind {
         }
     }
 
+    /// The fields that identify a finding of this kind (the reports' columns,
+    /// before the message).
+    pub fn fields(self) -> &'static [Field] {
+        match self {
+            FindingKind::DuplicateMac => &[Field::Mac],
+            FindingKind::DuplicateIp => &[Field::Ip],
+            FindingKind::NoIp | FindingKind::Template => &[Field::Vm],
+            FindingKind::HostGeneratedMac
+            | FindingKind::NonVmwareMac
+            | FindingKind::DisconnectedNic
+            | FindingKind::NicWithoutNetwork => &[Field::Vm, Field::Nic, Field::Mac],
+            FindingKind::UnsupportedPortgroup
+            | FindingKind::InsecurePortgroup
+            | FindingKind::InconsistentVlan => &[Field::Portgroup],
+        }
+    }
+
     /// Whether the finding blocks a VM's network from working as on vSphere
     /// (shown first and marked in the reports).
     pub fn is_blocking(self) -> bool {
@@ -113,6 +130,32 @@ impl FindingKind {
                 | FindingKind::DuplicateIp
                 | FindingKind::UnsupportedPortgroup
         )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Vm,
+    Nic,
+    Mac,
+    Ip,
+    Portgroup,
+}
+
+impl Field {
+    pub fn title(self) -> &'static str {
+        match self {
+            Field::Vm => "VM",
+            Field::Nic => "NIC",
+            Field::Mac => "MAC",
+            Field::Ip => "IP",
+            Field::Portgroup => "Port group",
+        }
+    }
+
+    /// Monospaced in the HTML report.
+    pub fn is_address(self) -> bool {
+        matches!(self, Field::Mac | Field::Ip)
     }
 }
 
@@ -128,6 +171,17 @@ pub struct Finding {
 }
 
 impl Finding {
+    pub fn field(&self, field: Field) -> &str {
+        let value = match field {
+            Field::Vm => &self.vm,
+            Field::Nic => &self.nic,
+            Field::Mac => &self.mac,
+            Field::Ip => &self.ip,
+            Field::Portgroup => &self.portgroup,
+        };
+        value.as_deref().unwrap_or("")
+    }
+
     fn new(kind: FindingKind, message: String) -> Self {
         Finding {
             kind,

@@ -32,8 +32,8 @@ header p { margin: 0; opacity: .9; }
 main { padding: 8px 28px 40px; max-width: 1400px; }
 h2 { font-size: 18px; margin: 28px 0 8px; border-bottom: 2px solid var(--line); padding-bottom: 4px; }
 h3 { font-size: 15px; margin: 20px 0 4px; }
-.cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 16px 0; }
-.card { background: var(--bg); border: 1px solid var(--line); border-radius: 8px; padding: 10px 16px; min-width: 130px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(118px, 1fr)); gap: 10px; margin: 16px 0; }
+.card { background: var(--bg); border: 1px solid var(--line); border-radius: 8px; padding: 8px 12px; }
 .card b { display: block; font-size: 24px; }
 .card span { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
 .card.bad b { color: var(--bad); }
@@ -44,9 +44,12 @@ th.sortable { cursor: pointer; user-select: none; }
 th.sortable::after { content: " \2195"; color: var(--muted); font-weight: normal; }
 th.asc::after { content: " \2191"; } th.desc::after { content: " \2193"; }
 td.num, th.num { text-align: right; }
+td.nowrap { white-space: nowrap; }
 code, .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; font-size: 12.5px; }
-table.matrix { width: auto; }
-table.matrix td { text-align: center; min-width: 70px; }
+table.matrix, #finding-summary { width: auto; }
+#finding-summary td:first-child { min-width: 320px; }
+table.matrix td { text-align: center; min-width: 90px; }
+table.matrix td.mono { text-align: left; }
 table.matrix td.on { background: #dbe8fb; font-weight: 600; }
 table.matrix th.vlan { text-align: right; }
 .pill { display: inline-block; padding: 0 8px; border-radius: 10px; font-size: 12px; background: var(--bg); border: 1px solid var(--line); }
@@ -236,22 +239,26 @@ pub fn html(plan: &Plan) -> String {
                 list.len()
             );
         }
-        let _ = writeln!(
+        let fields = kind.fields();
+        let _ = write!(
             o,
-            "<table class=\"sortable findings\" id=\"t-{k}\" data-kind=\"{k}\"><thead><tr><th>VM</th><th>NIC</th><th>MAC</th><th>IP</th><th>Port group</th><th>Details</th></tr></thead><tbody>"
+            "<table class=\"sortable findings\" id=\"t-{k}\" data-kind=\"{k}\"><thead><tr>"
         );
+        for field in fields {
+            let _ = write!(o, "<th>{}</th>", field.title());
+        }
+        o.push_str("<th>Details</th></tr></thead><tbody>\n");
         for f in list {
-            let c = |v: &Option<String>| esc(v.as_deref().unwrap_or(""));
-            let _ = writeln!(
-                o,
-                "<tr><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td></tr>",
-                c(&f.vm),
-                c(&f.nic),
-                c(&f.mac),
-                c(&f.ip),
-                c(&f.portgroup),
-                esc(&f.message)
-            );
+            o.push_str("<tr>");
+            for field in fields {
+                let class = if field.is_address() {
+                    " class=\"mono nowrap\""
+                } else {
+                    " class=\"nowrap\""
+                };
+                let _ = write!(o, "<td{class}>{}</td>", esc(f.field(*field)));
+            }
+            let _ = writeln!(o, "<td>{}</td></tr>", esc(&f.message));
         }
         o.push_str("</tbody></table>\n");
     }

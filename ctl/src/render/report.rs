@@ -222,19 +222,21 @@ pub fn markdown(plan: &Plan) -> String {
             list.len()
         );
         let _ = writeln!(out, "What to do: {}\n", advice(*kind));
-        out.push_str("| VM | NIC | MAC | IP | Port group | Details |\n|---|---|---|---|---|---|\n");
+        let fields = kind.fields();
+        let header: Vec<&str> = fields
+            .iter()
+            .map(|f| f.title())
+            .chain(["Details"])
+            .collect();
+        let _ = writeln!(out, "| {} |", header.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
         for f in list {
-            let o = |v: &Option<String>| cell(v.as_deref().unwrap_or(""));
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} |",
-                o(&f.vm),
-                o(&f.nic),
-                o(&f.mac),
-                o(&f.ip),
-                o(&f.portgroup),
-                cell(&f.message)
-            );
+            let cells: Vec<String> = fields
+                .iter()
+                .map(|field| cell(f.field(*field)))
+                .chain([cell(&f.message)])
+                .collect();
+            let _ = writeln!(out, "| {} |", cells.join(" | "));
         }
         out.push('\n');
     }
