@@ -454,7 +454,10 @@ pub fn plan(inventory: &Inventory, options: &Options) -> Plan {
     let mut nics: Vec<NicRef> = Vec::new();
     let mut uplink_names: BTreeSet<String> = BTreeSet::new();
     let mut distributed_names: BTreeSet<String> = BTreeSet::new();
+    // nics[vm_nics[k]] are in_scope[k]'s NICs, in order.
+    let mut vm_nics: Vec<std::ops::Range<usize>> = Vec::with_capacity(in_scope.len());
     for vm in &in_scope {
+        let first = nics.len();
         for (i, nic) in vm.nics.iter().enumerate() {
             let resolved = index.resolve(vm, nic);
             let (net, source) = match resolved {
@@ -500,6 +503,7 @@ pub fn plan(inventory: &Inventory, options: &Options) -> Plan {
                 source,
             });
         }
+        vm_nics.push(first..nics.len());
     }
 
     // Observations per name, for the port-group table and findings.
@@ -851,10 +855,10 @@ pub fn plan(inventory: &Inventory, options: &Options) -> Plan {
     let mut pairs: BTreeMap<MapSource, (String, BTreeSet<String>)> = BTreeMap::new();
     let mut unmapped: BTreeSet<String> = BTreeSet::new();
     let mut clusters: BTreeMap<String, BTreeMap<u16, usize>> = BTreeMap::new();
-    for vm in &in_scope {
+    for (vm, range) in in_scope.iter().zip(&vm_nics) {
         let mut interfaces = Vec::new();
         let mut skipped = Vec::new();
-        for n in nics.iter().filter(|n| std::ptr::eq(n.vm, *vm)) {
+        for n in &nics[range.clone()] {
             match (n.net.as_ref(), n.net.as_ref().and_then(&planned_name)) {
                 (_, Some(pg)) => {
                     if let Some(source) = &n.source {
