@@ -95,8 +95,10 @@ fn read_vnetwork(
     let label = sheet.opt_col(&["NIC label", "Network adapter", "Adapter label"]);
     let network = sheet.col(&["Network", "Portgroup", "Port Group"])?;
     let switch = sheet.opt_col(&["Switch"]);
-    let connected = sheet.col(&["Connected"])?;
-    let starts = sheet.col(&["Starts Connected", "Start Connected"])?;
+    // Old exports may lack these: a NIC then counts as connected, and as
+    // starting the way it is now.
+    let connected = sheet.opt_col(&["Connected"]);
+    let starts = sheet.opt_col(&["Starts Connected", "Start Connected"]);
     let mac = sheet.col(&["Mac Address", "MAC"])?;
     let addr_type = sheet.opt_col(&["Type"]);
     let ipv4 = sheet.col(&["IPv4 Address", "IP Address", "IPv4 Addresses"])?;
@@ -129,6 +131,7 @@ fn read_vnetwork(
             );
         }
         let network_name = sheet.cell(cells, network);
+        let is_connected = boolean(sheet, row, cells, connected, "Connected")?.unwrap_or(true);
         let switch_name = sheet.opt_cell(cells, switch);
         let nic = Nic {
             label: sheet.opt_cell(cells, label).to_string(),
@@ -137,9 +140,9 @@ fn read_vnetwork(
             network: (!network_name.is_empty()).then(|| network_name.to_string()),
             network_id: None,
             switch: (!switch_name.is_empty()).then(|| switch_name.to_string()),
-            connected: boolean(sheet, row, cells, Some(connected), "Connected")?.unwrap_or(false),
-            starts_connected: boolean(sheet, row, cells, Some(starts), "Starts Connected")?
-                .unwrap_or(false),
+            connected: is_connected,
+            starts_connected: boolean(sheet, row, cells, starts, "Starts Connected")?
+                .unwrap_or(is_connected),
             addrs,
         };
         let is_template = boolean(sheet, row, cells, Some(template), "Template")?.unwrap_or(false);

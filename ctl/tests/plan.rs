@@ -293,3 +293,42 @@ fn resource_name_annotation_is_an_option() {
     assert!(out.join("report.json").exists());
     assert!(!out.join("report.html").exists() && !out.join("report.md").exists());
 }
+
+/// An older RVTools CSV export: no SRM Placeholder, NIC label, Starts Connected
+/// or IPv6 column, one "IP Address" column, other header spellings, no vInfo,
+/// comma-separated without quotes.
+#[test]
+fn older_export_layout_plans() {
+    let scratch = Scratch::new("old-layout");
+    let dir = scratch.path("old");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("RVTools_tabvNetwork.csv"),
+        "VM,Power state,Template,Adapter,Network,Switch,Connected,MAC Address,Type,IP Address,Annotation,Cost Center,Datacenter,Cluster,Host,VI SDK Server\n\
+         old01,poweredOn,FALSE,Vmxnet3,LAN 10,vSwitch1,TRUE,00:50:56:94:AE:C1,assigned,10.0.10.5 fe80::1 2001:db8:10::5,,cc-1,DC,C1,esx1,vc\n\
+         old01,poweredOn,FALSE,E1000,LAN 10,vSwitch1,FALSE,00:50:56:94:ae:c2,assigned,unknown,,cc-1,DC,C1,esx1,vc\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("RVTools_tabvPort.csv"),
+        "Host,Datacenter,Cluster,Port Group,Switch,VLAN,Promiscuous Mode,Mac Changes,Forged Transmits\nesx1,DC,C1,LAN 10,vSwitch1,10,False,False,False\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("RVTools_tabdvPort.csv"),
+        "Port,Switch,VLAN,Allow Promiscuous,Mac Changes,Forged Transmits\n",
+    )
+    .unwrap();
+    let out = scratch.path("out");
+    plan_into(&dir, &out);
+    let config = json(&out.join("node-config.json"));
+    assert_eq!(config["portgroups"][0]["name"], "lan-10");
+    assert_eq!(config["portgroups"][0]["vlan"], 10);
+    assert_eq!(
+        config["portgroups"][0]["reservations"][0],
+        serde_json::json!({"mac": "00:50:56:94:ae:c1", "ips": ["10.0.10.5", "2001:db8:10::5"]})
+    );
+    let stanza = std::fs::read_to_string(out.join("vms/old01.yaml")).unwrap();
+    // Without "Starts Connected", a NIC starts as it is now: the second is down.
+    assert_eq!(stanza.matches("state: down").count(), 1, "{stanza}");
+}
