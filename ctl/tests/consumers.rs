@@ -38,7 +38,7 @@ fn validate(plan: &Path) -> (bool, String) {
         || String::from_utf8_lossy(&o.stderr).contains("ModuleNotFoundError")
     {
         panic!(
-            "the manifest validation could not run (run hack/install-deps.sh): {}{}",
+            "the manifest validation could not run (hack/install-deps.sh installs its Python packages; the workspace must be built): {}{}",
             stdout,
             String::from_utf8_lossy(&o.stderr)
         );
