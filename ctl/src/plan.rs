@@ -396,6 +396,10 @@ impl<'a> NetworkIndex<'a> {
     }
 }
 
+/// The VLAN of a NIC whose network has different VLANs on different hosts,
+/// none of them on the VM's own host.
+const PER_HOST: &str = "different per host";
+
 /// The port group's kind as the reports name it.
 fn kind_of(vlan: &Vlan, uplink: bool) -> Option<&'static str> {
     if uplink {
@@ -416,6 +420,7 @@ fn unsupported_reason(vlan: &Vlan, uplink: bool) -> String {
         Vlan::Trunk(spec) if spec == "4095" => "has VLAN 4095 (the guest tags its own VLANs): VLAN trunks to VMs are not planned by this release; these NICs need a trunk attachment, planned by hand".into(),
         Vlan::Trunk(spec) => format!("is a VLAN trunk ({spec}): VLAN trunks to VMs are not planned by this release; these NICs need a trunk attachment, planned by hand"),
         Vlan::Pvlan(id) => format!("is a private VLAN (secondary {id}): private VLAN isolation has no equivalent in portgroup; plan these NICs by hand (for example as an access VLAN with its own port security)"),
+        Vlan::Unknown(text) if text == PER_HOST => "has different VLANs on different hosts and none is known for these VMs' hosts (no vPort row): plan these NICs by hand with the VLAN their host really uses".into(),
         Vlan::Unknown(text) if text.is_empty() => "has no VLAN information (no vPort or dvPort row, or an NSX network): add the port group's rows to the export or plan it by hand".into(),
         Vlan::Unknown(text) => format!("has a VLAN setting this release cannot read ({text:?}): plan it by hand"),
         Vlan::Access(_) => String::new(),
@@ -470,7 +475,8 @@ pub fn plan(inventory: &Inventory, options: &Options) -> Plan {
                             .next()
                             .cloned()
                             .unwrap_or(Vlan::Unknown(String::new())),
-                        _ => Vlan::Unknown(String::new()),
+                        0 => Vlan::Unknown(String::new()),
+                        _ => Vlan::Unknown(PER_HOST.into()),
                     };
                     if obs.iter().any(|o| o.uplink) {
                         uplink_names.insert(name.clone());
@@ -1024,5 +1030,232 @@ mod tests {
                 "{name}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod decisions {
+    use super::*;
+    use crate::model::{NetworkObservation, Nic, Vm};
+    use crate::values::{parse_addrs, parse_mac};
+
+    fn obs(name: &str, host: Option<&str>, vlan: Vlan) -> NetworkObservation {
+        NetworkObservation {
+            name: Some(name.into()),
+            id: None,
+            vcenter: "vc".into(),
+            datacenter: "DC".into(),
+            cluster: "C".into(),
+            host: host.map(str::to_string),
+            switch: "vSwitch0".into(),
+            distributed: host.is_none(),
+            uplink: false,
+            vlan,
+            promiscuous: false,
+            mac_changes: false,
+            forged_transmits: false,
+        }
+    }
+
+    fn nic(network: &str, mac: &str, ips: &str) -> Nic {
+        Nic {
+            label: "Network adapter 1".into(),
+            mac: parse_mac(mac).unwrap(),
+            address_type: "assigned".into(),
+            network: (!network.is_empty()).then(|| network.to_string()),
+            network_id: None,
+            switch: None,
+            connected: true,
+            starts_connected: true,
+            addrs: parse_addrs(ips).unwrap(),
+        }
+    }
+
+    fn vm(name: &str, host: &str, nics: Vec<Nic>) -> Vm {
+        Vm {
+            name: name.into(),
+            vcenter: "vc".into(),
+            datacenter: "DC".into(),
+            cluster: "C".into(),
+            host: host.into(),
+            template: false,
+            srm_placeholder: false,
+            powered_on: true,
+            nics,
+            source: "test".into(),
+        }
+    }
+
+    fn kinds(plan: &Plan) -> Vec<(&'static str, String)> {
+        plan.findings
+            .iter()
+            .map(|f| {
+                let key = f
+                    .kind
+                    .fields()
+                    .iter()
+                    .map(|k| f.field(*k))
+                    .collect::<Vec<_>>()
+                    .join("/");
+                (f.kind.as_str(), key)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn port_groups_sharing_a_vlan_become_one_portgroup() {
+        let inventory = Inventory {
+            vms: vec![
+                vm(
+                    "a",
+                    "h1",
+                    vec![nic("App-Std", "00:50:56:00:00:01", "10.0.0.1")],
+                ),
+                vm(
+                    "b",
+                    "h1",
+                    vec![nic("App-DV", "00:50:56:00:00:02", "10.0.0.2")],
+                ),
+            ],
+            networks: vec![
+                obs("App-Std", Some("h1"), Vlan::Access(200)),
+                obs("App-DV", None, Vlan::Access(200)),
+            ],
+            govc_guest_overrides: vec![],
+        };
+        let plan = plan(&inventory, &Options::default());
+        assert_eq!(plan.portgroups.len(), 1);
+        assert_eq!(plan.portgroups[0].name, "app-dv");
+        assert_eq!(plan.portgroups[0].vsphere, vec!["App-DV", "App-Std"]);
+        assert_eq!(plan.portgroups[0].reservations.len(), 2);
+        assert_eq!(
+            plan.network_map.len(),
+            2,
+            "both vSphere networks map to the one NAD"
+        );
+        assert!(plan.network_map.iter().all(|p| p.portgroup == "app-dv"));
+        assert!(plan.findings.is_empty(), "{:?}", kinds(&plan));
+    }
+
+    #[test]
+    fn each_vm_gets_its_own_hosts_vlan() {
+        let inventory = Inventory {
+            vms: vec![
+                vm(
+                    "a",
+                    "h1",
+                    vec![nic("Legacy", "00:50:56:00:00:01", "10.0.0.1")],
+                ),
+                vm(
+                    "b",
+                    "h2",
+                    vec![nic("Legacy", "00:50:56:00:00:02", "10.0.1.1")],
+                ),
+                // On a host without a vPort row: the hosts disagree, so no VLAN.
+                vm(
+                    "c",
+                    "h9",
+                    vec![nic("Legacy", "00:50:56:00:00:03", "10.0.2.1")],
+                ),
+            ],
+            networks: vec![
+                obs("Legacy", Some("h1"), Vlan::Access(300)),
+                obs("Legacy", Some("h2"), Vlan::Access(301)),
+            ],
+            govc_guest_overrides: vec![],
+        };
+        let plan = plan(&inventory, &Options::default());
+        let vlans: Vec<(String, u16)> = plan
+            .portgroups
+            .iter()
+            .map(|p| (p.name.clone(), p.vlan))
+            .collect();
+        assert_eq!(
+            vlans,
+            vec![("legacy-v300".into(), 300), ("legacy-v301".into(), 301)]
+        );
+        assert_eq!(
+            kinds(&plan),
+            vec![
+                ("unsupported-portgroup", "Legacy".into()),
+                ("inconsistent-vlan", "Legacy".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicates_link_local_templates_and_uplinks() {
+        let mut template = vm("t", "h1", vec![nic("Web", "00:50:56:00:00:01", "10.0.0.9")]);
+        template.template = true;
+        let mut srm = vm("s", "h1", vec![nic("Web", "00:50:56:00:00:05", "10.0.0.5")]);
+        srm.srm_placeholder = true;
+        let mut uplink = obs("DVS-DVUplinks-1", None, Vlan::Trunk("0-4094".into()));
+        uplink.uplink = true;
+        let inventory = Inventory {
+            vms: vec![
+                template,
+                srm,
+                // The template's MAC and IP again: templates are out of the check.
+                vm(
+                    "a",
+                    "h1",
+                    vec![nic(
+                        "Web",
+                        "00:50:56:00:00:01",
+                        "10.0.0.9, fe80::1, 169.254.1.1",
+                    )],
+                ),
+                // Same MAC as c, in upper case; same IP as d.
+                vm("b", "h1", vec![nic("Web", "00:50:56:00:00:AB", "10.0.0.2")]),
+                vm("c", "h1", vec![nic("Web", "00:50:56:00:00:ab", "10.0.0.3")]),
+                vm(
+                    "d",
+                    "h1",
+                    vec![nic("Web", "00:50:56:00:00:0d", "10.0.0.2, 2001:db8::d")],
+                ),
+                vm(
+                    "e",
+                    "h1",
+                    vec![nic("DVS-DVUplinks-1", "00:50:56:00:00:0e", "10.0.0.14")],
+                ),
+            ],
+            networks: vec![obs("Web", Some("h1"), Vlan::Access(100)), uplink],
+            govc_guest_overrides: vec![],
+        };
+        let plan = plan(&inventory, &Options::default());
+        assert_eq!(
+            kinds(&plan),
+            vec![
+                ("duplicate-mac", "00:50:56:00:00:ab".into()),
+                ("duplicate-ip", "10.0.0.2".into()),
+                ("template", "t".into()),
+                ("unsupported-portgroup", "DVS-DVUplinks-1".into()),
+            ]
+        );
+        assert_eq!(plan.srm_placeholders, vec!["s"]);
+        assert_eq!(plan.vms, 5);
+        let res: Vec<(String, Vec<String>)> = plan.portgroups[0]
+            .reservations
+            .iter()
+            .map(|r| {
+                (
+                    r.mac.to_string(),
+                    r.addrs.iter().map(|a| a.to_string()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            res,
+            vec![
+                ("00:50:56:00:00:01".into(), vec!["10.0.0.9".into()]),
+                ("00:50:56:00:00:0d".into(), vec!["2001:db8::d".into()]),
+            ]
+        );
+        let uplink_row = plan
+            .vsphere
+            .iter()
+            .find(|p| p.vsphere == "DVS-DVUplinks-1")
+            .unwrap();
+        assert_eq!((uplink_row.kind, uplink_row.nics), (Some("uplink"), 1));
     }
 }
