@@ -1181,6 +1181,8 @@ mod decisions {
                 ("inconsistent-vlan", "Legacy".into())
             ]
         );
+        let why = &plan.findings[0].message;
+        assert!(why.contains("none is known for these VMs' hosts"), "{why}");
     }
 
     #[test]
