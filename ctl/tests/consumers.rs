@@ -29,6 +29,7 @@ fn planned(scratch: &Scratch) -> PathBuf {
 fn validate(plan: &Path) -> (bool, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/validate_plan.py");
     let o = Command::new("python3")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .arg(&script)
         .arg(plan)
         .output()
