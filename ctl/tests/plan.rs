@@ -332,3 +332,85 @@ fn older_export_layout_plans() {
     // Without "Starts Connected", a NIC starts as it is now: the second is down.
     assert_eq!(stanza.matches("state: down").count(), 1, "{stanza}");
 }
+
+/// Two vCenters' exports merge: the same VM name in both is two VMs (two
+/// stanzas, distinct Kubernetes names); a MAC that both vCenters handed out is
+/// a duplicate across the whole estate; one vCenter exported twice does not
+/// double its VMs.
+#[test]
+fn exports_of_several_vcenters_merge() {
+    use common::estate::{add_dvport, add_vm, empty_estate, Cell, NicRow, PortRow, VmRow};
+    let scratch = Scratch::new("vcenters");
+    let export = |vcenter: &str, mac: &str, ip: &str| {
+        let mut e = empty_estate();
+        let pg = PortRow {
+            name: "DV-App",
+            vlan: Cell::Num(200.0),
+            promiscuous: false,
+            mac_changes: false,
+            forged: false,
+        };
+        add_dvport(&mut e, &pg, "dvportgroup-101");
+        add_vm(
+            &mut e,
+            &VmRow {
+                name: "web01".into(),
+                cluster: "C1",
+                host: "esx01".into(),
+                powered_on: true,
+                template: false,
+                nics: vec![
+                    NicRow::new("DV-App", mac, ip),
+                    NicRow::new("DV-App", &mac.replace(":01", ":02"), ""),
+                ],
+            },
+        );
+        for table in &mut e.tables {
+            let col = table.headers.iter().position(|h| h == "VI SDK Server");
+            for row in &mut table.rows {
+                if let Some(c) = col {
+                    row[c] = Cell::from(vcenter);
+                }
+            }
+        }
+        e
+    };
+    let a = scratch.path("vc-a.xlsx");
+    export("vc-a.example.com", "00:50:56:80:00:01", "10.1.200.1").write_xlsx(&a);
+    let b = scratch.path("vc-b");
+    export("vc-b.example.com", "00:50:56:80:00:01", "10.1.200.2").write_csv_dir(&b, ';');
+    let out = scratch.path("out");
+    let o = run(&[
+        "plan",
+        "--rvtools",
+        a.to_str().unwrap(),
+        "--rvtools",
+        b.to_str().unwrap(),
+        "--rvtools",
+        a.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report = json(&out.join("report.json"));
+    assert_eq!(report["vms"], 2, "vc-a exported twice counts once");
+    assert_eq!(report["nics"], 4);
+    let dup: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "duplicate-mac")
+        .collect();
+    assert_eq!(dup.len(), 2, "{dup:?}");
+    assert_eq!(dup[0]["mac"], "00:50:56:80:00:01");
+    assert!(out.join("vms/web01.yaml").exists() && out.join("vms/web01-2.yaml").exists());
+    let check = run(&[
+        "check-config",
+        out.join("node-config.json").to_str().unwrap(),
+    ]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
