@@ -7,6 +7,9 @@
 #   hack/bench.sh --sections S    comma list of seq,burst,profile,portsec (default all)
 #   hack/bench.sh --no-build      use target/release/portgroup and portgroupd as they are
 #   hack/bench.sh --no-daemon     skip the portgroupd section
+#   hack/bench.sh --plan          only the planner: portgroupctl plan on a generated RVTools
+#                                 export of 10,000 VMs / 25,000 NICs / 500 port groups, as
+#                                 xlsx and as CSV; wall time and peak RSS (no root needed)
 #   hack/bench.sh --out DIR       results directory (default bench-results)
 #   hack/bench.sh --portsec-mechanisms   also time port security at 1000 ports and what
 #                                 each alternative mechanism (nft -f, nft -j, libnftables)
@@ -47,7 +50,7 @@ repo=$PWD
 export PYTHONDONTWRITEBYTECODE=1
 argv="$*"
 
-quick=0 build=1 daemon=1 mechanisms=0 cycles="" sections="seq,burst,profile,portsec" state_pgs=100 compare="" out=$repo/bench-results
+plan_only=0 quick=0 build=1 daemon=1 mechanisms=0 cycles="" sections="seq,burst,profile,portsec" state_pgs=100 compare="" out=$repo/bench-results
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) quick=1 ;;
@@ -56,6 +59,7 @@ while [[ $# -gt 0 ]]; do
         --no-build) build=0 ;;
         --no-daemon) daemon=0 ;;
         --portsec-mechanisms) mechanisms=1 ;;
+        --plan) plan_only=1 ;;
         --state-portgroups) state_pgs=$2; shift ;;
         --compare) compare=$(realpath "$2"); shift ;;
         --out) out=$(realpath -m "$2"); shift ;;
@@ -64,6 +68,65 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
+# --- portgroupctl plan (--plan) -------------------------------------------------
+# The estate is generated (ctl/examples/gen_estate.rs), never committed. Each
+# input is planned `runs` times into a fresh directory; every run's wall time and
+# peak RSS come from wait4's rusage (a Python parent, so nothing of the harness
+# is counted). Targets: under 3 s and under 300 MiB.
+if [[ $plan_only -eq 1 ]]; then
+    plan_target=${CARGO_TARGET_DIR:-$repo/target}
+    plan_vms=${PLAN_VMS:-10000} plan_nics=${PLAN_NICS:-25000} plan_pgs=${PLAN_PORTGROUPS:-500}
+    runs=5; [[ $quick -eq 1 ]] && runs=2
+    if [[ $build -eq 1 ]]; then
+        printf '\n==> %s\n' "cargo build --release -p portgroupctl (binary and the gen_estate example)" >&2
+        cargo build --release -q -p portgroupctl --bin portgroupctl --example gen_estate
+    fi
+    data=$out/plan-estate
+    rm -rf "$data"
+    mkdir -p "$data"
+    printf '\n==> %s\n' "generating $plan_vms VMs / $plan_nics NICs / $plan_pgs port groups (xlsx and CSV)" >&2
+    "$plan_target/release/examples/gen_estate" --vms "$plan_vms" --nics "$plan_nics" \
+        --portgroups "$plan_pgs" --xlsx "$data/RVTools_export_all.xlsx" --csv "$data/csv"
+    python3 - "$plan_target/release/portgroupctl" "$data" "$runs" "$out/plan.json" <<'PY'
+import json, os, statistics, subprocess, sys, time
+ctl, data, runs, result = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+inputs = {"xlsx": os.path.join(data, "RVTools_export_all.xlsx"), "csv": os.path.join(data, "csv")}
+rows = {}
+summary = None
+for name, path in inputs.items():
+    walls, cpus, rss = [], [], []
+    for i in range(runs):
+        out = os.path.join(data, "out-%s-%d" % (name, i))
+        start = time.perf_counter()
+        proc = subprocess.Popen([ctl, "plan", "--rvtools", path, "--out", out],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        walls.append(time.perf_counter() - start)
+        stdout, stderr = proc.stdout.read().decode(), proc.stderr.read().decode()
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit("plan failed on %s: %s" % (name, stderr))
+        summary = stdout.strip()
+        rss.append(usage.ru_maxrss / 1024.0)  # KiB -> MiB
+        cpus.append(usage.ru_utime + usage.ru_stime)
+    rows[name] = {"runs": runs, "wall_s_median": round(statistics.median(walls), 3),
+                  "wall_s_max": round(max(walls), 3),
+                  "cpu_s_median": round(statistics.median(cpus), 3), "peak_rss_mib_max": round(max(rss), 1)}
+size = {k: os.path.getsize(v) if os.path.isfile(v) else sum(
+    os.path.getsize(os.path.join(v, f)) for f in os.listdir(v)) for k, v in inputs.items()}
+with open(result, "w") as f:
+    json.dump({"plan": rows, "input_bytes": size, "last_run": summary}, f, indent=2)
+print("\nportgroupctl plan (%s)" % summary)
+print("%-5s %6s %14s %11s %13s %15s" % ("input", "runs", "wall median s", "wall max s", "CPU median s", "peak RSS MiB"))
+for name, r in rows.items():
+    print("%-5s %6d %14.3f %11.3f %13.3f %15.1f" % (name, r["runs"], r["wall_s_median"], r["wall_s_max"], r["cpu_s_median"], r["peak_rss_mib_max"]))
+print("load average during the run: %.1f %.1f %.1f (cores: %d)" % (os.getloadavg() + (os.cpu_count(),)))
+bad = [n for n, r in rows.items() if r["wall_s_max"] >= 3 or r["peak_rss_mib_max"] >= 300]
+print("target (< 3 s, < 300 MiB): %s" % ("MISSED by " + ", ".join(bad) if bad else "met"))
+PY
+    rm -rf "$data"/out-*
+    exit 0
+fi
+
 [[ $EUID -eq 0 ]] || { echo "hack/bench.sh needs root (network namespaces)" >&2; exit 1; }
 
 if [[ $quick -eq 1 ]]; then

@@ -45,6 +45,7 @@ have busybox || want busybox-static "the podman test's container and the VM's to
 have tcpdump || want tcpdump "packet captures in the labs"
 have qemu-system-x86_64 || want qemu-system-x86 "the VLAN test VM, for kernels without 802.1Q"
 compgen -G '/boot/vmlinuz-*' >/dev/null || want linux-image-amd64 "the VLAN test VM's kernel"
+have chromium || want chromium "portgroupctl's report.html rendered in a real browser (headless)"
 if ((bench)); then
     have strace || want strace "benchmarks: syscall profile of one ADD"
     have valgrind || want valgrind "benchmarks: instruction counts (callgrind)"

@@ -55,7 +55,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "integration" and m.get("executable"):
         print(m["executable"])')
 [[ -x $integration ]] || { echo "could not find portgroupd's integration test binary"; exit 1; }
-vlan_suite="$integration --ignored --test-threads=2 daemon_vlan:: && hack/migration-lab.sh && hack/demo.sh --inside"
+vlan_suite="$integration --ignored --test-threads=2 daemon_vlan:: && hack/migration-lab.sh && ctl/tests/lab/plan_lab.sh && hack/demo.sh --inside"
 if hack/vm.sh --has-8021q; then
     bash -c "set -e; $vlan_suite"
 else
