@@ -32,6 +32,7 @@ use portgroup::paths::{RunDir, DEFAULT_RUN_DIR, RUN_DIR_ENV};
 ///   portgroupd --dry-run                   show what would change, change nothing
 ///   portgroupd --once                      reconcile once and exit (2 = config invalid)
 ///   portgroupd --node-name worker-3 --listen 0.0.0.0:9750
+///   portgroupd --uninstall                 remove everything portgroup put on this node
 #[derive(Debug, Parser)]
 #[command(name = "portgroupd", version, verbatim_doc_comment)]
 struct Cli {
@@ -67,6 +68,20 @@ struct Cli {
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
 
+    /// Remove everything portgroup put on this node and exit: its marked bridges and
+    /// VLAN interfaces, the nftables table bridge portgroup, the CNI plugin in
+    /// --cni-bin-dir and the run directory. Refuses (exit 3) while VM ports are attached.
+    #[arg(long, conflicts_with_all = ["once", "dry_run"])]
+    uninstall: bool,
+
+    /// With --uninstall: go ahead although VM ports are attached (their host veths are deleted, the VMs lose their network).
+    #[arg(long, requires = "uninstall")]
+    force: bool,
+
+    /// With --uninstall: the host's CNI plugin directory.
+    #[arg(long, value_name = "DIR", default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing directive such as "portgroup=debug".
     #[arg(
         long,
@@ -101,6 +116,9 @@ fn main() -> anyhow::Result<()> {
             None => RunDir(DEFAULT_RUN_DIR.into()),
         },
     };
+    if cli.uninstall {
+        return uninstall(run_dir, cli.cni_bin_dir, cli.force);
+    }
     let opts = Options {
         config: cli.config,
         node,
@@ -120,4 +138,38 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(opts))
         .map_err(|e| anyhow::anyhow!(e))?;
     std::process::exit(code);
+}
+
+fn uninstall(run_dir: RunDir, cni_bin_dir: PathBuf, force: bool) -> anyhow::Result<()> {
+    use portgroup::daemon::uninstall::{uninstall, Options, EXIT_REFUSED};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let links = portgroup::netlink::Netlink::connect()
+        .map(|netlink| portgroup::daemon::rtlinks::RtLinks { netlink })
+        .context("opening a route netlink socket")?;
+    let opts = Options {
+        run_dir: run_dir.0,
+        cni_bin_dir,
+        force,
+    };
+    let report = runtime.block_on(uninstall(&links, &opts));
+    if let Some(why) = report.refused {
+        eprintln!("portgroupd --uninstall: refusing: {why}");
+        std::process::exit(EXIT_REFUSED);
+    }
+    for line in &report.removed {
+        println!("removed {line}");
+    }
+    if report.removed.is_empty() {
+        println!("nothing of portgroup's found on this node");
+    }
+    for e in &report.errors {
+        eprintln!("portgroupd --uninstall: {e}");
+    }
+    if !report.errors.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
 }
