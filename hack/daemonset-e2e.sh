@@ -179,6 +179,23 @@ for c in $(x '.containers | keys[]'); do
     image=$(x --arg c "$c" '.containers[$c].image')
     podman image exists "$image" || fail "$c: image $image is not the one built (tag mismatch)"
 done
+# Every env variable the manifest sets is read by the binary (clap lists the
+# variables it reads in --help) or expanded into its args; else it is dead.
+for c in $(x '.containers | keys[]'); do
+    exe=$(x --arg c "$c" '.containers[$c].command[0] // empty')
+    exe=${exe:-$entrypoint}
+    help=$("$BIN_DIR/$(basename "$exe")" --help 2>/dev/null || true)
+    refs=" $(x --arg c "$c" '.containers[$c].argRefs | join(" ")') "
+    for var in $(x --arg c "$c" '.containers[$c].env | keys[]'); do
+        if [[ $help == *"[env: $var="* ]]; then
+            pass "$c: env $var is read by $(basename "$exe") (its --help says so)"
+        elif [[ $refs == *" $var "* ]]; then
+            pass "$c: env $var is expanded into its command line"
+        else
+            fail "$c: env $var is set by the manifest but read by nothing"
+        fi
+    done
+done
 ((fails == 0)) || die "the manifest and the image disagree"
 
 # --- play it
@@ -208,7 +225,7 @@ fi
 state=$(podman inspect --format '{{.State.Status}}' "$daemon")
 [[ $state == running ]] || { podman logs "$daemon" 2>&1 | tail -20; die "portgroupd is $state"; }
 pid=$(podman inspect --format '{{.State.Pid}}' "$daemon")
-want_argv=$(x '[.containers.portgroupd.command // ["'"$entrypoint"'"]] | add + .containers.portgroupd.args | .[]')
+want_argv=$(x --arg e "$entrypoint" '(.containers.portgroupd.command // [$e]) + .containers.portgroupd.args | .[]')
 got_argv=$(tr '\0' '\n' <"/proc/$pid/cmdline")
 if [[ $got_argv == "$want_argv" ]]; then
     pass "portgroupd argv: $(tr '\n' ' ' <<<"$got_argv")"

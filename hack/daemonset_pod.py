@@ -53,6 +53,10 @@ def expand(text, env, where):
 
 
 def resolve_container(c, args, where):
+    """Resolves env and expands command/args in place; returns (env, the
+    variables command/args reference)."""
+    refs = sorted({m.group(1) for key in ("command", "args") for v in c.get(key, [])
+                   for m in REF.finditer(str(v)) if m.group(1)})
     env = {}
     for e in c.get("env", []):
         name = e["name"]
@@ -70,7 +74,7 @@ def resolve_container(c, args, where):
     for key in ("command", "args"):
         if key in c:
             c[key] = [expand(str(v), env, "%s.%s" % (where, key)) for v in c[key]]
-    return env
+    return env, refs
 
 
 def main():
@@ -104,7 +108,7 @@ def main():
         expect["volumes"][v["name"]] = v
     for kind in ("initContainers", "containers"):
         for i, c in enumerate(spec.get(kind, [])):
-            env = resolve_container(c, args, "%s[%d] %s" % (kind, i, c["name"]))
+            env, refs = resolve_container(c, args, "%s[%d] %s" % (kind, i, c["name"]))
             sc = c.get("securityContext", {})
             caps = sc.get("capabilities", {})
             probes = {}
@@ -117,6 +121,7 @@ def main():
                 "command": c.get("command"),
                 "args": c.get("args", []),
                 "env": env,
+                "argRefs": refs,
                 "mounts": c.get("volumeMounts", []),
                 "readOnlyRootFilesystem": bool(sc.get("readOnlyRootFilesystem")),
                 "privileged": bool(sc.get("privileged")),

@@ -42,6 +42,7 @@ have runc || want runc "podman's OCI runtime"
 have conmon || want conmon "podman's container monitor"
 have busybox || want busybox-static "the podman test's container and the VM's tools"
 have tcpdump || want tcpdump "packet captures in the labs"
+have readelf || want binutils "hack/image.sh checks the image's binaries are static"
 have qemu-system-x86_64 || want qemu-system-x86 "the VLAN test VM (this kernel has no 802.1Q)"
 compgen -G '/boot/vmlinuz-*' >/dev/null || want linux-image-amd64 "the VLAN test VM's kernel"
 if ((bench)); then

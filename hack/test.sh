@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, lints, unit tests, integration tests in private
 # network namespaces, the VLAN tests (inside a VM when this kernel has no 802.1Q),
-# the offline manifest validation and the podman end-to-end test.
+# the offline manifest validation, the podman end-to-end test and the DaemonSet's
+# pod run under podman kube play (hack/daemonset-e2e.sh).
 # Installs what it needs (apt-get, pip) when it is missing; safe to rerun.
 #
 #   hack/test.sh            everything
@@ -29,6 +30,9 @@ cargo nextest run --workspace --no-fail-fast
 
 step "manifests, validated offline"
 hack/validate-manifests.sh
+
+step "the DaemonSet's pod under podman kube play, from the image hack/image.sh builds"
+hack/daemonset-e2e.sh
 
 if [[ $quick -eq 1 ]]; then
     echo "quick run: the VLAN tests (VM) skipped"

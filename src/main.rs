@@ -20,7 +20,7 @@ use portgroup::paths::{RunDir, DEFAULT_RUN_DIR, RUN_DIR_ENV};
 /// uplink beyond bringing it up. It repairs drift within about 100 ms of a netlink
 /// event, reloads the config when its directory changes (ConfigMap updates
 /// included), writes the node state the CNI plugin reads to <run-dir>/state.json,
-/// and removes attachments whose pod network namespace is gone.
+/// and removes attachments whose pod is gone (their host veth went with its netns).
 ///
 /// An invalid config is refused whole, every problem is logged and listed in the
 /// state's "configErrors", and the last good config stays in force.
