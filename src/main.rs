@@ -146,15 +146,17 @@ fn uninstall(run_dir: RunDir, cni_bin_dir: PathBuf, force: bool) -> anyhow::Resu
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let links = portgroup::netlink::Netlink::connect()
-        .map(|netlink| portgroup::daemon::rtlinks::RtLinks { netlink })
-        .context("opening a route netlink socket")?;
     let opts = Options {
         run_dir: run_dir.0,
         cni_bin_dir,
         force,
     };
-    let report = runtime.block_on(uninstall(&links, &opts));
+    let report = runtime.block_on(async {
+        let links = portgroup::netlink::Netlink::connect()
+            .map(|netlink| portgroup::daemon::rtlinks::RtLinks { netlink })
+            .context("opening a route netlink socket")?;
+        anyhow::Ok(uninstall(&links, &opts).await)
+    })?;
     if let Some(why) = report.refused {
         eprintln!("portgroupd --uninstall: refusing: {why}");
         std::process::exit(EXIT_REFUSED);
