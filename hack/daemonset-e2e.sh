@@ -5,6 +5,7 @@
 # (`podman kube play --configmap manifests/configmap.yaml`), in a lab of its own.
 #
 #   hack/daemonset-e2e.sh
+#   PORTGROUP_BIN_DIR=DIR hack/daemonset-e2e.sh     static binaries from DIR, no cargo build
 #
 # Needs root. Everything runs in a private network and mount namespace (the
 # script re-execs itself under `unshare`): that network namespace is the lab's
@@ -34,7 +35,11 @@ if [[ -z "${!MARKER:-}" ]]; then
     [[ $EUID -eq 0 ]] || { echo "FAIL: $0 needs root (namespaces, podman)"; exit 1; }
     "$REPO/hack/install-deps.sh"
     # Built here, with the network: the inner half has none.
-    bin_dir=$("$REPO/hack/image.sh" --build-only | tail -n 1)
+    if [[ -n ${PORTGROUP_BIN_DIR:-} ]]; then
+        bin_dir=$(readlink -f "$PORTGROUP_BIN_DIR")
+    else
+        bin_dir=$("$REPO/hack/image.sh" --build-only | tail -n 1)
+    fi
     work=$(mktemp -d /tmp/pg-daemonset-e2e.XXXXXX)
     child=
     outer_cleanup() {
@@ -70,7 +75,7 @@ fi
 fails=0
 pass() { echo "PASS: $*"; }
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-die() { echo "FAIL: $*"; exit 1; }
+die() { echo "FAIL: $*"; fails=$((fails + 1)); exit 1; }
 t0=$(date +%s)
 
 for dir in "$W" /run /var/lib /dev/shm /opt; do
@@ -98,6 +103,7 @@ EOF
 printf '[storage]\ndriver = "vfs"\ngraphroot = "%s"\nrunroot = "%s"\n' "$W/storage" "$W/runroot" >"$CONTAINERS_STORAGE_CONF"
 echo 'unqualified-search-registries = []' >"$CONTAINERS_REGISTRIES_CONF"
 
+cgroups_before=$(echo /sys/fs/cgroup/*/libpod_parent)
 NODE=lab-node-1
 NODE_IP=192.0.2.10
 pod_id=
@@ -122,11 +128,13 @@ inner_cleanup() {
         echo "cleanup: killing leftover $(cat "/proc/$pid/comm" 2>/dev/null) ($pid)"
         kill -KILL "$pid" 2>/dev/null || true
     done
-    # podman's cgroupfs parent for pods: only the part this run made.
+    # podman (cgroupfs) puts pods under libpod_parent/<pod id> in every
+    # controller: remove our pod's, and libpod_parent if this run made it.
     local cg
-    for cg in /sys/fs/cgroup/*/libpod_parent /sys/fs/cgroup/libpod_parent; do
-        [[ -d $cg && ! -e $cg.pg-keep ]] || continue
-        [[ -n $pod_id && -d $cg/pod_$pod_id ]] && find "$cg/pod_$pod_id" -depth -type d -exec rmdir {} + 2>/dev/null
+    for cg in /sys/fs/cgroup/*/libpod_parent; do
+        [[ -d $cg ]] || continue
+        [[ -n $pod_id && -d $cg/$pod_id ]] && find "$cg/$pod_id" -depth -type d -exec rmdir {} + 2>/dev/null
+        [[ " $cgroups_before " == *" $cg "* ]] || rmdir "$cg" 2>/dev/null || true
     done
     echo "daemonset e2e: $(($(date +%s) - t0)) s, $fails failure(s)"
     ((fails == 0 && rc == 0)) || exit 1
@@ -151,7 +159,7 @@ pass "lab node $NODE: $NODE_IP on eth0, uplink eth1 (802.1Q: $has_8021q)"
 
 # --- the image
 image_log=$W/image.log
-PODMAN=podman "$REPO/hack/image.sh" --no-build --list >"$W/image.id" 2>"$image_log" ||
+PODMAN=podman PORTGROUP_BIN_DIR=$BIN_DIR "$REPO/hack/image.sh" --no-build --list >"$W/image.id" 2>"$image_log" ||
     { cat "$image_log"; die "hack/image.sh failed"; }
 cat "$image_log"
 image_files=$(awk 'NF == 3 {print $3}' "$image_log")
@@ -247,8 +255,9 @@ want_caps="CapPrm:=0000000000001000 CapEff:=0000000000001000 CapBnd:=00000000000
 root_opts=$(awk '$5 == "/" {print $6}' "/proc/$pid/mountinfo")
 [[ $(x .containers.portgroupd.readOnlyRootFilesystem) == true && $root_opts == ro,* ]] &&
     pass "read-only root filesystem ($root_opts)" || fail "root filesystem mounted $root_opts"
-[[ $(readlink "/proc/$pid/ns/net") == $(readlink /proc/self/ns/net) ]] &&
-    pass "hostNetwork: portgroupd is in the lab node's network namespace" || fail "not in the node's network namespace"
+[[ $(readlink "/proc/$pid/ns/net") == "$(readlink /proc/$$/ns/net)" ]] &&
+    pass "hostNetwork: portgroupd is in the lab node's network namespace" ||
+    fail "portgroupd in $(readlink "/proc/$pid/ns/net"), not the node's $(readlink /proc/$$/ns/net)"
 
 # Volumes: every mount the manifest declares, from the source it names, rw as declared; no other.
 mounts=$(podman inspect --format '{{range .Mounts}}{{.Destination}} {{.Type}} {{.Source}} {{.RW}}{{"\n"}}{{end}}' "$daemon")
@@ -271,7 +280,7 @@ http() { # port path -> "status body"
 import sys, urllib.request, urllib.error
 try:
     r = urllib.request.urlopen("http://%s:%s%s" % (sys.argv[1], sys.argv[2], sys.argv[3]), timeout=5)
-    print(r.status, r.read().decode().strip().replace("\n", " | ")[:300])
+    print(r.status, r.read().decode().strip())
 except urllib.error.HTTPError as e:
     print(e.code, e.read().decode().strip())
 except Exception as e:
@@ -287,6 +296,8 @@ for probe in $(x '.containers.portgroupd.probes | keys[]'); do
         [[ $answer == 200* ]] && break
         sleep 0.2
     done
+    x --arg p "$port" -e '.containers.portgroupd.ports | map(.containerPort | tostring) | index($p)' >/dev/null ||
+        fail "$probe: port $port is not a containerPort the manifest declares"
     [[ $answer == 200* ]] && pass "$probe: GET http://${host:-$NODE_IP}:$port$path -> $answer" ||
         fail "$probe: GET http://${host:-$NODE_IP}:$port$path -> $answer"
 done
@@ -323,7 +334,7 @@ if wait_state '[.portgroups[].name] | index("lab-extra")'; then
 else
     fail "config change not picked up: $(jq -c '[.portgroups[].name]' $state_file)"
 fi
-gen=$(http "$NODE_IP" 9750 /metrics | grep -o 'portgroupd_config_generation [0-9]*' || true)
+gen=$(http "$NODE_IP" 9750 /metrics | grep -o '^portgroupd_config_generation [0-9]*' || true)
 [[ $gen == "portgroupd_config_generation 2" ]] && pass "metrics: $gen" || fail "metrics: '$gen', want generation 2"
 
 # --- the installed plugin attaches a pod to the portgroup

@@ -12,8 +12,16 @@ It does what the kubelet does and podman 4.3 does not, and nothing else:
 - `$(VAR)` in command and args is expanded from the container's env, `$$` is a
   literal `$` (Kubernetes' rules); a reference to an undefined variable is an
   error, where the kubelet would pass it on verbatim (a bug in the manifest);
-- the pod gets podman's annotation that keeps init containers after they run
-  (podman 4.3 races removing a "once" init container and fails the play).
+- a hostNetwork pod's `ports` are dropped: with host networking they only
+  document what the container listens on (the kubelet maps nothing), and podman
+  refuses port mappings without its own network; they go to --expect instead;
+- the pod's restartPolicy Always becomes OnFailure: podman 4.3 applies it to
+  init containers too and restarts one that exited 0 over and over (the
+  kubelet restarts only regular containers); portgroupd is still restarted
+  when it fails;
+- podman's annotation for init containers that stay after they ran, so that
+  the test can read the init container's exit code and log (the kubelet keeps
+  them too; podman 4.3 removes "once" init containers).
 Everything else (securityContext, volumes, probes, resources, ...) is passed on
 as the manifest has it. --expect writes what the test then checks on the running
 containers, derived from the same manifest.
@@ -102,6 +110,8 @@ def main():
     annotations["io.podman.annotations.init.container.type"] = "always"
     meta["annotations"] = annotations
     spec = template["spec"]
+    if spec.get("restartPolicy", "Always") == "Always":
+        spec["restartPolicy"] = "OnFailure"
 
     expect = {"pod": args.pod_name, "containers": {}, "volumes": {}}
     for v in spec.get("volumes", []):
@@ -115,7 +125,9 @@ def main():
             for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
                 if probe in c and "httpGet" in c[probe]:
                     probes[probe] = c[probe]["httpGet"]
+            ports = c.pop("ports", []) if spec.get("hostNetwork") else c.get("ports", [])
             expect["containers"][c["name"]] = {
+                "ports": ports,
                 "init": kind == "initContainers",
                 "image": c["image"],
                 "command": c.get("command"),

@@ -15,6 +15,7 @@
 #   hack/image.sh --build-only          only build the static binaries
 #   hack/image.sh --no-build            use the binaries built before
 #   PODMAN="podman --root D --runroot R" hack/image.sh    another podman storage
+#   PORTGROUP_BIN_DIR=DIR hack/image.sh --no-build        binaries from DIR
 #
 # Prints the image ID on the last line.
 set -euo pipefail
@@ -52,7 +53,7 @@ tag=${tag:-ghcr.io/portgroup/portgroup:$version}
 target=$(rustc -vV | sed -n 's/^host: //p')
 [[ $target == *-linux-gnu ]] || die "expected a *-linux-gnu host, got $target"
 target_env=CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$target")_RUSTFLAGS
-out=target/$target/release
+out=${PORTGROUP_BIN_DIR:-target/$target/release}
 if ((build)); then
     say "building portgroupd and portgroup (release, static, $target)"
     env "$target_env=-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=symbols \
