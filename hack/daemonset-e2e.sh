@@ -103,7 +103,9 @@ EOF
 printf '[storage]\ndriver = "vfs"\ngraphroot = "%s"\nrunroot = "%s"\n' "$W/storage" "$W/runroot" >"$CONTAINERS_STORAGE_CONF"
 echo 'unqualified-search-registries = []' >"$CONTAINERS_REGISTRIES_CONF"
 
-cgroups_before=$(echo /sys/fs/cgroup/*/libpod_parent)
+cgroups_before=$(for cg in /sys/fs/cgroup/*/libpod_parent /sys/fs/cgroup/libpod_parent; do
+    if [[ -d $cg ]]; then echo "$cg"; fi
+done | tr '\n' ' ')
 NODE=lab-node-1
 NODE_IP=192.0.2.10
 pod_id=
@@ -131,7 +133,7 @@ inner_cleanup() {
     # podman (cgroupfs) puts pods under libpod_parent/<pod id> in every
     # controller: remove our pod's, and libpod_parent if this run made it.
     local cg
-    for cg in /sys/fs/cgroup/*/libpod_parent; do
+    for cg in /sys/fs/cgroup/*/libpod_parent /sys/fs/cgroup/libpod_parent; do
         [[ -d $cg ]] || continue
         [[ -n $pod_id && -d $cg/$pod_id ]] && find "$cg/$pod_id" -depth -type d -exec rmdir {} + 2>/dev/null
         [[ " $cgroups_before " == *" $cg "* ]] || rmdir "$cg" 2>/dev/null || true
