@@ -92,7 +92,8 @@ say "$tag: $size bytes ($((size / 1024)) KiB), image $id"
 if ((list)); then
     # The image's own files, as a container from it sees them.
     cid=$("${podman[@]}" create --quiet "$tag")
-    "${podman[@]}" export "$cid" | tar -tvf - | awk '{print $1, $3, $6}' >&2
+    "${podman[@]}" export --output "$ctx/export.tar" "$cid"
+    tar -tvf "$ctx/export.tar" | awk '{print $1, $3, $6}' >&2
     "${podman[@]}" rm --force "$cid" >/dev/null
 fi
 echo "$id"
