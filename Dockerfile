@@ -2,7 +2,8 @@
 #
 # portgroup image: the node daemon (portgroupd, the entrypoint) and the CNI
 # plugin binary (portgroup), which the DaemonSet's init container copies into
-# the host's /opt/cni/bin.
+# the host's /opt/cni/bin. The same layout as hack/image.sh builds without a
+# registry (FROM scratch, two static binaries).
 #
 #   docker build -t ghcr.io/portgroup/portgroup:0.1.0 .
 #
@@ -17,27 +18,25 @@ FROM docker.io/library/rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
 WORKDIR /src
 COPY . .
 # --locked: build exactly what Cargo.lock says, fail if it is stale.
-# The binaries are copied out of the cache-mounted target directory, which is
-# not part of the image layer.
+# Static glibc binaries (crt-static; the explicit --target keeps build scripts
+# and proc macros dynamic), as hack/image.sh builds them: the image needs no
+# shared library. The binaries are copied out of the cache-mounted target
+# directory, which is not part of the image layer.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
+    target=$(rustc -vV | sed -n 's/^host: //p') \
+ && env "CARGO_TARGET_$(echo "$target" | tr 'a-z-' 'A-Z_')_RUSTFLAGS=-C target-feature=+crt-static" \
     CARGO_PROFILE_RELEASE_STRIP=symbols \
-    cargo build --release --locked -p portgroup -p portgroup-plugin \
- && install -D -m 0755 target/release/portgroupd /out/portgroupd \
- && install -D -m 0755 target/release/portgroup /out/portgroup
+    cargo build --release --locked --target "$target" --bin portgroupd --bin portgroup \
+ && install -D -m 0755 "target/$target/release/portgroupd" /out/usr/local/bin/portgroupd \
+ && install -D -m 0755 "target/$target/release/portgroup" /out/usr/local/bin/portgroup
 
-# Same Debian release as the build stage, so the glibc matches.
-FROM docker.io/library/debian:${DEBIAN_RELEASE}-slim
-# nftables (nft + libnftables1): port-security rules. Nothing else: no
-# iproute2, no recommends. The slim base already has /bin/sh and coreutils,
-# which the DaemonSet's init container uses to install the plugin atomically.
-# Not pinned to an exact Debian version: security updates replace it.
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends nftables \
- && rm -rf /var/lib/apt/lists/*
-COPY --from=build /out/portgroupd /out/portgroup /usr/local/bin/
+# Nothing but the two static binaries: no shell, no package manager, no nft
+# (port security speaks nf_tables netlink itself). The DaemonSet's init
+# container runs `portgroup install`, which needs no shell either.
+FROM scratch
+COPY --from=build /out/ /
 LABEL org.opencontainers.image.title="portgroup" \
       org.opencontainers.image.description="vSphere-style port groups for KubeVirt: portgroupd node daemon and portgroup CNI plugin" \
       org.opencontainers.image.licenses="Apache-2.0" \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, lints, unit tests, integration tests in private
 # network namespaces, the VLAN tests (inside a VM when this kernel has no 802.1Q),
-# the offline manifest validation and the podman end-to-end test.
+# the offline manifest validation, the podman end-to-end test and the DaemonSet's
+# pod run under podman kube play (hack/daemonset-e2e.sh).
 # Installs what it needs (apt-get, pip) when it is missing; safe to rerun.
 #
 #   hack/test.sh            everything
@@ -36,6 +37,9 @@ vlan_tests=$(cargo nextest list --workspace --run-ignored all -E "$vlan_filter" 
 
 step "manifests, validated offline"
 hack/validate-manifests.sh
+
+step "the DaemonSet's pod under podman kube play, from the image hack/image.sh builds"
+hack/daemonset-e2e.sh
 
 if [[ $quick -eq 1 ]]; then
     echo "quick run: left out the VLAN step: $vlan_tests tests that need 802.1Q (daemon_vlan::*),"

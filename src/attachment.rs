@@ -143,6 +143,67 @@ pub fn remove(dir: &Path, container_id: &str, ifname: &str) -> std::io::Result<(
     }
 }
 
+/// An exclusive lock on one attachment's record (flock on the record file),
+/// released on drop or when the process exits, however it exits. A teardown
+/// holds it from before it deletes the veth until after it removes the record,
+/// so the daemon's collector, which only try-locks, never takes a DEL in flight
+/// for a leak.
+#[derive(Debug)]
+pub struct Lock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+pub enum TryLock {
+    Locked(Lock),
+    /// Someone (a DEL) holds it.
+    Busy,
+    /// The record is gone, or was replaced while we locked it.
+    Gone,
+}
+
+fn open_record(
+    dir: &Path,
+    container_id: &str,
+    ifname: &str,
+) -> std::io::Result<Option<std::fs::File>> {
+    match std::fs::File::open(record_path(dir, container_id, ifname)) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Locks a record, waiting for a holder; Ok(None) when there is no record.
+pub fn lock(dir: &Path, container_id: &str, ifname: &str) -> std::io::Result<Option<Lock>> {
+    let Some(file) = open_record(dir, container_id, ifname)? else {
+        return Ok(None);
+    };
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map(|f| Some(Lock(f)))
+        .map_err(|(_, e)| std::io::Error::from(e))
+}
+
+/// Locks a record if nobody holds it. The lock is only granted on the record
+/// still at its path: one removed (or replaced by a new ADD) meanwhile is Gone.
+pub fn try_lock(dir: &Path, container_id: &str, ifname: &str) -> std::io::Result<TryLock> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(file) = open_record(dir, container_id, ifname)? else {
+        return Ok(TryLock::Gone);
+    };
+    let locked = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => locked,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(TryLock::Busy),
+        Err((_, e)) => return Err(e.into()),
+    };
+    let ours = locked.metadata()?;
+    match std::fs::metadata(record_path(dir, container_id, ifname)) {
+        Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => {
+            Ok(TryLock::Locked(Lock(locked)))
+        }
+        Ok(_) => Ok(TryLock::Gone),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TryLock::Gone),
+        Err(e) => Err(e),
+    }
+}
+
 /// Every readable record, plus the paths of unreadable ones (reported, not fatal).
 pub fn list(dir: &Path) -> (Vec<Record>, Vec<(PathBuf, String)>) {
     let mut records = Vec::new();

@@ -21,8 +21,8 @@ use portgroup::paths::{RunDir, DEFAULT_RUN_DIR, RUN_DIR_ENV};
 /// uplink beyond bringing it up. It repairs drift within about 100 ms of a netlink
 /// event, reloads the config when its directory changes (ConfigMap updates
 /// included), writes the node state to <run-dir>/state.json and, for the CNI
-/// plugin, one file per portgroup to <run-dir>/portgroups/<name>.json,
-/// and removes attachments whose pod network namespace is gone.
+/// plugin, one file per portgroup to <run-dir>/portgroups/<name>.json, and
+/// removes attachments whose pod is gone (their host veth went with its netns).
 ///
 /// An invalid config is refused whole, every problem is logged and listed in the
 /// state's "configErrors", and the last good config stays in force.
@@ -35,6 +35,7 @@ use portgroup::paths::{RunDir, DEFAULT_RUN_DIR, RUN_DIR_ENV};
 ///   portgroupd --once                      reconcile once and exit (2 = config invalid)
 ///   portgroupd --node-name worker-3 --listen 0.0.0.0:9750
 ///   portgroupd --check-config config.json  list the config's problems (exit 1 on any)
+///   portgroupd --uninstall                 remove everything portgroup put on this node
 #[derive(Debug, Parser)]
 #[command(name = "portgroupd", version, verbatim_doc_comment)]
 struct Cli {
@@ -76,6 +77,20 @@ struct Cli {
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
 
+    /// Remove everything portgroup put on this node and exit: its marked bridges and
+    /// VLAN interfaces, the nftables table bridge portgroup, the CNI plugin in
+    /// --cni-bin-dir and the run directory. Refuses (exit 3) while VM ports are attached.
+    #[arg(long, conflicts_with_all = ["once", "dry_run"])]
+    uninstall: bool,
+
+    /// With --uninstall: go ahead although VM ports are attached (their host veths are deleted, the VMs lose their network).
+    #[arg(long, requires = "uninstall")]
+    force: bool,
+
+    /// With --uninstall: the host's CNI plugin directory.
+    #[arg(long, value_name = "DIR", default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing directive such as "portgroup=debug".
     #[arg(
         long,
@@ -113,6 +128,9 @@ fn main() -> anyhow::Result<()> {
             None => RunDir(DEFAULT_RUN_DIR.into()),
         },
     };
+    if cli.uninstall {
+        return uninstall(run_dir, cli.cni_bin_dir, cli.force);
+    }
     let opts = Options {
         config: cli.config,
         node,
@@ -154,4 +172,40 @@ fn check_config(file: &Path) -> i32 {
         let _ = writeln!(out, "{label}: {problem}");
     }
     1
+}
+
+fn uninstall(run_dir: RunDir, cni_bin_dir: PathBuf, force: bool) -> anyhow::Result<()> {
+    use portgroup::daemon::uninstall::{uninstall, Options, EXIT_REFUSED};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let opts = Options {
+        run_dir: run_dir.0,
+        cni_bin_dir,
+        force,
+    };
+    let report = runtime.block_on(async {
+        let links = portgroup::netlink::Netlink::connect()
+            .map(|netlink| portgroup::daemon::rtlinks::RtLinks { netlink })
+            .context("opening a route netlink socket")?;
+        anyhow::Ok(uninstall(&links, &opts).await)
+    })?;
+    if let Some(why) = report.refused {
+        eprintln!("portgroupd --uninstall: refusing: {why}");
+        std::process::exit(EXIT_REFUSED);
+    }
+    for line in &report.removed {
+        println!("removed {line}");
+    }
+    if report.removed.is_empty() {
+        println!("nothing of portgroup's found on this node");
+    }
+    for e in &report.errors {
+        eprintln!("portgroupd --uninstall: {e}");
+    }
+    if !report.errors.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
 }

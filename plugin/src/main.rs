@@ -1,5 +1,7 @@
 //! `portgroup`: the CNI plugin. Reads the network config on stdin and the CNI_*
 //! environment, writes a result or an error object on stdout, logs to stderr.
+//! `portgroup install <dir>` (no CNI_COMMAND) copies the plugin into a CNI
+//! directory; see install.rs.
 
 mod add;
 mod bridge;
@@ -8,6 +10,7 @@ mod del;
 mod env;
 mod fault;
 mod gc;
+mod install;
 mod ipam;
 mod log;
 mod spec;
@@ -32,6 +35,15 @@ fn main() {
     let mut args = std::env::args_os().skip(1);
     if args.next().is_some_and(|a| a == "--check-config") {
         std::process::exit(check_config(args.next(), args.next()));
+    }
+    // `portgroup install <dir>` for the DaemonSet's init container. A runtime
+    // always sets CNI_COMMAND (and passes no arguments), so a CNI call never
+    // lands here.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if std::env::var_os("CNI_COMMAND").is_none()
+        && args.first().map(String::as_str) == Some("install")
+    {
+        std::process::exit(install::main(&args[1..]));
     }
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {

@@ -61,6 +61,15 @@ impl Teardown<'_> {
     pub async fn run(&self, nl: &Netlink, run: &RunDir) -> Result<(), Error> {
         let host_veth = host_veth_name(self.container_id, self.ifname);
         let mut errors = Vec::new();
+        // Held until the record is removed: portgroupd's collector sees the veth
+        // vanish first, and must leave an attachment whose DEL is running alone
+        // rather than report it as a leak. Without the lock, teardown goes on.
+        let _held = attachment::lock(&run.attachments_dir(), self.container_id, self.ifname)
+            .unwrap_or_else(|e| {
+                tracing::warn!("locking the attachment record: {e}");
+                None
+            });
+
         if let Err(e) = delete_host_veth(nl, &host_veth).await {
             errors.push(e);
         }

@@ -1,54 +1,49 @@
 //! Garbage collection of attachments. Multus never sends CNI GC to a secondary
 //! network's plugin, and a DEL can be lost (node crash, kubelet restart), so the
 //! daemon removes what is left of attachments whose pod is gone.
+//!
+//! An attachment is dead exactly when its host veth is gone: the pod end lives
+//! in the pod's network namespace, and the kernel deletes the pair when that
+//! namespace goes. So the daemon needs no view of the pods' netns paths (no
+//! /var/run/netns mount, no hostPID); the record's netns path is not judged.
+//!
+//! Two things look like a dead attachment and are not collected:
+//! - an ADD writes its record before it creates the veth, so a record younger
+//!   than [`MIN_AGE`] is left alone; the collector is woken again when it comes
+//!   of age ([`GcReport::next_due`]);
+//! - a DEL deletes the veth first and the record last, holding the record's lock
+//!   ([`attachment::lock`]) throughout; such a record is "already being deleted".
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use super::applier::Links;
 use super::planner::Observed;
-use crate::attachment;
+use crate::attachment::{self, TryLock};
 
 /// An ADD writes its record before it creates the veth: a record younger than
 /// this may belong to an ADD still running, and is left alone.
 pub const MIN_AGE: Duration = Duration::from_secs(30);
+
+/// Slack added to a young record's due time, so that when the collector wakes the
+/// record is past [`MIN_AGE`] by its own clock and mtime granularity.
+const DUE_SLACK: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GcReport {
     pub removed: u64,
     /// Records kept (live attachments, and ones too young to judge).
     pub remaining: usize,
+    /// Dead-looking records left to the DEL that holds them.
+    pub being_deleted: usize,
+    /// How long until the youngest dead-looking record comes of age: collect
+    /// again then, not at the next resync.
+    pub next_due: Option<Duration>,
     pub errors: Vec<String>,
 }
 
-/// Whether a netns path still names a network namespace. Doubt (a permission
-/// error, say) counts as alive: collecting a live VM's port is far worse than
-/// keeping a dead one for another round.
-///
-/// A `/proc/<pid>/ns/net` path is never judged: the DaemonSet runs without
-/// hostPID, so host processes are invisible and "not found" would be a lie. Such
-/// attachments are collected when their host veth disappears, which the kernel
-/// guarantees once the namespace is really gone.
-pub fn netns_alive(path: &str) -> bool {
-    if path.starts_with("/proc/") {
-        return true;
-    }
-    match crate::netns::open(Path::new(path)) {
-        Ok(_) => true,
-        Err(crate::netns::NetnsError::NotFound { .. })
-        | Err(crate::netns::NetnsError::NotANamespace { .. }) => false,
-        Err(crate::netns::NetnsError::Io { .. }) => true,
-    }
-}
-
-pub async fn collect<L: Links>(
-    links: &L,
-    observed: &Observed,
-    dir: &Path,
-    now: SystemTime,
-    min_age: Duration,
-    alive: impl Fn(&str) -> bool,
-) -> GcReport {
+/// Collects dead attachments. Synchronous: no link is deleted here (a dead
+/// attachment's veth is already gone), only rules and records.
+pub fn collect(observed: &Observed, dir: &Path, now: SystemTime, min_age: Duration) -> GcReport {
     let mut report = GcReport::default();
     let (records, broken) = attachment::list(dir);
     for (path, why) in broken {
@@ -58,44 +53,56 @@ pub async fn collect<L: Links>(
         ));
     }
     for record in records {
+        let id = format!("{}/{}", record.container_id, record.ifname);
+        let veth = observed.links.iter().find(|l| l.name == record.host_veth);
+        match veth {
+            Some(veth) if veth.is_kind("veth") => {
+                report.remaining += 1;
+                continue;
+            }
+            Some(veth) => tracing::warn!(
+                attachment = %id,
+                "{} is not a veth; the attachment is dead, the interface is left alone",
+                veth.name
+            ),
+            None => {}
+        }
         let age = std::fs::metadata(record.path(dir))
             .and_then(|m| m.modified())
             .ok()
             .and_then(|m| now.duration_since(m).ok())
             .unwrap_or_default();
-        let veth = observed.links.iter().find(|l| l.name == record.host_veth);
-        let why = if !alive(&record.netns) {
-            format!("netns {} is gone", record.netns)
-        } else if veth.is_none() {
-            format!("host veth {} is gone", record.host_veth)
-        } else {
-            report.remaining += 1;
-            continue;
-        };
         if age < min_age {
             report.remaining += 1;
+            let due = min_age - age + DUE_SLACK;
+            report.next_due = Some(report.next_due.map_or(due, |d| d.min(due)));
             continue;
         }
-        let id = format!("{}/{}", record.container_id, record.ifname);
-        if let Some(veth) = veth {
-            if veth.is_kind("veth") {
-                if let Err(e) = links.delete(veth.index).await {
-                    if !e.is_not_found() {
-                        report
-                            .errors
-                            .push(format!("attachment {id}: deleting {}: {e}", veth.name));
-                        report.remaining += 1;
-                        continue;
-                    }
-                }
-            } else {
-                tracing::warn!(
+        let _lock = match attachment::try_lock(dir, &record.container_id, &record.ifname) {
+            Ok(TryLock::Locked(lock)) => lock,
+            Ok(TryLock::Busy) => {
+                tracing::info!(
                     attachment = %id,
-                    "{} is not a veth; leaving the interface alone",
-                    veth.name
+                    host_veth = %record.host_veth,
+                    "attachment already being deleted (its DEL holds the record); not collecting it"
                 );
+                report.being_deleted += 1;
+                continue;
             }
-        }
+            Ok(TryLock::Gone) => {
+                tracing::debug!(attachment = %id, "record removed meanwhile: deleted by its DEL");
+                continue;
+            }
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("attachment {id}: locking its record: {e}"));
+                report.remaining += 1;
+                continue;
+            }
+        };
+        // The host veth is gone (or never was a veth), so there is no link to
+        // delete: the pod end went with it. Rules and record remain.
         if let Err(e) = crate::portsec::remove(&record.host_veth) {
             report.errors.push(format!(
                 "attachment {id}: removing port-security rules of {}: {e}",
@@ -109,7 +116,12 @@ pub async fn collect<L: Links>(
             report.remaining += 1;
             continue;
         }
-        tracing::info!(attachment = %id, host_veth = %record.host_veth, "collected stale attachment: {why}");
+        tracing::info!(
+            attachment = %id,
+            host_veth = %record.host_veth,
+            "collected stale attachment: host veth {} is gone and no DEL is running",
+            record.host_veth
+        );
         report.removed += 1;
     }
     report
@@ -119,17 +131,14 @@ pub async fn collect<L: Links>(
 mod tests {
     use super::*;
     use crate::attachment::Record;
-    use crate::daemon::fake::{FakeKernel, FakeLinks};
     use crate::netlink::LinkSummary;
-    use futures::executor::block_on;
-    use std::cell::RefCell;
 
-    fn record(cid: &str, netns: &str) -> Record {
+    fn record(cid: &str) -> Record {
         Record {
             container_id: cid.into(),
             ifname: "net1".into(),
             network: "prod-web".into(),
-            netns: netns.into(),
+            netns: "/var/run/netns/whatever".into(),
             host_veth: crate::naming::host_veth_name(cid, "net1"),
             bridge: "br0".into(),
             portgroup: Some("prod-web".into()),
@@ -144,41 +153,37 @@ mod tests {
         }
     }
 
-    #[test]
-    fn proc_paths_are_never_judged_dead() {
-        assert!(netns_alive("/proc/999999999/ns/net"));
-        assert!(!netns_alive("/run/netns/portgroup-test-does-not-exist"));
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("pg-gc-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
     }
 
     #[test]
-    fn collects_only_what_is_dead_and_old() {
-        let dir = std::env::temp_dir().join(format!("pg-gc-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        // (container, netns alive, veth present, veth kind, old enough, collected)
+    fn collects_only_what_is_dead_old_and_not_being_deleted() {
+        let dir = scratch("table");
+        // (container, veth kind if present, age in seconds, held by a DEL, collected)
         let cases = [
-            ("live", true, true, "veth", true, false),
-            ("netns-gone", false, true, "veth", true, true),
-            ("veth-gone", true, false, "veth", true, true),
-            ("both-gone", false, false, "veth", true, true),
-            ("young", false, false, "veth", false, false),
-            ("not-a-veth", false, true, "bridge", true, true),
+            ("live", Some("veth"), 120, false, false),
+            ("live-young", Some("veth"), 0, false, false),
+            ("veth-gone", None, 120, false, true),
+            ("young", None, 20, false, false),
+            ("younger", None, 5, false, false),
+            ("not-a-veth", Some("bridge"), 120, false, true),
+            ("deleting", None, 120, true, false),
         ];
         let mut links = vec![];
-        for (i, (cid, alive, veth, kind, old, _)) in cases.iter().enumerate() {
-            let r = record(
-                cid,
-                &format!("/run/netns/{}", if *alive { "alive" } else { "dead" }),
-            );
+        let mut held = vec![];
+        for (i, (cid, kind, age, deleting, _)) in cases.iter().enumerate() {
+            let r = record(cid);
             r.write(&dir).expect("write record");
-            if *old {
-                let f = std::fs::File::options()
-                    .write(true)
-                    .open(r.path(&dir))
-                    .expect("open");
-                f.set_modified(SystemTime::now() - Duration::from_secs(120))
-                    .expect("mtime");
-            }
-            if *veth {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(r.path(&dir))
+                .expect("open");
+            f.set_modified(SystemTime::now() - Duration::from_secs(*age))
+                .expect("mtime");
+            if let Some(kind) = kind {
                 links.push(LinkSummary {
                     index: 10 + i as u32,
                     name: r.host_veth.clone(),
@@ -186,31 +191,45 @@ mod tests {
                     ..Default::default()
                 });
             }
-        }
-        let fake = FakeLinks(RefCell::new(FakeKernel::with(links)));
-        let observed = fake.0.borrow().observed();
-        let report = block_on(collect(
-            &fake,
-            &observed,
-            &dir,
-            SystemTime::now(),
-            MIN_AGE,
-            |ns| ns.ends_with("alive"),
-        ));
-        assert_eq!(report.removed, 4, "{report:?}");
-        assert_eq!(report.remaining, 2);
-        assert!(report.errors.is_empty(), "{report:?}");
-        for (cid, _, _, kind, _, collected) in cases {
-            let r = record(cid, "");
-            let present = Record::find(&dir, cid, "net1").expect("read").is_some();
-            assert_eq!(present, !collected, "{cid}");
-            let link = fake.0.borrow().get(&r.host_veth).cloned();
-            if kind == "bridge" {
-                assert!(link.is_some(), "a non-veth is never deleted");
-            } else if collected {
-                assert!(link.is_none(), "{cid}: veth deleted");
+            if *deleting {
+                held.push(
+                    attachment::lock(&dir, cid, "net1")
+                        .expect("lock")
+                        .expect("record exists"),
+                );
             }
         }
+        let observed = Observed {
+            links,
+            ..Default::default()
+        };
+        let report = collect(&observed, &dir, SystemTime::now(), MIN_AGE);
+        assert_eq!(report.removed, 2, "{report:?}");
+        assert_eq!(report.remaining, 4, "{report:?}");
+        assert_eq!(report.being_deleted, 1, "{report:?}");
+        assert!(report.errors.is_empty(), "{report:?}");
+        // "young" (20 s) comes of age first: in about 10 s, not at the next resync.
+        let due = report.next_due.expect("a wake-up is due");
+        assert!(
+            due > Duration::from_secs(8) && due <= Duration::from_secs(11),
+            "{due:?}"
+        );
+        for (cid, _, _, _, collected) in cases {
+            let present = Record::find(&dir, cid, "net1").expect("read").is_some();
+            assert_eq!(present, !collected, "{cid}");
+        }
+
+        // Once the DEL is done (lock released, record removed) nothing is left to do.
+        drop(held);
+        attachment::remove(&dir, "deleting", "net1").expect("DEL removes its record");
+        let later = SystemTime::now() + Duration::from_secs(60);
+        let observed = Observed::default();
+        let report = collect(&observed, &dir, later, MIN_AGE);
+        assert_eq!(
+            report.removed, 4,
+            "live, live-young, young, younger: veths gone now"
+        );
+        assert_eq!(report.next_due, None);
         std::fs::remove_dir_all(dir).expect("cleanup");
     }
 }

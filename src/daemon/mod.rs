@@ -11,6 +11,7 @@ pub mod planner;
 pub mod reconcile;
 pub mod rtlinks;
 pub mod run;
+pub mod uninstall;
 
 #[cfg(test)]
 pub mod fake;

@@ -24,6 +24,9 @@ pub struct Reconciler<L> {
     pub previous: Option<NodeState>,
     /// Operations that failed, by their text: not retried before `until`.
     held: HashMap<String, Held>,
+    /// When a young attachment record that looks dead comes of age: the main
+    /// loop collects again then, not at the next resync.
+    pub gc_due: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +69,7 @@ impl<L: Links> Reconciler<L> {
             metrics,
             previous,
             held: HashMap::new(),
+            gc_due: None,
         }
     }
 
@@ -164,14 +168,11 @@ impl<L: Links> Reconciler<L> {
         }
         if collect {
             let report = gc::collect(
-                &self.links,
                 &observed,
                 &self.run_dir.attachments_dir(),
                 SystemTime::now(),
                 gc::MIN_AGE,
-                gc::netns_alive,
-            )
-            .await;
+            );
             for e in &report.errors {
                 tracing::warn!("garbage collection: {e}");
             }
@@ -182,6 +183,7 @@ impl<L: Links> Reconciler<L> {
             self.metrics
                 .attachments
                 .store(report.remaining as u64, Relaxed);
+            self.gc_due = report.next_due.map(|d| Instant::now() + d);
         }
         let (ready, draining) = (
             portgroups.iter().filter(|p| p.ready).count(),

@@ -60,6 +60,8 @@ struct Batch {
     overrun: bool,
     link: bool,
     link_deleted: bool,
+    /// A young attachment record came of age: collect garbage.
+    gc_due: bool,
     /// When the first link event of the batch arrived: drift is timed from there.
     first_link: Option<Instant>,
 }
@@ -288,7 +290,7 @@ async fn serve(
                 Reload::Unchanged => {}
             }
         }
-        let collect = batch.resync || batch.overrun || batch.link_deleted;
+        let collect = batch.resync || batch.overrun || batch.link_deleted || batch.gc_due;
         match reconciler.reconcile(&source, collect).await {
             Ok(outcome) => {
                 if source.good.is_some() {
@@ -321,11 +323,16 @@ async fn serve(
 
         batch = Batch::default();
         let retry_at = retry.map(|(at, _)| at);
+        let gc_at = reconciler.gc_due.map(Instant::from_std);
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping; host bridges and VLAN interfaces stay in place"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping; host bridges and VLAN interfaces stay in place"); break; }
             _ = sleep_until(next_resync) => batch.resync = true,
             _ = sleep_until(retry_at.unwrap_or(next_resync)), if retry_at.is_some() => {}
+            _ = sleep_until(gc_at.unwrap_or(next_resync)), if gc_at.is_some() => {
+                batch.gc_due = true;
+                reconciler.gc_due = None;
+            }
             t = rx.recv() => match t {
                 Some(t) => batch.add(t),
                 None => return Err("event channels closed".into()),

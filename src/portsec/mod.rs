@@ -552,6 +552,23 @@ pub fn remove_all_not_in(keep: &[String]) -> Result<Vec<String>, Error> {
     })
 }
 
+/// Deletes the whole `table bridge portgroup`, every port's rules with it: for
+/// uninstalling. Tables of other owners are never looked at. Ok(false) when
+/// there was no table.
+pub fn delete_table() -> Result<bool, Error> {
+    let context = format!("deleting table bridge {TABLE}");
+    let mut nl = open(&context)?;
+    let mut batch = Batch::new();
+    let mut m = Msg::new(msg::DELTABLE, NLM_F_REQUEST, NFPROTO_BRIDGE);
+    m.str(NFTA_TABLE_NAME, TABLE);
+    batch.push(m, context.clone());
+    match nl.commit(batch) {
+        Ok(()) => Ok(true),
+        Err(e) if e.errno == libc::ENOENT => Ok(false),
+        Err(e) => Err(err(&context, e)),
+    }
+}
+
 /// The ports that have rules installed.
 pub fn ports() -> Result<Vec<String>, Error> {
     let context = "listing secured ports";

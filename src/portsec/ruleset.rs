@@ -49,7 +49,7 @@ const CHAINS: [&str; 7] = [
 ];
 
 // attribute numbers (linux/netfilter/nf_tables.h)
-const NFTA_TABLE_NAME: u16 = 1;
+pub(super) const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_HOOK: u16 = 4;
 const NFTA_CHAIN_POLICY: u16 = 5;

@@ -8,6 +8,8 @@
 mod common;
 
 mod daemon_basic;
+mod daemon_gc_uninstall;
 mod daemon_vlan;
 mod portsec_netns;
 mod probe_netns;
+mod release_versions;

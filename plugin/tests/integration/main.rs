@@ -8,9 +8,11 @@ mod common;
 
 mod cni_bad_input;
 mod cni_conflict_probe;
+mod cni_del_lock;
 mod cni_hostile_nad;
 mod cni_lifecycle;
 mod cni_port_security;
 mod cni_reference_bridge;
 mod cni_tenancy;
+mod install_cli;
 mod podman_e2e;
