@@ -2,7 +2,6 @@
 //! CNI plugin (`portgroup`) and the node daemon (`portgroupd`).
 
 pub mod attachment;
-pub mod cni;
 pub mod error;
 pub mod mac;
 pub mod naming;
@@ -15,4 +14,3 @@ pub mod state;
 pub use error::{Error, Result};
 pub mod daemon;
 pub mod portsec;
-pub mod probe;

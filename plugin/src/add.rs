@@ -5,14 +5,16 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use portgroup::attachment::Record;
-use portgroup::cni::netconf::NetConf;
-use portgroup::cni::result::{CniResult, Interface, IpConfig, Route};
 use portgroup::mac::MacAddr;
 use portgroup::naming::host_veth_name;
 use portgroup::netlink::{is_exists, Netlink};
 use portgroup::nodeconfig::parse_cidr;
 use portgroup::paths::{rfc3339, RunDir};
-use portgroup::{netns, portsec, probe, Error};
+use portgroup::{netns, portsec, Error};
+use portgroup_plugin::cni::netconf::NetConf;
+use portgroup_plugin::cni::result::{CniResult, Interface, IpConfig, Route};
+use portgroup_plugin::podlink::PodNetlink;
+use portgroup_plugin::probe;
 use serde_json::Value;
 
 use crate::bridge::{self, Resolved};

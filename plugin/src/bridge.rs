@@ -1,11 +1,11 @@
 //! Resolving where the VM's port goes: the portgroup's bridge through the node
 //! state, or the admin's bridge by name. The plugin never creates a bridge.
 
-use portgroup::cni::netconf::{NetConf, Target};
 use portgroup::netlink::{LinkSummary, Netlink};
 use portgroup::paths::RunDir;
 use portgroup::state::{read_ready_portgroup, PortgroupState};
 use portgroup::Error;
+use portgroup_plugin::cni::netconf::{NetConf, Target};
 
 pub struct Resolved {
     pub bridge: LinkSummary,

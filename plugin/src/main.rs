@@ -15,9 +15,9 @@ mod version;
 
 use std::io::{Read, Write};
 
-use portgroup::cni::error_json;
-use portgroup::cni::netconf::{error_version, NetConf};
 use portgroup::Error;
+use portgroup_plugin::cni::error_json;
+use portgroup_plugin::cni::netconf::{error_version, NetConf};
 use serde_json::Value;
 
 use env::{Command, Env};

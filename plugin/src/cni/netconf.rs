@@ -10,10 +10,10 @@ use serde_json::{Map, Value};
 
 use super::result::CniResult;
 use super::{CniVersion, LATEST_VERSION};
-use crate::error::Error;
-use crate::mac::MacAddr;
-use crate::nodeconfig::{parse_cidr, validate_portgroup_name, MTU_MAX, MTU_MIN};
 use crate::probe::ProbeConfig;
+use portgroup::error::Error;
+use portgroup::mac::MacAddr;
+use portgroup::nodeconfig::{parse_cidr, validate_portgroup_name, MTU_MAX, MTU_MIN};
 
 /// Where the VM's port goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +85,7 @@ impl NetConf {
                 Target::Portgroup(pg)
             }
             (None, Some(br)) => {
-                crate::naming::validate_ifname(&br).map_err(|why| Error::invalid_config("bridge", why))?;
+                portgroup::naming::validate_ifname(&br).map_err(|why| Error::invalid_config("bridge", why))?;
                 Target::Bridge(br)
             }
         };
@@ -236,7 +236,7 @@ fn network_name(root: &Map<String, Value>) -> Result<String, Error> {
         None => return Err(Error::invalid_config("name", "required")),
     };
     // Spec section 1: alphanumeric first, then alphanumerics, '_', '.', '-'.
-    crate::naming::validate_container_id(&name)
+    portgroup::naming::validate_container_id(&name)
         .map_err(|why| Error::invalid_config("name", why))?;
     Ok(name)
 }
@@ -434,7 +434,7 @@ impl<'a> Fields<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::code;
+    use portgroup::error::code;
     use serde_json::json;
 
     fn base() -> Value {

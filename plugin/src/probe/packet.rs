@@ -12,7 +12,7 @@ use nix::libc;
 use super::frame::{
     ETH_P_ARP, ETH_P_IPV6, IPPROTO_ICMPV6, ND_NEIGHBOR_ADVERT, ND_NEIGHBOR_SOLICIT,
 };
-use crate::mac::MacAddr;
+use portgroup::mac::MacAddr;
 
 /// linux/if_packet.h; not all of these are exported by the libc crate.
 const PACKET_OUTGOING: u8 = 4;

@@ -49,8 +49,8 @@ mod packet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::error::Error;
-use crate::mac::MacAddr;
+use portgroup::error::Error;
+use portgroup::mac::MacAddr;
 
 pub use frame::{icmpv6_checksum, ipv6_multicast_mac, solicited_node};
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use portgroup::error::Error;
 use portgroup::mac::MacAddr;
 use portgroup::netns;
-use portgroup::probe::{probe, ProbeAnswer, ProbeConfig};
+use portgroup_plugin::probe::{probe, ProbeAnswer, ProbeConfig};
 
 const LEGACY_MAC: &str = "00:50:56:12:34:56";
 const VM_MAC: &str = "00:50:56:aa:bb:01";
@@ -491,7 +491,7 @@ fn foreign_arp_probe(src: MacAddr, target: [u8; 4]) -> Vec<u8> {
 
 /// Another host's DAD neighbour solicitation for `target`, from `src`.
 fn foreign_dad(src: MacAddr, target: &str) -> Vec<u8> {
-    use portgroup::probe::{icmpv6_checksum, ipv6_multicast_mac, solicited_node};
+    use portgroup_plugin::probe::{icmpv6_checksum, ipv6_multicast_mac, solicited_node};
     let target: std::net::Ipv6Addr = target.parse().unwrap();
     let group = solicited_node(target);
     let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
