@@ -17,13 +17,16 @@ FROM docker.io/library/rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
 WORKDIR /src
 COPY . .
 # --locked: build exactly what Cargo.lock says, fail if it is stale.
+# One package per build: a build of both unifies features, and the plugin would
+# link the daemon's dependencies.
 # The binaries are copied out of the cache-mounted target directory, which is
 # not part of the image layer.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     CARGO_PROFILE_RELEASE_STRIP=symbols \
-    cargo build --release --locked -p portgroup -p portgroup-plugin \
+    cargo build --release --locked -p portgroupd \
+ && cargo build --release --locked -p portgroup \
  && install -D -m 0755 target/release/portgroupd /out/portgroupd \
  && install -D -m 0755 target/release/portgroup /out/portgroup
 

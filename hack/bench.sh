@@ -75,12 +75,15 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 "$repo/hack/install-deps.sh" --bench >&2
 
 if [[ $build -eq 1 ]]; then
-    step "cargo build --release -p portgroup-plugin -p portgroup (portgroup, portgroupd)"
-    cargo build --release -q -p portgroup-plugin -p portgroup
+    # One package per build: a workspace build unifies features and would link
+    # the daemon's dependencies into the plugin.
+    step "cargo build --release -p portgroup; cargo build --release -p portgroupd"
+    cargo build --release -q -p portgroup
+    cargo build --release -q -p portgroupd
 fi
 target=${CARGO_TARGET_DIR:-$repo/target}
 plugin=$target/release/portgroup
-[[ -x $plugin ]] || { echo "$plugin is missing (cargo build --release -p portgroup-plugin)" >&2; exit 1; }
+[[ -x $plugin ]] || { echo "$plugin is missing (cargo build --release -p portgroup)" >&2; exit 1; }
 
 # --- throwaway namespaces -----------------------------------------------------
 tag="pgb-$$"

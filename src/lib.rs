@@ -1,5 +1,6 @@
-//! portgroup: vSphere-style port groups for KubeVirt. The library shared by the
-//! CNI plugin (`portgroup`) and the node daemon (`portgroupd`).
+//! portgroup: vSphere-style port groups for KubeVirt. The node contract shared by
+//! the CNI plugin (`portgroup`, in plugin/) and the node daemon (`portgroupd`), and,
+//! behind the default `daemon` feature, the daemon itself (`daemon`).
 
 pub mod attachment;
 pub mod error;
@@ -12,5 +13,6 @@ pub mod paths;
 pub mod state;
 
 pub use error::{Error, Result};
+#[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod portsec;
