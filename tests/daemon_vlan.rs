@@ -3,6 +3,9 @@
 //! test prints "SKIP: no 802.1Q" and returns (fails with PORTGROUP_REQUIRE_VLAN=1);
 //! hack/daemon-vlan-tests.sh runs them in a VM.
 
+// A test fails by panicking: unwrap and expect are allowed here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

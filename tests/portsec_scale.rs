@@ -2,6 +2,11 @@
 //! used (prints numbers; asserts only correctness, never timings). Needs root;
 //! runs in a private network namespace.
 
+// A test fails by panicking: unwrap and expect are allowed here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Raw sockets and libnftables through libc; each block says why it is sound.
+#![allow(unsafe_code)]
+
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -2,6 +2,10 @@
 //! namespace its link, addresses and routes. The shared half (link summaries,
 //! lookups by name, deletes, errno helpers) is `portgroup::netlink`.
 
+// One `unsafe`: netlink-sys takes a socket made inside the pod's namespace only as
+// a raw descriptor.
+#![allow(unsafe_code)]
+
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 

@@ -1,6 +1,9 @@
 //! ADD, CHECK, DEL, GC, STATUS and VERSION through the built binary, as a runtime
 //! runs it, in private network namespaces.
 
+// A test fails by panicking: unwrap and expect are allowed here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{conf, links, pod_link, Lab};

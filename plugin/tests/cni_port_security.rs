@@ -1,6 +1,9 @@
 //! Port security through real ADDs: rules follow the attachment's life, CHECK sees
 //! them, and a reservation lets its MAC through with only its IPs.
 
+// A test fails by panicking: unwrap and expect are allowed here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{conf, Lab};

@@ -6,6 +6,9 @@
 //! the CNI reference plugins are missing (hack/install-deps.sh installs them);
 //! `PORTGROUP_REQUIRE_PODMAN=1` turns the skip into a failure.
 
+// A test fails by panicking: unwrap and expect are allowed here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

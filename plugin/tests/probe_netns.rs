@@ -5,6 +5,11 @@
 //! (nodad) with MAC 00:50:56:12:34:56, like the source VM still running on vSphere.
 //! Each test builds its own lab; namespaces are deleted by a Drop guard.
 
+// A test fails by panicking: unwrap and expect are allowed here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Raw sockets and libnftables through libc; each block says why it is sound.
+#![allow(unsafe_code)]
+
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -448,6 +453,7 @@ fn send_later(
             // SAFETY: if_nametoindex with a valid C string; socket(2) checked below.
             let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
             assert!(ifindex > 0);
+            // SAFETY: plain socket(2); checked below.
             let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
             assert!(fd >= 0);
             // SAFETY: fresh descriptor.

@@ -1,6 +1,9 @@
 //! A non-blocking AF_PACKET raw socket bound to one interface, in the network
 //! namespace of the calling thread, receiving only ARP and ICMPv6 NS/NA frames.
 
+// Raw socket calls through libc; each block says why it is sound.
+#![allow(unsafe_code)]
+
 use std::ffi::CString;
 use std::io;
 use std::mem;
