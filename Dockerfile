@@ -24,7 +24,6 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    CARGO_PROFILE_RELEASE_STRIP=symbols \
     cargo build --release --locked -p portgroupd \
  && cargo build --release --locked -p portgroup \
  && install -D -m 0755 target/release/portgroupd /out/portgroupd \

@@ -80,6 +80,10 @@ if [[ $build -eq 1 ]]; then
     step "cargo build --release -p portgroup; cargo build --release -p portgroupd"
     cargo build --release -q -p portgroup
     cargo build --release -q -p portgroupd
+    if [[ ,$sections, == *,profile,* ]]; then
+        step "cargo build --profile profiling -p portgroup (release code with symbols, for callgrind)"
+        cargo build --profile profiling -q -p portgroup
+    fi
 fi
 target=${CARGO_TARGET_DIR:-$repo/target}
 plugin=$target/release/portgroup
@@ -123,6 +127,8 @@ mkdir -p "$run_dir" "$disk_run_dir" "$scratch"
 step "CNI benchmark: $cycles cycles, burst $burst x $burst_rounds, port security at $levels ($sections)"
 extra=()
 [[ -n $compare ]] && extra+=(--compare "$compare")
+symbols_plugin=$target/profiling/portgroup
+[[ -x $symbols_plugin && ! $symbols_plugin -ot $plugin ]] && extra+=(--symbols-plugin "$symbols_plugin")
 ip netns exec "$node" python3 "$repo/hack/bench/cni_bench.py" "${extra[@]}" \
     --plugin "$plugin" --run-dir "$run_dir" --disk-run-dir "$disk_run_dir" \
     --pods "$tag-p" --npods "$npods" --cycles "$cycles" --burst "$burst" \
