@@ -1,38 +1,45 @@
 //! A non-blocking AF_PACKET raw socket bound to one interface, in the network
 //! namespace of the calling thread, receiving only ARP and ICMPv6 NS/NA frames.
 
-// Raw socket calls through libc; each block says why it is sound.
+// One `unsafe`: nix builds a packet address only from a raw sockaddr_ll.
 #![allow(unsafe_code)]
 
-use std::ffi::CString;
 use std::io;
-use std::mem;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use nix::libc;
+use nix::net::if_::if_nametoindex;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{bind, getsockname, recvfrom, sendto, setsockopt, LinkAddr, MsgFlags};
+use nix::sys::socket::{SockaddrLike, SockaddrStorage};
+use socket2::{Domain, SockFilter, Socket, Type};
 
 use super::frame::{
     ETH_P_ARP, ETH_P_IPV6, IPPROTO_ICMPV6, ND_NEIGHBOR_ADVERT, ND_NEIGHBOR_SOLICIT,
 };
 use portgroup::mac::MacAddr;
 
-/// linux/if_packet.h; not all of these are exported by the libc crate.
-const PACKET_OUTGOING: u8 = 4;
-const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
-/// asm-generic/socket.h (x86, arm, riscv, ...).
-const SO_ATTACH_FILTER: libc::c_int = 26;
-const ARPHRD_ETHER: libc::sa_family_t = 1;
+// PACKET_IGNORE_OUTGOING (Linux 4.20+), which nix does not name. The macro
+// expands to itself and setsockopt_impl by bare name.
+use nix::{setsockopt_impl, sockopt_impl};
+sockopt_impl!(
+    IgnoreOutgoing,
+    SetOnly,
+    libc::SOL_PACKET,
+    libc::PACKET_IGNORE_OUTGOING,
+    bool
+);
 
 /// Classic BPF: accept ARP, and IPv6 whose next header is ICMPv6 with type 135 or 136
 /// (no extension headers: NDP messages carry none in practice). Everything else
 /// is dropped in the kernel, so a busy VLAN costs us nothing.
-fn filter() -> [libc::sock_filter; 10] {
+fn filter() -> [SockFilter; 10] {
     const LDH_ABS: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
     const LDB_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
     const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
     const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let op = SockFilter::new;
     [
         /* 0 */ op(LDH_ABS, 0, 0, 12),
         /* 1 */ op(JEQ_K, 6, 0, u32::from(ETH_P_ARP)), // -> 8 accept
@@ -48,126 +55,73 @@ fn filter() -> [libc::sock_filter; 10] {
 }
 
 pub struct PacketSocket {
-    fd: OwnedFd,
+    socket: Socket,
     ifindex: libc::c_int,
     /// The interface's own hardware address.
     pub mac: MacAddr,
 }
 
-fn last_error(what: &str, ifname: &str) -> io::Error {
-    let err = io::Error::last_os_error();
+fn with_context(what: &str, ifname: &str, err: impl Into<io::Error>) -> io::Error {
+    let err = err.into();
     io::Error::new(err.kind(), format!("{what} on {ifname}: {err}"))
 }
 
-fn ifreq(ifname: &str) -> io::Result<libc::ifreq> {
-    let name = CString::new(ifname)
-        .ok()
-        .filter(|n| !n.as_bytes().is_empty() && n.as_bytes().len() < libc::IFNAMSIZ)
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{ifname:?} is not a valid interface name"),
-            )
-        })?;
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
-        *dst = *src as libc::c_char;
-    }
-    Ok(req)
+/// A packet address: interface `ifindex`, EtherType `protocol` (host order).
+fn link_addr(ifindex: libc::c_int, protocol: u16) -> io::Result<LinkAddr> {
+    let raw = libc::sockaddr_ll {
+        sll_family: libc::AF_PACKET as libc::c_ushort,
+        sll_protocol: protocol.to_be(),
+        sll_ifindex: ifindex,
+        sll_hatype: 0,
+        sll_pkttype: 0,
+        sll_halen: 0,
+        sll_addr: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: `raw` is a fully initialised sockaddr_ll of `len` bytes, alive for the
+    // call; from_raw copies it and checks the family.
+    unsafe { LinkAddr::from_raw(std::ptr::addr_of!(raw).cast(), Some(len)) }
+        .ok_or_else(|| io::Error::other("building a packet address"))
 }
 
 impl PacketSocket {
     /// Opens the socket on `ifname`. Nothing is queued before the filter is attached:
     /// the socket is created with protocol 0 (receives nothing) and bound afterwards.
     pub fn open(ifname: &str) -> io::Result<Self> {
-        let mut req = ifreq(ifname)?;
-        // SAFETY: plain socket(2) call; the result is checked before being owned.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
+        let ifindex = match if_nametoindex(ifname) {
+            Ok(index) => libc::c_int::try_from(index).map_err(io::Error::other)?,
+            Err(e) => return Err(with_context("looking up the interface", ifname, e)),
         };
-        if raw < 0 {
-            return Err(last_error("opening an AF_PACKET socket", ifname));
-        }
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let socket = Socket::new(Domain::PACKET, Type::RAW.nonblocking().cloexec(), None)
+            .map_err(|e| with_context("opening an AF_PACKET socket", ifname, e))?;
+        socket
+            .attach_filter(&filter())
+            .map_err(|e| with_context("attaching the packet filter", ifname, e))?;
+        // Our own transmissions would loop back as PACKET_OUTGOING; ask the kernel not
+        // to (Linux 4.20+). Older kernels refuse the option; recv() checks anyway.
+        let _ = setsockopt(&socket, IgnoreOutgoing, &true);
 
-        // SAFETY: ioctl with a properly sized, initialised ifreq.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFINDEX, &mut req) } < 0 {
-            return Err(last_error("looking up the interface", ifname));
-        }
-        // SAFETY: SIOCGIFINDEX filled the ifindex member of the union.
-        let ifindex = unsafe { req.ifr_ifru.ifru_ifindex };
-
-        // SAFETY: as above.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } < 0 {
-            return Err(last_error("reading the hardware address", ifname));
-        }
-        // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
-        let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
-        if hw.sa_family != ARPHRD_ETHER {
+        bind(
+            socket.as_raw_fd(),
+            &link_addr(ifindex, libc::ETH_P_ALL as u16)?,
+        )
+        .map_err(|e| with_context("binding the packet socket", ifname, e))?;
+        // A bound packet socket's own address carries the device's type and address
+        // (18 bytes for Ethernet, shorter than a sockaddr_ll: hence the storage).
+        let own: SockaddrStorage = getsockname(socket.as_raw_fd())
+            .map_err(|e| with_context("reading the hardware address", ifname, e))?;
+        let mac = match own.as_link_addr() {
+            Some(own) if own.hatype() == libc::ARPHRD_ETHER && own.halen() == 6 => own.addr(),
+            _ => None,
+        };
+        let Some(mac) = mac else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{ifname} is not an Ethernet interface"),
             ));
-        }
-        let mut mac = [0u8; 6];
-        for (dst, src) in mac.iter_mut().zip(hw.sa_data.iter()) {
-            *dst = *src as u8;
-        }
-
-        let program = filter();
-        let fprog = libc::sock_fprog {
-            len: program.len() as u16,
-            filter: program.as_ptr() as *mut libc::sock_filter,
         };
-        // SAFETY: fprog points at `program`, alive for the call; the kernel copies it.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                SO_ATTACH_FILTER,
-                &fprog as *const _ as *const libc::c_void,
-                mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(last_error("attaching the packet filter", ifname));
-        }
-
-        // Our own transmissions would loop back as PACKET_OUTGOING; ask the kernel not
-        // to (Linux 4.20+). Older kernels refuse the option; recv() checks anyway.
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt with a c_int value.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                PACKET_IGNORE_OUTGOING,
-                &one as *const _ as *const libc::c_void,
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-
-        let mut addr = sockaddr_ll(ifindex, libc::ETH_P_ALL as u16);
-        addr.sll_ifindex = ifindex;
-        // SAFETY: bind with a sockaddr_ll of the right size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &addr as *const _ as *const libc::sockaddr,
-                mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(last_error("binding the packet socket", ifname));
-        }
         Ok(PacketSocket {
-            fd,
+            socket,
             ifindex,
             mac: MacAddr(mac),
         })
@@ -175,25 +129,16 @@ impl PacketSocket {
 
     /// Sends one complete Ethernet frame.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
-        let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
-        let mut addr = sockaddr_ll(self.ifindex, ethertype);
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-        // SAFETY: sendto with a valid buffer and a sockaddr_ll of the right size.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr() as *const libc::c_void,
-                frame.len(),
-                0,
-                &addr as *const _ as *const libc::sockaddr,
-                mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
+        let Some(ethertype) = frame.get(12..14) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a frame shorter than an Ethernet header",
+            ));
         };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if sent as usize != frame.len() {
+        let ethertype = u16::from_be_bytes([ethertype[0], ethertype[1]]);
+        let to = link_addr(self.ifindex, ethertype)?;
+        let sent = sendto(self.socket.as_raw_fd(), frame, &to, MsgFlags::empty())?;
+        if sent != frame.len() {
             return Err(io::Error::other(format!(
                 "short send: {sent} of {} bytes",
                 frame.len()
@@ -205,58 +150,28 @@ impl PacketSocket {
     /// Receives one frame into `buf` without blocking. `Ok(None)` when nothing is
     /// queued; frames we sent ourselves (PACKET_OUTGOING) come back as length 0.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        // SAFETY: sockaddr_ll is plain old data.
-        let mut from: libc::sockaddr_ll = unsafe { mem::zeroed() };
-        let mut len = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        // SAFETY: recvfrom into a valid buffer and address of the given sizes.
-        let got = unsafe {
-            libc::recvfrom(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                libc::MSG_DONTWAIT,
-                &mut from as *mut _ as *mut libc::sockaddr,
-                &mut len,
-            )
-        };
-        if got < 0 {
-            let err = io::Error::last_os_error();
-            return match err.kind() {
-                io::ErrorKind::WouldBlock => Ok(None),
-                io::ErrorKind::Interrupted => Ok(Some(0)),
-                _ => Err(err),
-            };
+        match recvfrom::<SockaddrStorage>(self.socket.as_raw_fd(), buf) {
+            Ok((len, from)) => {
+                let outgoing = from
+                    .as_ref()
+                    .and_then(SockaddrStorage::as_link_addr)
+                    .is_some_and(|from| from.pkttype() == libc::PACKET_OUTGOING);
+                Ok(Some(if outgoing { 0 } else { len }))
+            }
+            Err(nix::errno::Errno::EAGAIN) => Ok(None),
+            Err(nix::errno::Errno::EINTR) => Ok(Some(0)),
+            Err(e) => Err(e.into()),
         }
-        if from.sll_pkttype == PACKET_OUTGOING {
-            return Ok(Some(0));
-        }
-        Ok(Some(got as usize))
     }
 
     /// Waits up to `timeout` for a frame to be readable.
     pub fn wait(&self, timeout: Duration) -> io::Result<()> {
-        let millis = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll on one valid pollfd.
-        if unsafe { libc::poll(&mut pfd, 1, millis) } < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
+        let millis = timeout.as_micros().div_ceil(1000);
+        let timeout = PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
-}
-
-fn sockaddr_ll(ifindex: libc::c_int, protocol: u16) -> libc::sockaddr_ll {
-    // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
-    let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = protocol.to_be();
-    addr.sll_ifindex = ifindex;
-    addr
 }
