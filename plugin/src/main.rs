@@ -83,8 +83,11 @@ fn dispatch(stdin: &[u8]) -> Result<Option<Value>, Error> {
 }
 
 /// Logs go to stderr and, when the config names a `logFile`, to that file too.
-/// Level: `logLevel` in the config, else PORTGROUP_LOG, else warn.
+/// Level: `logLevel` in the config, else PORTGROUP_LOG, else warn. A plain level
+/// (error, warn, info, debug, trace, off): the plugin runs for every pod, and a
+/// directive filter would bring a regex engine into each start.
 fn init_logging(stdin: &[u8]) {
+    use tracing_subscriber::filter::LevelFilter;
     use tracing_subscriber::fmt;
     use tracing_subscriber::prelude::*;
     let conf: Value = serde_json::from_slice(stdin).unwrap_or(Value::Null);
@@ -92,9 +95,10 @@ fn init_logging(stdin: &[u8]) {
         .get("logLevel")
         .and_then(Value::as_str)
         .map(str::to_string)
-        .or_else(|| std::env::var("PORTGROUP_LOG").ok())
-        .unwrap_or_else(|| "warn".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| "warn".into());
+        .or_else(|| std::env::var("PORTGROUP_LOG").ok());
+    let filter = level
+        .and_then(|level| level.trim().parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::WARN);
     let file = conf
         .get("logFile")
         .and_then(Value::as_str)
