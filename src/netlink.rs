@@ -8,6 +8,8 @@ use netlink_packet_route::link::{
 };
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec};
 
+use nix::libc;
+
 use crate::mac::MacAddr;
 
 /// What the rest of the code needs to know of a link.
@@ -89,20 +91,11 @@ pub fn errno(err: &rtnetlink::Error) -> Option<i32> {
 }
 
 pub fn is_not_found(err: &rtnetlink::Error) -> bool {
-    matches!(
-        errno(err),
-        Some(libc_errno::ENODEV) | Some(libc_errno::ENOENT)
-    )
+    matches!(errno(err), Some(libc::ENODEV) | Some(libc::ENOENT))
 }
 
 pub fn is_exists(err: &rtnetlink::Error) -> bool {
-    errno(err) == Some(libc_errno::EEXIST)
-}
-
-pub mod libc_errno {
-    pub const ENOENT: i32 = 2;
-    pub const ENODEV: i32 = 19;
-    pub const EEXIST: i32 = 17;
+    errno(err) == Some(libc::EEXIST)
 }
 
 /// A route-netlink connection bound to one namespace.
