@@ -56,6 +56,38 @@ pub fn owner_alias(role: &str, portgroup: &str, uplink: &str, vlan: u16) -> Stri
     format!("{OWNER_MARK}{role} {portgroup} uplink={uplink} vlan={vlan}")
 }
 
+/// What the ownership mark says of a link, parsed back from the alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    pub role: String,
+    pub portgroup: String,
+    pub uplink: String,
+    pub vlan: u16,
+}
+
+/// Parses an alias made by [`owner_alias`]; None if it is not one.
+pub fn parse_mark(alias: &str) -> Option<Mark> {
+    let rest = alias.strip_prefix(OWNER_MARK)?;
+    let mut words = rest.split_whitespace();
+    let role = words.next()?.to_string();
+    let portgroup = words.next()?.to_string();
+    let mut uplink = None;
+    let mut vlan = None;
+    for word in words {
+        if let Some(v) = word.strip_prefix("uplink=") {
+            uplink = Some(v.to_string());
+        } else if let Some(v) = word.strip_prefix("vlan=") {
+            vlan = v.parse().ok();
+        }
+    }
+    Some(Mark {
+        role,
+        portgroup,
+        uplink: uplink?,
+        vlan: vlan?,
+    })
+}
+
 pub fn is_owned(alias: Option<&str>) -> bool {
     alias.is_some_and(|a| a.starts_with(OWNER_MARK))
 }
@@ -181,5 +213,21 @@ mod tests {
         assert!(is_owned(Some(&owner_alias("bridge", "web", "eth1", 100))));
         assert!(!is_owned(Some("something else")));
         assert!(!is_owned(None));
+    }
+
+    #[test]
+    fn marks_round_trip() {
+        let alias = owner_alias("bridge", "prod-web", "enp129s0f0np0", 4094);
+        assert_eq!(
+            parse_mark(&alias),
+            Some(Mark {
+                role: "bridge".into(),
+                portgroup: "prod-web".into(),
+                uplink: "enp129s0f0np0".into(),
+                vlan: 4094
+            })
+        );
+        assert_eq!(parse_mark("portgroup:port x"), None);
+        assert_eq!(parse_mark("nope"), None);
     }
 }

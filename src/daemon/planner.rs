@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
-use crate::naming::{self, bridge_name, owner_alias, vlan_interface_name, OWNER_MARK};
+use crate::naming::{self, bridge_name, owner_alias, parse_mark, vlan_interface_name};
 use crate::netlink::LinkSummary;
 use crate::nodeconfig::{NodeConfig, PortgroupConfig};
 use crate::state::{NodeState, PortgroupState};
@@ -132,38 +132,6 @@ impl Plan {
     pub fn steps_for<'a>(&'a self, portgroup: &'a str) -> impl Iterator<Item = &'a Step> + 'a {
         self.steps.iter().filter(move |s| s.portgroup == portgroup)
     }
-}
-
-/// What the ownership mark says of a link, parsed back from the alias.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mark {
-    pub role: String,
-    pub portgroup: String,
-    pub uplink: String,
-    pub vlan: u16,
-}
-
-/// Parses an alias made by [`naming::owner_alias`]; None if it is not one.
-pub fn parse_mark(alias: &str) -> Option<Mark> {
-    let rest = alias.strip_prefix(OWNER_MARK)?;
-    let mut words = rest.split_whitespace();
-    let role = words.next()?.to_string();
-    let portgroup = words.next()?.to_string();
-    let mut uplink = None;
-    let mut vlan = None;
-    for word in words {
-        if let Some(v) = word.strip_prefix("uplink=") {
-            uplink = Some(v.to_string());
-        } else if let Some(v) = word.strip_prefix("vlan=") {
-            vlan = v.parse().ok();
-        }
-    }
-    Some(Mark {
-        role,
-        portgroup,
-        uplink: uplink?,
-        vlan: vlan?,
-    })
 }
 
 struct View<'a> {
