@@ -6,7 +6,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::nodeconfig::Reservation;
+use crate::naming::{bridge_name, vlan_interface_name};
+use crate::nodeconfig::{PortgroupConfig, Reservation};
 use crate::paths::{write_atomic, RunDir};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,6 +152,32 @@ pub fn read_ready_portgroup(run: &RunDir, name: &str) -> Result<PortgroupState, 
 }
 
 impl PortgroupState {
+    /// The portgroup as the config describes it, placed on `uplink` (None: this node
+    /// has no uplink for it). Not ready and without a reason: the planner decides those.
+    pub fn from_config(pg: &PortgroupConfig, uplink: Option<&str>) -> Self {
+        let (uplink, bridge, vlan_interface) = match uplink {
+            Some(uplink) => (
+                uplink.to_string(),
+                bridge_name(uplink, pg.vlan),
+                vlan_interface_name(uplink, pg.vlan),
+            ),
+            None => Default::default(),
+        };
+        PortgroupState {
+            name: pg.name.clone(),
+            vlan: pg.vlan,
+            uplink,
+            bridge,
+            vlan_interface,
+            mtu: pg.mtu,
+            ready: false,
+            reason: None,
+            draining: false,
+            strict: pg.strict,
+            reservations: pg.reservations.clone(),
+        }
+    }
+
     pub fn reservation_for(&self, mac: crate::mac::MacAddr) -> Option<&Reservation> {
         self.reservations.iter().find(|r| r.mac == mac)
     }

@@ -221,19 +221,10 @@ pub fn plan(
 
 fn not_ready_unplaced(pg: &PortgroupConfig, node: &str) -> PortgroupState {
     PortgroupState {
-        name: pg.name.clone(),
-        vlan: pg.vlan,
-        uplink: String::new(),
-        bridge: String::new(),
-        vlan_interface: String::new(),
-        mtu: pg.mtu,
-        ready: false,
         reason: Some(format!(
             "no uplink configured for node {node}: set \"uplink\" or \"nodeUplinks.{node}\""
         )),
-        draining: false,
-        strict: pg.strict,
-        reservations: pg.reservations.clone(),
+        ..PortgroupState::from_config(pg, None)
     }
 }
 
@@ -349,19 +340,7 @@ fn plan_portgroup(
 ) -> PortgroupState {
     let bname = bridge_name(uplink_name, pg.vlan);
     let vname = vlan_interface_name(uplink_name, pg.vlan);
-    let mut status = PortgroupState {
-        name: pg.name.clone(),
-        vlan: pg.vlan,
-        uplink: uplink_name.to_string(),
-        bridge: bname.clone(),
-        vlan_interface: vname.clone(),
-        mtu: pg.mtu,
-        ready: false,
-        reason: None,
-        draining: false,
-        strict: pg.strict,
-        reservations: pg.reservations.clone(),
-    };
+    let mut status = PortgroupState::from_config(pg, Some(uplink_name));
     let Some(uplink) = view.get(uplink_name) else {
         status.reason = Some(format!("uplink {uplink_name} not found on node {node}"));
         return status;
