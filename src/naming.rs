@@ -13,7 +13,7 @@ pub const OWNER_MARK: &str = "portgroup:";
 
 /// FNV-1a, 64 bit, then the splitmix64 finaliser so that the high bits we keep
 /// depend on every input byte. Stable across releases and platforms, unlike std's hasher.
-fn stable_hash(parts: &[&[u8]]) -> u64 {
+pub(crate) fn stable_hash(parts: &[&[u8]]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {

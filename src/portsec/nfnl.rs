@@ -209,6 +209,14 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.msgs.is_empty()
     }
+
+    /// Each message as it would be sent (sequence number 0), with its name.
+    pub fn encoded(self) -> Vec<(String, Vec<u8>)> {
+        self.msgs
+            .into_iter()
+            .map(|(msg, what)| (what, msg.finish(0)))
+            .collect()
+    }
 }
 
 impl Nfnl {
