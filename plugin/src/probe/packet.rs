@@ -31,14 +31,16 @@ sockopt_impl!(
     bool
 );
 
+// Classic BPF opcodes: u16 in a sock_filter; libc spells the parts as u32.
+const LDH_ABS: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16;
+const LDB_ABS: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
+const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+
 /// Classic BPF: accept ARP, and IPv6 whose next header is ICMPv6 with type 135 or 136
 /// (no extension headers: NDP messages carry none in practice). Everything else
 /// is dropped in the kernel, so a busy VLAN costs us nothing.
 fn filter() -> [SockFilter; 10] {
-    const LDH_ABS: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
-    const LDB_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
-    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
     let op = SockFilter::new;
     [
         /* 0 */ op(LDH_ABS, 0, 0, 12),
@@ -173,5 +175,17 @@ impl PacketSocket {
             Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_opcodes_are_the_classic_bpf_ones() {
+        // linux/filter.h: ldh [k], ldb [k], jeq #k, ret #k.
+        assert_eq!([LDH_ABS, LDB_ABS, JEQ_K, RET_K], [0x28, 0x30, 0x15, 0x06]);
+        assert_eq!(filter().len(), 10);
     }
 }
