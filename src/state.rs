@@ -6,7 +6,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::naming::{bridge_name, vlan_interface_name};
+use crate::naming::{bridge_name, vlan_interface_name, Mark};
+use crate::netlink::LinkSummary;
 use crate::nodeconfig::{PortgroupConfig, Reservation};
 use crate::paths::{write_atomic, RunDir};
 
@@ -175,6 +176,31 @@ impl PortgroupState {
             draining: false,
             strict: pg.strict,
             reservations: pg.reservations.clone(),
+        }
+    }
+
+    /// A portgroup removed from the config whose bridge still holds VM ports, as
+    /// the bridge, its ownership mark and the previous state (`before`) tell it.
+    pub fn draining(
+        name: String,
+        mark: Option<&Mark>,
+        bridge: &LinkSummary,
+        vlan_interface: String,
+        before: Option<&PortgroupState>,
+        reason: String,
+    ) -> Self {
+        PortgroupState {
+            name,
+            vlan: mark.map(|m| m.vlan).unwrap_or_default(),
+            uplink: mark.map(|m| m.uplink.clone()).unwrap_or_default(),
+            bridge: bridge.name.clone(),
+            vlan_interface,
+            mtu: Some(bridge.mtu),
+            ready: false,
+            reason: Some(reason),
+            draining: true,
+            strict: before.is_some_and(|b| b.strict),
+            reservations: before.map(|b| b.reservations.clone()).unwrap_or_default(),
         }
     }
 

@@ -283,23 +283,19 @@ fn plan_stale(
             .find(|p| p.is_kind("vlan") && view.owned(p))
             .map(|p| p.name.clone())
             .unwrap_or_default();
-        draining.push(PortgroupState {
-            name: pg_name,
-            vlan: mark.as_ref().map(|m| m.vlan).unwrap_or_default(),
-            uplink: mark.as_ref().map(|m| m.uplink.clone()).unwrap_or_default(),
-            bridge: bridge.name.clone(),
+        let reason = format!(
+            "removed from the config; kept until its last VM port leaves ({} left: {})",
+            vm_ports.len(),
+            vm_ports.join(", ")
+        );
+        draining.push(PortgroupState::draining(
+            pg_name,
+            mark.as_ref(),
+            bridge,
             vlan_interface,
-            mtu: Some(bridge.mtu),
-            ready: false,
-            reason: Some(format!(
-                "removed from the config; kept until its last VM port leaves ({} left: {})",
-                vm_ports.len(),
-                vm_ports.join(", ")
-            )),
-            draining: true,
-            strict: before.is_some_and(|b| b.strict),
-            reservations: before.map(|b| b.reservations.clone()).unwrap_or_default(),
-        });
+            before,
+            reason,
+        ));
     }
     for vlan in view
         .observed
