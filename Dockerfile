@@ -20,15 +20,16 @@ COPY . .
 # --locked: build exactly what Cargo.lock says, fail if it is stale.
 # Static glibc binaries (crt-static; the explicit --target keeps build scripts
 # and proc macros dynamic), as hack/image.sh builds them: the image needs no
-# shared library. The binaries are copied out of the cache-mounted target
-# directory, which is not part of the image layer.
+# shared library. One package per build: a build of both unifies features, and
+# the plugin would link the daemon's dependencies. The binaries are copied out
+# of the cache-mounted target directory, which is not part of the image layer.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     target=$(rustc -vV | sed -n 's/^host: //p') \
- && env "CARGO_TARGET_$(echo "$target" | tr 'a-z-' 'A-Z_')_RUSTFLAGS=-C target-feature=+crt-static" \
-    CARGO_PROFILE_RELEASE_STRIP=symbols \
-    cargo build --release --locked --target "$target" --bin portgroupd --bin portgroup \
+ && export "CARGO_TARGET_$(echo "$target" | tr 'a-z-' 'A-Z_')_RUSTFLAGS=-C target-feature=+crt-static" \
+ && cargo build --release --locked --target "$target" -p portgroupd \
+ && cargo build --release --locked --target "$target" -p portgroup \
  && install -D -m 0755 "target/$target/release/portgroupd" /out/usr/local/bin/portgroupd \
  && install -D -m 0755 "target/$target/release/portgroup" /out/usr/local/bin/portgroup
 

@@ -142,12 +142,19 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 "$repo/hack/install-deps.sh" --bench >&2
 
 if [[ $build -eq 1 ]]; then
-    step "cargo build --release -p portgroup-plugin -p portgroup (portgroup, portgroupd)"
-    cargo build --release -q -p portgroup-plugin -p portgroup
+    # One package per build: a workspace build unifies features and would link
+    # the daemon's dependencies into the plugin.
+    step "cargo build --release -p portgroup; cargo build --release -p portgroupd"
+    cargo build --release -q -p portgroup
+    cargo build --release -q -p portgroupd
+    if [[ ,$sections, == *,profile,* ]]; then
+        step "cargo build --profile profiling -p portgroup (release code with symbols, for callgrind)"
+        cargo build --profile profiling -q -p portgroup
+    fi
 fi
 target=${CARGO_TARGET_DIR:-$repo/target}
 plugin=$target/release/portgroup
-[[ -x $plugin ]] || { echo "$plugin is missing (cargo build --release -p portgroup-plugin)" >&2; exit 1; }
+[[ -x $plugin ]] || { echo "$plugin is missing (cargo build --release -p portgroup)" >&2; exit 1; }
 
 # --- throwaway namespaces -----------------------------------------------------
 tag="pgb-$$"
@@ -187,6 +194,8 @@ mkdir -p "$run_dir" "$disk_run_dir" "$scratch"
 step "CNI benchmark: $cycles cycles, burst $burst x $burst_rounds, port security at $levels ($sections)"
 extra=()
 [[ -n $compare ]] && extra+=(--compare "$compare")
+symbols_plugin=$target/profiling/portgroup
+[[ -x $symbols_plugin && ! $symbols_plugin -ot $plugin ]] && extra+=(--symbols-plugin "$symbols_plugin")
 ip netns exec "$node" python3 "$repo/hack/bench/cni_bench.py" "${extra[@]}" \
     --plugin "$plugin" --run-dir "$run_dir" --disk-run-dir "$disk_run_dir" \
     --pods "$tag-p" --npods "$npods" --cycles "$cycles" --burst "$burst" \
@@ -196,7 +205,7 @@ ip netns exec "$node" python3 "$repo/hack/bench/cni_bench.py" "${extra[@]}" \
 # --- port-security mechanisms -------------------------------------------------
 if [[ $mechanisms -eq 1 ]]; then
     step "port security at 1000 ports and the alternative mechanisms (cargo bench --bench portsec_scale)"
-    cargo bench -q -p portgroup --bench portsec_scale | tee "$out/portsec-mechanisms.txt" >&2
+    cargo bench -q -p portgroupd --bench portsec_scale | tee "$out/portsec-mechanisms.txt" >&2
 fi
 
 # --- portgroupd ---------------------------------------------------------------

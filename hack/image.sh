@@ -56,8 +56,12 @@ target_env=CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$target")_RUSTFLAGS
 out=${PORTGROUP_BIN_DIR:-target/$target/release}
 if ((build)); then
     say "building portgroupd and portgroup (release, static, $target)"
-    env "$target_env=-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=symbols \
-        cargo build --quiet --release --locked --target "$target" --bin portgroupd --bin portgroup
+    # One package per build: building both at once unifies features, and the
+    # plugin would link the daemon's dependencies.
+    for package in portgroupd portgroup; do
+        env "$target_env=-C target-feature=+crt-static" \
+            cargo build --quiet --release --locked --target "$target" -p "$package"
+    done
 fi
 
 ctx=$(mktemp -d /tmp/pg-image.XXXXXX)

@@ -48,8 +48,8 @@ if [[ -z "${!MARKER:-}" ]]; then
     fi
 
     if [[ -z "${PORTGROUP_BIN:-}" ]]; then
-        echo "building the plugin (cargo build -p portgroup-plugin)"
-        (cd "$REPO" && cargo build -q -p portgroup-plugin)
+        echo "building the plugin (cargo build -p portgroup)"
+        (cd "$REPO" && cargo build -q -p portgroup)
         PORTGROUP_BIN=$REPO/target/debug/portgroup
     fi
     PORTGROUP_BIN=$(readlink -f "$PORTGROUP_BIN")

@@ -52,7 +52,7 @@ cargo build --quiet --bins
 # The daemon's VLAN tests are in portgroupd's integration-test binary; run it as
 # is, filtered to them (in the VM, a nextest archive would first copy every test
 # binary over 9p). They are #[ignore]d, hence --ignored; without 802.1Q they fail.
-integration=$(cargo test --quiet -p portgroup --no-run --message-format=json --test integration 2>/dev/null |
+integration=$(cargo test --quiet -p portgroupd --no-run --message-format=json --test integration 2>/dev/null |
     python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)

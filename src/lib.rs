@@ -1,8 +1,8 @@
-//! portgroup: vSphere-style port groups for KubeVirt. The library shared by the
-//! CNI plugin (`portgroup`) and the node daemon (`portgroupd`).
+//! portgroup: vSphere-style port groups for KubeVirt. The node contract shared by
+//! the CNI plugin (`portgroup`, in plugin/) and the node daemon (`portgroupd`), and,
+//! behind the default `daemon` feature, the daemon itself (`daemon`).
 
 pub mod attachment;
-pub mod cni;
 pub mod error;
 pub mod mac;
 pub mod naming;
@@ -12,10 +12,7 @@ pub mod nodeconfig;
 pub mod paths;
 pub mod state;
 
-#[cfg(test)]
-mod config_examples;
-
 pub use error::{Error, Result};
+#[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod portsec;
-pub mod probe;

@@ -13,7 +13,7 @@ pub const OWNER_MARK: &str = "portgroup:";
 
 /// FNV-1a, 64 bit, then the splitmix64 finaliser so that the high bits we keep
 /// depend on every input byte. Stable across releases and platforms, unlike std's hasher.
-fn stable_hash(parts: &[&[u8]]) -> u64 {
+pub(crate) fn stable_hash(parts: &[&[u8]]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
@@ -63,6 +63,38 @@ pub fn bridge_name(uplink: &str, vlan: u16) -> String {
 /// The alias marks ownership and tells a person what the interface is for.
 pub fn owner_alias(role: &str, portgroup: &str, uplink: &str, vlan: u16) -> String {
     format!("{OWNER_MARK}{role} {portgroup} uplink={uplink} vlan={vlan}")
+}
+
+/// What the ownership mark says of a link, parsed back from the alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    pub role: String,
+    pub portgroup: String,
+    pub uplink: String,
+    pub vlan: u16,
+}
+
+/// Parses an alias made by [`owner_alias`]; None if it is not one.
+pub fn parse_mark(alias: &str) -> Option<Mark> {
+    let rest = alias.strip_prefix(OWNER_MARK)?;
+    let mut words = rest.split_whitespace();
+    let role = words.next()?.to_string();
+    let portgroup = words.next()?.to_string();
+    let mut uplink = None;
+    let mut vlan = None;
+    for word in words {
+        if let Some(v) = word.strip_prefix("uplink=") {
+            uplink = Some(v.to_string());
+        } else if let Some(v) = word.strip_prefix("vlan=") {
+            vlan = v.parse().ok();
+        }
+    }
+    Some(Mark {
+        role,
+        portgroup,
+        uplink: uplink?,
+        vlan: vlan?,
+    })
 }
 
 pub fn is_owned(alias: Option<&str>) -> bool {
@@ -195,5 +227,21 @@ mod tests {
         assert!(is_owned(Some(&owner_alias("bridge", "web", "eth1", 100))));
         assert!(!is_owned(Some("something else")));
         assert!(!is_owned(None));
+    }
+
+    #[test]
+    fn marks_round_trip() {
+        let alias = owner_alias("bridge", "prod-web", "enp129s0f0np0", 4094);
+        assert_eq!(
+            parse_mark(&alias),
+            Some(Mark {
+                role: "bridge".into(),
+                portgroup: "prod-web".into(),
+                uplink: "enp129s0f0np0".into(),
+                vlan: 4094
+            })
+        );
+        assert_eq!(parse_mark("portgroup:port x"), None);
+        assert_eq!(parse_mark("nope"), None);
     }
 }

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::mac::MacAddr;
-use crate::nodeconfig::{AttachPolicy, Reservation};
+use crate::naming::{bridge_name, vlan_interface_name, Mark};
+use crate::netlink::LinkSummary;
+use crate::nodeconfig::{AttachPolicy, PortgroupConfig, Reservation};
 use crate::paths::{write_atomic, RunDir};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,6 +231,59 @@ pub fn read_ready_portgroup(run: &RunDir, name: &str) -> Result<PortgroupState, 
 }
 
 impl PortgroupState {
+    /// The portgroup as the config describes it, placed on `uplink` (None: this node
+    /// has no uplink for it). Not ready and without a reason: the planner decides those.
+    pub fn from_config(pg: &PortgroupConfig, uplink: Option<&str>) -> Self {
+        let (uplink, bridge, vlan_interface) = match uplink {
+            Some(uplink) => (
+                uplink.to_string(),
+                bridge_name(uplink, pg.vlan),
+                vlan_interface_name(uplink, pg.vlan),
+            ),
+            None => Default::default(),
+        };
+        PortgroupState {
+            name: pg.name.clone(),
+            vlan: pg.vlan,
+            uplink,
+            bridge,
+            vlan_interface,
+            mtu: pg.mtu,
+            ready: false,
+            reason: None,
+            draining: false,
+            strict: pg.strict,
+            reservations: pg.reservations.clone(),
+            policy: pg.policy.clone(),
+        }
+    }
+
+    /// A portgroup removed from the config whose bridge still holds VM ports, as
+    /// the bridge, its ownership mark and the previous state (`before`) tell it.
+    pub fn draining(
+        name: String,
+        mark: Option<&Mark>,
+        bridge: &LinkSummary,
+        vlan_interface: String,
+        before: Option<&PortgroupState>,
+        reason: String,
+    ) -> Self {
+        PortgroupState {
+            name,
+            vlan: mark.map(|m| m.vlan).unwrap_or_default(),
+            uplink: mark.map(|m| m.uplink.clone()).unwrap_or_default(),
+            bridge: bridge.name.clone(),
+            vlan_interface,
+            mtu: Some(bridge.mtu),
+            ready: false,
+            reason: Some(reason),
+            draining: true,
+            strict: before.is_some_and(|b| b.strict),
+            reservations: before.map(|b| b.reservations.clone()).unwrap_or_default(),
+            policy: before.map(|b| b.policy.clone()).unwrap_or_default(),
+        }
+    }
+
     pub fn reservation_for(&self, mac: crate::mac::MacAddr) -> Option<&Reservation> {
         self.reservations.iter().find(|r| r.mac == mac)
     }

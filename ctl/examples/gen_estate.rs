@@ -4,6 +4,9 @@
 //!   cargo run --release -p portgroupctl --example gen_estate -- \
 //!       --vms 10000 --nics 25000 --portgroups 500 --xlsx big.xlsx --csv big-csv/
 
+// A benchmark input generator: it fails by panicking, so unwrap and expect are fine.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../tests/common/estate.rs"]
 mod estate;
 

@@ -2,6 +2,9 @@
 //! for NADs, KubeVirt VMs and Forklift's NetworkMap, plus cross references)
 //! and a real browser for report.html.
 
+// A test fails by panicking: unwrap and expect are allowed here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

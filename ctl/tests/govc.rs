@@ -1,5 +1,8 @@
 //! govc JSON, alone and merged with an RVTools export.
 
+// A test fails by panicking: unwrap and expect are allowed here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{realistic, run, Scratch};

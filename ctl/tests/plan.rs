@@ -2,6 +2,9 @@
 //! every output read back by its consumer (the daemon's validation for the
 //! node config; parsers for the rest).
 
+// A test fails by panicking: unwrap and expect are allowed here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeSet;

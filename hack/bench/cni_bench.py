@@ -671,6 +671,8 @@ def callgrind(a, by, pod, tmp):
     """Instruction counts (user space only, repeatable): one ADD of pg-l2, VERSION, the floor."""
     res = {}
     pg = by["pg-l2"]
+    # The same code with its symbols (profile "profiling"), so functions have names.
+    binary = a.symbols_plugin or pg.binary
 
     def vg(tag, argv, env, stdin):
         f = os.path.join(tmp, f"cg-{tag}")
@@ -680,13 +682,13 @@ def callgrind(a, by, pod, tmp):
         return f, r
 
     cid, mac = pg.next_cid("cg"), mac_for(pg.slot, 0xF300)
-    f, r = vg("add", [pg.binary], pg._cni_env("ADD", cid, f"/run/netns/{pod}", "net1", a.cni_path), pg._stdin(mac))
+    f, r = vg("add", [binary], pg._cni_env("ADD", cid, f"/run/netns/{pod}", "net1", a.cni_path), pg._stdin(mac))
     pg.delete(a, cid, pod, "net1", mac)
     if f:
         res["pg_add"] = annotate(f)
     else:
         res["pg_add_error"] = r.stderr.decode(errors="replace")[-400:]
-    f, _ = vg("ver", [pg.binary], pg._cni_env("VERSION", None, None, None, a.cni_path), b'{"cniVersion":"1.0.0"}')
+    f, _ = vg("ver", [binary], pg._cni_env("VERSION", None, None, None, a.cni_path), b'{"cniVersion":"1.0.0"}')
     if f:
         res["pg_version"] = annotate(f, top=0)
     fl = by["floor"]
@@ -727,6 +729,8 @@ def annotate(path, top=25):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plugin", required=True)
+    p.add_argument("--symbols-plugin", default=None,
+                   help="the plugin built with --profile profiling, for callgrind's function names")
     p.add_argument("--reference", default="/usr/lib/cni/bridge")
     p.add_argument("--cni-path", default="/usr/lib/cni")
     p.add_argument("--bridge", default="br0")

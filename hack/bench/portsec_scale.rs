@@ -7,6 +7,11 @@
 //!
 //! The results are quoted in src/portsec/mod.rs and BENCHMARKS.md.
 
+// A test fails by panicking: unwrap and expect are allowed here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Raw sockets and libnftables through libc; each block says why it is sound.
+#![allow(unsafe_code)]
+
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::io::Write;
 use std::process::{Command, Stdio};

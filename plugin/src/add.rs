@@ -6,12 +6,14 @@ use std::os::fd::OwnedFd;
 
 use ipnetwork::IpNetwork;
 use portgroup::attachment::{self, Record};
-use portgroup::cni::netconf::NetConf;
-use portgroup::cni::result::{CniResult, Interface, IpConfig, Route};
 use portgroup::mac::MacAddr;
-use portgroup::netlink::{is_exists, Netlink, VethSpec};
+use portgroup::netlink::{is_exists, Netlink};
 use portgroup::paths::{rfc3339, RunDir};
-use portgroup::{netns, portsec, probe, Error};
+use portgroup::{netns, portsec, Error};
+use portgroup_plugin::cni::netconf::NetConf;
+use portgroup_plugin::cni::result::{CniResult, Interface, IpConfig, Route};
+use portgroup_plugin::podlink::{PodNetlink, VethSpec};
+use portgroup_plugin::probe;
 use serde_json::Value;
 
 use crate::bridge::{self, Resolved};

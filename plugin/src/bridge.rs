@@ -1,7 +1,6 @@
 //! Resolving where the VM's port goes: the portgroup's bridge through the node
 //! state, or the admin's bridge by name. The plugin never creates a bridge.
 
-use portgroup::cni::netconf::{NetConf, Target};
 use portgroup::mac::MacAddr;
 use portgroup::netlink::{LinkSummary, Netlink};
 use portgroup::paths::RunDir;
@@ -9,6 +8,7 @@ use portgroup::state::{
     read_mac_owners, read_ready_portgroup, MacOwner, NodeState, PortgroupState,
 };
 use portgroup::Error;
+use portgroup_plugin::cni::netconf::{NetConf, Target};
 
 use crate::spec::Place;
 

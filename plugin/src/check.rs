@@ -5,11 +5,12 @@
 use std::collections::HashSet;
 
 use portgroup::attachment::Record;
-use portgroup::cni::netconf::NetConf;
-use portgroup::cni::CniVersion;
 use portgroup::netlink::Netlink;
 use portgroup::paths::RunDir;
 use portgroup::{netns, portsec, Error};
+use portgroup_plugin::cni::netconf::NetConf;
+use portgroup_plugin::cni::CniVersion;
+use portgroup_plugin::podlink::PodNetlink;
 
 use crate::bridge;
 use crate::env::{Call, Pod};

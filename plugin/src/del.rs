@@ -1,10 +1,10 @@
 //! DEL: idempotent. Succeeds when the netns, the interface or the record is already gone.
 
 use portgroup::attachment::Record;
-use portgroup::cni::netconf::{ipam_section, TeardownConf};
 use portgroup::netlink::Netlink;
 use portgroup::paths::RunDir;
 use portgroup::Error;
+use portgroup_plugin::cni::netconf::{ipam_section, TeardownConf};
 
 use crate::env::{Call, Detach};
 use crate::teardown::Teardown;

@@ -2,11 +2,11 @@
 //! Keeps going past errors, then forwards GC to a delegated IPAM plugin.
 
 use portgroup::attachment;
-use portgroup::cni::netconf::{ipam_section, NetConf};
-use portgroup::cni::CniVersion;
 use portgroup::netlink::Netlink;
 use portgroup::paths::RunDir;
 use portgroup::Error;
+use portgroup_plugin::cni::netconf::{ipam_section, NetConf};
+use portgroup_plugin::cni::CniVersion;
 
 use crate::env::{Call, Node};
 use crate::ipam;

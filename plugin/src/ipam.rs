@@ -4,9 +4,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use portgroup::cni::netconf::is_bare_file_name;
-use portgroup::cni::result::CniResult;
 use portgroup::Error;
+use portgroup_plugin::cni::netconf::is_bare_file_name;
+use portgroup_plugin::cni::result::CniResult;
 use serde_json::Value;
 
 /// One call to the delegated plugin.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use nix::fcntl::OFlag;
-use portgroup::cni::netconf::log_file_name;
+use portgroup_plugin::cni::netconf::log_file_name;
 use serde_json::Value;
 
 /// Where `logFile` names a file: set in the runtime's environment (containerd's,

@@ -22,9 +22,9 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use portgroup::cni::error_json;
-use portgroup::cni::netconf::{error_version, NetConf, TeardownConf};
 use portgroup::Error;
+use portgroup_plugin::cni::error_json;
+use portgroup_plugin::cni::netconf::{error_version, NetConf, TeardownConf};
 use serde_json::Value;
 
 use env::{Call, Invocation};
@@ -123,7 +123,7 @@ fn check_config(file: Option<OsString>, extra: Option<OsString>) -> i32 {
         (path.display().to_string(), std::fs::read(&path))
     };
     let problems = match read {
-        Ok(bytes) => portgroup::cni::netconf_check::check(&bytes),
+        Ok(bytes) => portgroup_plugin::cni::netconf_check::check(&bytes),
         Err(e) => vec![format!("reading {label}: {e}")],
     };
     let mut out = std::io::stdout().lock();

@@ -10,14 +10,14 @@
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
-use portgroup::cni::netconf::{NetConf, MAX_ADDRESSES};
 use portgroup::mac::MacAddr;
 use portgroup::naming::host_veth_name;
 use portgroup::nodeconfig::parse_cidr;
 use portgroup::nodeconfig::AttachPolicy;
-use portgroup::probe::ProbeConfig;
 use portgroup::state::{MacOwner, PortgroupState};
 use portgroup::Error;
+use portgroup_plugin::cni::netconf::{NetConf, MAX_ADDRESSES};
+use portgroup_plugin::probe::ProbeConfig;
 use serde_json::Value;
 
 use crate::env::CniArgs;

@@ -1,12 +1,12 @@
 //! STATUS: ready to serve ADD? The node state must say the portgroup is ready, or
 //! the admin's bridge must exist; a delegated IPAM plugin is asked too.
 
-use portgroup::cni::netconf::{NetConf, Target};
-use portgroup::cni::CniVersion;
 use portgroup::netlink::Netlink;
 use portgroup::paths::RunDir;
 use portgroup::state::read_ready_portgroup;
 use portgroup::Error;
+use portgroup_plugin::cni::netconf::{NetConf, Target};
+use portgroup_plugin::cni::CniVersion;
 
 use crate::env::{Call, Node};
 use crate::ipam;

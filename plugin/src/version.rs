@@ -1,6 +1,6 @@
 //! VERSION: the versions we speak, echoing the one asked about.
 
-use portgroup::cni::{version_json, LATEST_VERSION};
+use portgroup_plugin::cni::{version_json, LATEST_VERSION};
 use serde_json::Value;
 
 pub fn version(stdin: &[u8]) -> Value {

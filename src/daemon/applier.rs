@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use nix::libc;
+
 use super::planner::{Observed, Operation, Step};
 
 /// A failed link operation, already in words a person can act on.
@@ -22,10 +24,7 @@ impl fmt::Display for LinkError {
 
 impl LinkError {
     pub fn is_not_found(&self) -> bool {
-        matches!(
-            self.errno,
-            Some(crate::netlink::libc_errno::ENODEV) | Some(crate::netlink::libc_errno::ENOENT)
-        )
+        matches!(self.errno, Some(libc::ENODEV) | Some(libc::ENOENT))
     }
 }
 
@@ -121,7 +120,7 @@ pub async fn apply_holding<L: Links>(
                     not_made.push(name);
                 }
                 let hint = match (&step.op, e.errno) {
-                    (Operation::CreateVlan { .. }, Some(95)) => {
+                    (Operation::CreateVlan { .. }, Some(libc::EOPNOTSUPP)) => {
                         " (this kernel has no 802.1Q VLAN support: load the 8021q module)"
                     }
                     _ => "",
@@ -142,7 +141,7 @@ pub async fn apply_holding<L: Links>(
 
 async fn index(links: &impl Links, name: &str) -> Result<u32, LinkError> {
     links.index_of(name).await?.ok_or_else(|| LinkError {
-        errno: Some(crate::netlink::libc_errno::ENODEV),
+        errno: Some(libc::ENODEV),
         message: format!("{name} does not exist"),
     })
 }

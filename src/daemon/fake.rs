@@ -4,6 +4,8 @@
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 
+use nix::libc;
+
 use super::applier::{LinkError, Links};
 use super::planner::Observed;
 use crate::netlink::LinkSummary;
@@ -54,12 +56,12 @@ impl FakeKernel {
         self.links
             .iter_mut()
             .find(|l| l.index == index)
-            .ok_or_else(|| err(19, "No such device"))
+            .ok_or_else(|| err(libc::ENODEV, "No such device"))
     }
 
     fn add(&mut self, mut link: LinkSummary) -> Result<(), LinkError> {
         if self.get(&link.name).is_some() {
-            return Err(err(17, "File exists"));
+            return Err(err(libc::EEXIST, "File exists"));
         }
         link.index = self.next_index;
         self.next_index += 1;
@@ -114,11 +116,11 @@ impl Links for FakeLinks {
         let mut k = self.0.borrow_mut();
         k.calls.push(format!("create_vlan {name}"));
         if k.no_8021q {
-            return Err(err(95, "Operation not supported"));
+            return Err(err(libc::EOPNOTSUPP, "Operation not supported"));
         }
         let parent_mtu = k.by_index(parent)?.mtu;
         if mtu > parent_mtu {
-            return Err(err(34, "Numerical result out of range"));
+            return Err(err(libc::ERANGE, "Numerical result out of range"));
         }
         k.add(LinkSummary {
             name: name.into(),

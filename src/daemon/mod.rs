@@ -3,6 +3,7 @@
 //! `src/main.rs` only parses the command line.
 
 pub mod applier;
+pub mod backoff;
 pub mod config;
 pub mod gc;
 pub mod http;

@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
-use crate::naming::{self, bridge_name, owner_alias, vlan_interface_name, OWNER_MARK};
+use crate::naming::{self, bridge_name, owner_alias, parse_mark, vlan_interface_name};
 use crate::netlink::LinkSummary;
 use crate::nodeconfig::{NodeConfig, PortgroupConfig};
 use crate::state::{NodeState, PortgroupState};
@@ -134,38 +134,6 @@ impl Plan {
     }
 }
 
-/// What the ownership mark says of a link, parsed back from the alias.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mark {
-    pub role: String,
-    pub portgroup: String,
-    pub uplink: String,
-    pub vlan: u16,
-}
-
-/// Parses an alias made by [`naming::owner_alias`]; None if it is not one.
-pub fn parse_mark(alias: &str) -> Option<Mark> {
-    let rest = alias.strip_prefix(OWNER_MARK)?;
-    let mut words = rest.split_whitespace();
-    let role = words.next()?.to_string();
-    let portgroup = words.next()?.to_string();
-    let mut uplink = None;
-    let mut vlan = None;
-    for word in words {
-        if let Some(v) = word.strip_prefix("uplink=") {
-            uplink = Some(v.to_string());
-        } else if let Some(v) = word.strip_prefix("vlan=") {
-            vlan = v.parse().ok();
-        }
-    }
-    Some(Mark {
-        role,
-        portgroup,
-        uplink: uplink?,
-        vlan: vlan?,
-    })
-}
-
 struct View<'a> {
     by_name: HashMap<&'a str, &'a LinkSummary>,
     observed: &'a Observed,
@@ -253,20 +221,10 @@ pub fn plan(
 
 fn not_ready_unplaced(pg: &PortgroupConfig, node: &str) -> PortgroupState {
     PortgroupState {
-        name: pg.name.clone(),
-        vlan: pg.vlan,
-        uplink: String::new(),
-        bridge: String::new(),
-        vlan_interface: String::new(),
-        mtu: pg.mtu,
-        ready: false,
         reason: Some(format!(
             "no uplink configured for node {node}: set \"uplink\" or \"nodeUplinks.{node}\""
         )),
-        draining: false,
-        strict: pg.strict,
-        reservations: pg.reservations.clone(),
-        policy: pg.policy.clone(),
+        ..PortgroupState::from_config(pg, None)
     }
 }
 
@@ -325,24 +283,19 @@ fn plan_stale(
             .find(|p| p.is_kind("vlan") && view.owned(p))
             .map(|p| p.name.clone())
             .unwrap_or_default();
-        draining.push(PortgroupState {
-            name: pg_name,
-            vlan: mark.as_ref().map(|m| m.vlan).unwrap_or_default(),
-            uplink: mark.as_ref().map(|m| m.uplink.clone()).unwrap_or_default(),
-            bridge: bridge.name.clone(),
+        let reason = format!(
+            "removed from the config; kept until its last VM port leaves ({} left: {})",
+            vm_ports.len(),
+            vm_ports.join(", ")
+        );
+        draining.push(PortgroupState::draining(
+            pg_name,
+            mark.as_ref(),
+            bridge,
             vlan_interface,
-            mtu: Some(bridge.mtu),
-            ready: false,
-            reason: Some(format!(
-                "removed from the config; kept until its last VM port leaves ({} left: {})",
-                vm_ports.len(),
-                vm_ports.join(", ")
-            )),
-            draining: true,
-            strict: before.is_some_and(|b| b.strict),
-            reservations: before.map(|b| b.reservations.clone()).unwrap_or_default(),
-            policy: before.map(|b| b.policy.clone()).unwrap_or_default(),
-        });
+            before,
+            reason,
+        ));
     }
     for vlan in view
         .observed
@@ -383,20 +336,7 @@ fn plan_portgroup(
 ) -> PortgroupState {
     let bname = bridge_name(uplink_name, pg.vlan);
     let vname = vlan_interface_name(uplink_name, pg.vlan);
-    let mut status = PortgroupState {
-        name: pg.name.clone(),
-        vlan: pg.vlan,
-        uplink: uplink_name.to_string(),
-        bridge: bname.clone(),
-        vlan_interface: vname.clone(),
-        mtu: pg.mtu,
-        ready: false,
-        reason: None,
-        draining: false,
-        strict: pg.strict,
-        reservations: pg.reservations.clone(),
-        policy: pg.policy.clone(),
-    };
+    let mut status = PortgroupState::from_config(pg, Some(uplink_name));
     let Some(uplink) = view.get(uplink_name) else {
         status.reason = Some(format!("uplink {uplink_name} not found on node {node}"));
         return status;

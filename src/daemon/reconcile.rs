@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::applier::{apply_holding, LinkError, Links};
+use super::backoff::Backoff;
 use super::config::ConfigSource;
 use super::gc;
 use super::metrics::Metrics;
@@ -32,7 +33,7 @@ pub struct Reconciler<L> {
 #[derive(Debug, Clone)]
 struct Held {
     until: Instant,
-    wait: Duration,
+    backoff: Backoff,
     message: String,
 }
 
@@ -136,15 +137,16 @@ impl<L: Links> Reconciler<L> {
             outcome.failures = tried.len();
             self.metrics.errors.fetch_add(tried.len() as u64, Relaxed);
             for f in tried {
-                let wait = self
+                let mut backoff = self
                     .held
                     .get(&f.op)
-                    .map_or(HOLD_MIN, |h| (h.wait * 2).min(HOLD_MAX));
+                    .map_or(Backoff::new(HOLD_MIN, HOLD_MAX), |h| h.backoff);
+                let wait = backoff.failed();
                 self.held.insert(
                     f.op.clone(),
                     Held {
                         until: now + wait,
-                        wait,
+                        backoff,
                         message: f.message.clone(),
                     },
                 );

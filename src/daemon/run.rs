@@ -17,6 +17,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::time::{sleep_until, Instant};
 
 use super::applier::Links;
+use super::backoff::Backoff;
 use super::config::{ConfigSource, Reload};
 use super::metrics::Metrics;
 use super::planner::plan;
@@ -271,7 +272,7 @@ async fn serve(
         "portgroupd started"
     );
     let mut next_resync = Instant::now() + opts.resync;
-    let mut retry: Option<(Instant, Duration)> = None;
+    let mut reconcile_backoff = Backoff::new(RETRY_MIN, opts.resync);
     // The first pass runs at once, as a resync (with garbage collection).
     let mut batch = Batch {
         resync: true,
@@ -291,15 +292,12 @@ async fn serve(
             }
         }
         let collect = batch.resync || batch.overrun || batch.link_deleted || batch.gc_due;
-        match reconciler.reconcile(&source, collect).await {
+        let retry = match reconciler.reconcile(&source, collect).await {
             Ok(outcome) => {
                 if source.good.is_some() {
                     metrics.ready.store(true, Relaxed);
                 }
-                // Failed operations back off inside the reconciler; wake up when one may go again.
-                retry = reconciler
-                    .next_retry()
-                    .map(|at| (Instant::from_std(at), RETRY_MIN));
+                reconcile_backoff.succeeded();
                 if outcome.applied > 0 {
                     if let (Some(first), false) = (batch.first_link, batch.config) {
                         metrics.drift_repairs.fetch_add(1, Relaxed);
@@ -310,25 +308,25 @@ async fn serve(
                         );
                     }
                 }
+                // Failed operations back off inside the reconciler; wake up when one may go again.
+                reconciler.next_retry().map(Instant::from_std)
             }
             Err(e) => {
                 tracing::error!("reconcile failed: reading the node's links: {e}");
-                let wait = retry.map_or(RETRY_MIN, |(_, w)| (w * 2).min(opts.resync));
-                retry = Some((Instant::now() + wait, wait));
+                Some(Instant::now() + reconcile_backoff.failed())
             }
-        }
+        };
         if batch.resync {
             next_resync = Instant::now() + opts.resync;
         }
 
         batch = Batch::default();
-        let retry_at = retry.map(|(at, _)| at);
         let gc_at = reconciler.gc_due.map(Instant::from_std);
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping; host bridges and VLAN interfaces stay in place"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping; host bridges and VLAN interfaces stay in place"); break; }
             _ = sleep_until(next_resync) => batch.resync = true,
-            _ = sleep_until(retry_at.unwrap_or(next_resync)), if retry_at.is_some() => {}
+            _ = sleep_until(retry.unwrap_or(next_resync)), if retry.is_some() => {}
             _ = sleep_until(gc_at.unwrap_or(next_resync)), if gc_at.is_some() => {
                 batch.gc_due = true;
                 reconciler.gc_due = None;

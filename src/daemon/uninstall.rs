@@ -20,8 +20,9 @@
 use std::path::{Path, PathBuf};
 
 use super::applier::Links;
-use super::planner::{parse_mark, Observed, LINK_GROUP, ROLE_BRIDGE, ROLE_VLAN};
+use super::planner::{Observed, LINK_GROUP, ROLE_BRIDGE, ROLE_VLAN};
 use crate::attachment::{self, Record};
+use crate::naming::parse_mark;
 use crate::naming::{bridge_name, owner_alias, vlan_interface_name};
 use crate::netlink::LinkSummary;
 

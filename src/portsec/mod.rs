@@ -35,7 +35,8 @@
 //! }
 //! ```
 //!
-//! Every rule carries a comment `pg1:<chain>:<n>`; `install` and `verify`
+//! Every rule carries a comment `<layout>:<chain>:<n>`, where the layout tag is
+//! a hash of the encoded sets, chains and rules (`ruleset::layout`); `install` and `verify`
 //! compare them with what this build expects and rebuild the chains (flush and
 //! re-add, in one transaction) when they differ.
 //!

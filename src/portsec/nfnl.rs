@@ -2,8 +2,6 @@
 //! building, batched transactions with per-message acknowledgements, and
 //! GET/dump requests. Only what the port-security table needs.
 
-use std::os::fd::AsRawFd;
-
 use nix::libc;
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
@@ -237,6 +235,14 @@ impl Batch {
     pub fn msgs(&self) -> impl Iterator<Item = &Msg> {
         self.msgs.iter().map(|(m, _)| m)
     }
+
+    /// Each message as it would be sent (sequence number 0), with its name.
+    pub fn encoded(self) -> Vec<(String, Vec<u8>)> {
+        self.msgs
+            .into_iter()
+            .map(|(msg, what)| (what, msg.finish(0)))
+            .collect()
+    }
 }
 
 impl Nfnl {
@@ -247,26 +253,9 @@ impl Nfnl {
             .map_err(|e| NlError::io("netlink bind", e))?;
         // Acks without the request echoed back; ignore failure on old kernels.
         let _ = sock.set_cap_ack(true);
-        let timeout = libc::timeval {
-            tv_sec: 10,
-            tv_usec: 0,
-        };
-        // SAFETY: a valid timeval of the right size for SO_RCVTIMEO.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &timeout as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(NlError::io(
-                "netlink SO_RCVTIMEO",
-                std::io::Error::last_os_error(),
-            ));
-        }
+        let timeout = nix::sys::time::TimeVal::new(10, 0);
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
+            .map_err(|e| NlError::io("netlink SO_RCVTIMEO", e.into()))?;
         let seq = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())

@@ -5,9 +5,29 @@
 use super::nfnl::{msg, Msg, NFPROTO_BRIDGE, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
 
 pub const TABLE: &str = "portgroup";
-/// Bumped whenever the chains or rules change; carried in every rule's comment so
-/// `verify` and `install` notice an old or damaged layout and replace it.
-pub const LAYOUT: &str = "pg1";
+
+/// The layout tag, carried in every rule's comment so `verify` and `install`
+/// notice an old or damaged layout and replace it. Derived from the encoded
+/// layout itself (sets, counters, chains and rules, see [`layout_encoding`]), so
+/// a changed rule can never keep the tag of the rules it replaces and stay
+/// un-upgraded on nodes. The golden test in `ruleset.golden` shows every change.
+pub fn layout() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| layout_tag(&layout_encoding()))
+}
+
+fn layout_tag(encoding: &[(String, Vec<u8>)]) -> String {
+    let parts: Vec<&[u8]> = encoding.iter().map(|(_, bytes)| bytes.as_slice()).collect();
+    format!("pg{:08x}", crate::naming::stable_hash(&parts) >> 32)
+}
+
+/// Every message of the layout as [`bootstrap`] sends it, without the rules'
+/// comments (which carry the tag made from this).
+fn layout_encoding() -> Vec<(String, Vec<u8>)> {
+    let mut batch = super::nfnl::Batch::new();
+    add_layout(&mut batch, None);
+    batch.encoded()
+}
 
 pub const SET_PORTS: &str = "ports";
 pub const SET_LOCKED: &str = "ip_locked_ports";
@@ -401,20 +421,21 @@ fn rules() -> Vec<(&'static str, Vec<Expr>)> {
     ]
 }
 
-/// The comment carried by each rule: layout, chain and position.
-fn comment(chain: &str, index: usize) -> String {
-    format!("{LAYOUT}:{chain}:{index}")
-}
-
 /// The comments `verify` expects, in chain order.
 pub fn expected_comments() -> Vec<(String, String)> {
+    comments(layout())
+}
+
+/// The comment carried by each rule, in chain order: layout tag, chain and
+/// position in the chain.
+fn comments(tag: &str) -> Vec<(String, String)> {
     let mut counts = std::collections::HashMap::new();
     rules()
         .iter()
         .map(|(chain, _)| {
             let n = counts.entry(*chain).or_insert(0usize);
             *n += 1;
-            (chain.to_string(), comment(chain, *n))
+            (chain.to_string(), format!("{tag}:{chain}:{n}"))
         })
         .collect()
 }
@@ -511,6 +532,11 @@ fn encode_expr(m: &mut Msg, e: &Expr) {
 /// kept), every chain is flushed and its rules added again. One transaction, so
 /// concurrent callers each leave exactly one copy of the rules.
 pub fn bootstrap(batch: &mut super::nfnl::Batch) {
+    add_layout(batch, Some(layout()));
+}
+
+/// The messages of [`bootstrap`]; the rules carry their comments when `tag` is given.
+fn add_layout(batch: &mut super::nfnl::Batch, tag: Option<&str>) {
     let create = NLM_F_REQUEST | NLM_F_CREATE;
     let mut m = Msg::new(msg::NEWTABLE, create, NFPROTO_BRIDGE);
     m.str(NFTA_TABLE_NAME, TABLE);
@@ -557,7 +583,8 @@ pub fn bootstrap(batch: &mut super::nfnl::Batch) {
         m.str(NFTA_RULE_TABLE, TABLE).str(NFTA_RULE_CHAIN, chain);
         batch.push(m, format!("flushing chain {chain}"));
     }
-    for ((chain, exprs), (_, text)) in rules().iter().zip(expected_comments()) {
+    let comments = tag.map(comments);
+    for (i, (chain, exprs)) in rules().iter().enumerate() {
         let mut m = Msg::new(msg::NEWRULE, create | NLM_F_APPEND, NFPROTO_BRIDGE);
         m.str(NFTA_RULE_TABLE, TABLE).str(NFTA_RULE_CHAIN, chain);
         m.begin(NFTA_RULE_EXPRESSIONS);
@@ -565,7 +592,69 @@ pub fn bootstrap(batch: &mut super::nfnl::Batch) {
             encode_expr(&mut m, e);
         }
         m.end();
-        m.bytes(NFTA_RULE_USERDATA, &comment_udata(&text));
-        batch.push(m, format!("adding rule {text}"));
+        match comments.as_ref().and_then(|c| c.get(i)) {
+            Some((_, text)) => {
+                m.bytes(NFTA_RULE_USERDATA, &comment_udata(text));
+                batch.push(m, format!("adding rule {text}"));
+            }
+            None => batch.push(m, format!("adding rule {} of {chain}", i + 1)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOLDEN: &str = "src/portsec/ruleset.golden";
+
+    /// The layout as text: its tag, then each message's name and bytes in hex.
+    fn golden_text() -> String {
+        let encoding = layout_encoding();
+        let mut text = format!("layout {}\n", layout_tag(&encoding));
+        for (what, bytes) in &encoding {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            text.push_str(&format!("{what}\n  {hex}\n"));
+        }
+        text
+    }
+
+    /// Pins the encoding byte for byte (netlink is host-endian: little-endian
+    /// hosts only). A change to a set, counter, chain or rule fails here, and
+    /// its new tag shows on the first line: rerun with PORTGROUP_UPDATE_GOLDEN=1
+    /// to accept it.
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn encoding_matches_the_golden_file() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN);
+        let have = golden_text();
+        if std::env::var_os("PORTGROUP_UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &have).unwrap();
+        }
+        let want = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            have == want,
+            "the port-security layout changed; if that is meant, rerun with \
+             PORTGROUP_UPDATE_GOLDEN=1 and commit {GOLDEN}\n--- now:\n{have}"
+        );
+    }
+
+    #[test]
+    fn tag_follows_the_rules() {
+        let encoding = layout_encoding();
+        assert_eq!(layout(), layout_tag(&encoding));
+        // Any byte of any rule moves the tag.
+        let mut changed = encoding.clone();
+        let last = changed.len() - 1;
+        let byte = changed[last].1.len() - 1;
+        changed[last].1[byte] ^= 1;
+        assert_ne!(layout_tag(&changed), layout());
+        // The comments carry the tag and are not part of what it hashes.
+        let mut batch = crate::portsec::nfnl::Batch::new();
+        bootstrap(&mut batch);
+        let sent = batch.encoded();
+        assert_eq!(sent.len(), encoding.len());
+        let (what, _) = &sent[last];
+        assert!(what.contains(layout()), "{what}");
     }
 }

@@ -4,6 +4,9 @@
 //! root. Tests that need 802.1Q are `#[ignore]`d: `hack/test.sh` runs them in the
 //! test VM with `--include-ignored`.
 
+// A test fails by panicking: unwrap and expect are allowed in tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../common/mod.rs"]
 mod common;
 
@@ -11,5 +14,4 @@ mod daemon_basic;
 mod daemon_gc_uninstall;
 mod daemon_vlan;
 mod portsec_netns;
-mod probe_netns;
 mod release_versions;

@@ -6,6 +6,11 @@
 //! for in the peer namespace with another; each carries a marker so background
 //! traffic does not count.
 
+// A test fails by panicking: unwrap and expect are allowed here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Raw sockets and libnftables through libc; each block says why it is sound.
+#![allow(unsafe_code)]
+
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;

@@ -6,7 +6,7 @@
 # neighbour on VLAN 100; its reservation's port security holds (a forged
 # source IP and a forged MAC are dropped); the VLAN 200 VM stays on VLAN 200.
 # Needs 802.1Q (VLAN sub-interfaces): run it in the test VM:
-#   cargo build -p portgroupd -p portgroup-plugin -p portgroupctl   (BIN_DIR=target/debug)
+#   cargo build -p portgroupd -p portgroup -p portgroupctl   (BIN_DIR=target/debug)
 #   hack/vm.sh ctl/tests/lab/plan_lab.sh
 # Exits non-zero on any failure, and when it cannot run (no root, no 802.1Q).
 set -euo pipefail

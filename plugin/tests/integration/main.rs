@@ -3,6 +3,9 @@
 //! machine). They run the plugin binary exactly as a runtime does, in private
 //! network namespaces, and need root.
 
+// A test fails by panicking: unwrap and expect are allowed in tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../common/mod.rs"]
 mod common;
 
@@ -16,3 +19,4 @@ mod cni_reference_bridge;
 mod cni_tenancy;
 mod install_cli;
 mod podman_e2e;
+mod probe_netns;

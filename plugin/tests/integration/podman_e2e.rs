@@ -6,6 +6,9 @@
 //! the CNI reference plugins (hack/install-deps.sh installs them): hack/test.sh
 //! installs them and runs it. Run without them, it fails and names what is missing.
 
+// A test fails by panicking: unwrap and expect are allowed here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -530,19 +530,3 @@ fn applier_goes_on_past_failures() {
     assert_eq!(applied.done, 4, "both bridges made and up");
     assert!(links.0.borrow().get(&bridge_name("eth1", 200)).is_some());
 }
-
-#[test]
-fn marks_round_trip() {
-    let alias = owner_alias("bridge", "prod-web", "enp129s0f0np0", 4094);
-    assert_eq!(
-        parse_mark(&alias),
-        Some(Mark {
-            role: "bridge".into(),
-            portgroup: "prod-web".into(),
-            uplink: "enp129s0f0np0".into(),
-            vlan: 4094
-        })
-    );
-    assert_eq!(parse_mark("portgroup:port x"), None);
-    assert_eq!(parse_mark("nope"), None);
-}

@@ -1,6 +1,9 @@
 //! A raw AF_PACKET socket bound to one interface of a test namespace: sends
 //! frames exactly as given and hears every frame on the interface, both ways.
 
+// The raw socket calls are libc's; each `unsafe` block says why it holds.
+#![allow(unsafe_code)]
+
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -9,10 +9,10 @@ use serde_json::{Map, Value};
 
 use super::result::CniResult;
 use super::{CniVersion, LATEST_VERSION};
-use crate::error::Error;
-use crate::mac::MacAddr;
-use crate::nodeconfig::{parse_cidr, validate_portgroup_name, MTU_MAX, MTU_MIN};
 use crate::probe::ProbeConfig;
+use portgroup::error::Error;
+use portgroup::mac::MacAddr;
+use portgroup::nodeconfig::{parse_cidr, validate_portgroup_name, MTU_MAX, MTU_MIN};
 
 /// Probe bounds: at most (5 - 1) × 500 ms + 1000 ms = 3 s of listening per ADD,
 /// however many addresses, so a config cannot make an ADD slow.
@@ -103,7 +103,7 @@ impl NetConf {
                 Target::Portgroup(pg)
             }
             (None, Some(br)) => {
-                crate::naming::validate_ifname(&br).map_err(|why| Error::invalid_config("bridge", why))?;
+                portgroup::naming::validate_ifname(&br).map_err(|why| Error::invalid_config("bridge", why))?;
                 Target::Bridge(br)
             }
         };
@@ -258,7 +258,7 @@ fn network_name(root: &Map<String, Value>) -> Result<String, Error> {
         None => return Err(Error::invalid_config("name", "required")),
     };
     // Spec section 1: alphanumeric first, then alphanumerics, '_', '.', '-'.
-    crate::naming::validate_container_id(&name)
+    portgroup::naming::validate_container_id(&name)
         .map_err(|why| Error::invalid_config("name", why))?;
     Ok(name)
 }
@@ -529,7 +529,7 @@ impl<'a> Fields<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::code;
+    use portgroup::error::code;
     use serde_json::json;
 
     fn base() -> Value {

@@ -7,7 +7,7 @@ pub mod strict_json;
 
 use serde_json::{json, Value};
 
-use crate::error::Error;
+use portgroup::error::Error;
 
 /// The specification versions this plugin speaks, oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -79,7 +79,7 @@ pub fn version_json(cni_version: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::code;
+    use portgroup::error::code;
 
     #[test]
     fn versions() {

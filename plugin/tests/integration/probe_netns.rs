@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use portgroup::error::Error;
 use portgroup::mac::MacAddr;
-use portgroup::probe::{probe, probe_frame, ProbeAnswer, ProbeConfig};
+use portgroup_plugin::probe::{probe, probe_frame, ProbeAnswer, ProbeConfig};
 use portgroup_testkit::{Netns, PacketSocket};
 
 const LEGACY_MAC: &str = "00:50:56:12:34:56";

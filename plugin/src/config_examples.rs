@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::cni::netconf_check;
-use crate::nodeconfig;
+use portgroup::nodeconfig;
 
 /// A file of the repository, found from whichever package's directory this
 /// test is compiled in.

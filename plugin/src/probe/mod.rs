@@ -49,8 +49,8 @@ mod packet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::error::Error;
-use crate::mac::MacAddr;
+use portgroup::error::Error;
+use portgroup::mac::MacAddr;
 
 /// The exact frame a probe for an address is, from a given MAC: tests play
 /// another host probing with it.

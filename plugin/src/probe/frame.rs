@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::mac::MacAddr;
+use portgroup::mac::MacAddr;
 
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IPV4: u16 = 0x0800;

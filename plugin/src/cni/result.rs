@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::CniVersion;
-use crate::error::Error;
+use portgroup::error::Error;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Interface {
@@ -217,6 +217,6 @@ mod tests {
     fn bad_prev_result_is_a_decode_error() {
         let err = CniResult::from_value(&json!({"ips": [{"address": "nope"}]}), "prevResult")
             .unwrap_err();
-        assert_eq!(err.code(), crate::error::code::DECODE);
+        assert_eq!(err.code(), portgroup::error::code::DECODE);
     }
 }
