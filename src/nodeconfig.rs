@@ -39,6 +39,12 @@ pub struct PortgroupConfig {
     pub reservations: Vec<Reservation>,
     #[serde(flatten)]
     pub policy: AttachPolicy,
+    /// VMs on this portgroup may be routers: send router advertisements and redirects.
+    #[serde(default)]
+    pub allow_router_advertisements: bool,
+    /// VMs on this portgroup may be DHCPv4/DHCPv6 servers.
+    #[serde(default)]
+    pub allow_dhcp_server: bool,
 }
 
 /// Who may attach to a portgroup and what a network config may not turn off there:
@@ -354,6 +360,8 @@ fn validate_portgroup(
                 | "namespaces"
                 | "requireSpoofCheck"
                 | "requireConflictProbe"
+                | "allowRouterAdvertisements"
+                | "allowDhcpServer"
         ) {
             problems.push(format!("{path}.{key}: unknown field"));
         }
@@ -400,14 +408,17 @@ fn validate_portgroup(
             }
         },
     };
-    let strict = match obj.get("strict") {
+    let flag = |key: &str, problems: &mut Vec<String>| match obj.get(key) {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => {
-            problems.push(format!("{path}.strict: must be true or false"));
+            problems.push(format!("{path}.{key}: must be true or false"));
             false
         }
     };
+    let strict = flag("strict", problems);
+    let allow_router_advertisements = flag("allowRouterAdvertisements", problems);
+    let allow_dhcp_server = flag("allowDhcpServer", problems);
     let mut reservations = Vec::new();
     match obj.get("reservations") {
         None | Some(Value::Null) => {}
@@ -446,6 +457,8 @@ fn validate_portgroup(
         strict,
         reservations,
         policy,
+        allow_router_advertisements,
+        allow_dhcp_server,
     })
 }
 

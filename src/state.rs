@@ -46,6 +46,12 @@ pub struct PortgroupState {
     pub reservations: Vec<Reservation>,
     #[serde(default, flatten)]
     pub policy: AttachPolicy,
+    /// Port security lets this portgroup's VMs send router advertisements.
+    #[serde(default)]
+    pub allow_router_advertisements: bool,
+    /// Port security lets this portgroup's VMs send DHCP server replies.
+    #[serde(default)]
+    pub allow_dhcp_server: bool,
 }
 
 impl NodeState {
@@ -269,6 +275,8 @@ mod tests {
             strict: false,
             reservations: vec![],
             policy: Default::default(),
+            allow_router_advertisements: false,
+            allow_dhcp_server: false,
         };
         NodeState {
             node: "worker-3".into(),

@@ -267,6 +267,8 @@ fn not_ready_unplaced(pg: &PortgroupConfig, node: &str) -> PortgroupState {
         strict: pg.strict,
         reservations: pg.reservations.clone(),
         policy: pg.policy.clone(),
+        allow_router_advertisements: pg.allow_router_advertisements,
+        allow_dhcp_server: pg.allow_dhcp_server,
     }
 }
 
@@ -342,6 +344,8 @@ fn plan_stale(
             strict: before.is_some_and(|b| b.strict),
             reservations: before.map(|b| b.reservations.clone()).unwrap_or_default(),
             policy: before.map(|b| b.policy.clone()).unwrap_or_default(),
+            allow_router_advertisements: before.is_some_and(|b| b.allow_router_advertisements),
+            allow_dhcp_server: before.is_some_and(|b| b.allow_dhcp_server),
         });
     }
     for vlan in view
@@ -396,6 +400,8 @@ fn plan_portgroup(
         strict: pg.strict,
         reservations: pg.reservations.clone(),
         policy: pg.policy.clone(),
+        allow_router_advertisements: pg.allow_router_advertisements,
+        allow_dhcp_server: pg.allow_dhcp_server,
     };
     let Some(uplink) = view.get(uplink_name) else {
         status.reason = Some(format!("uplink {uplink_name} not found on node {node}"));

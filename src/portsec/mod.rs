@@ -123,8 +123,16 @@ pub struct PortRules {
     /// The host-side veth: the bridge port frames from the VM enter by.
     pub host_veth: String,
     pub mac: MacAddr,
-    /// Allowed source IPs; empty means any IP (but still only `mac`).
+    /// Allowed source IPs; empty means any IP (but still only `mac`). Locking
+    /// is per family: a family with no address here is not restricted by source.
     pub ips: Vec<IpAddr>,
+    /// The VM is a router: it may send router advertisements and redirects,
+    /// and advertise any link-local address (the portgroup's
+    /// `allowRouterAdvertisements`).
+    pub allow_router_advertisements: bool,
+    /// The VM is a DHCP server: it may send DHCPv4 (UDP from port 67) and
+    /// DHCPv6 (UDP from port 547) replies (the portgroup's `allowDhcpServer`).
+    pub allow_dhcp_server: bool,
 }
 
 /// Dropped packets per reason, from the table's named counters.
@@ -132,7 +140,7 @@ pub struct PortRules {
 pub struct DropCounters {
     /// Ethernet source not the port's MAC.
     pub mac: u64,
-    /// Malformed ARP, ARP sender MAC not the port's, or ARP sender IP not allowed.
+    /// Malformed ARP/RARP, ARP sender MAC not the port's, or ARP sender IP not allowed.
     pub arp: u64,
     /// IPv4 source not allowed.
     pub ip4: u64,
@@ -140,14 +148,95 @@ pub struct DropCounters {
     pub ip6: u64,
     /// Neighbour advertisement for an address that is not the port's.
     pub nd: u64,
-    /// VLAN-tagged frame from an IP-restricted port.
+    /// Tagged frame (802.1Q, VID 0 included; 802.1ad; 0x9100) from an access port.
     pub vlan: u64,
+    /// Frame to an IEEE 802.1D reserved group address (STP BPDU, LACP, LLDP, ...).
+    pub bpdu: u64,
+    /// Ethertype other than IPv4, ARP, IPv6 or RARP from an IP-locked port.
+    pub ethertype: u64,
+    /// ICMPv6 router advertisement from a port not allowed to be a router.
+    pub ra: u64,
+    /// ICMPv6 redirect from a port not allowed to be a router.
+    pub redirect: u64,
+    /// DHCPv4 or DHCPv6 server message from a port not allowed to be a DHCP server.
+    pub dhcp_server: u64,
 }
 
 impl DropCounters {
     pub fn total(&self) -> u64 {
-        self.mac + self.arp + self.ip4 + self.ip6 + self.nd + self.vlan
+        self.by_reason().iter().map(|(_, n)| n).sum()
     }
+
+    /// (reason, packets) for every reason, in a fixed order: what `/metrics`
+    /// exports as `portgroup_portsec_drops_total{reason="..."}`.
+    pub fn by_reason(&self) -> [(&'static str, u64); COUNTERS.len()] {
+        [
+            ("mac", self.mac),
+            ("arp", self.arp),
+            ("ip4", self.ip4),
+            ("ip6", self.ip6),
+            ("nd", self.nd),
+            ("vlan", self.vlan),
+            ("bpdu", self.bpdu),
+            ("ethertype", self.ethertype),
+            ("ra", self.ra),
+            ("redirect", self.redirect),
+            ("dhcp_server", self.dhcp_server),
+        ]
+    }
+
+    fn slot(&mut self, reason: &str) -> Option<&mut u64> {
+        Some(match reason {
+            "mac" => &mut self.mac,
+            "arp" => &mut self.arp,
+            "ip4" => &mut self.ip4,
+            "ip6" => &mut self.ip6,
+            "nd" => &mut self.nd,
+            "vlan" => &mut self.vlan,
+            "bpdu" => &mut self.bpdu,
+            "ethertype" => &mut self.ethertype,
+            "ra" => &mut self.ra,
+            "redirect" => &mut self.redirect,
+            "dhcp_server" => &mut self.dhcp_server,
+            _ => return None,
+        })
+    }
+
+    /// The counters in Prometheus text format, one series per reason.
+    pub fn render_prometheus(&self) -> String {
+        let name = "portgroup_portsec_drops_total";
+        let mut out = format!(
+            "# HELP {name} Frames dropped by port security, by reason.\n# TYPE {name} counter\n"
+        );
+        for (reason, n) in self.by_reason() {
+            out.push_str(&format!("{name}{{reason=\"{reason}\"}} {n}\n"));
+        }
+        out
+    }
+}
+
+/// The modified EUI-64 link-local address (RFC 4291, appendix A) of a MAC:
+/// what a VM that does not use stable-privacy or random identifiers takes.
+pub fn eui64_link_local(mac: &MacAddr) -> std::net::Ipv6Addr {
+    let m = mac.0;
+    std::net::Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        m[0] ^ 0x02,
+        m[1],
+        m[2],
+        0xff,
+        0xfe,
+        m[3],
+        m[4],
+        m[5],
+    ])
 }
 
 fn err(context: impl std::fmt::Display, e: NlError) -> Error {
@@ -202,6 +291,13 @@ struct PortElems {
     macs: BTreeSet<[u8; 6]>,
     ip4: BTreeSet<[u8; 4]>,
     ip6: BTreeSet<[u8; 16]>,
+    /// Derived from the above: locked, but no address of the family known.
+    ip4_open: bool,
+    ip6_open: bool,
+    /// Derived: the link-local address of each MAC.
+    link_local: BTreeSet<[u8; 16]>,
+    allow_ra: bool,
+    allow_dhcp_server: bool,
 }
 
 impl PortElems {
@@ -209,6 +305,8 @@ impl PortElems {
         let mut e = PortElems {
             port: true,
             locked: !rules.ips.is_empty(),
+            allow_ra: rules.allow_router_advertisements,
+            allow_dhcp_server: rules.allow_dhcp_server,
             ..Default::default()
         };
         e.macs.insert(rules.mac.0);
@@ -218,7 +316,19 @@ impl PortElems {
                 IpAddr::V6(v6) => e.ip6.insert(v6.octets()),
             };
         }
+        e.derive();
         e
+    }
+
+    /// Sets the elements that follow from the MAC and the addresses.
+    fn derive(&mut self) {
+        self.ip4_open = self.locked && self.ip4.is_empty();
+        self.ip6_open = self.locked && self.ip6.is_empty();
+        self.link_local = self
+            .macs
+            .iter()
+            .map(|m| eui64_link_local(&MacAddr(*m)).octets())
+            .collect();
     }
 
     /// (set, key) pairs, the ifname prefix included.
@@ -232,8 +342,16 @@ impl PortElems {
         if self.port {
             out.push((SET_PORTS, ifkey.to_vec()));
         }
-        if self.locked {
-            out.push((SET_LOCKED, ifkey.to_vec()));
+        for (on, set) in [
+            (self.locked, SET_LOCKED),
+            (self.ip4_open, SET_IP4_OPEN),
+            (self.ip6_open, SET_IP6_OPEN),
+            (self.allow_ra, SET_RA),
+            (self.allow_dhcp_server, SET_DHCP),
+        ] {
+            if on {
+                out.push((set, ifkey.to_vec()));
+            }
         }
         for mac in &self.macs {
             let mut tail = mac.to_vec();
@@ -245,6 +363,9 @@ impl PortElems {
         }
         for ip in &self.ip6 {
             out.push((SET_IP6, cat(ip)));
+        }
+        for ip in &self.link_local {
+            out.push((SET_LL, cat(ip)));
         }
         out
     }
@@ -349,6 +470,10 @@ fn port_elems(nl: &mut Nfnl, ifkey: &[u8; IFNAMSIZ]) -> Result<PortElems, NlErro
     let mut e = PortElems {
         port: has_elem(nl, SET_PORTS, ifkey)?,
         locked: has_elem(nl, SET_LOCKED, ifkey)?,
+        ip4_open: has_elem(nl, SET_IP4_OPEN, ifkey)?,
+        ip6_open: has_elem(nl, SET_IP6_OPEN, ifkey)?,
+        allow_ra: has_elem(nl, SET_RA, ifkey)?,
+        allow_dhcp_server: has_elem(nl, SET_DHCP, ifkey)?,
         ..Default::default()
     };
     let mine = |keys: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
@@ -370,6 +495,11 @@ fn port_elems(nl: &mut Nfnl, ifkey: &[u8; IFNAMSIZ]) -> Result<PortElems, NlErro
     for tail in mine(dump_set(nl, SET_IP6)?) {
         if let Ok(ip) = <[u8; 16]>::try_from(tail.as_slice()) {
             e.ip6.insert(ip);
+        }
+    }
+    for tail in mine(dump_set(nl, SET_LL)?) {
+        if let Ok(ip) = <[u8; 16]>::try_from(tail.as_slice()) {
+            e.link_local.insert(ip);
         }
     }
     Ok(e)
@@ -409,6 +539,71 @@ fn base_ok(nl: &mut Nfnl) -> Result<bool, NlError> {
     have.sort();
     want.sort();
     Ok(have == want)
+}
+
+/// After a layout upgrade: adds the elements that follow from each installed
+/// port's MAC and addresses (per-family open sets, link-local of the MAC) and
+/// that an older layout did not have, so running VMs keep their IPv6 and their
+/// link-local neighbour advertisements without being re-added. The opt-in sets
+/// cannot be derived: they stay empty (the stricter default) until the port is
+/// installed again. Idempotent; cheap on a new table (five empty dumps).
+fn backfill_derived(nl: &mut Nfnl) -> Result<(), NlError> {
+    let mut ports: std::collections::BTreeMap<Vec<u8>, PortElems> = Default::default();
+    let split = |key: &[u8]| {
+        let cut = IFNAMSIZ.min(key.len());
+        (key[..cut].to_vec(), key[cut..].to_vec())
+    };
+    for key in dump_set(nl, SET_PORTS)? {
+        ports.entry(key).or_default().port = true;
+    }
+    for key in dump_set(nl, SET_LOCKED)? {
+        ports.entry(key).or_default().locked = true;
+    }
+    for key in dump_set(nl, SET_MAC)? {
+        let (name, tail) = split(&key);
+        if let Some(mac) = tail.get(..6).and_then(|m| <[u8; 6]>::try_from(m).ok()) {
+            ports.entry(name).or_default().macs.insert(mac);
+        }
+    }
+    for key in dump_set(nl, SET_IP4)? {
+        let (name, tail) = split(&key);
+        if let Ok(ip) = <[u8; 4]>::try_from(tail.as_slice()) {
+            ports.entry(name).or_default().ip4.insert(ip);
+        }
+    }
+    for key in dump_set(nl, SET_IP6)? {
+        let (name, tail) = split(&key);
+        if let Ok(ip) = <[u8; 16]>::try_from(tail.as_slice()) {
+            ports.entry(name).or_default().ip6.insert(ip);
+        }
+    }
+    let mut add = Vec::new();
+    for (name, mut elems) in ports {
+        let Ok(ifkey) = <[u8; IFNAMSIZ]>::try_from(name.as_slice()) else {
+            continue;
+        };
+        if !elems.port {
+            continue; // a half-removed port: the collector's, not ours to extend
+        }
+        elems.derive();
+        add.extend(
+            elems
+                .keys(&ifkey)
+                .into_iter()
+                .filter(|(set, _)| [SET_IP4_OPEN, SET_IP6_OPEN, SET_LL].contains(set)),
+        );
+    }
+    for chunk in add.chunks(512) {
+        let mut batch = Batch::new();
+        push_elems(
+            &mut batch,
+            msg::NEWSETELEM,
+            chunk,
+            "adding a derived element",
+        );
+        nl.commit(batch)?;
+    }
+    Ok(())
 }
 
 /// Number of attempts when a concurrent change makes a transaction fail.
@@ -466,6 +661,7 @@ pub fn install(rules: &PortRules) -> Result<(), Error> {
             let mut batch = Batch::new();
             bootstrap(&mut batch);
             nl.commit(batch)?;
+            backfill_derived(nl)?;
         }
         let mut batch = Batch::new();
         // A new port (the ADD path) is one GET; only a re-install reads the sets.
@@ -630,10 +826,38 @@ pub fn verify(rules: &PortRules) -> Result<(), Error> {
             list(have.ip6.iter().map(show6))
         ));
     }
+    if have.ip4_open != want.ip4_open || have.ip6_open != want.ip6_open {
+        problems.push("the per-family locks differ from the addresses".to_string());
+    }
+    if have.link_local != want.link_local {
+        problems.push("the link-local address of the MAC is not installed".to_string());
+    }
+    if have.allow_ra != want.allow_ra {
+        problems.push(format!(
+            "router advertisements {} wanted, {} installed",
+            allowed(want.allow_ra),
+            allowed(have.allow_ra)
+        ));
+    }
+    if have.allow_dhcp_server != want.allow_dhcp_server {
+        problems.push(format!(
+            "DHCP server replies {} wanted, {} installed",
+            allowed(want.allow_dhcp_server),
+            allowed(have.allow_dhcp_server)
+        ));
+    }
     Err(Error::PortSecurity(format!(
         "{context}: {}",
         problems.join("; ")
     )))
+}
+
+fn allowed(on: bool) -> &'static str {
+    if on {
+        "allowed"
+    } else {
+        "dropped"
+    }
 }
 
 fn list(items: impl Iterator<Item = String>) -> String {
@@ -665,14 +889,9 @@ pub fn counters() -> Result<DropCounters, Error> {
         let packets = attr(body, NFTA_OBJ_DATA)
             .and_then(|d| attr_u64(d, NFTA_COUNTER_PACKETS))
             .unwrap_or(0);
-        match attr_str(body, NFTA_OBJ_NAME).as_deref() {
-            Some("drop_mac") => c.mac = packets,
-            Some("drop_arp") => c.arp = packets,
-            Some("drop_ip4") => c.ip4 = packets,
-            Some("drop_ip6") => c.ip6 = packets,
-            Some("drop_nd") => c.nd = packets,
-            Some("drop_vlan") => c.vlan = packets,
-            _ => {}
+        let name = attr_str(body, NFTA_OBJ_NAME).unwrap_or_default();
+        if let Some(slot) = name.strip_prefix("drop_").and_then(|r| c.slot(r)) {
+            *slot = packets;
         }
     }
     Ok(c)
@@ -698,13 +917,70 @@ mod tests {
             host_veth: "pg1".into(),
             mac: MacAddr([2, 0, 0, 0, 0, 1]),
             ips: vec!["10.0.0.2".parse().unwrap(), "2001:db8::2".parse().unwrap()],
+            allow_router_advertisements: false,
+            allow_dhcp_server: true,
         };
         let keys = PortElems::wanted(&rules).keys(&ifname_key("pg1").unwrap());
         let sets: Vec<&str> = keys.iter().map(|(s, _)| *s).collect();
-        assert_eq!(sets, [SET_PORTS, SET_LOCKED, SET_MAC, SET_IP4, SET_IP6]);
-        for ((_, key), (_, _, len)) in keys.iter().zip(SETS) {
-            assert_eq!(key.len() as u32, len);
+        assert_eq!(
+            sets,
+            [SET_PORTS, SET_LOCKED, SET_DHCP, SET_MAC, SET_IP4, SET_IP6, SET_LL]
+        );
+        for (set, key) in &keys {
+            let (_, _, len) = SETS.iter().find(|(s, _, _)| s == set).unwrap();
+            assert_eq!(key.len() as u32, *len, "{set}");
         }
+        // Locked for both families: neither is open.
+        let v4_only = PortRules {
+            ips: vec!["10.0.0.2".parse().unwrap()],
+            ..rules.clone()
+        };
+        let sets: Vec<&str> = PortElems::wanted(&v4_only)
+            .keys(&ifname_key("pg1").unwrap())
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert!(sets.contains(&SET_IP6_OPEN) && !sets.contains(&SET_IP4_OPEN));
+        let mac_only = PortRules {
+            ips: vec![],
+            ..rules
+        };
+        let sets: Vec<&str> = PortElems::wanted(&mac_only)
+            .keys(&ifname_key("pg1").unwrap())
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert!(!sets.contains(&SET_LOCKED) && !sets.contains(&SET_IP6_OPEN));
+    }
+
+    #[test]
+    fn link_local_of_a_mac() {
+        // RFC 4291 appendix A: the universal/local bit is inverted, ff:fe inserted.
+        assert_eq!(
+            eui64_link_local(&MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56])),
+            "fe80::5054:ff:fe12:3456"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+        );
+        assert_eq!(
+            eui64_link_local(&MacAddr([0x02, 0x50, 0x56, 0, 0, 0x02])),
+            "fe80::50:56ff:fe00:2"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn every_counter_has_a_reason() {
+        let mut c = DropCounters::default();
+        for name in COUNTERS {
+            let slot = c.slot(name.strip_prefix("drop_").unwrap()).unwrap();
+            *slot += 1;
+        }
+        assert_eq!(c.total(), COUNTERS.len() as u64);
+        let text = c.render_prometheus();
+        assert!(text.contains("portgroup_portsec_drops_total{reason=\"bpdu\"} 1"));
+        assert_eq!(text.lines().count(), 2 + COUNTERS.len());
     }
 
     #[test]
@@ -718,6 +994,8 @@ mod tests {
             host_veth: "pg1".into(),
             mac: MacAddr([2, 0, 0, 0, 0, 1]),
             ips,
+            allow_router_advertisements: false,
+            allow_dhcp_server: false,
         };
         let keys = PortElems::wanted(&rules).keys(&ifkey);
         let mut batch = Batch::new();
