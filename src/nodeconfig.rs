@@ -339,6 +339,20 @@ fn optional_ifname(
     }
 }
 
+/// Every field a portgroup may have (what the node schema documents).
+pub const PORTGROUP_FIELDS: &[&str] = &[
+    "name",
+    "vlan",
+    "mtu",
+    "strict",
+    "reservations",
+    "namespaces",
+    "requireSpoofCheck",
+    "requireConflictProbe",
+    "allowRouterAdvertisements",
+    "allowDhcpServer",
+];
+
 fn validate_portgroup(
     path: &str,
     item: &Value,
@@ -350,19 +364,7 @@ fn validate_portgroup(
     };
     let before = problems.len();
     for key in obj.keys() {
-        if !matches!(
-            key.as_str(),
-            "name"
-                | "vlan"
-                | "mtu"
-                | "strict"
-                | "reservations"
-                | "namespaces"
-                | "requireSpoofCheck"
-                | "requireConflictProbe"
-                | "allowRouterAdvertisements"
-                | "allowDhcpServer"
-        ) {
+        if !PORTGROUP_FIELDS.contains(&key.as_str()) {
             problems.push(format!("{path}.{key}: unknown field"));
         }
     }
@@ -597,6 +599,13 @@ mod tests {
                 &["portgroups[0].vlan"],
             ),
             (
+                r#"{"uplink": "eth1", "portgroups": [{"name": "a", "vlan": 5, "allowRouterAdvertisements": "yes", "allowDhcpServer": 1}]}"#,
+                &[
+                    "portgroups[0].allowRouterAdvertisements: must be true or false",
+                    "portgroups[0].allowDhcpServer: must be true or false",
+                ],
+            ),
+            (
                 r#"{"uplink": "eth1", "portgroups": [{"name": "a", "vlan": 5, "reservations": [{"mac": "01:00:5e:00:00:01", "ips": ["10.0.0.256"]}]}]}"#,
                 &["reservations[0].mac", "reservations[0].ips[0]"],
             ),
@@ -736,6 +745,43 @@ mod tests {
         ] {
             assert!(parse_host_or_cidr(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn port_security_opt_ins_default_off() {
+        let config = NodeConfig::parse(
+            br#"{"uplink": "eth1", "portgroups": [
+                {"name": "a", "vlan": 5},
+                {"name": "b", "vlan": 6, "allowRouterAdvertisements": true, "allowDhcpServer": null},
+                {"name": "c", "vlan": 7, "allowDhcpServer": true}]}"#,
+        )
+        .unwrap();
+        let flags: Vec<(bool, bool)> = config
+            .portgroups
+            .iter()
+            .map(|pg| (pg.allow_router_advertisements, pg.allow_dhcp_server))
+            .collect();
+        assert_eq!(flags, [(false, false), (true, false), (false, true)]);
+    }
+
+    /// The node schema documents exactly the portgroup fields the validator knows.
+    #[test]
+    fn schema_lists_the_portgroup_fields() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/manifests/schemas/portgroup-node-config.json"
+        );
+        let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut documented: Vec<&str> = schema["properties"]["portgroups"]["items"]["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        documented.sort();
+        let mut known = PORTGROUP_FIELDS.to_vec();
+        known.sort();
+        assert_eq!(documented, known);
     }
 
     #[test]

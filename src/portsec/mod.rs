@@ -3,41 +3,26 @@
 //! # Layout
 //!
 //! One table, `table bridge portgroup`, owned by us. Ports exist only as set
-//! elements; the chains and their ~25 rules are fixed, so neither the cost of an
+//! elements; the chains and their ~45 rules are fixed, so neither the cost of an
 //! ADD nor the per-packet cost grows with the number of ports (hash-set lookups).
+//! The full listing, what each port drops and why, is in docs/DESIGN.md ("Port
+//! security: the nftables layout"); in short:
 //!
-//! ```text
-//! table bridge portgroup {
-//!   set ports            { type ifname; }              # every secured port
-//!   set ip_locked_ports  { type ifname; }              # ports whose source IPs are restricted
-//!   set port_mac         { type ifname . ether_addr; } # the one MAC a port may use
-//!   set port_ip4         { type ifname . ipv4_addr; }
-//!   set port_ip6         { type ifname . ipv6_addr; }
-//!   counter drop_mac / drop_arp / drop_ip4 / drop_ip6 / drop_nd / drop_vlan
-//!   chain prerouting { type filter hook prerouting priority filter; policy accept;
-//!     iifname @ports jump port_in }                    # anything else is untouched
-//!   chain port_in {
-//!     iifname . ether saddr != @port_mac counter name drop_mac drop
-//!     ether type arp jump arp_sha                      # Eth/IPv4 ARP only, sender MAC = port MAC
-//!     iifname != @ip_locked_ports accept
-//!     ether type { 8021q, 8021ad } counter name drop_vlan drop
-//!     ether type ip jump ip4_in; ether type arp jump arp_in; ether type ip6 jump ip6_in }
-//!   chain ip4_in { iifname . ip saddr @port_ip4 accept
-//!     ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept; counter name drop_ip4 drop }
-//!   chain arp_in { iifname . arp saddr ip @port_ip4 accept
-//!     arp saddr ip 0.0.0.0 accept; counter name drop_arp drop }
-//!   chain ip6_in { icmpv6 type nd-neighbor-advert jump nd_in
-//!     iifname . ip6 saddr @port_ip6 accept; ip6 saddr fe80::/10 accept
-//!     ip6 saddr :: icmpv6 type { nd-neighbor-solicit, mld2-listener-report } accept
-//!     counter name drop_ip6 drop }
-//!   chain nd_in { iifname . @th,64,128 @port_ip6 return  # NA target must be ours
-//!     @th,64,128 fe80::/10 return; counter name drop_nd drop }
-//! }
-//! ```
+//! - every port: source MAC = the port's; no frames to 01:80:c2:00:00:0x (BPDU
+//!   filter); no 802.1Q/802.1ad/0x9100 tags (VID 0 included); ARP sender MAC =
+//!   the port's; no router advertisements or redirects unless the port is in
+//!   `ra_allowed_ports`; no DHCPv4/DHCPv6 server messages unless in
+//!   `dhcp_server_ports`; neighbour advertisements only for the port's
+//!   addresses (declared, or the EUI-64 link-local of its MAC in `port_ll`);
+//! - IP-locked ports (`ip_locked_ports`): only IPv4, ARP, IPv6 and RARP pass,
+//!   and sources of a locked family must be the port's; a family with no
+//!   address known (`ip4_open_ports`, `ip6_open_ports`) is not source-checked.
 //!
-//! Every rule carries a comment `pg1:<chain>:<n>`; `install` and `verify`
+//! Every drop goes through a named counter, `drop_<reason>` ([`counters`]).
+//! Every rule carries a comment `pg2:<chain>:<n>`; `install` and `verify`
 //! compare them with what this build expects and rebuild the chains (flush and
-//! re-add, in one transaction) when they differ.
+//! re-add, in one transaction) when they differ, then add the derived elements
+//! (`port_ll`, open families) of ports installed under an older layout.
 //!
 //! # Mechanism: nf_tables netlink, spoken directly
 //!
@@ -66,7 +51,7 @@
 //! with the kernel's errno, and we control exactly which kernel requests each
 //! call makes (one GET and one batch for an ADD, which a generic nft front-end
 //! cannot promise as its cache rules change between versions). The cost: we
-//! own the encoding of ~25 rules; `nft list table bridge portgroup` on a node
+//! own the encoding of ~45 rules; `nft list table bridge portgroup` on a node
 //! decodes them back (with comments), and the tests check them with real frames.
 //!
 //! What the node needs: nf_tables with the bridge family (`CONFIG_NF_TABLES`,

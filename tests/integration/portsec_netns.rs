@@ -257,6 +257,22 @@ fn every_port_drops() -> Vec<Case> {
             Some("ra"),
         ),
         case(
+            49,
+            "router advertisement behind a hop-by-hop options header",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x86dd,
+                &ipv6(vm_ll(), all_nodes(), 0, &{
+                    // Next header ICMPv6, length 0 (8 bytes), PadN of 4.
+                    let mut v = vec![58, 0, 1, 4, 0, 0, 0, 0];
+                    v.extend(router_advert(49));
+                    v
+                }),
+            ),
+            Some("ra"),
+        ),
+        case(
             45,
             "ICMPv6 redirect",
             eth(
@@ -876,7 +892,7 @@ fn portgroup_opt_ins_let_routers_and_dhcp_servers_through() {
         allow_dhcp_server: true,
         ..vm_rules()
     };
-    let allowed = [44, 45, 46, 47, 48];
+    let allowed = [44, 45, 46, 47, 48, 49];
     let cases: Vec<Case> = every_port_drops()
         .into_iter()
         .map(|c| {
@@ -1172,4 +1188,39 @@ fn foreign_table_layout_is_a_clear_error() {
         text.contains("set ports") && text.contains("another layout"),
         "{text}"
     );
+}
+
+#[test]
+fn layout_upgrade_backfills_derived_elements_of_running_ports() {
+    let node = Netns::new("node");
+    let v4_only = || PortRules {
+        host_veth: "old1".into(),
+        ips: vec![IpAddr::V4(VM_IP)],
+        ..vm_rules()
+    };
+    in_ns(&node, move || portsec::install(&v4_only())).expect("install");
+    // What a table of the previous layout holds for a running port: no
+    // per-family or link-local elements, and chains that differ.
+    let nft = |cmd: &str| {
+        let out = node.exec(&["nft", cmd]);
+        assert!(
+            out.status.success(),
+            "nft {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    nft("flush set bridge portgroup ip6_open_ports");
+    nft("flush set bridge portgroup port_ll");
+    nft("flush chain bridge portgroup port_in");
+    let e = in_ns(&node, move || portsec::verify(&v4_only()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("chains"), "{e}");
+
+    // The next install on the node rebuilds the chains and gives the running
+    // port back what follows from its MAC and addresses.
+    in_ns(&node, || portsec::install(&port(1))).expect("install another port");
+    in_ns(&node, move || portsec::verify(&v4_only())).expect("the running port is whole again");
+    let listed = node.exec(&["nft", "list", "set", "bridge", "portgroup", "port_ll"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("fe80::50:56ff:fe00:2"));
 }
