@@ -200,6 +200,11 @@ impl DropCounters {
     }
 }
 
+/// fe80::/10.
+fn is_link_local(ip: &[u8; 16]) -> bool {
+    ip[0] == 0xfe && ip[1] & 0xc0 == 0x80
+}
+
 /// The modified EUI-64 link-local address (RFC 4291, appendix A) of a MAC:
 /// what a VM that does not use stable-privacy or random identifiers takes.
 pub fn eui64_link_local(mac: &MacAddr) -> std::net::Ipv6Addr {
@@ -298,6 +303,9 @@ impl PortElems {
         for ip in &rules.ips {
             match ip {
                 IpAddr::V4(v4) => e.ip4.insert(v4.octets()),
+                // A declared link-local (a guest with stable-privacy or random
+                // identifiers) is one it may advertise; it does not lock IPv6.
+                IpAddr::V6(v6) if is_link_local(&v6.octets()) => e.link_local.insert(v6.octets()),
                 IpAddr::V6(v6) => e.ip6.insert(v6.octets()),
             };
         }
@@ -305,15 +313,16 @@ impl PortElems {
         e
     }
 
-    /// Sets the elements that follow from the MAC and the addresses.
+    /// Adds the elements that follow from the MAC and the addresses.
     fn derive(&mut self) {
         self.ip4_open = self.locked && self.ip4.is_empty();
-        self.ip6_open = self.locked && self.ip6.is_empty();
-        self.link_local = self
+        self.ip6_open = self.locked && self.ip6.iter().all(is_link_local);
+        let own: Vec<[u8; 16]> = self
             .macs
             .iter()
             .map(|m| eui64_link_local(&MacAddr(*m)).octets())
             .collect();
+        self.link_local.extend(own);
     }
 
     /// (set, key) pairs, the ifname prefix included.
@@ -936,6 +945,28 @@ mod tests {
             .map(|(s, _)| s)
             .collect();
         assert!(!sets.contains(&SET_LOCKED) && !sets.contains(&SET_IP6_OPEN));
+    }
+
+    #[test]
+    fn a_declared_link_local_does_not_lock_ipv6() {
+        let rules = PortRules {
+            host_veth: "pg1".into(),
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            ips: vec!["10.0.0.2".parse().unwrap(), "fe80::1234".parse().unwrap()],
+            allow_router_advertisements: false,
+            allow_dhcp_server: false,
+        };
+        let e = PortElems::wanted(&rules);
+        assert!(e.locked && e.ip6_open && !e.ip4_open);
+        assert!(e.ip6.is_empty());
+        let ll: Vec<std::net::Ipv6Addr> = e.link_local.iter().map(|a| (*a).into()).collect();
+        assert_eq!(
+            ll,
+            [
+                "fe80::1234".parse::<std::net::Ipv6Addr>().unwrap(),
+                "fe80::ff:fe00:1".parse().unwrap()
+            ]
+        );
     }
 
     #[test]

@@ -1224,3 +1224,53 @@ fn layout_upgrade_backfills_derived_elements_of_running_ports() {
     let listed = node.exec(&["nft", "list", "set", "bridge", "portgroup", "port_ll"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("fe80::50:56ff:fe00:2"));
 }
+
+#[test]
+fn a_declared_link_local_may_be_advertised_without_locking_ipv6() {
+    let lab = lab();
+    // A guest with a stable-privacy link-local: its reservation lists it.
+    let declared: Ipv6Addr = "fe80::a1b2:c3d4:e5f6:1".parse().unwrap();
+    let rules = PortRules {
+        ips: vec![IpAddr::V4(VM_IP), IpAddr::V6(declared)],
+        ..vm_rules()
+    };
+    let m = marker;
+    let cases: Vec<Case> = [
+        vec![
+            case(
+                70,
+                "neighbour advertisement for its declared link-local",
+                eth(
+                    BCAST,
+                    VM_MAC,
+                    0x86dd,
+                    &ipv6(declared, all_nodes(), 58, &nd(136, declared, &m(70))),
+                ),
+                None,
+            ),
+            case(
+                71,
+                "neighbour advertisement for another link-local",
+                eth(
+                    BCAST,
+                    VM_MAC,
+                    0x86dd,
+                    &ipv6(
+                        declared,
+                        all_nodes(),
+                        58,
+                        &nd(136, "fe80::a1b2:c3d4:e5f6:2".parse().unwrap(), &m(71)),
+                    ),
+                ),
+                Some("nd"),
+            ),
+        ],
+        slaac_cases(false),
+        every_port_drops(),
+        every_port_passes(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    frame_table(&lab, &rules, &cases);
+}
