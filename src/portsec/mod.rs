@@ -31,15 +31,18 @@
 //! `nft`. Measured with `hack/bench/portsec_scale.rs` (`hack/bench.sh
 //! --portsec-mechanisms`; release build, in a netns, on 2 cores shared with
 //! other builds; kernel 6.18, nft 1.0.6),
-//! adding one port's 5 set elements, median of 10, at ~10 and at ~1050 ports:
+//! adding one port's set elements (the `nft` rows add the 5 base elements;
+//! `portsec::install` adds those and the port's link-local, and checks the 44
+//! rules of layout pg2), median of 10, at ~10 and at ~1050 ports (load average
+//! ~9 at the time):
 //!
 //! | mechanism | ~10 ports | ~1050 ports |
 //! |---|---|---|
-//! | `portsec::install` (netlink: rule check + GET + one batch) | 0.16 ms | 0.13 ms |
-//! | `nft -f -`, one process spawn per call | 2.7 ms | 2.7 ms |
-//! | `nft -j -f -` (JSON), one process spawn per call | 2.8 ms | 2.7 ms |
-//! | libnftables.so.1 in process: dlopen + `nft_ctx_new` + `nft_run_cmd_from_buffer` | 0.96 ms | 1.0 ms |
-//! | the same, `nft_run_cmd_from_buffer` alone (warm context) | 0.24 ms | 0.23 ms |
+//! | `portsec::install` (netlink: rule check + GET + one batch) | 0.11 ms | 0.09 ms |
+//! | `nft -f -`, one process spawn per call | 3.0 ms | 2.5 ms |
+//! | `nft -j -f -` (JSON), one process spawn per call | 2.9 ms | 4.5 ms |
+//! | libnftables.so.1 in process: dlopen + `nft_ctx_new` + `nft_run_cmd_from_buffer` | 0.98 ms | 0.97 ms |
+//! | the same, `nft_run_cmd_from_buffer` alone (warm context) | 0.27 ms | 0.28 ms |
 //!
 //! (Runs under heavier load scale every row up to ~1.5x; the ordering holds.)
 //!
