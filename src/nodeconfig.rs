@@ -39,6 +39,12 @@ pub struct PortgroupConfig {
     pub reservations: Vec<Reservation>,
     #[serde(flatten)]
     pub policy: AttachPolicy,
+    /// VMs on this portgroup may be routers: send router advertisements and redirects.
+    #[serde(default)]
+    pub allow_router_advertisements: bool,
+    /// VMs on this portgroup may be DHCPv4/DHCPv6 servers.
+    #[serde(default)]
+    pub allow_dhcp_server: bool,
 }
 
 /// Who may attach to a portgroup and what a network config may not turn off there:
@@ -333,6 +339,20 @@ fn optional_ifname(
     }
 }
 
+/// Every field a portgroup may have (what the node schema documents).
+pub const PORTGROUP_FIELDS: &[&str] = &[
+    "name",
+    "vlan",
+    "mtu",
+    "strict",
+    "reservations",
+    "namespaces",
+    "requireSpoofCheck",
+    "requireConflictProbe",
+    "allowRouterAdvertisements",
+    "allowDhcpServer",
+];
+
 fn validate_portgroup(
     path: &str,
     item: &Value,
@@ -344,17 +364,7 @@ fn validate_portgroup(
     };
     let before = problems.len();
     for key in obj.keys() {
-        if !matches!(
-            key.as_str(),
-            "name"
-                | "vlan"
-                | "mtu"
-                | "strict"
-                | "reservations"
-                | "namespaces"
-                | "requireSpoofCheck"
-                | "requireConflictProbe"
-        ) {
+        if !PORTGROUP_FIELDS.contains(&key.as_str()) {
             problems.push(format!("{path}.{key}: unknown field"));
         }
     }
@@ -400,14 +410,17 @@ fn validate_portgroup(
             }
         },
     };
-    let strict = match obj.get("strict") {
+    let flag = |key: &str, problems: &mut Vec<String>| match obj.get(key) {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => {
-            problems.push(format!("{path}.strict: must be true or false"));
+            problems.push(format!("{path}.{key}: must be true or false"));
             false
         }
     };
+    let strict = flag("strict", problems);
+    let allow_router_advertisements = flag("allowRouterAdvertisements", problems);
+    let allow_dhcp_server = flag("allowDhcpServer", problems);
     let mut reservations = Vec::new();
     match obj.get("reservations") {
         None | Some(Value::Null) => {}
@@ -446,6 +459,8 @@ fn validate_portgroup(
         strict,
         reservations,
         policy,
+        allow_router_advertisements,
+        allow_dhcp_server,
     })
 }
 
@@ -582,6 +597,13 @@ mod tests {
             (
                 r#"{"uplink": "eth1", "portgroups": [{"name": "a", "vlan": "5"}]}"#,
                 &["portgroups[0].vlan"],
+            ),
+            (
+                r#"{"uplink": "eth1", "portgroups": [{"name": "a", "vlan": 5, "allowRouterAdvertisements": "yes", "allowDhcpServer": 1}]}"#,
+                &[
+                    "portgroups[0].allowRouterAdvertisements: must be true or false",
+                    "portgroups[0].allowDhcpServer: must be true or false",
+                ],
             ),
             (
                 r#"{"uplink": "eth1", "portgroups": [{"name": "a", "vlan": 5, "reservations": [{"mac": "01:00:5e:00:00:01", "ips": ["10.0.0.256"]}]}]}"#,
@@ -723,6 +745,43 @@ mod tests {
         ] {
             assert!(parse_host_or_cidr(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn port_security_opt_ins_default_off() {
+        let config = NodeConfig::parse(
+            br#"{"uplink": "eth1", "portgroups": [
+                {"name": "a", "vlan": 5},
+                {"name": "b", "vlan": 6, "allowRouterAdvertisements": true, "allowDhcpServer": null},
+                {"name": "c", "vlan": 7, "allowDhcpServer": true}]}"#,
+        )
+        .unwrap();
+        let flags: Vec<(bool, bool)> = config
+            .portgroups
+            .iter()
+            .map(|pg| (pg.allow_router_advertisements, pg.allow_dhcp_server))
+            .collect();
+        assert_eq!(flags, [(false, false), (true, false), (false, true)]);
+    }
+
+    /// The node schema documents exactly the portgroup fields the validator knows.
+    #[test]
+    fn schema_lists_the_portgroup_fields() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/manifests/schemas/portgroup-node-config.json"
+        );
+        let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut documented: Vec<&str> = schema["properties"]["portgroups"]["items"]["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        documented.sort();
+        let mut known = PORTGROUP_FIELDS.to_vec();
+        known.sort();
+        assert_eq!(documented, known);
     }
 
     #[test]

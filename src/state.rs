@@ -48,6 +48,12 @@ pub struct PortgroupState {
     pub reservations: Vec<Reservation>,
     #[serde(default, flatten)]
     pub policy: AttachPolicy,
+    /// Port security lets this portgroup's VMs send router advertisements.
+    #[serde(default)]
+    pub allow_router_advertisements: bool,
+    /// Port security lets this portgroup's VMs send DHCP server replies.
+    #[serde(default)]
+    pub allow_dhcp_server: bool,
 }
 
 impl NodeState {
@@ -255,6 +261,8 @@ impl PortgroupState {
             strict: pg.strict,
             reservations: pg.reservations.clone(),
             policy: pg.policy.clone(),
+            allow_router_advertisements: pg.allow_router_advertisements,
+            allow_dhcp_server: pg.allow_dhcp_server,
         }
     }
 
@@ -281,6 +289,8 @@ impl PortgroupState {
             strict: before.is_some_and(|b| b.strict),
             reservations: before.map(|b| b.reservations.clone()).unwrap_or_default(),
             policy: before.map(|b| b.policy.clone()).unwrap_or_default(),
+            allow_router_advertisements: before.is_some_and(|b| b.allow_router_advertisements),
+            allow_dhcp_server: before.is_some_and(|b| b.allow_dhcp_server),
         }
     }
 
@@ -324,6 +334,8 @@ mod tests {
             strict: false,
             reservations: vec![],
             policy: Default::default(),
+            allow_router_advertisements: false,
+            allow_dhcp_server: false,
         };
         NodeState {
             node: "worker-3".into(),

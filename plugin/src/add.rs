@@ -292,6 +292,8 @@ impl Attempt<'_> {
                 host_veth: spec.host_veth.clone(),
                 mac: spec.mac,
                 ips: allowed.clone(),
+                allow_router_advertisements: spec.allow_router_advertisements,
+                allow_dhcp_server: spec.allow_dhcp_server,
             })?;
             fault::point("port-security-installed");
         }

@@ -130,6 +130,8 @@ pub async fn check(cmd: &Call<'_, Pod, NetConf>) -> Result<(), Error> {
             host_veth: host_veth.clone(),
             mac: record.mac,
             ips: spec.allowed_ips(&record.ips),
+            allow_router_advertisements: spec.allow_router_advertisements,
+            allow_dhcp_server: spec.allow_dhcp_server,
         })?;
     }
 

@@ -68,6 +68,10 @@ pub struct Spec {
     pub bridge_mtu: u32,
     pub host_veth: String,
     pub spoof_check: bool,
+    /// The portgroup's port-security opt-ins: the node config's (the admin's);
+    /// a network config cannot set them.
+    pub allow_router_advertisements: bool,
+    pub allow_dhcp_server: bool,
     /// None: no conflict probe.
     pub probe: Option<ProbeConfig>,
     pub namespace: Option<String>,
@@ -171,6 +175,10 @@ pub fn resolve(req: &Request, place: &Place, fallback_mac: MacAddr) -> Result<Sp
         bridge_mtu: place.bridge_mtu,
         host_veth: host_veth_name(req.container_id, req.ifname),
         spoof_check: conf.spoof_check,
+        allow_router_advertisements: place
+            .portgroup
+            .is_some_and(|pg| pg.allow_router_advertisements),
+        allow_dhcp_server: place.portgroup.is_some_and(|pg| pg.allow_dhcp_server),
         probe: conf.conflict_probe.then(|| conf.probe.clone()),
         namespace,
     };
@@ -368,6 +376,8 @@ mod tests {
                 ips: vec!["10.0.0.1/24".parse().unwrap()],
             }],
             policy: serde_json::from_value::<AttachPolicy>(policy).unwrap(),
+            allow_router_advertisements: false,
+            allow_dhcp_server: false,
         }
     }
 

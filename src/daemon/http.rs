@@ -68,7 +68,10 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
         words.next().unwrap_or_default(),
         words.next().unwrap_or_default(),
     );
-    let (status, content_type, body) = respond(method, path, metrics);
+    let (status, content_type, mut body) = respond(method, path, metrics);
+    if status == 200 && path.split('?').next() == Some("/metrics") {
+        body.push_str(&portsec_drops());
+    }
     let reason = match status {
         200 => "OK",
         404 => "Not Found",
@@ -85,6 +88,19 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
     }
     stream.write_all(&response).await?;
     stream.shutdown().await
+}
+
+/// The port-security drop counters by reason, read from the kernel at scrape
+/// time (one small netlink dump; zeros before the first port is secured).
+/// Left out, with a log line, when they cannot be read.
+fn portsec_drops() -> String {
+    match crate::portsec::counters() {
+        Ok(counters) => counters.render_prometheus(),
+        Err(e) => {
+            tracing::warn!("metrics: {e}");
+            String::new()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,42 +3,27 @@
 //! # Layout
 //!
 //! One table, `table bridge portgroup`, owned by us. Ports exist only as set
-//! elements; the chains and their ~25 rules are fixed, so neither the cost of an
+//! elements; the chains and their ~45 rules are fixed, so neither the cost of an
 //! ADD nor the per-packet cost grows with the number of ports (hash-set lookups).
+//! The full listing, what each port drops and why, is in docs/DESIGN.md ("Port
+//! security: the nftables layout"); in short:
 //!
-//! ```text
-//! table bridge portgroup {
-//!   set ports            { type ifname; }              # every secured port
-//!   set ip_locked_ports  { type ifname; }              # ports whose source IPs are restricted
-//!   set port_mac         { type ifname . ether_addr; } # the one MAC a port may use
-//!   set port_ip4         { type ifname . ipv4_addr; }
-//!   set port_ip6         { type ifname . ipv6_addr; }
-//!   counter drop_mac / drop_arp / drop_ip4 / drop_ip6 / drop_nd / drop_vlan
-//!   chain prerouting { type filter hook prerouting priority filter; policy accept;
-//!     iifname @ports jump port_in }                    # anything else is untouched
-//!   chain port_in {
-//!     iifname . ether saddr != @port_mac counter name drop_mac drop
-//!     ether type arp jump arp_sha                      # Eth/IPv4 ARP only, sender MAC = port MAC
-//!     iifname != @ip_locked_ports accept
-//!     ether type { 8021q, 8021ad } counter name drop_vlan drop
-//!     ether type ip jump ip4_in; ether type arp jump arp_in; ether type ip6 jump ip6_in }
-//!   chain ip4_in { iifname . ip saddr @port_ip4 accept
-//!     ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept; counter name drop_ip4 drop }
-//!   chain arp_in { iifname . arp saddr ip @port_ip4 accept
-//!     arp saddr ip 0.0.0.0 accept; counter name drop_arp drop }
-//!   chain ip6_in { icmpv6 type nd-neighbor-advert jump nd_in
-//!     iifname . ip6 saddr @port_ip6 accept; ip6 saddr fe80::/10 accept
-//!     ip6 saddr :: icmpv6 type { nd-neighbor-solicit, mld2-listener-report } accept
-//!     counter name drop_ip6 drop }
-//!   chain nd_in { iifname . @th,64,128 @port_ip6 return  # NA target must be ours
-//!     @th,64,128 fe80::/10 return; counter name drop_nd drop }
-//! }
-//! ```
+//! - every port: source MAC = the port's; no frames to 01:80:c2:00:00:0x (BPDU
+//!   filter); no 802.1Q/802.1ad/0x9100 tags (VID 0 included); ARP sender MAC =
+//!   the port's; no router advertisements or redirects unless the port is in
+//!   `ra_allowed_ports`; no DHCPv4/DHCPv6 server messages unless in
+//!   `dhcp_server_ports`; neighbour advertisements only for the port's
+//!   addresses (declared, or the EUI-64 link-local of its MAC in `port_ll`);
+//! - IP-locked ports (`ip_locked_ports`): only IPv4, ARP, IPv6 and RARP pass,
+//!   and sources of a locked family must be the port's; a family with no
+//!   address known (`ip4_open_ports`, `ip6_open_ports`) is not source-checked.
 //!
+//! Every drop goes through a named counter, `drop_<reason>` ([`counters`]).
 //! Every rule carries a comment `<layout>:<chain>:<n>`, where the layout tag is
 //! a hash of the encoded sets, chains and rules (`ruleset::layout`); `install` and `verify`
 //! compare them with what this build expects and rebuild the chains (flush and
-//! re-add, in one transaction) when they differ.
+//! re-add, in one transaction) when they differ, then add the derived elements
+//! (`port_ll`, open families) of ports installed under an older layout.
 //!
 //! # Mechanism: nf_tables netlink, spoken directly
 //!
@@ -47,15 +32,18 @@
 //! `nft`. Measured with `hack/bench/portsec_scale.rs` (`hack/bench.sh
 //! --portsec-mechanisms`; release build, in a netns, on 2 cores shared with
 //! other builds; kernel 6.18, nft 1.0.6),
-//! adding one port's 5 set elements, median of 10, at ~10 and at ~1050 ports:
+//! adding one port's set elements (the `nft` rows add the 5 base elements;
+//! `portsec::install` adds those and the port's link-local, and checks the 44
+//! rules of the current layout), median of 10, at ~10 and at ~1050 ports (load average
+//! ~9 at the time):
 //!
 //! | mechanism | ~10 ports | ~1050 ports |
 //! |---|---|---|
-//! | `portsec::install` (netlink: rule check + GET + one batch) | 0.16 ms | 0.13 ms |
-//! | `nft -f -`, one process spawn per call | 2.7 ms | 2.7 ms |
-//! | `nft -j -f -` (JSON), one process spawn per call | 2.8 ms | 2.7 ms |
-//! | libnftables.so.1 in process: dlopen + `nft_ctx_new` + `nft_run_cmd_from_buffer` | 0.96 ms | 1.0 ms |
-//! | the same, `nft_run_cmd_from_buffer` alone (warm context) | 0.24 ms | 0.23 ms |
+//! | `portsec::install` (netlink: rule check + GET + one batch) | 0.11 ms | 0.09 ms |
+//! | `nft -f -`, one process spawn per call | 3.0 ms | 2.5 ms |
+//! | `nft -j -f -` (JSON), one process spawn per call | 2.9 ms | 4.5 ms |
+//! | libnftables.so.1 in process: dlopen + `nft_ctx_new` + `nft_run_cmd_from_buffer` | 0.98 ms | 0.97 ms |
+//! | the same, `nft_run_cmd_from_buffer` alone (warm context) | 0.27 ms | 0.28 ms |
 //!
 //! (Runs under heavier load scale every row up to ~1.5x; the ordering holds.)
 //!
@@ -67,7 +55,7 @@
 //! with the kernel's errno, and we control exactly which kernel requests each
 //! call makes (one GET and one batch for an ADD, which a generic nft front-end
 //! cannot promise as its cache rules change between versions). The cost: we
-//! own the encoding of ~25 rules; `nft list table bridge portgroup` on a node
+//! own the encoding of ~45 rules; `nft list table bridge portgroup` on a node
 //! decodes them back (with comments), and the tests check them with real frames.
 //!
 //! What the node needs: nf_tables with the bridge family (`CONFIG_NF_TABLES`,
@@ -124,8 +112,16 @@ pub struct PortRules {
     /// The host-side veth: the bridge port frames from the VM enter by.
     pub host_veth: String,
     pub mac: MacAddr,
-    /// Allowed source IPs; empty means any IP (but still only `mac`).
+    /// Allowed source IPs; empty means any IP (but still only `mac`). Locking
+    /// is per family: a family with no address here is not restricted by source.
     pub ips: Vec<IpAddr>,
+    /// The VM is a router: it may send router advertisements and redirects,
+    /// and advertise any link-local address (the portgroup's
+    /// `allowRouterAdvertisements`).
+    pub allow_router_advertisements: bool,
+    /// The VM is a DHCP server: it may send DHCPv4 (UDP from port 67) and
+    /// DHCPv6 (UDP from port 547) replies (the portgroup's `allowDhcpServer`).
+    pub allow_dhcp_server: bool,
 }
 
 /// Dropped packets per reason, from the table's named counters.
@@ -133,7 +129,7 @@ pub struct PortRules {
 pub struct DropCounters {
     /// Ethernet source not the port's MAC.
     pub mac: u64,
-    /// Malformed ARP, ARP sender MAC not the port's, or ARP sender IP not allowed.
+    /// Malformed ARP/RARP, ARP sender MAC not the port's, or ARP sender IP not allowed.
     pub arp: u64,
     /// IPv4 source not allowed.
     pub ip4: u64,
@@ -141,14 +137,100 @@ pub struct DropCounters {
     pub ip6: u64,
     /// Neighbour advertisement for an address that is not the port's.
     pub nd: u64,
-    /// VLAN-tagged frame from an IP-restricted port.
+    /// Tagged frame (802.1Q, VID 0 included; 802.1ad; 0x9100) from an access port.
     pub vlan: u64,
+    /// Frame to an IEEE 802.1D reserved group address (STP BPDU, LACP, LLDP, ...).
+    pub bpdu: u64,
+    /// Ethertype other than IPv4, ARP, IPv6 or RARP from an IP-locked port.
+    pub ethertype: u64,
+    /// ICMPv6 router advertisement from a port not allowed to be a router.
+    pub ra: u64,
+    /// ICMPv6 redirect from a port not allowed to be a router.
+    pub redirect: u64,
+    /// DHCPv4 or DHCPv6 server message from a port not allowed to be a DHCP server.
+    pub dhcp_server: u64,
 }
 
 impl DropCounters {
     pub fn total(&self) -> u64 {
-        self.mac + self.arp + self.ip4 + self.ip6 + self.nd + self.vlan
+        self.by_reason().iter().map(|(_, n)| n).sum()
     }
+
+    /// (reason, packets) for every reason, in a fixed order: what `/metrics`
+    /// exports as `portgroup_portsec_drops_total{reason="..."}`.
+    pub fn by_reason(&self) -> [(&'static str, u64); COUNTERS.len()] {
+        [
+            ("mac", self.mac),
+            ("arp", self.arp),
+            ("ip4", self.ip4),
+            ("ip6", self.ip6),
+            ("nd", self.nd),
+            ("vlan", self.vlan),
+            ("bpdu", self.bpdu),
+            ("ethertype", self.ethertype),
+            ("ra", self.ra),
+            ("redirect", self.redirect),
+            ("dhcp_server", self.dhcp_server),
+        ]
+    }
+
+    fn slot(&mut self, reason: &str) -> Option<&mut u64> {
+        Some(match reason {
+            "mac" => &mut self.mac,
+            "arp" => &mut self.arp,
+            "ip4" => &mut self.ip4,
+            "ip6" => &mut self.ip6,
+            "nd" => &mut self.nd,
+            "vlan" => &mut self.vlan,
+            "bpdu" => &mut self.bpdu,
+            "ethertype" => &mut self.ethertype,
+            "ra" => &mut self.ra,
+            "redirect" => &mut self.redirect,
+            "dhcp_server" => &mut self.dhcp_server,
+            _ => return None,
+        })
+    }
+
+    /// The counters in Prometheus text format, one series per reason.
+    pub fn render_prometheus(&self) -> String {
+        let name = "portgroup_portsec_drops_total";
+        let mut out = format!(
+            "# HELP {name} Frames dropped by port security, by reason.\n# TYPE {name} counter\n"
+        );
+        for (reason, n) in self.by_reason() {
+            out.push_str(&format!("{name}{{reason=\"{reason}\"}} {n}\n"));
+        }
+        out
+    }
+}
+
+/// fe80::/10.
+fn is_link_local(ip: &[u8; 16]) -> bool {
+    ip[0] == 0xfe && ip[1] & 0xc0 == 0x80
+}
+
+/// The modified EUI-64 link-local address (RFC 4291, appendix A) of a MAC:
+/// what a VM that does not use stable-privacy or random identifiers takes.
+pub fn eui64_link_local(mac: &MacAddr) -> std::net::Ipv6Addr {
+    let m = mac.0;
+    std::net::Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        m[0] ^ 0x02,
+        m[1],
+        m[2],
+        0xff,
+        0xfe,
+        m[3],
+        m[4],
+        m[5],
+    ])
 }
 
 fn err(context: impl std::fmt::Display, e: NlError) -> Error {
@@ -203,6 +285,13 @@ struct PortElems {
     macs: BTreeSet<[u8; 6]>,
     ip4: BTreeSet<[u8; 4]>,
     ip6: BTreeSet<[u8; 16]>,
+    /// Derived from the above: locked, but no address of the family known.
+    ip4_open: bool,
+    ip6_open: bool,
+    /// Derived: the link-local address of each MAC.
+    link_local: BTreeSet<[u8; 16]>,
+    allow_ra: bool,
+    allow_dhcp_server: bool,
 }
 
 impl PortElems {
@@ -210,16 +299,34 @@ impl PortElems {
         let mut e = PortElems {
             port: true,
             locked: !rules.ips.is_empty(),
+            allow_ra: rules.allow_router_advertisements,
+            allow_dhcp_server: rules.allow_dhcp_server,
             ..Default::default()
         };
         e.macs.insert(rules.mac.0);
         for ip in &rules.ips {
             match ip {
                 IpAddr::V4(v4) => e.ip4.insert(v4.octets()),
+                // A declared link-local (a guest with stable-privacy or random
+                // identifiers) is one it may advertise; it does not lock IPv6.
+                IpAddr::V6(v6) if is_link_local(&v6.octets()) => e.link_local.insert(v6.octets()),
                 IpAddr::V6(v6) => e.ip6.insert(v6.octets()),
             };
         }
+        e.derive();
         e
+    }
+
+    /// Adds the elements that follow from the MAC and the addresses.
+    fn derive(&mut self) {
+        self.ip4_open = self.locked && self.ip4.is_empty();
+        self.ip6_open = self.locked && self.ip6.iter().all(is_link_local);
+        let own: Vec<[u8; 16]> = self
+            .macs
+            .iter()
+            .map(|m| eui64_link_local(&MacAddr(*m)).octets())
+            .collect();
+        self.link_local.extend(own);
     }
 
     /// (set, key) pairs, the ifname prefix included.
@@ -233,8 +340,16 @@ impl PortElems {
         if self.port {
             out.push((SET_PORTS, ifkey.to_vec()));
         }
-        if self.locked {
-            out.push((SET_LOCKED, ifkey.to_vec()));
+        for (on, set) in [
+            (self.locked, SET_LOCKED),
+            (self.ip4_open, SET_IP4_OPEN),
+            (self.ip6_open, SET_IP6_OPEN),
+            (self.allow_ra, SET_RA),
+            (self.allow_dhcp_server, SET_DHCP),
+        ] {
+            if on {
+                out.push((set, ifkey.to_vec()));
+            }
         }
         for mac in &self.macs {
             let mut tail = mac.to_vec();
@@ -246,6 +361,9 @@ impl PortElems {
         }
         for ip in &self.ip6 {
             out.push((SET_IP6, cat(ip)));
+        }
+        for ip in &self.link_local {
+            out.push((SET_LL, cat(ip)));
         }
         out
     }
@@ -350,6 +468,10 @@ fn port_elems(nl: &mut Nfnl, ifkey: &[u8; IFNAMSIZ]) -> Result<PortElems, NlErro
     let mut e = PortElems {
         port: has_elem(nl, SET_PORTS, ifkey)?,
         locked: has_elem(nl, SET_LOCKED, ifkey)?,
+        ip4_open: has_elem(nl, SET_IP4_OPEN, ifkey)?,
+        ip6_open: has_elem(nl, SET_IP6_OPEN, ifkey)?,
+        allow_ra: has_elem(nl, SET_RA, ifkey)?,
+        allow_dhcp_server: has_elem(nl, SET_DHCP, ifkey)?,
         ..Default::default()
     };
     let mine = |keys: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
@@ -371,6 +493,11 @@ fn port_elems(nl: &mut Nfnl, ifkey: &[u8; IFNAMSIZ]) -> Result<PortElems, NlErro
     for tail in mine(dump_set(nl, SET_IP6)?) {
         if let Ok(ip) = <[u8; 16]>::try_from(tail.as_slice()) {
             e.ip6.insert(ip);
+        }
+    }
+    for tail in mine(dump_set(nl, SET_LL)?) {
+        if let Ok(ip) = <[u8; 16]>::try_from(tail.as_slice()) {
+            e.link_local.insert(ip);
         }
     }
     Ok(e)
@@ -410,6 +537,71 @@ fn base_ok(nl: &mut Nfnl) -> Result<bool, NlError> {
     have.sort();
     want.sort();
     Ok(have == want)
+}
+
+/// After a layout upgrade: adds the elements that follow from each installed
+/// port's MAC and addresses (per-family open sets, link-local of the MAC) and
+/// that an older layout did not have, so running VMs keep their IPv6 and their
+/// link-local neighbour advertisements without being re-added. The opt-in sets
+/// cannot be derived: they stay empty (the stricter default) until the port is
+/// installed again. Idempotent; cheap on a new table (five empty dumps).
+fn backfill_derived(nl: &mut Nfnl) -> Result<(), NlError> {
+    let mut ports: std::collections::BTreeMap<Vec<u8>, PortElems> = Default::default();
+    let split = |key: &[u8]| {
+        let cut = IFNAMSIZ.min(key.len());
+        (key[..cut].to_vec(), key[cut..].to_vec())
+    };
+    for key in dump_set(nl, SET_PORTS)? {
+        ports.entry(key).or_default().port = true;
+    }
+    for key in dump_set(nl, SET_LOCKED)? {
+        ports.entry(key).or_default().locked = true;
+    }
+    for key in dump_set(nl, SET_MAC)? {
+        let (name, tail) = split(&key);
+        if let Some(mac) = tail.get(..6).and_then(|m| <[u8; 6]>::try_from(m).ok()) {
+            ports.entry(name).or_default().macs.insert(mac);
+        }
+    }
+    for key in dump_set(nl, SET_IP4)? {
+        let (name, tail) = split(&key);
+        if let Ok(ip) = <[u8; 4]>::try_from(tail.as_slice()) {
+            ports.entry(name).or_default().ip4.insert(ip);
+        }
+    }
+    for key in dump_set(nl, SET_IP6)? {
+        let (name, tail) = split(&key);
+        if let Ok(ip) = <[u8; 16]>::try_from(tail.as_slice()) {
+            ports.entry(name).or_default().ip6.insert(ip);
+        }
+    }
+    let mut add = Vec::new();
+    for (name, mut elems) in ports {
+        let Ok(ifkey) = <[u8; IFNAMSIZ]>::try_from(name.as_slice()) else {
+            continue;
+        };
+        if !elems.port {
+            continue; // a half-removed port: the collector's, not ours to extend
+        }
+        elems.derive();
+        add.extend(
+            elems
+                .keys(&ifkey)
+                .into_iter()
+                .filter(|(set, _)| [SET_IP4_OPEN, SET_IP6_OPEN, SET_LL].contains(set)),
+        );
+    }
+    for chunk in add.chunks(512) {
+        let mut batch = Batch::new();
+        push_elems(
+            &mut batch,
+            msg::NEWSETELEM,
+            chunk,
+            "adding a derived element",
+        );
+        nl.commit(batch)?;
+    }
+    Ok(())
 }
 
 /// Number of attempts when a concurrent change makes a transaction fail.
@@ -467,6 +659,7 @@ pub fn install(rules: &PortRules) -> Result<(), Error> {
             let mut batch = Batch::new();
             bootstrap(&mut batch);
             nl.commit(batch)?;
+            backfill_derived(nl)?;
         }
         let mut batch = Batch::new();
         // A new port (the ADD path) is one GET; only a re-install reads the sets.
@@ -631,10 +824,38 @@ pub fn verify(rules: &PortRules) -> Result<(), Error> {
             list(have.ip6.iter().map(show6))
         ));
     }
+    if have.ip4_open != want.ip4_open || have.ip6_open != want.ip6_open {
+        problems.push("the per-family locks differ from the addresses".to_string());
+    }
+    if have.link_local != want.link_local {
+        problems.push("the link-local address of the MAC is not installed".to_string());
+    }
+    if have.allow_ra != want.allow_ra {
+        problems.push(format!(
+            "router advertisements {} wanted, {} installed",
+            allowed(want.allow_ra),
+            allowed(have.allow_ra)
+        ));
+    }
+    if have.allow_dhcp_server != want.allow_dhcp_server {
+        problems.push(format!(
+            "DHCP server replies {} wanted, {} installed",
+            allowed(want.allow_dhcp_server),
+            allowed(have.allow_dhcp_server)
+        ));
+    }
     Err(Error::PortSecurity(format!(
         "{context}: {}",
         problems.join("; ")
     )))
+}
+
+fn allowed(on: bool) -> &'static str {
+    if on {
+        "allowed"
+    } else {
+        "dropped"
+    }
 }
 
 fn list(items: impl Iterator<Item = String>) -> String {
@@ -666,14 +887,9 @@ pub fn counters() -> Result<DropCounters, Error> {
         let packets = attr(body, NFTA_OBJ_DATA)
             .and_then(|d| attr_u64(d, NFTA_COUNTER_PACKETS))
             .unwrap_or(0);
-        match attr_str(body, NFTA_OBJ_NAME).as_deref() {
-            Some("drop_mac") => c.mac = packets,
-            Some("drop_arp") => c.arp = packets,
-            Some("drop_ip4") => c.ip4 = packets,
-            Some("drop_ip6") => c.ip6 = packets,
-            Some("drop_nd") => c.nd = packets,
-            Some("drop_vlan") => c.vlan = packets,
-            _ => {}
+        let name = attr_str(body, NFTA_OBJ_NAME).unwrap_or_default();
+        if let Some(slot) = name.strip_prefix("drop_").and_then(|r| c.slot(r)) {
+            *slot = packets;
         }
     }
     Ok(c)
@@ -699,13 +915,92 @@ mod tests {
             host_veth: "pg1".into(),
             mac: MacAddr([2, 0, 0, 0, 0, 1]),
             ips: vec!["10.0.0.2".parse().unwrap(), "2001:db8::2".parse().unwrap()],
+            allow_router_advertisements: false,
+            allow_dhcp_server: true,
         };
         let keys = PortElems::wanted(&rules).keys(&ifname_key("pg1").unwrap());
         let sets: Vec<&str> = keys.iter().map(|(s, _)| *s).collect();
-        assert_eq!(sets, [SET_PORTS, SET_LOCKED, SET_MAC, SET_IP4, SET_IP6]);
-        for ((_, key), (_, _, len)) in keys.iter().zip(SETS) {
-            assert_eq!(key.len() as u32, len);
+        assert_eq!(
+            sets,
+            [SET_PORTS, SET_LOCKED, SET_DHCP, SET_MAC, SET_IP4, SET_IP6, SET_LL]
+        );
+        for (set, key) in &keys {
+            let (_, _, len) = SETS.iter().find(|(s, _, _)| s == set).unwrap();
+            assert_eq!(key.len() as u32, *len, "{set}");
         }
+        // Locked for both families: neither is open.
+        let v4_only = PortRules {
+            ips: vec!["10.0.0.2".parse().unwrap()],
+            ..rules.clone()
+        };
+        let sets: Vec<&str> = PortElems::wanted(&v4_only)
+            .keys(&ifname_key("pg1").unwrap())
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert!(sets.contains(&SET_IP6_OPEN) && !sets.contains(&SET_IP4_OPEN));
+        let mac_only = PortRules {
+            ips: vec![],
+            ..rules
+        };
+        let sets: Vec<&str> = PortElems::wanted(&mac_only)
+            .keys(&ifname_key("pg1").unwrap())
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert!(!sets.contains(&SET_LOCKED) && !sets.contains(&SET_IP6_OPEN));
+    }
+
+    #[test]
+    fn a_declared_link_local_does_not_lock_ipv6() {
+        let rules = PortRules {
+            host_veth: "pg1".into(),
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            ips: vec!["10.0.0.2".parse().unwrap(), "fe80::1234".parse().unwrap()],
+            allow_router_advertisements: false,
+            allow_dhcp_server: false,
+        };
+        let e = PortElems::wanted(&rules);
+        assert!(e.locked && e.ip6_open && !e.ip4_open);
+        assert!(e.ip6.is_empty());
+        let ll: Vec<std::net::Ipv6Addr> = e.link_local.iter().map(|a| (*a).into()).collect();
+        assert_eq!(
+            ll,
+            [
+                "fe80::1234".parse::<std::net::Ipv6Addr>().unwrap(),
+                "fe80::ff:fe00:1".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn link_local_of_a_mac() {
+        // RFC 4291 appendix A: the universal/local bit is inverted, ff:fe inserted.
+        assert_eq!(
+            eui64_link_local(&MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56])),
+            "fe80::5054:ff:fe12:3456"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+        );
+        assert_eq!(
+            eui64_link_local(&MacAddr([0x02, 0x50, 0x56, 0, 0, 0x02])),
+            "fe80::50:56ff:fe00:2"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn every_counter_has_a_reason() {
+        let mut c = DropCounters::default();
+        for name in COUNTERS {
+            let slot = c.slot(name.strip_prefix("drop_").unwrap()).unwrap();
+            *slot += 1;
+        }
+        assert_eq!(c.total(), COUNTERS.len() as u64);
+        let text = c.render_prometheus();
+        assert!(text.contains("portgroup_portsec_drops_total{reason=\"bpdu\"} 1"));
+        assert_eq!(text.lines().count(), 2 + COUNTERS.len());
     }
 
     #[test]
@@ -719,6 +1014,8 @@ mod tests {
             host_veth: "pg1".into(),
             mac: MacAddr([2, 0, 0, 0, 0, 1]),
             ips,
+            allow_router_advertisements: false,
+            allow_dhcp_server: false,
         };
         let keys = PortElems::wanted(&rules).keys(&ifkey);
         let mut batch = Batch::new();

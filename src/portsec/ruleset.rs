@@ -34,16 +34,32 @@ pub const SET_LOCKED: &str = "ip_locked_ports";
 pub const SET_MAC: &str = "port_mac";
 pub const SET_IP4: &str = "port_ip4";
 pub const SET_IP6: &str = "port_ip6";
+/// Locked ports with no IPv4 address known: IPv4 is not restricted by source.
+pub const SET_IP4_OPEN: &str = "ip4_open_ports";
+/// Locked ports with no IPv6 address known: IPv6 is not restricted by source.
+pub const SET_IP6_OPEN: &str = "ip6_open_ports";
+/// The link-local address a port's MAC gives (modified EUI-64): a neighbour
+/// advertisement may claim it.
+pub const SET_LL: &str = "port_ll";
+/// Ports of portgroups that allow router advertisements (VMs that are routers).
+pub const SET_RA: &str = "ra_allowed_ports";
+/// Ports of portgroups that allow DHCP servers.
+pub const SET_DHCP: &str = "dhcp_server_ports";
 
 pub const BASE_CHAIN: &str = "prerouting";
-/// Named counters, one per reason a frame is dropped.
-pub const COUNTERS: [&str; 6] = [
+/// Named counters, one per reason a frame is dropped: `drop_<reason>`.
+pub const COUNTERS: [&str; 11] = [
     "drop_mac",
     "drop_arp",
     "drop_ip4",
     "drop_ip6",
     "drop_nd",
     "drop_vlan",
+    "drop_bpdu",
+    "drop_ethertype",
+    "drop_ra",
+    "drop_redirect",
+    "drop_dhcp_server",
 ];
 
 // nft datatype ids (userspace only: how `nft list` prints keys).
@@ -56,16 +72,29 @@ const TYPE_BITS: u32 = 6;
 pub const IFNAMSIZ: usize = 16;
 
 /// (name, nft key type, key length in bytes).
-pub const SETS: [(&str, u32, u32); 5] = [
+pub const SETS: [(&str, u32, u32); 10] = [
     (SET_PORTS, TYPE_IFNAME, 16),
     (SET_LOCKED, TYPE_IFNAME, 16),
     (SET_MAC, (TYPE_IFNAME << TYPE_BITS) | TYPE_ETHERADDR, 16 + 8),
     (SET_IP4, (TYPE_IFNAME << TYPE_BITS) | TYPE_IPADDR, 16 + 4),
     (SET_IP6, (TYPE_IFNAME << TYPE_BITS) | TYPE_IP6ADDR, 16 + 16),
+    (SET_IP4_OPEN, TYPE_IFNAME, 16),
+    (SET_IP6_OPEN, TYPE_IFNAME, 16),
+    (SET_LL, (TYPE_IFNAME << TYPE_BITS) | TYPE_IP6ADDR, 16 + 16),
+    (SET_RA, TYPE_IFNAME, 16),
+    (SET_DHCP, TYPE_IFNAME, 16),
 ];
 
-const CHAINS: [&str; 7] = [
-    BASE_CHAIN, "port_in", "arp_sha", "ip4_in", "arp_in", "ip6_in", "nd_in",
+const CHAINS: [&str; 9] = [
+    BASE_CHAIN,
+    "port_in",
+    "arp_sha",
+    "ip4_guard",
+    "ip6_guard",
+    "ip4_in",
+    "arp_in",
+    "ip6_in",
+    "nd_in",
 ];
 
 // attribute numbers (linux/netfilter/nf_tables.h)
@@ -221,204 +250,269 @@ fn link_local(base: u32, off: u32) -> [Expr; 3] {
 
 const ETH_IP: u16 = 0x0800;
 const ETH_ARP: u16 = 0x0806;
+const ETH_RARP: u16 = 0x8035;
 const ETH_IP6: u16 = 0x86dd;
-const ETH_8021Q: u16 = 0x8100;
-const ETH_8021AD: u16 = 0x88a8;
+/// Every tag protocol an access port must not carry: 802.1Q (VID 0, priority
+/// tagged, included), 802.1ad and the pre-standard 0x9100 outer tag.
+const ETH_TAGS: [u16; 3] = [0x8100, 0x88a8, 0x9100];
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
+const ICMPV6_ROUTER_ADVERT: u8 = 134;
+const ICMPV6_NEIGHBOR_SOLICIT: u8 = 135;
+const ICMPV6_NEIGHBOR_ADVERT: u8 = 136;
+const ICMPV6_REDIRECT: u8 = 137;
+const ICMPV6_MLD2_REPORT: u8 = 143;
+const DHCP4_SERVER_PORT: u16 = 67;
+const DHCP6_SERVER_PORT: u16 = 547;
+/// 01:80:c2:00:00:00/44: IEEE 802.1D reserved group addresses (STP BPDUs, LACP,
+/// LLDP, 802.1X, pause frames). A bridge never forwards them; neither may a VM send them.
+const IEEE_RESERVED: [u8; 6] = [0x01, 0x80, 0xc2, 0, 0, 0];
+const IEEE_RESERVED_MASK: [u8; 6] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xf0];
+
+fn rule(chain: &'static str, parts: Vec<Vec<Expr>>) -> (&'static str, Vec<Expr>) {
+    (chain, parts.into_iter().flatten().collect())
+}
+fn jump(chain: &'static str) -> Vec<Expr> {
+    vec![Verdict(Verdict::Jump(chain))]
+}
+fn accept() -> Vec<Expr> {
+    vec![Verdict(Verdict::Accept)]
+}
+fn ret() -> Vec<Expr> {
+    vec![Verdict(Verdict::Return)]
+}
+fn port_in(set: &'static str) -> Vec<Expr> {
+    vec![iifname(), in_set(set)]
+}
+fn port_not_in(set: &'static str) -> Vec<Expr> {
+    vec![iifname(), not_in_set(set)]
+}
+fn icmpv6_type(t: u8) -> Vec<Expr> {
+    let mut v: Vec<Expr> = l4proto(IPPROTO_ICMPV6).into();
+    v.extend([load(BASE_TH, 0, 1), eq(&[t])]);
+    v
+}
+fn udp_sport(port: u16) -> Vec<Expr> {
+    let mut v: Vec<Expr> = l4proto(IPPROTO_UDP).into();
+    v.extend([load(BASE_TH, 0, 2), eq(&port.to_be_bytes())]);
+    v
+}
 
 /// Every rule: (chain, expressions). Comments are derived from the position.
+///
+/// Order in `port_in`: what holds for every port (MAC, reserved group
+/// addresses, tags, ARP sender MAC, router/DHCP-server guards), then the
+/// per-family source checks of IP-locked ports, then the ethertype allowlist.
 fn rules() -> Vec<(&'static str, Vec<Expr>)> {
-    let v = |parts: Vec<Vec<Expr>>| parts.into_iter().flatten().collect::<Vec<Expr>>();
-    vec![
+    let mut rules = vec![
         // Only frames from our ports are looked at; the uplink and other ports pass.
-        (
-            BASE_CHAIN,
-            vec![
-                iifname(),
-                in_set(SET_PORTS),
-                Verdict(Verdict::Jump("port_in")),
-            ],
-        ),
+        rule(BASE_CHAIN, vec![port_in(SET_PORTS), jump("port_in")]),
         // The Ethernet source must be the port's MAC.
-        (
+        rule(
             "port_in",
-            v(vec![
+            vec![
                 vec![iifname(), load2(BASE_LL, 6, 6), not_in_set(SET_MAC)],
                 drop_counted("drop_mac").into(),
-            ]),
+            ],
         ),
-        // ARP: well-formed Ethernet/IPv4 only, sender MAC = the port's MAC.
-        (
+        // BPDUs, LACP, LLDP, pause: a VM's BPDU trips BPDU guard upstream.
+        rule(
             "port_in",
-            v(vec![
-                ether_type(ETH_ARP).into(),
-                vec![Verdict(Verdict::Jump("arp_sha"))],
-            ]),
+            vec![
+                vec![
+                    load(BASE_LL, 0, 6),
+                    Bitwise {
+                        len: 6,
+                        mask: IEEE_RESERVED_MASK.to_vec(),
+                    },
+                    eq(&IEEE_RESERVED),
+                ],
+                drop_counted("drop_bpdu").into(),
+            ],
+        ),
+    ];
+    // A tag would hide the inner addresses from every check below; the kernel
+    // shows an offloaded outer tag at offset 12 as if it were inline.
+    for tag in ETH_TAGS {
+        rules.push(rule(
+            "port_in",
+            vec![ether_type(tag).into(), drop_counted("drop_vlan").into()],
+        ));
+    }
+    rules.extend([
+        // ARP: well-formed Ethernet/IPv4 only, sender MAC = the port's MAC.
+        rule("port_in", vec![ether_type(ETH_ARP).into(), jump("arp_sha")]),
+        rule(
+            "port_in",
+            vec![ether_type(ETH_IP).into(), jump("ip4_guard")],
+        ),
+        rule(
+            "port_in",
+            vec![ether_type(ETH_IP6).into(), jump("ip6_guard")],
         ),
         // Ports without IP restriction are done.
-        (
+        rule("port_in", vec![port_not_in(SET_LOCKED), accept()]),
+        rule("port_in", vec![ether_type(ETH_IP).into(), jump("ip4_in")]),
+        rule("port_in", vec![ether_type(ETH_ARP).into(), jump("arp_in")]),
+        rule("port_in", vec![ether_type(ETH_IP6).into(), jump("ip6_in")]),
+        // RARP: QEMU announces a migrated VM's MAC with it; sender MAC = port MAC.
+        rule(
             "port_in",
-            vec![iifname(), not_in_set(SET_LOCKED), Verdict(Verdict::Accept)],
+            vec![ether_type(ETH_RARP).into(), jump("arp_sha")],
         ),
-        // A VLAN tag would hide the inner addresses from the checks below.
-        (
-            "port_in",
-            v(vec![
-                ether_type(ETH_8021Q).into(),
-                drop_counted("drop_vlan").into(),
-            ]),
-        ),
-        (
-            "port_in",
-            v(vec![
-                ether_type(ETH_8021AD).into(),
-                drop_counted("drop_vlan").into(),
-            ]),
-        ),
-        (
-            "port_in",
-            v(vec![
-                ether_type(ETH_IP).into(),
-                vec![Verdict(Verdict::Jump("ip4_in"))],
-            ]),
-        ),
-        (
-            "port_in",
-            v(vec![
-                ether_type(ETH_ARP).into(),
-                vec![Verdict(Verdict::Jump("arp_in"))],
-            ]),
-        ),
-        (
-            "port_in",
-            v(vec![
-                ether_type(ETH_IP6).into(),
-                vec![Verdict(Verdict::Jump("ip6_in"))],
-            ]),
-        ),
+        rule("port_in", vec![ether_type(ETH_RARP).into(), accept()]),
+        // Everything unlisted (MPLS, PPPoE, 802.3 length + LLC/SNAP, ...).
+        rule("port_in", vec![drop_counted("drop_ethertype").into()]),
         // arp_sha: hardware type 1, protocol 0x0800, lengths 6 and 4; then sender MAC.
-        (
+        rule(
             "arp_sha",
-            v(vec![
+            vec![
                 vec![load(BASE_NH, 0, 6), ne(&[0, 1, 8, 0, 6, 4])],
                 drop_counted("drop_arp").into(),
-            ]),
+            ],
         ),
-        (
+        rule(
             "arp_sha",
-            v(vec![
+            vec![
                 vec![iifname(), load2(BASE_NH, 8, 6), not_in_set(SET_MAC)],
                 drop_counted("drop_arp").into(),
-            ]),
+            ],
+        ),
+        // ip4_guard: DHCP server replies only from ports allowed to be DHCP servers.
+        rule(
+            "ip4_guard",
+            vec![
+                udp_sport(DHCP4_SERVER_PORT),
+                port_not_in(SET_DHCP),
+                drop_counted("drop_dhcp_server").into(),
+            ],
+        ),
+        // ip6_guard: RA guard, no redirects, no DHCPv6 server replies, NA targets.
+        rule(
+            "ip6_guard",
+            vec![
+                icmpv6_type(ICMPV6_ROUTER_ADVERT),
+                port_not_in(SET_RA),
+                drop_counted("drop_ra").into(),
+            ],
+        ),
+        rule(
+            "ip6_guard",
+            vec![
+                icmpv6_type(ICMPV6_REDIRECT),
+                port_not_in(SET_RA),
+                drop_counted("drop_redirect").into(),
+            ],
+        ),
+        rule(
+            "ip6_guard",
+            vec![
+                udp_sport(DHCP6_SERVER_PORT),
+                port_not_in(SET_DHCP),
+                drop_counted("drop_dhcp_server").into(),
+            ],
+        ),
+        rule(
+            "ip6_guard",
+            vec![icmpv6_type(ICMPV6_NEIGHBOR_ADVERT), jump("nd_in")],
         ),
         // ip4_in: own addresses; DHCP from 0.0.0.0; nothing else.
-        (
+        rule("ip4_in", vec![port_in(SET_IP4_OPEN), accept()]),
+        rule(
             "ip4_in",
             vec![
-                iifname(),
-                load2(BASE_NH, 12, 4),
-                in_set(SET_IP4),
-                Verdict(Verdict::Accept),
+                vec![iifname(), load2(BASE_NH, 12, 4), in_set(SET_IP4)],
+                accept(),
             ],
         ),
-        (
+        rule(
             "ip4_in",
-            v(vec![
+            vec![
                 vec![load(BASE_NH, 12, 4), eq(&[0, 0, 0, 0])],
                 l4proto(IPPROTO_UDP).into(),
-                vec![
-                    load(BASE_TH, 0, 4),
-                    eq(&[0, 68, 0, 67]),
-                    Verdict(Verdict::Accept),
-                ],
-            ]),
+                vec![load(BASE_TH, 0, 4), eq(&[0, 68, 0, 67])],
+                accept(),
+            ],
         ),
-        ("ip4_in", drop_counted("drop_ip4").into()),
+        rule("ip4_in", vec![drop_counted("drop_ip4").into()]),
         // arp_in: sender IP one of the port's, or 0.0.0.0 (RFC 5227 probe).
-        (
+        rule("arp_in", vec![port_in(SET_IP4_OPEN), accept()]),
+        rule(
             "arp_in",
             vec![
-                iifname(),
-                load2(BASE_NH, 14, 4),
-                in_set(SET_IP4),
-                Verdict(Verdict::Accept),
+                vec![iifname(), load2(BASE_NH, 14, 4), in_set(SET_IP4)],
+                accept(),
             ],
         ),
-        (
+        rule(
             "arp_in",
-            vec![
-                load(BASE_NH, 14, 4),
-                eq(&[0, 0, 0, 0]),
-                Verdict(Verdict::Accept),
-            ],
+            vec![vec![load(BASE_NH, 14, 4), eq(&[0, 0, 0, 0])], accept()],
         ),
-        ("arp_in", drop_counted("drop_arp").into()),
-        // ip6_in: neighbour advertisements may only claim the port's addresses.
-        (
-            "ip6_in",
-            v(vec![
-                l4proto(IPPROTO_ICMPV6).into(),
-                vec![
-                    load(BASE_TH, 0, 1),
-                    eq(&[136]),
-                    Verdict(Verdict::Jump("nd_in")),
-                ],
-            ]),
-        ),
-        (
+        rule("arp_in", vec![drop_counted("drop_arp").into()]),
+        // ip6_in: own addresses, any link-local, DAD from ::.
+        rule("ip6_in", vec![port_in(SET_IP6_OPEN), accept()]),
+        rule(
             "ip6_in",
             vec![
-                iifname(),
-                load2(BASE_NH, 8, 16),
-                in_set(SET_IP6),
-                Verdict(Verdict::Accept),
+                vec![iifname(), load2(BASE_NH, 8, 16), in_set(SET_IP6)],
+                accept(),
             ],
         ),
-        (
-            "ip6_in",
-            v(vec![
-                link_local(BASE_NH, 8).into(),
-                vec![Verdict(Verdict::Accept)],
-            ]),
-        ),
+        rule("ip6_in", vec![link_local(BASE_NH, 8).into(), accept()]),
         // From :: only duplicate-address detection (NS) and its MLD report.
-        (
+        rule(
             "ip6_in",
-            v(vec![
-                vec![load(BASE_NH, 8, 16), eq(&[0; 16])],
-                l4proto(IPPROTO_ICMPV6).into(),
-                vec![load(BASE_TH, 0, 1), eq(&[135]), Verdict(Verdict::Accept)],
-            ]),
-        ),
-        (
-            "ip6_in",
-            v(vec![
-                vec![load(BASE_NH, 8, 16), eq(&[0; 16])],
-                l4proto(IPPROTO_ICMPV6).into(),
-                vec![load(BASE_TH, 0, 1), eq(&[143]), Verdict(Verdict::Accept)],
-            ]),
-        ),
-        ("ip6_in", drop_counted("drop_ip6").into()),
-        // nd_in: the target address of a neighbour advertisement.
-        (
-            "nd_in",
             vec![
-                iifname(),
-                load2(BASE_TH, 8, 16),
-                in_set(SET_IP6),
-                Verdict(Verdict::Return),
+                vec![load(BASE_NH, 8, 16), eq(&[0; 16])],
+                icmpv6_type(ICMPV6_NEIGHBOR_SOLICIT),
+                accept(),
             ],
         ),
-        (
-            "nd_in",
-            v(vec![
-                link_local(BASE_TH, 8).into(),
-                vec![Verdict(Verdict::Return)],
-            ]),
+        rule(
+            "ip6_in",
+            vec![
+                vec![load(BASE_NH, 8, 16), eq(&[0; 16])],
+                icmpv6_type(ICMPV6_MLD2_REPORT),
+                accept(),
+            ],
         ),
-        ("nd_in", drop_counted("drop_nd").into()),
-    ]
+        rule("ip6_in", vec![drop_counted("drop_ip6").into()]),
+        // nd_in: the target of a neighbour advertisement (ICMPv6 offset 8) must
+        // be the port's: a declared address, or the link-local of its MAC.
+        rule(
+            "nd_in",
+            vec![
+                vec![iifname(), load2(BASE_TH, 8, 16), in_set(SET_IP6)],
+                ret(),
+            ],
+        ),
+        rule(
+            "nd_in",
+            vec![
+                vec![iifname(), load2(BASE_TH, 8, 16), in_set(SET_LL)],
+                ret(),
+            ],
+        ),
+        // Other link-local targets (the router's fe80::1, a neighbour's) only
+        // from ports allowed to be routers.
+        rule(
+            "nd_in",
+            vec![link_local(BASE_TH, 8).into(), port_in(SET_RA), ret()],
+        ),
+        rule(
+            "nd_in",
+            vec![
+                link_local(BASE_TH, 8).into(),
+                drop_counted("drop_nd").into(),
+            ],
+        ),
+        // A global target must be declared when the port's IPv6 is locked; with
+        // no IPv6 known (MAC-only, or IPv4 only) it is not checked.
+        rule("nd_in", vec![port_not_in(SET_LOCKED), ret()]),
+        rule("nd_in", vec![port_in(SET_IP6_OPEN), ret()]),
+        rule("nd_in", vec![drop_counted("drop_nd").into()]),
+    ]);
+    rules
 }
 
 /// The comments `verify` expects, in chain order.

@@ -190,6 +190,8 @@ fn http_endpoints_and_sigterm_leaves_topology() {
         "portgroupd_gc_removed_total",
         "portgroupd_errors_total",
         "portgroupd_config_generation 1",
+        "portgroup_portsec_drops_total{reason=\"bpdu\"} 0",
+        "portgroup_portsec_drops_total{reason=\"ra\"} 0",
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }

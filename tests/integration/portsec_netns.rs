@@ -11,7 +11,7 @@
 // Raw sockets and libnftables through libc; each block says why it is sound.
 #![allow(unsafe_code)]
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::time::Duration;
@@ -72,6 +72,8 @@ fn vm_rules() -> PortRules {
         host_veth: "pv1".into(),
         mac: MacAddr(VM_MAC),
         ips: vec![IpAddr::V4(VM_IP), IpAddr::V6(vm_ip6())],
+        allow_router_advertisements: false,
+        allow_dhcp_server: false,
     }
 }
 
@@ -88,92 +90,270 @@ fn marker(id: u8) -> Vec<u8> {
     vec![b'P', b'G', b'T', b'!', id]
 }
 
-/// The test frames: (id, what, frame, counter expected to count its drop).
-fn probes() -> Vec<(u8, &'static str, Vec<u8>, Option<&'static str>)> {
-    let solicited: Ipv6Addr = "ff02::1:ff00:2".parse().unwrap();
-    let all_nodes: Ipv6Addr = "ff02::1".parse().unwrap();
-    let ll: Ipv6Addr = "fe80::50:56ff:fe00:2".parse().unwrap();
+fn all_nodes() -> Ipv6Addr {
+    "ff02::1".parse().unwrap()
+}
+/// The VM's own link-local address: the modified EUI-64 of VM_MAC.
+fn vm_ll() -> Ipv6Addr {
+    "fe80::50:56ff:fe00:2".parse().unwrap()
+}
+/// The router's link-local address a hostile VM would claim.
+fn router_ll() -> Ipv6Addr {
+    "fe80::1".parse().unwrap()
+}
+/// A SLAAC address the VM formed itself from a router's /64 (not declared).
+fn slaac_ip6() -> Ipv6Addr {
+    "2001:db8::50:56ff:fe00:2".parse().unwrap()
+}
+
+/// An ICMPv6 message: type, code 0, checksum left zero (see `nd`), `body`, marker.
+fn icmpv6(kind: u8, body: &[u8], trailer: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind, 0, 0, 0];
+    m.extend_from_slice(body);
+    m.extend_from_slice(trailer);
+    m
+}
+
+/// A router advertisement: hop limit 64, router lifetime 1800 s.
+fn router_advert(id: u8) -> Vec<u8> {
+    icmpv6(
+        134,
+        &[64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0],
+        &marker(id),
+    )
+}
+
+/// A redirect of traffic for the peer's address to `target`.
+fn redirect(target: Ipv6Addr, id: u8) -> Vec<u8> {
+    let mut body = vec![0; 4];
+    body.extend_from_slice(&target.octets());
+    body.extend_from_slice(&"2001:db8::3".parse::<Ipv6Addr>().unwrap().octets());
+    icmpv6(137, &body, &marker(id))
+}
+
+/// An 802.1Q-style tag (`tpid`, VID `vid`) in front of `ethertype` and `payload`.
+fn tagged(tpid: u16, vid: u16, ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&tpid.to_be_bytes());
+    v.extend_from_slice(&vid.to_be_bytes());
+    v.extend_from_slice(&ethertype.to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+/// An 802.3 frame: a length where the ethertype would be, then `llc`.
+fn ieee8023(dst: [u8; 6], llc: &[u8]) -> Vec<u8> {
+    eth(dst, VM_MAC, llc.len() as u16, llc)
+}
+
+/// One frame of the table: sent from the VM, expected at the peer or dropped
+/// with `drop`'s counter (a reason of `DropCounters::by_reason`).
+struct Case {
+    id: u8,
+    what: &'static str,
+    frame: Vec<u8>,
+    drop: Option<&'static str>,
+}
+
+fn case(id: u8, what: &'static str, frame: Vec<u8>, drop: Option<&'static str>) -> Case {
+    Case {
+        id,
+        what,
+        frame,
+        drop,
+    }
+}
+
+/// Frames every access port drops, whatever it knows of the VM's addresses.
+fn every_port_drops() -> Vec<Case> {
+    let m = marker;
     vec![
-        // forged: must be dropped
-        (
+        case(
             1,
             "forged source MAC",
             eth(
                 BCAST,
                 OTHER_MAC,
                 0x0800,
-                &ipv4(VM_IP, PEER_IP, 1, &icmp_echo(&marker(1))),
+                &ipv4(VM_IP, PEER_IP, 1, &icmp_echo(&m(1))),
             ),
             Some("mac"),
         ),
-        (
-            2,
-            "forged source IPv4",
-            eth(
-                BCAST,
-                VM_MAC,
-                0x0800,
-                &ipv4(FORGED_IP, PEER_IP, 1, &icmp_echo(&marker(2))),
-            ),
-            Some("ip4"),
-        ),
-        (
-            3,
-            "ARP reply with forged sender IP",
-            eth(
-                BCAST,
-                VM_MAC,
-                0x0806,
-                &arp(2, VM_MAC, FORGED_IP, PEER_IP, &marker(3)),
-            ),
-            Some("arp"),
-        ),
-        (
+        case(
             4,
             "ARP with forged sender MAC",
             eth(
                 BCAST,
                 VM_MAC,
                 0x0806,
-                &arp(2, OTHER_MAC, VM_IP, PEER_IP, &marker(4)),
+                &arp(2, OTHER_MAC, VM_IP, PEER_IP, &m(4)),
             ),
             Some("arp"),
         ),
-        (
-            5,
-            "forged source IPv6",
-            eth(
-                BCAST,
-                VM_MAC,
-                0x86dd,
-                &ipv6(forged_ip6(), all_nodes, 59, &marker(5)),
-            ),
-            Some("ip6"),
-        ),
-        (
-            6,
-            "neighbour advertisement for a foreign address",
-            eth(
-                BCAST,
-                VM_MAC,
-                0x86dd,
-                &ipv6(ll, all_nodes, 58, &nd(136, forged_ip6(), &marker(6))),
-            ),
-            Some("nd"),
-        ),
-        (
+        case(
             7,
-            "VLAN-tagged forged IPv4",
+            "802.1Q-tagged IPv4 (VID 100)",
             eth(BCAST, VM_MAC, 0x8100, &{
-                let mut v = vec![0, 100, 0x08, 0x00];
-                v.extend(ipv4(FORGED_IP, PEER_IP, 1, &icmp_echo(&marker(7))));
-                v
+                tagged_inner(100, 0x0800, &ipv4(VM_IP, PEER_IP, 1, &icmp_echo(&m(7))))
             }),
             Some("vlan"),
         ),
-        (
+        case(
+            40,
+            "802.1ad + 802.1Q double-tagged IPv4",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x88a8,
+                &tagged_inner(
+                    200,
+                    0x8100,
+                    &tagged_inner(100, 0x0800, &ipv4(VM_IP, PEER_IP, 1, &icmp_echo(&m(40)))),
+                ),
+            ),
+            Some("vlan"),
+        ),
+        case(
+            41,
+            "0x9100-tagged IPv4 with a forged source",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x9100,
+                &tagged_inner(
+                    100,
+                    0x0800,
+                    &ipv4(FORGED_IP, PEER_IP, 1, &icmp_echo(&m(41))),
+                ),
+            ),
+            Some("vlan"),
+        ),
+        case(
+            42,
+            "VID-0 priority-tagged ARP with a forged sender MAC",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x8100,
+                &tagged_inner(0x6000, 0x0806, &arp(2, OTHER_MAC, PEER_IP, PEER_IP, &m(42))),
+            ),
+            Some("vlan"),
+        ),
+        case(
+            43,
+            "STP BPDU to 01:80:c2:00:00:00",
+            ieee8023([0x01, 0x80, 0xc2, 0, 0, 0], &{
+                // LLC 42 42 03, then a configuration BPDU's first bytes.
+                let mut v = vec![0x42, 0x42, 0x03, 0, 0, 0, 0, 0x80, 0];
+                v.extend(m(43));
+                v
+            }),
+            Some("bpdu"),
+        ),
+        case(
+            44,
+            "router advertisement",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x86dd,
+                &ipv6(vm_ll(), all_nodes(), 58, &router_advert(44)),
+            ),
+            Some("ra"),
+        ),
+        case(
+            49,
+            "router advertisement behind a hop-by-hop options header",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x86dd,
+                &ipv6(vm_ll(), all_nodes(), 0, &{
+                    // Next header ICMPv6, length 0 (8 bytes), PadN of 4.
+                    let mut v = vec![58, 0, 1, 4, 0, 0, 0, 0];
+                    v.extend(router_advert(49));
+                    v
+                }),
+            ),
+            Some("ra"),
+        ),
+        case(
+            45,
+            "ICMPv6 redirect",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x86dd,
+                &ipv6(vm_ll(), all_nodes(), 58, &redirect(vm_ll(), 45)),
+            ),
+            Some("redirect"),
+        ),
+        case(
+            46,
+            "neighbour advertisement for the router's link-local fe80::1",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x86dd,
+                &ipv6(vm_ll(), all_nodes(), 58, &nd(136, router_ll(), &m(46))),
+            ),
+            Some("nd"),
+        ),
+        case(
+            47,
+            "DHCPv4 server reply (UDP 67 -> 68) from the VM's own IP",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x0800,
+                &ipv4(VM_IP, Ipv4Addr::BROADCAST, 17, &udp(67, 68, &m(47))),
+            ),
+            Some("dhcp_server"),
+        ),
+        case(
+            48,
+            "DHCPv6 server reply (UDP 547 -> 546) from the VM's link-local",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x86dd,
+                &ipv6(vm_ll(), all_nodes(), 17, &udp(547, 546, &m(48))),
+            ),
+            Some("dhcp_server"),
+        ),
+    ]
+}
+
+fn tagged_inner(tci: u16, ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    // `tagged` minus the TPID: what follows an ethertype field that says "tag".
+    tagged(0, tci, ethertype, payload)[2..].to_vec()
+}
+
+/// Frames an IP-locked port drops besides those of every port.
+fn locked_port_drops() -> Vec<Case> {
+    let m = marker;
+    let forged_ip4 = |id: u8| ipv4(FORGED_IP, PEER_IP, 1, &icmp_echo(&m(id)));
+    vec![
+        case(
+            2,
+            "forged source IPv4",
+            eth(BCAST, VM_MAC, 0x0800, &forged_ip4(2)),
+            Some("ip4"),
+        ),
+        case(
+            3,
+            "ARP reply with forged sender IP",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x0806,
+                &arp(2, VM_MAC, FORGED_IP, PEER_IP, &m(3)),
+            ),
+            Some("arp"),
+        ),
+        case(
             8,
-            "UDP 68->67 from 0.0.0.0 to a non-DHCP port is still checked",
+            "UDP 68->53 from 0.0.0.0 (not DHCP) is still checked",
             eth(
                 BCAST,
                 VM_MAC,
@@ -182,24 +362,90 @@ fn probes() -> Vec<(u8, &'static str, Vec<u8>, Option<&'static str>)> {
                     Ipv4Addr::UNSPECIFIED,
                     Ipv4Addr::BROADCAST,
                     17,
-                    &udp(68, 53, &marker(8)),
+                    &udp(68, 53, &m(8)),
                 ),
             ),
             Some("ip4"),
         ),
-        // legitimate: must pass
-        (
+        case(
+            50,
+            "MPLS (0x8847) carrying a forged IPv4",
+            eth(BCAST, VM_MAC, 0x8847, &{
+                let mut v = vec![0x00, 0x01, 0x01, 0x40]; // label 16, bottom of stack
+                v.extend(forged_ip4(50));
+                v
+            }),
+            Some("ethertype"),
+        ),
+        case(
+            51,
+            "802.3 LLC/SNAP carrying a forged IPv4",
+            ieee8023(BCAST, &{
+                let mut v = vec![0xaa, 0xaa, 0x03, 0, 0, 0, 0x08, 0x00];
+                v.extend(forged_ip4(51));
+                v
+            }),
+            Some("ethertype"),
+        ),
+        case(
+            52,
+            "PPPoE discovery (0x8863)",
+            eth(BCAST, VM_MAC, 0x8863, &{
+                let mut v = vec![0x11, 0x09, 0, 0, 0, 0];
+                v.extend(m(52));
+                v
+            }),
+            Some("ethertype"),
+        ),
+        case(
+            53,
+            "PPPoE session (0x8864) carrying a forged IPv4",
+            eth(BCAST, VM_MAC, 0x8864, &{
+                let ip = forged_ip4(53);
+                let mut v = vec![0x11, 0, 0, 1];
+                v.extend(((ip.len() + 2) as u16).to_be_bytes());
+                v.extend([0x00, 0x21]); // PPP protocol: IPv4
+                v.extend(ip);
+                v
+            }),
+            Some("ethertype"),
+        ),
+        case(
+            54,
+            "RARP with a forged sender MAC",
+            eth(BCAST, VM_MAC, 0x8035, &{
+                let mut v = arp(
+                    3,
+                    OTHER_MAC,
+                    Ipv4Addr::UNSPECIFIED,
+                    Ipv4Addr::UNSPECIFIED,
+                    &m(54),
+                );
+                v[18..24].copy_from_slice(&OTHER_MAC);
+                v
+            }),
+            Some("arp"),
+        ),
+    ]
+}
+
+/// Frames of an honest VM that pass on every port.
+fn every_port_passes() -> Vec<Case> {
+    let m = marker;
+    let solicited: Ipv6Addr = "ff02::1:ff00:2".parse().unwrap();
+    vec![
+        case(
             20,
             "own IPv4",
             eth(
                 BCAST,
                 VM_MAC,
                 0x0800,
-                &ipv4(VM_IP, PEER_IP, 1, &icmp_echo(&marker(20))),
+                &ipv4(VM_IP, PEER_IP, 1, &icmp_echo(&m(20))),
             ),
             None,
         ),
-        (
+        case(
             21,
             "DHCP discover from 0.0.0.0",
             eth(
@@ -210,34 +456,34 @@ fn probes() -> Vec<(u8, &'static str, Vec<u8>, Option<&'static str>)> {
                     Ipv4Addr::UNSPECIFIED,
                     Ipv4Addr::BROADCAST,
                     17,
-                    &udp(68, 67, &marker(21)),
+                    &udp(68, 67, &m(21)),
                 ),
             ),
             None,
         ),
-        (
+        case(
             22,
             "ARP probe (sender 0.0.0.0)",
             eth(
                 BCAST,
                 VM_MAC,
                 0x0806,
-                &arp(1, VM_MAC, Ipv4Addr::UNSPECIFIED, VM_IP, &marker(22)),
+                &arp(1, VM_MAC, Ipv4Addr::UNSPECIFIED, VM_IP, &m(22)),
             ),
             None,
         ),
-        (
+        case(
             23,
             "own ARP reply",
             eth(
                 BCAST,
                 VM_MAC,
                 0x0806,
-                &arp(2, VM_MAC, VM_IP, PEER_IP, &marker(23)),
+                &arp(2, VM_MAC, VM_IP, PEER_IP, &m(23)),
             ),
             None,
         ),
-        (
+        case(
             24,
             "IPv6 DAD (NS from ::)",
             eth(
@@ -248,38 +494,167 @@ fn probes() -> Vec<(u8, &'static str, Vec<u8>, Option<&'static str>)> {
                     Ipv6Addr::UNSPECIFIED,
                     solicited,
                     58,
-                    &nd(135, vm_ip6(), &marker(24)),
+                    &nd(135, vm_ll(), &m(24)),
                 ),
             ),
             None,
         ),
-        (
+        case(
             25,
-            "IPv6 from link-local",
-            eth(BCAST, VM_MAC, 0x86dd, &ipv6(ll, all_nodes, 59, &marker(25))),
+            "IPv6 from its link-local",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x86dd,
+                &ipv6(vm_ll(), all_nodes(), 59, &m(25)),
+            ),
             None,
         ),
-        (
+        case(
+            28,
+            "neighbour advertisement for its own link-local",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x86dd,
+                &ipv6(vm_ll(), all_nodes(), 58, &nd(136, vm_ll(), &m(28))),
+            ),
+            None,
+        ),
+        case(
+            29,
+            "RARP announcement from its own MAC (QEMU after a live migration)",
+            eth(BCAST, VM_MAC, 0x8035, &{
+                let mut v = arp(
+                    3,
+                    VM_MAC,
+                    Ipv4Addr::UNSPECIFIED,
+                    Ipv4Addr::UNSPECIFIED,
+                    &m(29),
+                );
+                v[18..24].copy_from_slice(&VM_MAC);
+                v
+            }),
+            None,
+        ),
+        case(
+            30,
+            "router solicitation from its link-local",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x86dd,
+                &ipv6(
+                    vm_ll(),
+                    "ff02::2".parse().unwrap(),
+                    58,
+                    &icmpv6(133, &[0; 4], &m(30)),
+                ),
+            ),
+            None,
+        ),
+        case(
+            31,
+            "DHCPv6 solicit (UDP 546 -> 547) from its link-local",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x86dd,
+                &ipv6(
+                    vm_ll(),
+                    "ff02::1:2".parse().unwrap(),
+                    17,
+                    &udp(546, 547, &m(31)),
+                ),
+            ),
+            None,
+        ),
+    ]
+}
+
+/// The VM's declared IPv6 address in use.
+fn own_ip6_passes() -> Vec<Case> {
+    let m = marker;
+    vec![
+        case(
             26,
             "own IPv6",
             eth(
                 BCAST,
                 VM_MAC,
                 0x86dd,
-                &ipv6(vm_ip6(), all_nodes, 59, &marker(26)),
+                &ipv6(vm_ip6(), all_nodes(), 59, &m(26)),
             ),
             None,
         ),
-        (
+        case(
             27,
             "neighbour advertisement for its own address",
             eth(
                 BCAST,
                 VM_MAC,
                 0x86dd,
-                &ipv6(vm_ip6(), all_nodes, 58, &nd(136, vm_ip6(), &marker(27))),
+                &ipv6(vm_ip6(), all_nodes(), 58, &nd(136, vm_ip6(), &m(27))),
             ),
             None,
+        ),
+    ]
+}
+
+/// IPv6 sources and targets a port whose IPv6 is locked drops.
+fn locked_ip6_drops() -> Vec<Case> {
+    let m = marker;
+    vec![
+        case(
+            5,
+            "forged source IPv6",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x86dd,
+                &ipv6(forged_ip6(), all_nodes(), 59, &m(5)),
+            ),
+            Some("ip6"),
+        ),
+        case(
+            6,
+            "neighbour advertisement for a foreign global address",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x86dd,
+                &ipv6(vm_ll(), all_nodes(), 58, &nd(136, forged_ip6(), &m(6))),
+            ),
+            Some("nd"),
+        ),
+    ]
+}
+
+/// A SLAAC address of the VM's own making, and its neighbour advertisement.
+fn slaac_cases(drop: bool) -> Vec<Case> {
+    let m = marker;
+    vec![
+        case(
+            60,
+            "SLAAC global IPv6 (not declared)",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x86dd,
+                &ipv6(slaac_ip6(), all_nodes(), 59, &m(60)),
+            ),
+            drop.then_some("ip6"),
+        ),
+        case(
+            61,
+            "neighbour advertisement for its SLAAC address",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x86dd,
+                &ipv6(slaac_ip6(), all_nodes(), 58, &nd(136, slaac_ip6(), &m(61))),
+            ),
+            drop.then_some("nd"),
         ),
     ]
 }
@@ -298,20 +673,76 @@ fn seen(socket: &PacketSocket, window: Duration) -> HashSet<u8> {
         .collect()
 }
 
-/// Sends every probe from the VM and returns the ids the peer received.
-fn run_probes(lab: &PortLab) -> HashSet<u8> {
+/// Sends every case's frame from the VM and returns the ids the peer received.
+fn send_cases(lab: &PortLab, cases: &[Case]) -> HashSet<u8> {
     let rx = PacketSocket::open(&lab.peer, "eth0");
     let tx = PacketSocket::open(&lab.vm, "eth0");
     // Drain whatever was queued before.
     let _ = seen(&rx, Duration::from_millis(100));
-    for (_, _, frame, _) in probes() {
-        tx.send(&frame);
+    for c in cases {
+        tx.send(&c.frame);
     }
     seen(&rx, Duration::from_millis(600))
 }
 
 fn counters(lab: &PortLab) -> DropCounters {
     in_ns(&lab.node, portsec::counters).expect("counters")
+}
+
+/// Runs a frame table against `rules`: every frame arrives before the rules
+/// are installed (so the table can fail), then each is dropped with its counter
+/// moving by exactly one, or passes.
+fn frame_table(lab: &PortLab, rules: &PortRules, cases: &[Case]) {
+    let ids: HashSet<u8> = cases.iter().map(|c| c.id).collect();
+    assert_eq!(ids.len(), cases.len(), "case ids are unique");
+    let before = send_cases(lab, cases);
+    for c in cases {
+        assert!(
+            before.contains(&c.id),
+            "without port security, {} (case {}) must arrive",
+            c.what,
+            c.id
+        );
+    }
+
+    let r = rules.clone();
+    in_ns(&lab.node, move || portsec::install(&r)).expect("install");
+    let r = rules.clone();
+    in_ns(&lab.node, move || portsec::verify(&r)).expect("verify after install");
+
+    let c0 = counters(lab);
+    let got = send_cases(lab, cases);
+    let c1 = counters(lab);
+    println!("drop counters after the frames: {c1:?}");
+    let mut expected: BTreeMap<&str, u64> = c0.by_reason().iter().map(|(r, _)| (*r, 0)).collect();
+    for c in cases {
+        match c.drop {
+            Some(reason) => {
+                assert!(
+                    !got.contains(&c.id),
+                    "{} (case {}) went through",
+                    c.what,
+                    c.id
+                );
+                *expected.get_mut(reason).expect("a known reason") += 1;
+            }
+            None => assert!(
+                got.contains(&c.id),
+                "{} (case {}) was dropped",
+                c.what,
+                c.id
+            ),
+        }
+    }
+    // The VM's own stack only uses what it may (its addresses, its
+    // link-local), so it adds no drops of its own.
+    let delta: BTreeMap<&str, u64> = c0
+        .by_reason()
+        .iter()
+        .zip(c1.by_reason())
+        .map(|((reason, a), (_, b))| (*reason, b - a))
+        .collect();
+    assert_eq!(delta, expected, "drop counters by reason");
 }
 
 fn ping(ns: &Netns, args: &[&str]) -> bool {
@@ -325,55 +756,23 @@ fn ping(ns: &Netns, args: &[&str]) -> bool {
 #[test]
 fn spoofed_frames_are_dropped_and_counted_own_traffic_passes() {
     let lab = lab();
-    let all: HashSet<u8> = probes().iter().map(|p| p.0).collect();
-
-    // Without rules everything arrives: the harness can see forged frames.
-    let before = run_probes(&lab);
-    assert_eq!(before, all, "without port security every probe must arrive");
-
     let rules = vm_rules();
-    let r = rules.clone();
-    in_ns(&lab.node, move || portsec::install(&r)).expect("install");
-    let r = rules.clone();
-    in_ns(&lab.node, move || portsec::verify(&r)).expect("verify after install");
+    let cases: Vec<Case> = [
+        every_port_drops(),
+        locked_port_drops(),
+        locked_ip6_drops(),
+        slaac_cases(true),
+        every_port_passes(),
+        own_ip6_passes(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    frame_table(&lab, &rules, &cases);
     let listed = lab
         .node
         .exec(&["nft", "list", "table", "bridge", "portgroup"]);
     println!("{}", String::from_utf8_lossy(&listed.stdout));
-
-    let c0 = counters(&lab);
-    let got = run_probes(&lab);
-    let c1 = counters(&lab);
-    println!("drop counters after the probes: {c1:?}");
-    let mut expected_drops = DropCounters::default();
-    for (id, what, _, reason) in probes() {
-        match reason {
-            Some(counter) => {
-                assert!(!got.contains(&id), "{what} (probe {id}) went through");
-                match counter {
-                    "mac" => expected_drops.mac += 1,
-                    "arp" => expected_drops.arp += 1,
-                    "ip4" => expected_drops.ip4 += 1,
-                    "ip6" => expected_drops.ip6 += 1,
-                    "nd" => expected_drops.nd += 1,
-                    "vlan" => expected_drops.vlan += 1,
-                    _ => unreachable!(),
-                }
-            }
-            None => assert!(got.contains(&id), "{what} (probe {id}) was dropped"),
-        }
-    }
-    // The VM's own stack may add drops of its own (none expected: it only uses
-    // its addresses); at least every forged probe was counted, by reason.
-    let delta = DropCounters {
-        mac: c1.mac - c0.mac,
-        arp: c1.arp - c0.arp,
-        ip4: c1.ip4 - c0.ip4,
-        ip6: c1.ip6 - c0.ip6,
-        nd: c1.nd - c0.nd,
-        vlan: c1.vlan - c0.vlan,
-    };
-    assert_eq!(delta, expected_drops, "drop counters by reason");
 
     // Real traffic of the VM with its own addresses works both ways.
     assert!(
@@ -383,6 +782,10 @@ fn spoofed_frames_are_dropped_and_counted_own_traffic_passes() {
     assert!(
         ping(&lab.vm, &["2001:db8::3"]),
         "ping over IPv6 with its own IP"
+    );
+    assert!(
+        ping(&lab.vm, &["-I", "eth0", "fe80::50:56ff:fe00:3"]),
+        "ping over its link-local (neighbour discovery both ways)"
     );
     // A source address the VM really holds but was not declared is refused.
     lab.vm.ip_line("addr add 10.0.0.50/32 dev eth0");
@@ -395,34 +798,146 @@ fn spoofed_frames_are_dropped_and_counted_own_traffic_passes() {
 
     // After remove, forged frames go through again.
     in_ns(&lab.node, || portsec::remove("pv1")).expect("remove");
-    let after = run_probes(&lab);
-    assert_eq!(after, all, "after remove every probe must arrive again");
+    let after = send_cases(&lab, &cases);
+    assert_eq!(
+        after,
+        cases.iter().map(|c| c.id).collect(),
+        "after remove every frame must arrive again"
+    );
     let r = rules.clone();
     assert!(in_ns(&lab.node, move || portsec::verify(&r)).is_err());
 }
 
 #[test]
-fn port_without_ips_is_mac_locked_only() {
+fn port_with_only_ipv4_known_keeps_slaac_and_link_local() {
     let lab = lab();
-    let r = PortRules {
+    let rules = PortRules {
+        ips: vec![IpAddr::V4(VM_IP)],
+        ..vm_rules()
+    };
+    // IPv4 is locked, IPv6 is not dropped wholesale: its SLAAC address and
+    // link-local pass; the router and DHCP guards and link-local NA targets hold.
+    let cases: Vec<Case> = [
+        every_port_drops(),
+        locked_port_drops(),
+        slaac_cases(false),
+        every_port_passes(),
+        own_ip6_passes(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    frame_table(&lab, &rules, &cases);
+    assert!(ping(&lab.vm, &["2001:db8::3"]), "ping over undeclared IPv6");
+    assert!(ping(&lab.vm, &["10.0.0.3"]), "ping over IPv4");
+}
+
+#[test]
+fn port_with_only_ipv6_known_keeps_ipv4() {
+    let lab = lab();
+    let rules = PortRules {
+        ips: vec![IpAddr::V6(vm_ip6())],
+        ..vm_rules()
+    };
+    let m = marker;
+    let mut cases: Vec<Case> = [
+        every_port_drops(),
+        locked_ip6_drops(),
+        slaac_cases(true),
+        every_port_passes(),
+        own_ip6_passes(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    // Not in the ethertype allowlist: still dropped, the port is IP-locked.
+    cases.extend(
+        locked_port_drops()
+            .into_iter()
+            .filter(|c| c.drop == Some("ethertype")),
+    );
+    cases.push(case(
+        2,
+        "IPv4 from an address not known (IPv4 is not locked)",
+        eth(
+            BCAST,
+            VM_MAC,
+            0x0800,
+            &ipv4(FORGED_IP, PEER_IP, 1, &icmp_echo(&m(2))),
+        ),
+        None,
+    ));
+    frame_table(&lab, &rules, &cases);
+}
+
+#[test]
+fn port_without_ips_is_mac_locked_and_untagged() {
+    let lab = lab();
+    let rules = PortRules {
         ips: vec![],
         ..vm_rules()
     };
-    let r2 = r.clone();
-    in_ns(&lab.node, move || portsec::install(&r2)).expect("install");
-    in_ns(&lab.node, move || portsec::verify(&r)).expect("verify");
-    let got = run_probes(&lab);
-    assert!(!got.contains(&1), "forged MAC must still be dropped");
-    assert!(
-        !got.contains(&4),
-        "forged ARP sender MAC must still be dropped"
-    );
-    for id in [2, 3, 5, 6, 7, 20, 21, 22, 23, 24, 25, 26, 27] {
-        assert!(
-            got.contains(&id),
-            "probe {id} must pass on a port without IPs"
-        );
+    let mut cases: Vec<Case> = [every_port_drops(), every_port_passes(), own_ip6_passes()]
+        .into_iter()
+        .flatten()
+        .collect();
+    // Source IPs and ethertypes are not restricted without IPs.
+    for c in locked_port_drops() {
+        cases.push(Case { drop: None, ..c });
     }
+    cases.extend(slaac_cases(false));
+    frame_table(&lab, &rules, &cases);
+}
+
+#[test]
+fn portgroup_opt_ins_let_routers_and_dhcp_servers_through() {
+    let lab = lab();
+    let rules = PortRules {
+        allow_router_advertisements: true,
+        allow_dhcp_server: true,
+        ..vm_rules()
+    };
+    let allowed = [44, 45, 46, 47, 48, 49];
+    let cases: Vec<Case> = every_port_drops()
+        .into_iter()
+        .map(|c| {
+            if allowed.contains(&c.id) {
+                Case { drop: None, ..c }
+            } else {
+                c
+            }
+        })
+        .chain(locked_ip6_drops())
+        .chain(every_port_passes())
+        .collect();
+    frame_table(&lab, &rules, &cases);
+
+    // Each opt-in on its own: RA without DHCP server.
+    let ra_only = PortRules {
+        allow_dhcp_server: false,
+        ..rules.clone()
+    };
+    let e = in_ns(&lab.node, {
+        let r = ra_only.clone();
+        move || portsec::verify(&r)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("DHCP server"), "{e}");
+    let r = ra_only.clone();
+    in_ns(&lab.node, move || portsec::install(&r)).expect("re-install");
+    let got = send_cases(
+        &lab,
+        &every_port_drops()
+            .into_iter()
+            .filter(|c| [44, 47, 48].contains(&c.id))
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        got,
+        HashSet::from([44]),
+        "RA passes, DHCP server replies do not"
+    );
 }
 
 #[test]
@@ -538,6 +1053,8 @@ fn garbage_collection_keeps_only_live_ports() {
                 host_veth: format!("gc{i}"),
                 mac: MacAddr([2, 0, 0, 0, 1, i]),
                 ips: vec![IpAddr::V4(Ipv4Addr::new(10, 1, 0, i))],
+                allow_router_advertisements: false,
+                allow_dhcp_server: false,
             })
         })
         .expect("install");
@@ -553,6 +1070,8 @@ fn garbage_collection_keeps_only_live_ports() {
             host_veth: "gc3".into(),
             mac: MacAddr([2, 0, 0, 0, 1, 3]),
             ips: vec![IpAddr::V4(Ipv4Addr::new(10, 1, 0, 3))],
+            allow_router_advertisements: false,
+            allow_dhcp_server: false,
         })
     })
     .expect("kept port intact");
@@ -674,4 +1193,89 @@ fn foreign_table_layout_is_a_clear_error() {
         text.contains("set ports") && text.contains("another layout"),
         "{text}"
     );
+}
+
+#[test]
+fn layout_upgrade_backfills_derived_elements_of_running_ports() {
+    let node = Netns::new("node");
+    let v4_only = || PortRules {
+        host_veth: "old1".into(),
+        ips: vec![IpAddr::V4(VM_IP)],
+        ..vm_rules()
+    };
+    in_ns(&node, move || portsec::install(&v4_only())).expect("install");
+    // What a table of the previous layout holds for a running port: no
+    // per-family or link-local elements, and chains that differ.
+    let nft = |cmd: &str| {
+        let out = node.exec(&["nft", cmd]);
+        assert!(
+            out.status.success(),
+            "nft {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    nft("flush set bridge portgroup ip6_open_ports");
+    nft("flush set bridge portgroup port_ll");
+    nft("flush chain bridge portgroup port_in");
+    let e = in_ns(&node, move || portsec::verify(&v4_only()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("chains"), "{e}");
+
+    // The next install on the node rebuilds the chains and gives the running
+    // port back what follows from its MAC and addresses.
+    in_ns(&node, || portsec::install(&port(1))).expect("install another port");
+    in_ns(&node, move || portsec::verify(&v4_only())).expect("the running port is whole again");
+    let listed = node.exec(&["nft", "list", "set", "bridge", "portgroup", "port_ll"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("fe80::50:56ff:fe00:2"));
+}
+
+#[test]
+fn a_declared_link_local_may_be_advertised_without_locking_ipv6() {
+    let lab = lab();
+    // A guest with a stable-privacy link-local: its reservation lists it.
+    let declared: Ipv6Addr = "fe80::a1b2:c3d4:e5f6:1".parse().unwrap();
+    let rules = PortRules {
+        ips: vec![IpAddr::V4(VM_IP), IpAddr::V6(declared)],
+        ..vm_rules()
+    };
+    let m = marker;
+    let cases: Vec<Case> = [
+        vec![
+            case(
+                70,
+                "neighbour advertisement for its declared link-local",
+                eth(
+                    BCAST,
+                    VM_MAC,
+                    0x86dd,
+                    &ipv6(declared, all_nodes(), 58, &nd(136, declared, &m(70))),
+                ),
+                None,
+            ),
+            case(
+                71,
+                "neighbour advertisement for another link-local",
+                eth(
+                    BCAST,
+                    VM_MAC,
+                    0x86dd,
+                    &ipv6(
+                        declared,
+                        all_nodes(),
+                        58,
+                        &nd(136, "fe80::a1b2:c3d4:e5f6:2".parse().unwrap(), &m(71)),
+                    ),
+                ),
+                Some("nd"),
+            ),
+        ],
+        slaac_cases(false),
+        every_port_drops(),
+        every_port_passes(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    frame_table(&lab, &rules, &cases);
 }

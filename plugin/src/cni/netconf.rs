@@ -347,6 +347,14 @@ fn reject_unsupported(root: &Map<String, Value>) -> Result<(), Error> {
             "portgroup bridges are plain L2; the VLAN's router stays the gateway",
         ),
         ("vlanTrunk", "a VM port is an access port on one portgroup"),
+        (
+            "allowRouterAdvertisements",
+            "port-security opt-ins are the admin's: set it on the portgroup in the node config",
+        ),
+        (
+            "allowDhcpServer",
+            "port-security opt-ins are the admin's: set it on the portgroup in the node config",
+        ),
     ] {
         if let Some(value) = root.get(field).filter(|v| truthy(v)) {
             return Err(Error::UnsupportedField {
@@ -691,6 +699,16 @@ mod tests {
                 with(json!({"ipMasq": true})),
                 code::UNSUPPORTED_FIELD,
                 "ipMasq",
+            ),
+            (
+                with(json!({"allowRouterAdvertisements": true})),
+                code::UNSUPPORTED_FIELD,
+                "node config",
+            ),
+            (
+                with(json!({"allowDhcpServer": true})),
+                code::UNSUPPORTED_FIELD,
+                "allowDhcpServer",
             ),
             (
                 with(json!({"prevResult": {"ips": [{"address": "x"}]}})),

@@ -42,6 +42,8 @@ pub const KNOWN_FIELDS: &[&str] = &[
     "isGateway",
     "isDefaultGateway",
     "vlanTrunk",
+    "allowRouterAdvertisements",
+    "allowDhcpServer",
 ];
 
 /// The fields of `probe`.

@@ -123,3 +123,63 @@ fn reservation_lets_its_mac_through_with_only_its_ips() {
     assert_eq!(lab.cni("DEL", &open, &env).code, 0);
     lab.assert_clean(&["br0", "peer0"]);
 }
+
+#[test]
+fn portgroup_opt_ins_reach_the_port_from_the_node_config() {
+    let mut lab = Lab::new();
+    let state = |allow_ra: bool| {
+        json!({
+            "node": "n1", "generation": 1, "reconciledAt": "2026-11-23T10:00:00Z",
+            "portgroups": [{"name": "edge", "vlan": 300, "uplink": "eth1", "bridge": "br0",
+                "vlanInterface": "x", "mtu": 1500, "ready": true, "reason": null,
+                "allowRouterAdvertisements": allow_ra, "allowDhcpServer": false}]
+        })
+    };
+    lab.write_state(&state(true));
+    let vm = lab.pod();
+    let path = Lab::netns_path(&vm);
+    let env = Lab::attach_env("vm1", &path, "net1");
+    let c = conf(
+        "1.1.0",
+        json!({"bridge": null, "portgroup": "edge", "runtimeConfig": {"mac": VM_MAC}}),
+    );
+    let add = lab.cni("ADD", &c, &env);
+    assert_eq!(add.code, 0, "{}", add.stdout);
+    let host = add.json["interfaces"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let set = |name: &str| {
+        let out = crate::common::sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &lab.node,
+            "nft",
+            "list",
+            "set",
+            "bridge",
+            "portgroup",
+            name,
+        ]);
+        out.contains(&format!("\"{host}\""))
+    };
+    assert!(set("ra_allowed_ports"), "the router portgroup's port");
+    assert!(!set("dhcp_server_ports"), "DHCP servers were not allowed");
+    let mut checked = c.clone();
+    checked["prevResult"] = add.json.clone();
+    assert_eq!(lab.cni("CHECK", &checked, &env).code, 0);
+
+    // The admin withdraws the opt-in: CHECK reports the port as it was made.
+    lab.write_state(&state(false));
+    let check = lab.cni("CHECK", &checked, &env);
+    assert_eq!(check.cni_code(), 106, "{}", check.stdout);
+    assert!(
+        check.stdout.contains("router advertisements"),
+        "{}",
+        check.stdout
+    );
+    assert_eq!(lab.cni("DEL", &c, &env).code, 0);
+    assert!(!set("ra_allowed_ports"));
+    lab.assert_clean(&["br0"]);
+}

@@ -127,6 +127,8 @@ pub fn numbered_port(i: u32) -> PortRules {
                 0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + u128::from(i),
             )),
         ],
+        allow_router_advertisements: false,
+        allow_dhcp_server: false,
     }
 }
 
