@@ -34,6 +34,8 @@ pub struct Options {
     pub dry_run: bool,
     pub resync: Duration,
     pub run_dir: RunDir,
+    /// Serve `portgroup.io/<portgroup>` resources to the kubelet; None: off.
+    pub device_plugin: Option<super::deviceplugin::Settings>,
 }
 
 /// Exit status when the config is invalid (and there is no good one to fall back on).
@@ -237,6 +239,10 @@ async fn serve(
         tokio::spawn(super::http::serve(listener, metrics.clone()));
     }
     metrics.alive.store(true, Relaxed);
+    let device_plugin = opts
+        .device_plugin
+        .clone()
+        .map(|settings| super::deviceplugin::manager::start(settings, metrics.clone()));
 
     let (tx, mut rx) = unbounded_channel::<Trigger>();
     let (config_tx, mut config_rx) = unbounded_channel::<()>();
@@ -294,6 +300,14 @@ async fn serve(
                 if source.good.is_some() {
                     metrics.ready.store(true, Relaxed);
                 }
+                if let Some(state) = &outcome.state {
+                    metrics.set_portgroup_ready(&state.portgroups);
+                    // Same reconcile, same netlink event: the kubelet hears of a
+                    // readiness change as soon as the node state says it.
+                    if let Some(dp) = &device_plugin {
+                        dp.offer(super::deviceplugin::offers(&state.portgroups));
+                    }
+                }
                 // Failed operations back off inside the reconciler; wake up when one may go again.
                 retry = reconciler
                     .next_retry()
@@ -343,5 +357,8 @@ async fn serve(
         }
     }
     metrics.alive.store(false, Relaxed);
+    if let Some(dp) = device_plugin {
+        dp.stop().await;
+    }
     Ok(0)
 }
