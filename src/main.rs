@@ -83,7 +83,9 @@ struct Cli {
     #[arg(
         long,
         value_name = "DIR",
-        default_value = portgroup::daemon::deviceplugin::DEFAULT_DIR
+        default_value = portgroup::daemon::deviceplugin::DEFAULT_DIR,
+        // Clap refuses an empty path; here it means "off".
+        value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
     )]
     device_plugin_dir: PathBuf,
 

@@ -207,6 +207,10 @@ impl Manager {
         let Some(wanted) = self.wanted.clone() else {
             return;
         };
+        // No directory, no kubelet: serve once it appears (the watcher looks again).
+        if !self.settings.dir.is_dir() {
+            return;
+        }
         let kubelet = FileId::of_socket(&self.kubelet_socket());
         if kubelet != self.kubelet_seen {
             if kubelet.is_some() {
@@ -435,8 +439,9 @@ async fn register(kubelet_socket: &Path, request: RegisterRequest) -> Result<(),
 }
 
 /// Sends a unit once the watch is in place and then on every change in the
-/// directory. The directory is made if missing (a node where the kubelet has
-/// not started yet); if it goes, it is made and watched again.
+/// directory. The directory is the kubelet's: it is never made here (a host
+/// without a kubelet stays untouched); while it is missing, or after it went,
+/// it is looked for again every 2 s.
 async fn watch_dir(dir: &Path, tx: mpsc::UnboundedSender<()>) {
     let mut warned = false;
     loop {
@@ -448,7 +453,7 @@ async fn watch_dir(dir: &Path, tx: mpsc::UnboundedSender<()>) {
             Err(e) if !warned => {
                 warned = true;
                 tracing::warn!(
-                    "device plugin: cannot watch {}: {e}; trying again every 2 s",
+                    "device plugin: cannot watch {}: {e}; no kubelet here yet? looking again every 2 s",
                     dir.display()
                 );
             }
@@ -462,7 +467,6 @@ async fn watch_dir(dir: &Path, tx: mpsc::UnboundedSender<()>) {
 }
 
 async fn watch_once(dir: &Path, tx: &mpsc::UnboundedSender<()>) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
     let inotify = Inotify::init()?;
     inotify.watches().add(
         dir,
