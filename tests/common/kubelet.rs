@@ -193,6 +193,17 @@ impl FakeKubelet {
         self.serve();
     }
 
+    /// How many device lists the resource has sent.
+    pub fn list_count(&self, resource: &str) -> usize {
+        self.shared
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lists
+            .get(resource)
+            .map_or(0, Vec::len)
+    }
+
     pub fn seen(&self) -> Seen {
         self.shared
             .seen
@@ -203,11 +214,23 @@ impl FakeKubelet {
 
     /// Waits until `ok` holds of what the kubelet has seen; panics after `timeout`.
     pub fn wait(&self, timeout: Duration, what: &str, ok: impl Fn(&Seen) -> bool) -> Seen {
+        self.wait_then(timeout, what, ok, Seen::clone)
+    }
+
+    /// [`wait`](Self::wait), then `take` what is needed of the whole record
+    /// (which can be large: every list of 1000 devices).
+    pub fn wait_then<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        ok: impl Fn(&Seen) -> bool,
+        take: impl FnOnce(&Seen) -> T,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         let mut seen = self.shared.seen.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if ok(&seen) {
-                return seen.clone();
+                return take(&seen);
             }
             let now = Instant::now();
             if now >= deadline {
