@@ -110,7 +110,15 @@ fn main() {
             std::thread::sleep(Duration::from_millis(30));
         }
     }
-    let failures = daemon.log().matches(" ERROR ").count();
+    let log = daemon.log();
+    let failures = log.matches(" ERROR ").count();
+    // The daemon's own figure: first link event of the batch -> the reconcile
+    // that saw the flip has handed the new offer to the device plugin.
+    let mut daemon_side: Vec<f64> = log
+        .lines()
+        .filter_map(|l| l.split("readiness changed in ").nth(1))
+        .filter_map(|rest| rest.split(" ms").next()?.parse().ok())
+        .collect();
     let mut all: Vec<f64> = down.iter().chain(up.iter()).copied().collect();
     let report = serde_json::json!({
         "flaps": flaps,
@@ -124,6 +132,7 @@ fn main() {
             "to_unhealthy": summary(&mut down_req),
             "to_healthy": summary(&mut up_req),
         },
+        "daemon_event_to_offer": summary(&mut daemon_side),
         "daemon_errors": failures,
         "registrations": kubelet.wait_then(WAIT, "", |_| true, |s| s.registrations_of(RESOURCE)),
     });

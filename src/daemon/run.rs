@@ -2,6 +2,7 @@
 //! event, resync, netlink overrun, retry) leads to the same full reconcile, so a
 //! lost or coalesced event costs nothing but latency.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -274,6 +275,7 @@ async fn serve(
         resync_s = opts.resync.as_secs(),
         "portgroupd started"
     );
+    let mut readiness: BTreeMap<String, bool> = BTreeMap::new();
     let mut next_resync = Instant::now() + opts.resync;
     let mut retry: Option<(Instant, Duration)> = None;
     // The first pass runs at once, as a resync (with garbage collection).
@@ -302,6 +304,26 @@ async fn serve(
                 }
                 if let Some(state) = &outcome.state {
                     metrics.set_portgroup_ready(&state.portgroups);
+                    let now: BTreeMap<String, bool> = state
+                        .portgroups
+                        .iter()
+                        .map(|pg| (pg.name.clone(), pg.ready))
+                        .collect();
+                    let flipped: Vec<String> = now
+                        .iter()
+                        .filter(|(name, ready)| readiness.get(*name).is_some_and(|r| r != *ready))
+                        .map(|(name, ready)| {
+                            format!("{name} {}", if *ready { "ready" } else { "not ready" })
+                        })
+                        .collect();
+                    if let (Some(first), false) = (batch.first_link, flipped.is_empty()) {
+                        tracing::info!(
+                            "readiness changed in {} ms after the link event: {}",
+                            first.elapsed().as_millis(),
+                            flipped.join(", ")
+                        );
+                    }
+                    readiness = now;
                     // Same reconcile, same netlink event: the kubelet hears of a
                     // readiness change as soon as the node state says it.
                     if let Some(dp) = &device_plugin {
