@@ -45,11 +45,24 @@ fn generate() -> Result<(String, PathBuf), Box<dyn std::error::Error>> {
         .build_transport(false)
         .out_dir(&out)
         .compile_fds(descriptors)?;
-    let generated = std::fs::read_to_string(out.join("v1beta1.rs"))?;
+    let file = out.join("v1beta1.rs");
+    let generated = std::fs::read_to_string(&file)?;
+    std::fs::write(
+        &file,
+        format!(
+            "// @generated from api.proto by hack/deviceplugin-codegen; do not edit.\n{generated}"
+        ),
+    )?;
+    // As `cargo fmt` leaves it, so that formatting the repo never shows as drift.
+    let status = std::process::Command::new("rustfmt")
+        .args(["--edition", "2021"])
+        .arg(&file)
+        .status()?;
+    if !status.success() {
+        return Err(format!("rustfmt {}: {status}", file.display()).into());
+    }
+    let code = std::fs::read_to_string(&file)?;
     let _ = std::fs::remove_dir_all(&out);
-    let code = format!(
-        "// @generated from api.proto by hack/deviceplugin-codegen; do not edit.\n{generated}"
-    );
     Ok((code, dir.join("v1beta1.rs")))
 }
 
