@@ -39,6 +39,8 @@ pub struct Registered {
     /// What GetDevicePluginOptions answered on the plugin's socket.
     pub dialed_options: DevicePluginOptions,
     pub at: Instant,
+    /// Which start of the kubelet took it (1 for the first, +1 per restart).
+    pub instance: u64,
 }
 
 /// One ListAndWatch message.
@@ -102,6 +104,8 @@ pub struct FakeKubelet {
     _thread: std::thread::JoinHandle<()>,
     stop_runtime: Option<std::sync::mpsc::Sender<()>>,
     stop_server: Option<oneshot::Sender<()>>,
+    /// Starts so far (see [`Registered::instance`]).
+    pub instance: u64,
 }
 
 impl FakeKubelet {
@@ -133,6 +137,7 @@ impl FakeKubelet {
             _thread: thread,
             stop_runtime: Some(stop_tx),
             stop_server: None,
+            instance: 0,
         };
         kubelet.serve();
         kubelet
@@ -146,7 +151,9 @@ impl FakeKubelet {
         let socket = self.socket();
         let _ = std::fs::remove_file(&socket);
         let (tx, rx) = oneshot::channel();
+        self.instance += 1;
         let service = RegistrationServer::new(Kubelet {
+            instance: self.instance,
             dir: self.dir.clone(),
             shared: self.shared.clone(),
             runtime: self.runtime.clone(),
@@ -317,6 +324,7 @@ pub async fn dial(socket: PathBuf) -> Result<DevicePluginClient<Channel>, String
 }
 
 struct Kubelet {
+    instance: u64,
     dir: PathBuf,
     shared: Arc<Shared>,
     runtime: tokio::runtime::Handle,
@@ -366,6 +374,7 @@ impl Registration for Kubelet {
                 options: r.options,
                 dialed_options,
                 at: Instant::now(),
+                instance: self.instance,
             })
         });
         let shared = self.shared.clone();
