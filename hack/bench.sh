@@ -10,6 +10,8 @@
 #   hack/bench.sh --plan          only the planner: portgroupctl plan on a generated RVTools
 #                                 export of 10,000 VMs / 25,000 NICs / 500 port groups, as
 #                                 xlsx and as CSV; wall time and peak RSS (no root needed)
+#   hack/bench.sh --no-deviceplugin  skip the device-plugin health-flip section
+#   hack/bench.sh --flaps N       uplink flaps for the device-plugin section (default 100, --quick 20)
 #   hack/bench.sh --out DIR       results directory (default bench-results)
 #   hack/bench.sh --portsec-mechanisms   also time port security at 1000 ports and what
 #                                 each alternative mechanism (nft -f, nft -j, libnftables)
@@ -50,7 +52,7 @@ repo=$PWD
 export PYTHONDONTWRITEBYTECODE=1
 argv="$*"
 
-plan_only=0 quick=0 build=1 daemon=1 mechanisms=0 cycles="" sections="seq,burst,profile,portsec" state_pgs=100 compare="" out=$repo/bench-results
+plan_only=0 quick=0 build=1 daemon=1 deviceplugin=1 flaps="" mechanisms=0 cycles="" sections="seq,burst,profile,portsec" state_pgs=100 compare="" out=$repo/bench-results
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) quick=1 ;;
@@ -60,6 +62,8 @@ while [[ $# -gt 0 ]]; do
         --no-daemon) daemon=0 ;;
         --portsec-mechanisms) mechanisms=1 ;;
         --plan) plan_only=1 ;;
+        --no-deviceplugin) deviceplugin=0 ;;
+        --flaps) flaps=$2; shift ;;
         --state-portgroups) state_pgs=$2; shift ;;
         --compare) compare=$(realpath "$2"); shift ;;
         --out) out=$(realpath -m "$2"); shift ;;
@@ -130,8 +134,10 @@ fi
 [[ $EUID -eq 0 ]] || { echo "hack/bench.sh needs root (network namespaces)" >&2; exit 1; }
 
 if [[ $quick -eq 1 ]]; then
+    flaps=${flaps:-20}
     cycles=${cycles:-30} burst_rounds=1 levels=1,100 reps=10 profile_runs=5
 else
+    flaps=${flaps:-100}
     cycles=${cycles:-200} burst_rounds=3 levels=1,100,1000 reps=40 profile_runs=15
 fi
 burst=100
@@ -232,6 +238,35 @@ else
         PORTGROUP_VM_RWDIRS="$out${PORTGROUP_VM_RWDIRS:+:$PORTGROUP_VM_RWDIRS}" \
             PORTGROUP_VM_TIMEOUT=${PORTGROUP_VM_TIMEOUT:-3600} hack/vm.sh \
             "python3 hack/bench/daemon_bench.py --daemon $daemon_bin --plugin $plugin --tag pgbvm --out $out/daemon.json --in-vm --parts calibrate,converge,daemon,cni $dq 2>&1"
+    fi
+fi
+
+# --- device plugin: health-flip latency -----------------------------------------
+# From the kernel's link event (the uplink losing or regaining its carrier) to
+# the ListAndWatch update a fake kubelet receives, over $flaps flaps
+# (benches/deviceplugin_flip.rs). A portgroup is ready only with its VLAN
+# interface, so without 802.1Q no flap changes readiness: the bench runs in the
+# test VM then (absolute times there are TCG-inflated upper bounds).
+if [[ $deviceplugin -eq 0 ]]; then
+    echo '{"skipped": "--no-deviceplugin"}' >"$out/deviceplugin.json"
+else
+    step "device-plugin health flip: building benches/deviceplugin_flip.rs (release)"
+    flip_bin=$(cargo bench --quiet --no-run --bench deviceplugin_flip --message-format=json 2>/dev/null |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "deviceplugin_flip" and m.get("executable"):
+        print(m["executable"])')
+    [[ -x $flip_bin ]] || { echo "could not build the deviceplugin_flip bench" >&2; exit 1; }
+    if hack/vm.sh --has-8021q; then
+        step "device-plugin health flip: $flaps uplink flaps"
+        "$flip_bin" --flaps "$flaps" --out "$out/deviceplugin.json"
+    else
+        step "device-plugin health flip: $flaps uplink flaps inside the test VM (no 802.1Q here)"
+        hack/vm.sh --ensure
+        PORTGROUP_VM_RWDIRS="$out${PORTGROUP_VM_RWDIRS:+:$PORTGROUP_VM_RWDIRS}" \
+            PORTGROUP_VM_TIMEOUT=${PORTGROUP_VM_TIMEOUT:-1800} hack/vm.sh \
+            "$flip_bin --flaps $flaps --out $out/deviceplugin.json 2>&1"
     fi
 fi
 

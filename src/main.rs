@@ -23,6 +23,9 @@ use portgroup::paths::{RunDir, DEFAULT_RUN_DIR, RUN_DIR_ENV};
 /// included), writes the node state to <run-dir>/state.json and, for the CNI
 /// plugin, one file per portgroup to <run-dir>/portgroups/<name>.json, and
 /// removes attachments whose pod is gone (their host veth went with its netns).
+/// As a kubelet device plugin it offers one resource portgroup.io/<portgroup>
+/// per portgroup, Healthy while the portgroup is ready, so VMs are scheduled
+/// only where theirs is.
 ///
 /// An invalid config is refused whole, every problem is logged and listed in the
 /// state's "configErrors", and the last good config stays in force.
@@ -99,6 +102,27 @@ struct Cli {
         env = "PORTGROUPD_LOG"
     )]
     log_level: String,
+
+    /// Kubelet device-plugin directory: serve one resource portgroup.io/<portgroup> per
+    /// portgroup, registered at DIR/kubelet.sock, its socket in DIR. "" turns it off.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = portgroup::daemon::deviceplugin::DEFAULT_DIR,
+        // Clap refuses an empty path; here it means "off".
+        value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
+    )]
+    device_plugin_dir: PathBuf,
+
+    /// Devices each portgroup.io/<portgroup> resource advertises: how many VM
+    /// interfaces on that portgroup this node may take.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = portgroup::daemon::deviceplugin::DEFAULT_DEVICES,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(portgroup::daemon::deviceplugin::MAX_DEVICES))
+    )]
+    device_plugin_devices: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -139,6 +163,12 @@ fn main() -> anyhow::Result<()> {
         dry_run: cli.dry_run,
         resync: Duration::from_secs(cli.resync),
         run_dir,
+        device_plugin: (!cli.device_plugin_dir.as_os_str().is_empty()).then_some(
+            portgroup::daemon::deviceplugin::Settings {
+                dir: cli.device_plugin_dir,
+                devices: cli.device_plugin_devices,
+            },
+        ),
     };
     // One thread: the work is netlink round trips and file writes, and the
     // node's cores belong to its VMs.

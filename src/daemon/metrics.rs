@@ -1,6 +1,7 @@
-//! Counters and gauges, rendered in the Prometheus text format by hand: eight
+//! Counters and gauges, rendered in the Prometheus text format by hand: a dozen
 //! series do not need a metrics crate.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -30,6 +31,11 @@ pub struct Metrics {
     pub errors: AtomicU64,
     pub config_generation: AtomicU64,
     duration: Mutex<Histogram>,
+    /// Readiness of every portgroup in the last published state, by name.
+    portgroup_ready: Mutex<BTreeMap<String, bool>>,
+    /// Device-plugin resources registered with the current kubelet, by portgroup.
+    device_plugin_registered: Mutex<BTreeMap<String, bool>>,
+    pub device_plugin_registrations: AtomicU64,
     /// The loop is running (for /healthz).
     pub alive: AtomicBool,
     /// The first reconcile has finished (for /readyz).
@@ -49,6 +55,34 @@ impl Metrics {
         }
         h.count += 1;
         h.sum += secs;
+    }
+
+    /// Replaces the per-portgroup readiness with that of the last published state
+    /// (portgroups no longer in it disappear from the series).
+    pub fn set_portgroup_ready(&self, portgroups: &[crate::state::PortgroupState]) {
+        let mut ready = self
+            .portgroup_ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *ready = portgroups
+            .iter()
+            .map(|pg| (pg.name.clone(), pg.ready))
+            .collect();
+    }
+
+    pub fn set_device_plugin_registered(&self, registered: &BTreeMap<String, bool>) {
+        *self
+            .device_plugin_registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = registered.clone();
+    }
+
+    pub fn count_registration(&self) {
+        self.device_plugin_registrations.fetch_add(1, Relaxed);
+    }
+
+    pub fn count_error(&self) {
+        self.errors.fetch_add(1, Relaxed);
     }
 
     pub fn render(&self) -> String {
@@ -105,6 +139,24 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "{name}{{state=\"{state}\"}} {}", v.load(Relaxed));
         }
+        labelled(
+            &mut out,
+            "portgroup_ready",
+            "1 while the portgroup is ready on this node (its device-plugin devices Healthy), 0 while not.",
+            &self.portgroup_ready,
+        );
+        labelled(
+            &mut out,
+            "portgroupd_device_plugin_registered",
+            "1 while the portgroup's device-plugin resource is registered with the running kubelet.",
+            &self.device_plugin_registered,
+        );
+        counter(
+            &mut out,
+            "portgroupd_device_plugin_registrations_total",
+            "Successful device-plugin registrations with the kubelet.",
+            &self.device_plugin_registrations,
+        );
         gauge(
             &mut out,
             "portgroupd_attachments",
@@ -133,15 +185,54 @@ impl Metrics {
     }
 }
 
+/// A gauge with one series per portgroup. Portgroup names are DNS labels, so
+/// they need no escaping in a label value.
+fn labelled(out: &mut String, name: &str, help: &str, values: &Mutex<BTreeMap<String, bool>>) {
+    let values = values.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (portgroup, on) in values.iter() {
+        let _ = writeln!(out, "{name}{{portgroup=\"{portgroup}\"}} {}", u8::from(*on));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_portgroup_gone_from_the_state_leaves_the_series() {
+        let m = Metrics::default();
+        let state: crate::state::NodeState = serde_json::from_str(
+            r#"{"node": "n", "generation": 1, "reconciledAt": "", "portgroups": [
+                {"name": "web", "vlan": 1, "uplink": "", "bridge": "", "vlanInterface": "", "mtu": null, "ready": true, "reason": null}]}"#,
+        )
+        .expect("state");
+        m.set_portgroup_ready(&state.portgroups);
+        assert!(m.render().contains("portgroup_ready{portgroup=\"web\"} 1"));
+        m.set_portgroup_ready(&[]);
+        assert!(!m.render().contains("portgroup_ready{portgroup="));
+    }
 
     #[test]
     fn renders_every_series() {
         let m = Metrics::default();
         m.observe_reconcile(Duration::from_millis(3));
         m.portgroups_ready.store(2, Relaxed);
+        let pg = |name: &str, ready| crate::state::PortgroupState {
+            name: name.into(),
+            vlan: 100,
+            uplink: "eth1".into(),
+            bridge: String::new(),
+            vlan_interface: String::new(),
+            mtu: None,
+            ready,
+            reason: None,
+            draining: false,
+            strict: false,
+            reservations: Vec::new(),
+        };
+        m.set_portgroup_ready(&[pg("web", true), pg("db", false)]);
+        m.set_device_plugin_registered(&[("web".to_string(), true)].into_iter().collect());
         let text = m.render();
         for want in [
             "portgroupd_reconciles_total 1",
@@ -155,6 +246,11 @@ mod tests {
             "portgroupd_gc_removed_total 0",
             "portgroupd_errors_total 0",
             "portgroupd_config_generation 0",
+            "# TYPE portgroup_ready gauge",
+            "portgroup_ready{portgroup=\"web\"} 1",
+            "portgroup_ready{portgroup=\"db\"} 0",
+            "portgroupd_device_plugin_registered{portgroup=\"web\"} 1",
+            "portgroupd_device_plugin_registrations_total 0",
         ] {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }

@@ -1,10 +1,11 @@
 //! The node daemon `portgroupd`: planner, applier, reconcile loop, garbage
-//! collector, HTTP endpoints. Library modules so that each part is unit-tested;
+//! collector, HTTP endpoints, kubelet device plugin. Library modules so that each part is unit-tested;
 //! `src/main.rs` only parses the command line.
 
 pub mod applier;
 pub mod backoff;
 pub mod config;
+pub mod deviceplugin;
 pub mod gc;
 pub mod http;
 pub mod metrics;

@@ -2,6 +2,7 @@
 //! event, resync, netlink overrun, retry) leads to the same full reconcile, so a
 //! lost or coalesced event costs nothing but latency.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -35,6 +36,8 @@ pub struct Options {
     pub dry_run: bool,
     pub resync: Duration,
     pub run_dir: RunDir,
+    /// Serve `portgroup.io/<portgroup>` resources to the kubelet; None: off.
+    pub device_plugin: Option<super::deviceplugin::Settings>,
 }
 
 /// Exit status when the config is invalid (and there is no good one to fall back on).
@@ -240,6 +243,10 @@ async fn serve(
         tokio::spawn(super::http::serve(listener, metrics.clone()));
     }
     metrics.alive.store(true, Relaxed);
+    let device_plugin = opts
+        .device_plugin
+        .clone()
+        .map(|settings| super::deviceplugin::manager::start(settings, metrics.clone()));
 
     let (tx, mut rx) = unbounded_channel::<Trigger>();
     let (config_tx, mut config_rx) = unbounded_channel::<()>();
@@ -271,6 +278,7 @@ async fn serve(
         resync_s = opts.resync.as_secs(),
         "portgroupd started"
     );
+    let mut readiness: BTreeMap<String, bool> = BTreeMap::new();
     let mut next_resync = Instant::now() + opts.resync;
     let mut reconcile_backoff = Backoff::new(RETRY_MIN, opts.resync);
     // The first pass runs at once, as a resync (with garbage collection).
@@ -298,6 +306,34 @@ async fn serve(
                     metrics.ready.store(true, Relaxed);
                 }
                 reconcile_backoff.succeeded();
+                if let Some(state) = &outcome.state {
+                    metrics.set_portgroup_ready(&state.portgroups);
+                    let now: BTreeMap<String, bool> = state
+                        .portgroups
+                        .iter()
+                        .map(|pg| (pg.name.clone(), pg.ready))
+                        .collect();
+                    let flipped: Vec<String> = now
+                        .iter()
+                        .filter(|(name, ready)| readiness.get(*name).is_some_and(|r| r != *ready))
+                        .map(|(name, ready)| {
+                            format!("{name} {}", if *ready { "ready" } else { "not ready" })
+                        })
+                        .collect();
+                    if let (Some(first), false) = (batch.first_link, flipped.is_empty()) {
+                        tracing::info!(
+                            "readiness changed in {} ms after the link event: {}",
+                            first.elapsed().as_millis(),
+                            flipped.join(", ")
+                        );
+                    }
+                    readiness = now;
+                    // Same reconcile, same netlink event: the kubelet hears of a
+                    // readiness change as soon as the node state says it.
+                    if let Some(dp) = &device_plugin {
+                        dp.offer(super::deviceplugin::offers(&state.portgroups));
+                    }
+                }
                 if outcome.applied > 0 {
                     if let (Some(first), false) = (batch.first_link, batch.config) {
                         metrics.drift_repairs.fetch_add(1, Relaxed);
@@ -348,5 +384,8 @@ async fn serve(
         }
     }
     metrics.alive.store(false, Relaxed);
+    if let Some(dp) = device_plugin {
+        dp.stop().await;
+    }
     Ok(0)
 }

@@ -80,8 +80,13 @@ impl DaemonLab {
             .arg(self.config_path())
             .arg("--run-dir")
             .arg(self.run_dir())
-            .args(["--node-name", NODE, "--log-level", "info"])
-            .args(extra);
+            .args(["--node-name", NODE, "--log-level", "info"]);
+        // Never the host's kubelet: the device plugin is off unless a test
+        // gives its own directory.
+        if !extra.contains(&"--device-plugin-dir") {
+            cmd.args(["--device-plugin-dir", ""]);
+        }
+        cmd.args(extra);
         cmd
     }
 

@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{http_get, DaemonLab, Netns};
+use crate::kubelet::{FakeKubelet, Seen};
 use nix::sys::signal::Signal;
 use portgroup::naming::{bridge_name, is_owned, vlan_interface_name};
 use portgroup::state::NodeState;
@@ -223,4 +224,73 @@ fn unowned_colliding_interface_is_left_alone_and_reported() {
     lab.node.ip(&["link", "del", "eth1.200"]);
     assert!(lab.once().status.success());
     assert!(all_ready(&lab.state().expect("state")));
+}
+
+/// The device plugin follows readiness: Healthy once the portgroup is ready,
+/// Unhealthy when the uplink loses its carrier or goes, Healthy again when it
+/// is back; each flip is one ListAndWatch update (kernel event, reconcile, list).
+#[test]
+fn device_plugin_health_follows_the_uplink() {
+    require_vlan!();
+    const WEB: &str = "portgroup.io/prod-web";
+    let lab = DaemonLab::new();
+    lab.write_config(r#"{"uplink": "eth1", "portgroups": [{"name": "prod-web", "vlan": 100}]}"#);
+    let dir = lab.dir.0.join("device-plugins");
+    let kubelet = FakeKubelet::start(&dir);
+    let dir_arg = dir.to_str().expect("utf-8 path").to_string();
+    let _daemon = lab.start(&[
+        "--listen",
+        "127.0.0.1:9765",
+        "--device-plugin-dir",
+        &dir_arg,
+    ]);
+    let all = |s: &Seen, health: &str| {
+        s.latest(WEB)
+            .is_some_and(|l| l.devices.len() == 1000 && l.all(health))
+    };
+    let wait = Duration::from_secs(60);
+    kubelet.wait(wait, "1000 Healthy devices", |s| all(s, "Healthy"));
+    let metrics = lab.node.http_get(9765, "/metrics").expect("metrics").1;
+    assert!(
+        metrics.contains("portgroup_ready{portgroup=\"prod-web\"} 1"),
+        "{metrics}"
+    );
+
+    // No carrier: the switch port goes down.
+    lab.switch.ip(&["link", "set", "sw0", "down"]);
+    kubelet.wait(wait, "Unhealthy without carrier", |s| all(s, "Unhealthy"));
+    let state = lab.state().expect("state");
+    assert!(
+        state.portgroups[0]
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no carrier"),
+        "{state:?}"
+    );
+    let metrics = lab.node.http_get(9765, "/metrics").expect("metrics").1;
+    assert!(
+        metrics.contains("portgroup_ready{portgroup=\"prod-web\"} 0"),
+        "{metrics}"
+    );
+    lab.switch.ip(&["link", "set", "sw0", "up"]);
+    kubelet.wait(wait, "Healthy with carrier back", |s| all(s, "Healthy"));
+
+    // The uplink goes (its VLAN interface with it), then comes back.
+    lab.node.ip(&["link", "del", "eth1"]);
+    kubelet.wait(wait, "Unhealthy without the uplink", |s| {
+        all(s, "Unhealthy")
+    });
+    lab.add_uplink();
+    let seen = kubelet.wait(wait, "Healthy with the uplink back", |s| all(s, "Healthy"));
+    let flips: Vec<&str> = seen.lists[WEB]
+        .iter()
+        .map(|l| if l.all("Healthy") { "H" } else { "U" })
+        .collect();
+    // Only changes are sent: never the same health twice in a row.
+    assert!(
+        flips.windows(2).all(|w| w[0] != w[1]),
+        "no repeats: {flips:?}"
+    );
+    assert_eq!(seen.registrations_of(WEB), 1);
 }

@@ -9,8 +9,11 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/kubelet.rs"]
+mod kubelet;
 
 mod daemon_basic;
+mod daemon_deviceplugin;
 mod daemon_gc_uninstall;
 mod daemon_vlan;
 mod portsec_netns;

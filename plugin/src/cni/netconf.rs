@@ -769,6 +769,19 @@ mod tests {
             .contains(&("a".into(), "net1".into())));
     }
 
+    /// Multus adds the device the kubelet allocated for the NAD's
+    /// `k8s.v1.cni.cncf.io/resourceName` (portgroupd's `portgroup.io/<name>`) as
+    /// `deviceID`; ADD, CHECK, DEL and GC must take it as it comes.
+    #[test]
+    fn multus_device_id_is_accepted() {
+        let conf = with(json!({"deviceID": "prod-web-17"}));
+        let parsed = NetConf::parse(&conf).expect("deviceID accepted");
+        assert_eq!(parsed.target, Target::Portgroup("prod-web".into()));
+        assert!(TeardownConf::parse(&conf).is_ok());
+        // Whatever shape another device plugin's ID takes.
+        assert!(NetConf::parse(&with(json!({"deviceID": "0000:3b:00.1"}))).is_ok());
+    }
+
     #[test]
     fn teardown_is_lenient() {
         let conf = TeardownConf::parse(&with(json!({"mtu": 1, "bridge": "x"}))).unwrap();
