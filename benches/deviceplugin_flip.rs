@@ -15,8 +15,11 @@
 //! both on this process's monotonic clock. Also given: the time from just
 //! before the `ip link set` request, which includes starting `ip`.
 
+// A benchmark fails by panicking, like a test: unwrap and expect are its way to fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../tests/common/mod.rs"]
-#[allow(unused_macros)]
+#[allow(unused_macros, unused_imports, dead_code)]
 mod common;
 #[path = "../tests/common/kubelet.rs"]
 mod kubelet;
@@ -24,7 +27,7 @@ mod kubelet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Lab;
+use common::DaemonLab;
 use kubelet::{FakeKubelet, Seen};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
@@ -55,12 +58,12 @@ fn main() {
             }
         }
     }
-    if !common::has_8021q() {
+    if !portgroup_testkit::has_8021q() {
         eprintln!("deviceplugin_flip: this kernel has no 802.1Q, so no portgroup can be ready; run it in the VM (hack/bench.sh does)");
         std::process::exit(3);
     }
 
-    let lab = Lab::new();
+    let lab = DaemonLab::new();
     lab.write_config(r#"{"uplink": "eth1", "portgroups": [{"name": "bench", "vlan": 100}]}"#);
     let dir = lab.dir.0.join("device-plugins");
     let kubelet = FakeKubelet::start(&dir);
@@ -180,7 +183,7 @@ fn summary(samples: &mut [f64]) -> serde_json::Value {
 
 /// Records every RTM_NEWLINK of the uplink in the node namespace, with the time
 /// it was received.
-fn monitor_uplink(lab: &Lab, events: Events) {
+fn monitor_uplink(lab: &DaemonLab, events: Events) {
     let ns = portgroup::netns::open(&lab.node.path()).unwrap_or_else(|e| panic!("netns: {e}"));
     let socket = portgroup::netns::run_in(&ns, || {
         let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;

@@ -23,24 +23,25 @@ static FILE: OnceLock<Mutex<File>> = OnceLock::new();
 /// Logging to stderr, at the config's `logLevel` (a plain level only), else
 /// PORTGROUP_LOG, else warn. No file yet: see [`open_file`].
 pub fn init(stdin: &[u8]) {
+    use tracing_subscriber::filter::LevelFilter;
     use tracing_subscriber::fmt;
     use tracing_subscriber::prelude::*;
+    // A plain level, not a directive filter: the plugin runs for every pod, and
+    // a directive filter would bring a regex engine into each start.
     let from_config = serde_json::from_slice::<Value>(stdin)
         .ok()
         .and_then(|conf| {
             conf.get("logLevel")
                 .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .filter(|level| {
-            level
-                .parse::<tracing_subscriber::filter::LevelFilter>()
-                .is_ok()
+                .and_then(|level| level.trim().parse::<LevelFilter>().ok())
         });
-    let level = from_config
-        .or_else(|| std::env::var("PORTGROUP_LOG").ok())
-        .unwrap_or_else(|| "warn".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| "warn".into());
+    let filter = from_config
+        .or_else(|| {
+            std::env::var("PORTGROUP_LOG")
+                .ok()
+                .and_then(|level| level.trim().parse::<LevelFilter>().ok())
+        })
+        .unwrap_or(LevelFilter::WARN);
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(

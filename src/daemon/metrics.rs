@@ -230,6 +230,9 @@ mod tests {
             draining: false,
             strict: false,
             reservations: Vec::new(),
+            policy: Default::default(),
+            allow_router_advertisements: false,
+            allow_dhcp_server: false,
         };
         m.set_portgroup_ready(&[pg("web", true), pg("db", false)]);
         m.set_device_plugin_registered(&[("web".to_string(), true)].into_iter().collect());

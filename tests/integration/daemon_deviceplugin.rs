@@ -6,7 +6,6 @@
 //! is tested in tests/daemon_vlan.rs (run in the VM). Root only; links live in
 //! namespaces the tests make and delete.
 
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -44,7 +43,7 @@ fn offers(seen: &Seen, resource: &str, n: usize, health: &str) -> bool {
 fn metrics(lab: &DaemonLab, port: u16) -> String {
     let start = Instant::now();
     loop {
-        if let Some((200, body)) = lab.node.http_get(port, "/metrics") {
+        if let Some((200, body)) = crate::common::http_get(&lab.node, port, "/metrics") {
             return body;
         }
         assert!(start.elapsed() < WAIT, "no /metrics");

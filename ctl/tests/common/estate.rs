@@ -412,7 +412,7 @@ pub fn big(vms: usize, nics: usize, portgroups: usize) -> Estate {
         })
         .collect();
     let pg_name = |i: usize| {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             format!("PG-{i:04}")
         } else {
             format!("DV-PG-{i:04}")

@@ -218,6 +218,9 @@ mod tests {
             draining,
             strict: false,
             reservations: Vec::new(),
+            policy: Default::default(),
+            allow_router_advertisements: false,
+            allow_dhcp_server: false,
         }
     }
 
