@@ -3,6 +3,7 @@
 //! behind the default `daemon` feature, the daemon itself (`daemon`).
 
 pub mod attachment;
+pub mod check;
 pub mod error;
 pub mod mac;
 pub mod naming;

@@ -1,7 +1,7 @@
 //! portgroupd: the portgroup node daemon. Only the command line lives here; the
 //! daemon itself is `portgroup::daemon`.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -184,24 +184,13 @@ fn main() -> anyhow::Result<()> {
 
 /// `--check-config`: the daemon's own validation, its problems on stdout.
 fn check_config(file: &Path) -> i32 {
-    let (label, problems) = if file == Path::new("-") {
-        let mut bytes = Vec::new();
-        match std::io::stdin().read_to_end(&mut bytes) {
-            Ok(_) => ("<stdin>".to_string(), check(&bytes)),
-            Err(e) => ("<stdin>".to_string(), vec![format!("reading stdin: {e}")]),
-        }
-    } else {
-        (file.display().to_string(), check_file(file))
+    let (label, problems) = match portgroup::check::read_input(file) {
+        (label, Ok(bytes)) if file == Path::new("-") => (label, check(&bytes)),
+        (label, Err(e)) if file == Path::new("-") => (label, vec![format!("reading stdin: {e}")]),
+        // A file: the daemon's own wording for one it cannot read.
+        (label, _) => (label, check_file(file)),
     };
-    let mut out = std::io::stdout().lock();
-    if problems.is_empty() {
-        let _ = writeln!(out, "{label}: ok");
-        return 0;
-    }
-    for problem in &problems {
-        let _ = writeln!(out, "{label}: {problem}");
-    }
-    1
+    portgroup::check::report(&label, &problems)
 }
 
 fn uninstall(run_dir: RunDir, cni_bin_dir: PathBuf, force: bool) -> anyhow::Result<()> {

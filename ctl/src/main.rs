@@ -3,7 +3,7 @@
 //! stanzas, a Forklift NetworkMap and a scoping report; `check-config` runs the
 //! daemon's own validation on a node config. No root, network or cluster access.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -152,15 +152,6 @@ fn run_plan(args: &PlanArgs) -> Result<String, String> {
 
 /// The daemon's own validation (`portgroup::nodeconfig::check_file`), printed as
 /// `portgroupd --check-config` prints it: one `FILE: problem` line each on stdout.
-fn check_config(file: &Path) -> Result<String, Vec<String>> {
-    let problems = portgroup::nodeconfig::check_file(file);
-    if problems.is_empty() {
-        Ok("ok".to_string())
-    } else {
-        Err(problems)
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -174,17 +165,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::CheckConfig { file } => match check_config(&file) {
-            Ok(summary) => {
-                println!("{}: {summary}", file.display());
-                ExitCode::SUCCESS
+        // The daemon's own validation, printed as `portgroupd --check-config` prints it.
+        Command::CheckConfig { file } => {
+            let problems = portgroup::nodeconfig::check_file(&file);
+            match portgroup::check::report(&file.display().to_string(), &problems) {
+                0 => ExitCode::SUCCESS,
+                _ => ExitCode::FAILURE,
             }
-            Err(problems) => {
-                for p in problems {
-                    println!("{}: {p}", file.display());
-                }
-                ExitCode::FAILURE
-            }
-        },
+        }
     }
 }

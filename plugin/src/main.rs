@@ -114,25 +114,10 @@ fn check_config(file: Option<OsString>, extra: Option<OsString>) -> i32 {
         eprintln!("usage: portgroup --check-config FILE   (FILE \"-\" reads stdin)");
         return 2;
     };
-    let (label, read) = if file == "-" {
-        let mut bytes = Vec::new();
-        let read = std::io::stdin().read_to_end(&mut bytes).map(|_| bytes);
-        ("<stdin>".to_string(), read)
-    } else {
-        let path = PathBuf::from(&file);
-        (path.display().to_string(), std::fs::read(&path))
-    };
+    let (label, read) = portgroup::check::read_input(&PathBuf::from(&file));
     let problems = match read {
         Ok(bytes) => portgroup_plugin::cni::netconf_check::check(&bytes),
         Err(e) => vec![format!("reading {label}: {e}")],
     };
-    let mut out = std::io::stdout().lock();
-    if problems.is_empty() {
-        let _ = writeln!(out, "{label}: ok");
-        return 0;
-    }
-    for problem in &problems {
-        let _ = writeln!(out, "{label}: {problem}");
-    }
-    1
+    portgroup::check::report(&label, &problems)
 }
