@@ -111,6 +111,12 @@ fn collector_leaves_an_attachment_whose_del_is_running_alone() {
             .expect("read")
             .is_none()
     });
+    // The record goes first, the log line right after: wait for the line too.
+    wait_for(
+        "the collection to be logged",
+        Duration::from_secs(10),
+        || daemon.log().contains("collected stale attachment"),
+    );
     let log = daemon.log();
     assert_eq!(
         log.matches("collected stale attachment").count(),
@@ -164,10 +170,11 @@ fn a_young_record_is_collected_when_it_comes_of_age_not_at_the_resync() {
                 .is_none()
         },
     );
-    assert!(
-        daemon.log().contains("collected stale attachment"),
-        "{}",
-        daemon.log()
+    // The record goes first, the log line right after: wait for the line too.
+    wait_for(
+        "the collection to be logged",
+        Duration::from_secs(10),
+        || daemon.log().contains("collected stale attachment"),
     );
 }
 
