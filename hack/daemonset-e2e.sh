@@ -32,6 +32,8 @@ set -euo pipefail
 MARKER=PORTGROUP_DAEMONSET_E2E_INNER
 SCRIPT=$(readlink -f "$0")
 REPO=$(cd "$(dirname "$SCRIPT")/.." && pwd)
+# shellcheck source=hack/netns-leftovers.sh
+source "$REPO/hack/netns-leftovers.sh"
 
 # --------------------------------------------------------------------- outside
 if [[ -z "${!MARKER:-}" ]]; then
@@ -119,20 +121,7 @@ inner_cleanup() {
     podman rm --all --force --time 0 >/dev/null 2>&1 || true
     podman rmi --all --force >/dev/null 2>&1 || true
     podman volume rm --all --force >/dev/null 2>&1 || true
-    # Whatever still runs in this network namespace was started here (conmon,
-    # a container process); spare this shell and its ancestors.
-    local me pid keep=" " p=$BASHPID
-    while [[ $p -gt 1 ]]; do
-        keep+="$p "
-        p=$(awk '{print $4}' "/proc/$p/stat")
-    done
-    me=$(readlink /proc/self/ns/net)
-    for pid in $(ls /proc | grep -E '^[0-9]+$'); do
-        [[ $keep == *" $pid "* ]] && continue
-        [[ $(readlink "/proc/$pid/ns/net" 2>/dev/null) == "$me" ]] || continue
-        echo "cleanup: killing leftover $(cat "/proc/$pid/comm" 2>/dev/null) ($pid)"
-        kill -KILL "$pid" 2>/dev/null || true
-    done
+    kill_netns_leftovers
     # podman (cgroupfs) puts pods under libpod_parent/<pod id> in every
     # controller: remove our pod's, and libpod_parent if this run made it.
     local cg

@@ -34,6 +34,8 @@ set -euo pipefail
 MARKER=PORTGROUP_PODMAN_E2E_INNER
 SCRIPT=$(readlink -f "$0")
 REPO=$(cd "$(dirname "$SCRIPT")/.." && pwd)
+# shellcheck source=hack/netns-leftovers.sh
+source "$REPO/hack/netns-leftovers.sh"
 
 # --------------------------------------------------------------------- outside
 if [[ -z "${!MARKER:-}" ]]; then
@@ -135,20 +137,7 @@ inner_cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     pm rm -a -f -t 0 >/dev/null 2>&1 || true
-    # Whatever else still runs in this network namespace (a conmon, a container
-    # process) was started by this script; spare this shell and its ancestors.
-    local me pid keep=" " p=$BASHPID
-    while [[ $p -gt 1 ]]; do
-        keep+="$p "
-        p=$(awk '{print $4}' "/proc/$p/stat")
-    done
-    me=$(readlink /proc/self/ns/net)
-    for pid in $(ls /proc | grep -E '^[0-9]+$'); do
-        [[ $keep == *" $pid "* ]] && continue
-        [[ $(readlink "/proc/$pid/ns/net" 2>/dev/null) == "$me" ]] || continue
-        echo "cleanup: killing leftover $(cat "/proc/$pid/comm" 2>/dev/null) ($pid)"
-        kill -KILL "$pid" 2>/dev/null || true
-    done
+    kill_netns_leftovers
     # cgroupfs (v1 here): the container cgroups live under our own parent.
     local cg
     for cg in /sys/fs/cgroup/*/"$CGROUP_PARENT" /sys/fs/cgroup/"$CGROUP_PARENT"; do
