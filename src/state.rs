@@ -26,11 +26,35 @@ pub struct NodeState {
     pub allowed_bridges: Option<Vec<String>>,
 }
 
+/// What a portgroup's VM ports carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortgroupMode {
+    /// One VLAN (`vlan`), untagged on the port.
+    #[default]
+    Access,
+    /// The VLANs of `trunk`, 802.1Q-tagged on the port; untagged frames are
+    /// `nativeVlan`'s, or dropped.
+    Trunk,
+    /// The uplink's own untagged traffic.
+    Untagged,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PortgroupState {
     pub name: String,
-    pub vlan: u16,
+    #[serde(default)]
+    pub mode: PortgroupMode,
+    /// The access VLAN; null for trunk and untagged portgroups.
+    #[serde(default)]
+    pub vlan: Option<u16>,
+    /// A trunk's VLANs, in canonical form (`100-110,200`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk: Option<String>,
+    /// A trunk's native VLAN (untagged frames on the port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native_vlan: Option<u16>,
     pub uplink: String,
     pub bridge: String,
     pub vlan_interface: String,
@@ -229,6 +253,27 @@ pub fn read_ready_portgroup(run: &RunDir, name: &str) -> Result<PortgroupState, 
 }
 
 impl PortgroupState {
+    /// The L2 segment in words, for messages: "VLAN 100", "trunk 100-110,200",
+    /// "the untagged traffic of eth2".
+    pub fn segment(&self) -> String {
+        match (self.mode, self.vlan, &self.trunk) {
+            (PortgroupMode::Trunk, _, Some(vids)) => match self.native_vlan {
+                Some(native) => format!("trunk {vids} (native VLAN {native})"),
+                None => format!("trunk {vids}"),
+            },
+            (PortgroupMode::Untagged, _, _) => {
+                format!("the untagged traffic of {}", self.uplink)
+            }
+            (_, Some(vid), _) => format!("VLAN {vid}"),
+            _ => format!("bridge {}", self.bridge),
+        }
+    }
+
+    /// Whether frames on its VM ports carry 802.1Q tags (a trunk).
+    pub fn tagged(&self) -> bool {
+        self.mode == PortgroupMode::Trunk
+    }
+
     pub fn reservation_for(&self, mac: crate::mac::MacAddr) -> Option<&Reservation> {
         self.reservations.iter().find(|r| r.mac == mac)
     }
@@ -258,7 +303,10 @@ mod tests {
     fn state() -> NodeState {
         let pg = |name: &str, ready: bool, draining: bool| PortgroupState {
             name: name.into(),
-            vlan: 100,
+            mode: PortgroupMode::Access,
+            vlan: Some(100),
+            trunk: None,
+            native_vlan: None,
             uplink: "eth1".into(),
             bridge: "pgbr0000.100".into(),
             vlan_interface: "pgv0000.100".into(),

@@ -68,6 +68,10 @@ pub struct Spec {
     pub bridge_mtu: u32,
     pub host_veth: String,
     pub spoof_check: bool,
+    /// A trunk port: frames carry 802.1Q tags, the VM's addresses live on its
+    /// VLANs and are not known here, so port security locks the source MAC only
+    /// (locking IPs would drop every tagged frame) and nothing is probed.
+    pub tagged: bool,
     /// None: no conflict probe.
     pub probe: Option<ProbeConfig>,
     pub namespace: Option<String>,
@@ -101,8 +105,12 @@ impl Spec {
         Ok(())
     }
 
-    /// Source addresses the port may use: what it was assigned, and its reservation.
+    /// Source addresses the port may use: what it was assigned, and its reservation;
+    /// none (any address, the MAC still locked) on a trunk port.
     pub fn allowed_ips(&self, assigned: &[IpNetwork]) -> Vec<IpAddr> {
+        if self.tagged {
+            return Vec::new();
+        }
         let mut allowed: Vec<IpAddr> = Vec::with_capacity(assigned.len() + self.reserved.len());
         for ip in assigned.iter().chain(&self.reserved) {
             if !allowed.contains(&ip.ip()) {
@@ -171,6 +179,7 @@ pub fn resolve(req: &Request, place: &Place, fallback_mac: MacAddr) -> Result<Sp
         bridge_mtu: place.bridge_mtu,
         host_veth: host_veth_name(req.container_id, req.ifname),
         spoof_check: conf.spoof_check,
+        tagged: place.portgroup.is_some_and(PortgroupState::tagged),
         probe: conf.conflict_probe.then(|| conf.probe.clone()),
         namespace,
     };
@@ -354,7 +363,10 @@ mod tests {
     fn portgroup(strict: bool, policy: Value) -> PortgroupState {
         PortgroupState {
             name: "web".into(),
-            vlan: 100,
+            mode: Default::default(),
+            vlan: Some(100),
+            trunk: None,
+            native_vlan: None,
             uplink: "eth1".into(),
             bridge: "pgbr0000.100".into(),
             vlan_interface: "pgv0000.100".into(),

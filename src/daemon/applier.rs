@@ -45,6 +45,10 @@ pub trait Links {
     ) -> Result<(), LinkError>;
     /// Created down, in [`super::planner::LINK_GROUP`].
     async fn create_bridge(&self, name: &str, mtu: u32) -> Result<(), LinkError>;
+    /// Both ends in this namespace, created down, in [`super::planner::LINK_GROUP`].
+    async fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(), LinkError>;
+    /// Takes the link out of its bridge.
+    async fn release_controller(&self, index: u32) -> Result<(), LinkError>;
     async fn set_alias(&self, index: u32, alias: &str) -> Result<(), LinkError>;
     async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), LinkError>;
     async fn set_controller(&self, index: u32, controller: u32) -> Result<(), LinkError>;
@@ -87,20 +91,14 @@ pub async fn apply_holding<L: Links>(
     // only fail too, and would bury the one reason that matters.
     let mut not_made: Vec<&str> = Vec::new();
     for step in steps {
-        let needs = match &step.op {
-            Operation::SetController { name, controller } => vec![name.as_str(), controller],
-            op => vec![op.link_name()],
-        };
-        if needs.iter().any(|n| not_made.contains(n)) {
+        if step.op.needs().iter().any(|n| not_made.contains(n)) {
+            // What it would make is not made either.
+            not_made.extend(step.op.makes());
             continue;
         }
         let text = step.op.to_string();
         if let Some(message) = held.get(&text) {
-            if let Operation::CreateVlan { name, .. } | Operation::CreateBridge { name, .. } =
-                &step.op
-            {
-                not_made.push(name);
-            }
+            not_made.extend(step.op.makes());
             out.failures.push(Failure {
                 portgroup: step.portgroup.clone(),
                 message: message.clone(),
@@ -115,11 +113,7 @@ pub async fn apply_holding<L: Links>(
                 out.done += 1;
             }
             Err(e) => {
-                if let Operation::CreateVlan { name, .. } | Operation::CreateBridge { name, .. } =
-                    &step.op
-                {
-                    not_made.push(name);
-                }
+                not_made.extend(step.op.makes());
                 let hint = match (&step.op, e.errno) {
                     (Operation::CreateVlan { .. }, Some(95)) => {
                         " (this kernel has no 802.1Q VLAN support: load the 8021q module)"
@@ -152,14 +146,32 @@ async fn apply_one(links: &impl Links, op: &Operation) -> Result<(), LinkError> 
         Operation::SetUp { name } => links.set_up(index(links, name).await?).await,
         Operation::CreateVlan {
             name,
-            uplink_index,
+            parent,
+            parent_index,
             vid,
             mtu,
             alias,
-            ..
         } => {
-            links.create_vlan(name, *uplink_index, *vid, *mtu).await?;
+            let parent = match parent_index {
+                Some(i) => *i,
+                None => index(links, parent).await?,
+            };
+            links.create_vlan(name, parent, *vid, *mtu).await?;
             links.set_alias(index(links, name).await?, alias).await
+        }
+        Operation::CreateVeth {
+            name,
+            peer,
+            mtu,
+            alias,
+            peer_alias,
+        } => {
+            links.create_veth(name, peer, *mtu).await?;
+            links.set_alias(index(links, name).await?, alias).await?;
+            links.set_alias(index(links, peer).await?, peer_alias).await
+        }
+        Operation::ReleaseController { name } => {
+            links.release_controller(index(links, name).await?).await
         }
         Operation::CreateBridge { name, mtu, alias } => {
             links.create_bridge(name, *mtu).await?;

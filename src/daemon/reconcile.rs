@@ -10,7 +10,7 @@ use super::applier::{apply_holding, LinkError, Links};
 use super::config::ConfigSource;
 use super::gc;
 use super::metrics::Metrics;
-use super::planner::plan;
+use super::planner::{plan, Plan};
 use crate::paths::{rfc3339, RunDir};
 use crate::state::{NodeState, PortgroupState};
 
@@ -150,11 +150,16 @@ impl<L: Links> Reconciler<L> {
             observed = self.links.dump().await?;
             verified = plan(config, &self.node, self.previous.as_ref(), &observed);
         }
+        let dependencies = Plan {
+            depends_on: verified.depends_on.clone(),
+            ..Plan::default()
+        };
         let mut portgroups = verified.portgroups;
         for pg in &mut portgroups {
+            // A trunk's own failures, and those of the VLAN paths it rides on.
             let mine: Vec<&str> = failures
                 .iter()
-                .filter(|f| f.portgroup == pg.name)
+                .filter(|f| dependencies.concerns(&pg.name, &f.portgroup))
                 .map(|f| f.message.as_str())
                 .collect();
             if !mine.is_empty() {

@@ -168,8 +168,10 @@ async fn dry_run(opts: &Options, source: &ConfigSource) -> Result<i32, String> {
             .map(|r| format!(": {r}"))
             .unwrap_or_default();
         println!(
-            "  {} (vlan {}, bridge {}): {what}{reason}",
-            pg.name, pg.vlan, pg.bridge
+            "  {} ({}, bridge {}): {what}{reason}",
+            pg.name,
+            pg.segment(),
+            pg.bridge
         );
     }
     Ok(0)

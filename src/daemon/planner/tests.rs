@@ -74,7 +74,9 @@ fn kinds(p: &Plan) -> Vec<&'static str> {
             Operation::SetUp { .. } => "up",
             Operation::CreateVlan { .. } => "create-vlan",
             Operation::CreateBridge { .. } => "create-bridge",
+            Operation::CreateVeth { .. } => "create-veth",
             Operation::SetController { .. } => "controller",
+            Operation::ReleaseController { .. } => "release",
             Operation::SetMtu { .. } => "mtu",
             Operation::SetAlias { .. } => "alias",
             Operation::Delete { .. } => "delete",
@@ -106,14 +108,14 @@ fn create_from_nothing_then_idempotent() {
     match &first.steps[0].op {
         Operation::CreateVlan {
             name,
-            uplink_index,
+            parent_index,
             vid,
             mtu,
             alias,
             ..
         } => {
             assert_eq!(name, &vlan_interface_name("eth1", 100));
-            assert_eq!((*uplink_index, *vid, *mtu), (3, 100, 1400));
+            assert_eq!((*parent_index, *vid, *mtu), (Some(3), 100, 1400));
             assert_eq!(alias, &owner_alias("vlan", "prod-web", "eth1", 100));
         }
         other => panic!("{other:?}"),
@@ -489,7 +491,7 @@ fn removed_portgroup_drains_then_goes() {
     );
     let db = status(&p, "db");
     assert!(db.draining && !db.ready);
-    assert_eq!(db.vlan, 200);
+    assert_eq!(db.vlan, Some(200));
     assert_eq!(db.bridge, bridge_name("eth1", 200));
     assert_eq!(db.vlan_interface, vlan_interface_name("eth1", 200));
     assert!(
