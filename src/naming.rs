@@ -184,8 +184,14 @@ mod tests {
             }
         }
         // The same portgroup on another uplink, or another portgroup: other names.
-        assert_ne!(trunk_bridge_name("eth1", "fw"), trunk_bridge_name("eth2", "fw"));
-        assert_ne!(trunk_bridge_name("eth1", "fw"), trunk_bridge_name("eth1", "fw2"));
+        assert_ne!(
+            trunk_bridge_name("eth1", "fw"),
+            trunk_bridge_name("eth2", "fw")
+        );
+        assert_ne!(
+            trunk_bridge_name("eth1", "fw"),
+            trunk_bridge_name("eth1", "fw2")
+        );
         // Never one of the per-VLAN or veth names.
         assert!(!trunk_vlan_name("eth1", "fw", 100).starts_with("pgv"));
     }

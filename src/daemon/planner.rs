@@ -263,6 +263,8 @@ pub fn parse_mark(alias: &str) -> Option<Mark> {
 struct View<'a> {
     by_name: HashMap<&'a str, &'a LinkSummary>,
     by_index: HashMap<u32, &'a LinkSummary>,
+    /// VLAN interfaces in this namespace by (parent index, VID).
+    vlans: HashMap<(u32, u16), Vec<&'a LinkSummary>>,
     observed: &'a Observed,
 }
 
@@ -275,6 +277,15 @@ impl<'a> View<'a> {
                 .map(|l| (l.name.as_str(), l))
                 .collect(),
             by_index: observed.links.iter().map(|l| (l.index, l)).collect(),
+            vlans: observed
+                .links
+                .iter()
+                .filter(|l| l.is_kind("vlan") && l.link_netns_id.is_none())
+                .filter_map(|l| Some(((l.link?, l.vlan_id?), l)))
+                .fold(HashMap::new(), |mut map, (key, l)| {
+                    map.entry(key).or_insert_with(Vec::new).push(l);
+                    map
+                }),
             observed,
         }
     }
@@ -422,7 +433,11 @@ pub fn plan(
             Segment::Access(_) => {}
             Segment::Untagged => claim(untagged_bridge_name(uplink), by, &p.pg.name),
             Segment::Trunk { vids, .. } => {
-                claim(trunk_bridge_name(uplink, &p.pg.name), by.clone(), &p.pg.name);
+                claim(
+                    trunk_bridge_name(uplink, &p.pg.name),
+                    by.clone(),
+                    &p.pg.name,
+                );
                 claim(trunk_port_name(uplink, &p.pg.name), by.clone(), &p.pg.name);
                 claim(trunk_feed_name(uplink, &p.pg.name), by.clone(), &p.pg.name);
                 for vid in vids.vids() {
@@ -734,7 +749,11 @@ impl<'a> Ensure<'_, 'a> {
     }
 
     /// The link by this name if it is right; a wrong one is deleted.
-    fn existing(&mut self, name: &str, right: impl Fn(&LinkSummary) -> bool) -> Option<&'a LinkSummary> {
+    fn existing(
+        &mut self,
+        name: &str,
+        right: impl Fn(&LinkSummary) -> bool,
+    ) -> Option<&'a LinkSummary> {
         let link = self.view.get(name)?;
         if right(link) {
             Some(link)
@@ -763,8 +782,15 @@ impl<'a> Ensure<'_, 'a> {
         }
     }
 
-    fn controller(&mut self, link: Option<&LinkSummary>, name: &str, bridge: Option<&LinkSummary>, bridge_name: &str) {
-        let attached = matches!((link, bridge), (Some(l), Some(b)) if l.controller == Some(b.index));
+    fn controller(
+        &mut self,
+        link: Option<&LinkSummary>,
+        name: &str,
+        bridge: Option<&LinkSummary>,
+        bridge_name: &str,
+    ) {
+        let attached =
+            matches!((link, bridge), (Some(l), Some(b)) if l.controller == Some(b.index));
         if !attached {
             self.step(Operation::SetController {
                 name: name.to_string(),
@@ -830,9 +856,13 @@ fn plan_path(
     let mtu = path.mtu.unwrap_or(uplink.mtu);
     let mut problems = unowned(view, &[&vname, &bname]);
     // The kernel allows one VLAN interface per (parent, vid): an unowned one blocks ours.
-    if let Some(other) = view.observed.links.iter().find(|l| {
-        View::is_vlan_of(l, uplink.index, vid) && l.name != vname && !view.owned(l)
-    }) {
+    if let Some(other) = view
+        .vlans
+        .get(&(uplink.index, vid))
+        .into_iter()
+        .flatten()
+        .find(|l| l.name != vname && !view.owned(l))
+    {
         problems.push(format!(
             "VLAN {vid} on uplink {uplink_name} is already used by interface {}, which is not owned by portgroup; remove it",
             other.name
@@ -939,7 +969,12 @@ fn plan_trunk(
     }
     e.controller(port, &tp, bridge, &tb);
     // Untagged frames from the VMs: into the native VLAN's bridge, else nowhere.
-    match native {
+    let native_path_ok = native.is_some_and(|vid| {
+        paths
+            .get(&(uplink_name, vid))
+            .is_some_and(|result| result.is_ok())
+    });
+    match native.filter(|_| native_path_ok) {
         Some(vid) => {
             let nb = bridge_name(uplink_name, vid);
             e.controller(feed, &tq, view.get(&nb), &nb);
@@ -954,6 +989,14 @@ fn plan_trunk(
     e.up(port, &tp);
     e.up(feed, &tq);
     for vid in vids.vids() {
+        // A VID whose path cannot be made gets no sub-interface: it would have no
+        // bridge to join. The trunk is not ready, saying why (below).
+        if paths
+            .get(&(uplink_name, *vid))
+            .is_none_or(|result| result.is_err())
+        {
+            continue;
+        }
         let name = sub(*vid);
         let link = feed.and_then(|f| e.existing(&name, |l| View::is_vlan_of(l, f.index, *vid)));
         let vlan_alias = alias(ROLE_TRUNK_VLAN, *vid);
@@ -1051,7 +1094,11 @@ fn plan_untagged(
         portgroup: &pg.name,
         steps: Vec::new(),
     };
-    let bridge = e.bridge(&name, mtu, owner_alias(ROLE_BRIDGE, &pg.name, &uplink.name, 0));
+    let bridge = e.bridge(
+        &name,
+        mtu,
+        owner_alias(ROLE_BRIDGE, &pg.name, &uplink.name, 0),
+    );
     e.controller(Some(uplink), &uplink.name, bridge, &name);
     e.up(bridge, &name);
     Ok(e.finish(plan))
