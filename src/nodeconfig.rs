@@ -587,6 +587,17 @@ fn validate_portgroup(
         }
         Some(_) => problems.push(format!("{path}.reservations: must be an array")),
     }
+    if matches!(segment, Some(Segment::Trunk { .. })) {
+        // A trunk port's source addresses are not locked: they are per VLAN,
+        // inside tagged frames, and locking them would drop every tagged frame.
+        for (j, r) in reservations.iter().enumerate() {
+            if !r.ips.is_empty() {
+                problems.push(format!(
+                    "{path}.reservations[{j}].ips: a trunk portgroup reserves MACs only (its VMs' addresses are on their VLANs, not locked or probed here)"
+                ));
+            }
+        }
+    }
     let policy = validate_attach_policy(path, obj, problems);
     match segment {
         Some(segment) if problems.len() == before => Some(PortgroupConfig {
@@ -861,6 +872,163 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn trunk_specs() {
+        let ok: &[(&str, &str, usize)] = &[
+            ("100", "100", 1),
+            ("100-110,200", "100-110,200", 12),
+            (" 200 , 100-110 ", "100-110,200", 12),
+            // Overlaps and repeats are fine.
+            ("100-110,105-120,110", "100-120", 21),
+            ("1-4094", "1-4094", 4094),
+            ("1,3,5-6", "1,3,5-6", 4),
+        ];
+        for (spec, canonical, len) in ok {
+            let vids = VidSet::parse(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+            assert_eq!(vids.to_string(), *canonical, "{spec}");
+            assert_eq!(vids.len(), *len, "{spec}");
+        }
+        let bad: &[(&str, &str)] = &[
+            ("0", "0 is not a VLAN ID"),
+            ("4095", "4095 is not a VLAN ID"),
+            ("1-4095", "4095 is not a VLAN ID"),
+            ("5000", "5000 is not a VLAN ID"),
+            ("110-100", "range 110-100 runs backwards"),
+            ("", "has an empty item"),
+            ("100,,200", "has an empty item"),
+            ("abc", "\"abc\" is not a VLAN ID or a range"),
+            ("100-", "\"\" is not a VLAN ID"),
+            ("-5", "\"\" is not a VLAN ID"),
+        ];
+        for (spec, want) in bad {
+            let err = VidSet::parse(spec).expect_err(spec);
+            assert!(err.contains(want), "{spec}: {err}");
+        }
+    }
+
+    #[test]
+    fn segment_rules_name_their_field() {
+        let one = |pg: &str| format!(r#"{{"uplink": "eth1", "portgroups": [{pg}]}}"#);
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"name": "a"}"#,
+                "portgroups[0].vlan: required: a portgroup is one of vlan (access), trunk (tagged VLANs) or untagged: true",
+            ),
+            (
+                r#"{"name": "a", "vlan": 5, "trunk": "6"}"#,
+                "portgroups[0].trunk: vlan and trunk exclude each other",
+            ),
+            (
+                r#"{"name": "a", "vlan": 5, "untagged": true}"#,
+                "portgroups[0].untagged: vlan and untagged exclude each other",
+            ),
+            (
+                r#"{"name": "a", "trunk": "6", "untagged": true}"#,
+                "portgroups[0].untagged: trunk and untagged exclude each other",
+            ),
+            (
+                r#"{"name": "a", "untagged": "yes"}"#,
+                "portgroups[0].untagged: must be true or false",
+            ),
+            (
+                r#"{"name": "a", "vlan": 5, "nativeVlan": 6}"#,
+                "portgroups[0].nativeVlan: only a trunk portgroup has a native VLAN",
+            ),
+            (
+                r#"{"name": "a", "trunk": "100-110", "nativeVlan": 105}"#,
+                "portgroups[0].nativeVlan: 105 is also in trunk",
+            ),
+            (
+                r#"{"name": "a", "trunk": "100", "nativeVlan": 0}"#,
+                "portgroups[0].nativeVlan: must be a whole number from 1 to 4094, got 0",
+            ),
+            (
+                r#"{"name": "a", "trunk": "0-10"}"#,
+                "portgroups[0].trunk: 0 is not a VLAN ID",
+            ),
+            (
+                r#"{"name": "a", "trunk": "1-4095"}"#,
+                "portgroups[0].trunk: 4095 is not a VLAN ID (1 to 4094); vSphere's 4095",
+            ),
+            (
+                r#"{"name": "a", "trunk": [100, 200]}"#,
+                "portgroups[0].trunk: must be a string of VLAN IDs and ranges",
+            ),
+            (
+                r#"{"name": "a", "vlan": 4095}"#,
+                "portgroups[0].vlan: must be a whole number from 1 to 4094, got 4095 (vSphere's VLAN 4095: use trunk",
+            ),
+            (
+                r#"{"name": "a", "vlan": 5, "uplink": "a/b"}"#,
+                "portgroups[0].uplink: \"a/b\" contains '/'",
+            ),
+            (
+                r#"{"name": "a", "trunk": "100", "reservations": [{"mac": "00:50:56:00:00:01", "ips": ["10.0.0.1"]}]}"#,
+                "portgroups[0].reservations[0].ips: a trunk portgroup reserves MACs only",
+            ),
+        ];
+        for (pg, want) in cases {
+            let problems = check(one(pg).as_bytes());
+            assert!(
+                problems.iter().any(|p| p.starts_with(want)),
+                "{pg}: wanted {want:?} in {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn trunk_untagged_and_own_uplinks_parse() {
+        let config = NodeConfig::parse(
+            br#"{"uplink": "eth1", "portgroups": [
+                {"name": "web", "vlan": 100},
+                {"name": "fw", "trunk": "100-110,200", "nativeVlan": 300},
+                {"name": "fw2", "trunk": "100-110"},
+                {"name": "vm-network", "untagged": true, "uplink": "eth2"},
+                {"name": "web2", "vlan": 100, "uplink": "eth2"},
+                {"name": "plain", "untagged": true, "vlan": null, "trunk": null},
+                {"name": "big", "trunk": "1-2000", "reservations": [{"mac": "00:50:56:00:00:01"}]}]}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let pgs = &config.portgroups;
+        assert_eq!(pgs[0].segment, Segment::Access(100));
+        match &pgs[1].segment {
+            Segment::Trunk { vids, native } => {
+                assert_eq!(
+                    (vids.to_string(), *native),
+                    ("100-110,200".into(), Some(300))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(pgs[3].segment, Segment::Untagged);
+        assert_eq!(config.uplink_of(&pgs[3], "worker-3"), Some("eth2"));
+        assert_eq!(config.uplink_of(&pgs[0], "worker-3"), Some("eth1"));
+        assert_eq!(pgs[5].segment, Segment::Untagged);
+        assert!(matches!(&pgs[6].segment, Segment::Trunk { vids, .. } if vids.len() == 2000));
+        // Per uplink: the same VLAN twice, or two untagged portgroups, on one uplink.
+        let twice = check(
+            br#"{"uplink": "eth1", "portgroups": [
+                {"name": "a", "vlan": 100, "uplink": "eth2"}, {"name": "b", "vlan": 100, "uplink": "eth2"},
+                {"name": "c", "untagged": true}, {"name": "d", "untagged": true}]}"#,
+        );
+        assert_eq!(
+            twice,
+            vec![
+                "portgroups[1].vlan: 100 is already used by portgroups[0] on uplink eth2".to_string(),
+                "portgroups[3].untagged: the untagged traffic of the node's uplink is already portgroups[2]'s".to_string(),
+            ]
+        );
+        // Every portgroup on an uplink of its own: no node uplink needed.
+        assert_eq!(
+            check(br#"{"portgroups": [{"name": "a", "untagged": true, "uplink": "eth2"}]}"#),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            check(br#"{"portgroups": [{"name": "a", "untagged": true, "uplink": "eth2"}, {"name": "b", "vlan": 5}]}"#),
+            vec!["uplink: required (or nodeUplinks for every node, or an uplink on every portgroup)".to_string()]
+        );
     }
 
     #[test]
