@@ -8,6 +8,7 @@
 mod common;
 
 mod daemon_basic;
+mod daemon_untagged;
 mod daemon_vlan;
 mod portsec_netns;
 mod probe_netns;
