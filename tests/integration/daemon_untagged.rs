@@ -131,3 +131,51 @@ fn untagged_portgroup_bridges_the_raw_uplink() {
         "the uplink itself is never deleted"
     );
 }
+
+/// The trunk's own links need no 802.1Q: its bridge and the veth pair feeding
+/// it are made and marked on any kernel; without 802.1Q its per-VID
+/// sub-interfaces cannot be, and the trunk is not ready, saying why.
+#[test]
+fn trunk_bridge_and_feed_pair_are_made_and_marked() {
+    use portgroup::naming::{trunk_bridge_name, trunk_feed_name, trunk_port_name};
+    let lab = DaemonLab::new();
+    lab.write_config(r#"{"uplink": "eth1", "portgroups": [{"name": "fw", "trunk": "100,200"}]}"#);
+    assert!(lab.once().status.success());
+    let (tb, tp, tq) = (
+        trunk_bridge_name("eth1", "fw"),
+        trunk_port_name("eth1", "fw"),
+        trunk_feed_name("eth1", "fw"),
+    );
+    let bridge = lab.node.link(&tb).expect("trunk bridge");
+    let port = lab.node.link(&tp).expect("trunk port");
+    let feed = lab.node.link(&tq).expect("trunk feed");
+    assert_eq!(bridge.kind().as_deref(), Some("bridge"));
+    assert_eq!(
+        (port.kind().as_deref(), feed.kind().as_deref()),
+        (Some("veth"), Some("veth"))
+    );
+    assert_eq!(port.master.as_deref(), Some(tb.as_str()));
+    assert_eq!(
+        feed.master, None,
+        "no native VLAN: untagged frames go nowhere"
+    );
+    for l in [&bridge, &port, &feed] {
+        assert!(is_owned(l.ifalias.as_deref()) && l.is_up(), "{l:?}");
+    }
+    let state = lab.state().expect("state");
+    let fw = &state.portgroups[0];
+    assert_eq!(fw.mode, PortgroupMode::Trunk);
+    if portgroup_testkit::has_8021q() {
+        assert!(fw.ready, "{fw:?}");
+    } else {
+        assert!(!fw.ready);
+        let reason = fw.reason.as_deref().unwrap_or_default();
+        assert!(reason.contains("8021q"), "{reason}");
+    }
+    // Removed from the config with no VM on it: every link of it goes.
+    lab.write_config(r#"{"uplink": "eth1", "portgroups": []}"#);
+    assert!(lab.once().status.success());
+    for name in [&tb, &tp, &tq] {
+        assert!(!lab.node.has_link(name), "{name} left behind");
+    }
+}
