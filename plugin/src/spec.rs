@@ -90,7 +90,8 @@ impl Spec {
                 ),
             ));
         }
-        if let Some(portgroup) = &self.strict_portgroup {
+        // A strict trunk reserves MACs only: its VMs' addresses are per VLAN.
+        if let Some(portgroup) = self.strict_portgroup.as_ref().filter(|_| !self.tagged) {
             if let Some(outside) = assigned
                 .iter()
                 .find(|ip| !self.reserved.iter().any(|r| r.ip() == ip.ip()))

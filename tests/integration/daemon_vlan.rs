@@ -268,7 +268,7 @@ fn trunk_portgroup_carries_exactly_its_vlans() {
             {"name": "web", "vlan": 100},
             {"name": "fw", "trunk": "100-110,200"}]}"#,
     );
-    let _daemon = lab.start(&["--listen", "127.0.0.1:9764"]);
+    let daemon = lab.start(&["--listen", "127.0.0.1:9764"]);
     let state = lab.wait_state(Duration::from_secs(120), "all ready", all_ready);
     let fw = &state.portgroups[1];
     assert_eq!(fw.mode, PortgroupMode::Trunk);
@@ -336,10 +336,13 @@ fn trunk_portgroup_carries_exactly_its_vlans() {
     assert!(reaches(&firewall, "10.110.0.1"), "VLAN 110 works again");
 
     // Readiness follows a VID whose sub-interface cannot be made: the name taken
-    // by someone else's link, the trunk is not ready, saying why; freed, ready.
+    // by someone else's link (while the daemon is stopped: it would win the
+    // race), the trunk is not ready, saying why; freed, ready.
+    drop(daemon);
     lab.node.ip(&["link", "del", &sub]);
     lab.node
         .ip(&["link", "add", "name", &sub, "type", "bridge"]);
+    let _daemon = lab.start(&["--listen", "127.0.0.1:9765"]);
     let state = lab.wait_state(Duration::from_secs(60), "trunk not ready", |s| {
         s.portgroups.get(1).is_some_and(|p| !p.ready)
     });
