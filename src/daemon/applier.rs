@@ -90,6 +90,7 @@ pub async fn apply_holding<L: Links>(
     // Links whose creation failed: the steps that would attach or raise them can
     // only fail too, and would bury the one reason that matters.
     let mut not_made: Vec<&str> = Vec::new();
+    let indexes = Indexes::default();
     for step in steps {
         if step.op.needs().iter().any(|n| not_made.contains(n)) {
             // What it would make is not made either.
@@ -107,7 +108,7 @@ pub async fn apply_holding<L: Links>(
             });
             continue;
         }
-        match apply_one(links, &step.op).await {
+        match apply_one(links, &indexes, &step.op).await {
             Ok(()) => {
                 tracing::info!(portgroup = %step.portgroup, "{}", step.op);
                 out.done += 1;
@@ -134,16 +135,33 @@ pub async fn apply_holding<L: Links>(
     out
 }
 
-async fn index(links: &impl Links, name: &str) -> Result<u32, LinkError> {
-    links.index_of(name).await?.ok_or_else(|| LinkError {
-        errno: Some(crate::netlink::libc_errno::ENODEV),
-        message: format!("{name} does not exist"),
-    })
+/// Indexes looked up during one apply: a link is named by several steps (made,
+/// marked, attached, raised), and each lookup is a netlink round trip. Any
+/// delete empties it, so a name made again is looked up again.
+#[derive(Default)]
+struct Indexes(std::cell::RefCell<HashMap<String, u32>>);
+
+impl Indexes {
+    async fn of(&self, links: &impl Links, name: &str) -> Result<u32, LinkError> {
+        if let Some(index) = self.0.borrow().get(name) {
+            return Ok(*index);
+        }
+        let index = links.index_of(name).await?.ok_or_else(|| LinkError {
+            errno: Some(crate::netlink::libc_errno::ENODEV),
+            message: format!("{name} does not exist"),
+        })?;
+        self.0.borrow_mut().insert(name.to_string(), index);
+        Ok(index)
+    }
 }
 
-async fn apply_one(links: &impl Links, op: &Operation) -> Result<(), LinkError> {
+async fn apply_one(links: &impl Links, indexes: &Indexes, op: &Operation) -> Result<(), LinkError> {
+    let index = |name: &str| {
+        let name = name.to_string();
+        async move { indexes.of(links, &name).await }
+    };
     match op {
-        Operation::SetUp { name } => links.set_up(index(links, name).await?).await,
+        Operation::SetUp { name } => links.set_up(index(name).await?).await,
         Operation::CreateVlan {
             name,
             parent,
@@ -154,10 +172,10 @@ async fn apply_one(links: &impl Links, op: &Operation) -> Result<(), LinkError> 
         } => {
             let parent = match parent_index {
                 Some(i) => *i,
-                None => index(links, parent).await?,
+                None => index(parent).await?,
             };
             links.create_vlan(name, parent, *vid, *mtu).await?;
-            links.set_alias(index(links, name).await?, alias).await
+            links.set_alias(index(name).await?, alias).await
         }
         Operation::CreateVeth {
             name,
@@ -167,30 +185,28 @@ async fn apply_one(links: &impl Links, op: &Operation) -> Result<(), LinkError> 
             peer_alias,
         } => {
             links.create_veth(name, peer, *mtu).await?;
-            links.set_alias(index(links, name).await?, alias).await?;
-            links.set_alias(index(links, peer).await?, peer_alias).await
+            links.set_alias(index(name).await?, alias).await?;
+            links.set_alias(index(peer).await?, peer_alias).await
         }
-        Operation::ReleaseController { name } => {
-            links.release_controller(index(links, name).await?).await
-        }
+        Operation::ReleaseController { name } => links.release_controller(index(name).await?).await,
         Operation::CreateBridge { name, mtu, alias } => {
             links.create_bridge(name, *mtu).await?;
-            links.set_alias(index(links, name).await?, alias).await
+            links.set_alias(index(name).await?, alias).await
         }
         Operation::SetController { name, controller } => {
-            let controller = index(links, controller).await?;
-            links
-                .set_controller(index(links, name).await?, controller)
-                .await
+            let controller = index(controller).await?;
+            links.set_controller(index(name).await?, controller).await
         }
-        Operation::SetMtu { name, mtu } => links.set_mtu(index(links, name).await?, *mtu).await,
-        Operation::SetAlias { name, alias } => {
-            links.set_alias(index(links, name).await?, alias).await
+        Operation::SetMtu { name, mtu } => links.set_mtu(index(name).await?, *mtu).await,
+        Operation::SetAlias { name, alias } => links.set_alias(index(name).await?, alias).await,
+        Operation::Delete { index, .. } => {
+            // A veth's peer and a parent's VLANs go with it: forget them all.
+            indexes.0.borrow_mut().clear();
+            match links.delete(*index).await {
+                // Someone else removed it first: what we wanted.
+                Err(e) if e.is_not_found() => Ok(()),
+                other => other,
+            }
         }
-        Operation::Delete { index, .. } => match links.delete(*index).await {
-            // Someone else removed it first: what we wanted.
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other,
-        },
     }
 }

@@ -111,7 +111,9 @@ impl Links for FakeLinks {
     }
 
     async fn index_of(&self, name: &str) -> Result<Option<u32>, LinkError> {
-        Ok(self.0.borrow().get(name).map(|l| l.index))
+        let mut k = self.0.borrow_mut();
+        k.calls.push(format!("index_of {name}"));
+        Ok(k.get(name).map(|l| l.index))
     }
 
     async fn create_vlan(

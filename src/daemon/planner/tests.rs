@@ -961,3 +961,23 @@ fn a_trunk_of_2000_vids_converges_in_one_pass() {
         6003
     );
 }
+
+#[test]
+fn applying_a_trunk_looks_each_link_up_once() {
+    let links = host();
+    let cfg = config(r#"{"uplink": "eth1", "portgroups": [{"name": "fw", "trunk": "1-100"}]}"#);
+    let p = plan_on(&links, &cfg, None);
+    let applied = block_on(apply(&links, &p.steps));
+    assert!(applied.failures.is_empty(), "{:?}", applied.failures);
+    let k = links.0.borrow();
+    let lookups = k.calls.iter().filter(|c| c.starts_with("index_of")).count();
+    // 100 paths of two links, 100 sub-interfaces, the bridge and the veth pair:
+    // each named by several steps, looked up once.
+    assert_eq!(lookups, 303);
+    let requests = k.calls.len() - lookups;
+    assert_eq!(
+        requests,
+        p.steps.len() + 303 - 1,
+        "a create and its alias per link (the pair: one create)"
+    );
+}
