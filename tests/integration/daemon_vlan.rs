@@ -303,9 +303,15 @@ fn trunk_portgroup_carries_exactly_its_vlans() {
     for host in ["10.100.0.1", "10.110.0.1", "10.200.0.1"] {
         assert!(reaches(&firewall, host), "the firewall reaches {host}");
     }
+    let before = rx_packets(&lab.switch, "sw0.300");
     assert!(
         !pings(&firewall, "10.30.0.1"),
         "VLAN 300 is not in the trunk: nothing passes"
+    );
+    assert_eq!(
+        rx_packets(&lab.switch, "sw0.300"),
+        before,
+        "no frame tagged 300 left the node"
     );
 
     // An access VM on VLAN 100: the same broadcast domain as the trunk's VID 100.
@@ -380,6 +386,15 @@ fn attach(lab: &DaemonLab, ns: &Netns, bridge: &str, host: &str, ifname: &str) {
     ]);
     lab.node.ip(&["link", "set", host, "master", bridge, "up"]);
     ns.ip(&["link", "set", ifname, "up"]);
+}
+
+/// Frames a link has received (`ip -s`).
+fn rx_packets(ns: &Netns, link: &str) -> u64 {
+    let out = ns.exec(&["ip", "-s", "-j", "link", "show", "dev", link]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counters for {link}: {v}"))
 }
 
 fn pings(from: &Netns, to: &str) -> bool {
