@@ -170,7 +170,8 @@ async fn dry_run(opts: &Options, source: &ConfigSource) -> Result<i32, String> {
         println!(
             "  {} ({}, bridge {}): {what}{reason}",
             pg.name,
-            pg.segment(),
+            pg.vlan
+                .map_or_else(|| pg.segment(), |vid| format!("vlan {vid}")),
             pg.bridge
         );
     }
