@@ -320,4 +320,44 @@ mod tests {
         assert_eq!(again.previous.map(|s| s.generation), Some(4));
         std::fs::remove_dir_all(dir).expect("cleanup");
     }
+
+    #[test]
+    fn a_trunk_reports_the_failures_of_the_vlan_paths_it_rides_on() {
+        let dir = std::env::temp_dir().join(format!("pg-reconcile-trunk-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let fake = FakeLinks(RefCell::new(FakeKernel::with(vec![LinkSummary {
+            index: 3,
+            name: "eth1".into(),
+            mtu: 1500,
+            admin_up: true,
+            lower_up: true,
+            ..Default::default()
+        }])));
+        fake.0.borrow_mut().no_8021q = true;
+        let mut r = Reconciler::new(
+            fake,
+            "worker-3".into(),
+            RunDir(dir.clone()),
+            Arc::new(Metrics::default()),
+        );
+        let mut source = ConfigSource::new(dir.join("config.json"));
+        source.offer(
+            br#"{"uplink": "eth1", "portgroups": [
+                {"name": "web", "vlan": 100}, {"name": "fw", "trunk": "100"}]}"#
+                .to_vec(),
+        );
+        block_on(r.reconcile(&source, false)).expect("reconcile");
+        let state = NodeState::read(&dir.join("state.json")).expect("state");
+        let fw = &state.portgroups[1];
+        assert!(!fw.ready);
+        // VLAN 100's path is filed under web, its access portgroup; its failure
+        // is the trunk's reason too.
+        let path = crate::naming::vlan_interface_name("eth1", 100);
+        let reason = fw.reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.contains(&format!("create VLAN interface {path}")),
+            "{reason}"
+        );
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
 }
