@@ -294,6 +294,7 @@ impl Attempt<'_> {
                 ips: allowed.clone(),
                 allow_router_advertisements: spec.allow_router_advertisements,
                 allow_dhcp_server: spec.allow_dhcp_server,
+                trunk: spec.tagged,
             })?;
             fault::point("port-security-installed");
         }
