@@ -349,6 +349,21 @@ fn trunk_portgroup_carries_exactly_its_vlans() {
     // The firewall: one port on the trunk bridge, its own VLAN interfaces inside.
     let firewall = Netns::new("fw");
     attach(&lab, &firewall, &fw.bridge, "pg0000000000f1", "net1");
+    // Its port secured as the plugin secures a trunk port: MAC locked, one
+    // 802.1Q tag allowed, no QinQ.
+    let fw_mac = "02:50:56:00:00:f1";
+    firewall.ip(&["link", "set", "net1", "address", fw_mac]);
+    let rules = portgroup::portsec::PortRules {
+        host_veth: "pg0000000000f1".into(),
+        mac: fw_mac.parse().expect("a MAC"),
+        ips: vec![],
+        allow_router_advertisements: false,
+        allow_dhcp_server: false,
+        trunk: true,
+    };
+    lab.node
+        .run(move || portgroup::portsec::install(&rules))
+        .expect("port security on the firewall's port");
     for (vid, address) in [
         (100, "10.100.0.5/24"),
         (110, "10.110.0.5/24"),
@@ -384,6 +399,22 @@ fn trunk_portgroup_carries_exactly_its_vlans() {
         before,
         "no frame tagged 300 left the node"
     );
+
+    // QinQ from the firewall (VLAN 300 inside its VLAN 100) is dropped at its port.
+    firewall.ip(&[
+        "link", "add", "link", "net1.100", "name", "qinq", "type", "vlan", "id", "300",
+    ]);
+    firewall.ip(&["addr", "add", "10.31.0.5/24", "dev", "qinq"]);
+    firewall.ip(&["link", "set", "qinq", "up"]);
+    let drops = || {
+        lab.node
+            .run(portgroup::portsec::counters)
+            .expect("counters")
+            .vlan
+    };
+    let before = drops();
+    assert!(!pings(&firewall, "10.31.0.1"), "QinQ reaches nobody");
+    assert!(drops() > before, "QinQ frames are counted as drop_vlan");
 
     // An access VM on VLAN 100: the same broadcast domain as the trunk's VID 100.
     let vm = Netns::new("vm");
