@@ -110,6 +110,13 @@ NODE_STRUCTURAL = [
     [(RES + ("mac",), "00:50:56:00:00:0g")], [(RES + ("extra",), 1)],
     [(RES + ("ips",), "10.0.0.1")], [(RES + ("ips",), [5])], [(RES + ("ips",), ["host"])],
     [(RES + ("ips",), [""])], [(RES + ("ips",), [" 10.0.0.1"])],
+    [(PG + ("trunk",), "6")], [(PG + ("untagged",), True)], [(PG + ("nativeVlan",), 6)],
+    [(PG + ("vlan",), DELETE), (PG + ("trunk",), 6)], [(PG + ("vlan",), DELETE), (PG + ("trunk",), "abc")],
+    [(PG + ("vlan",), DELETE), (PG + ("trunk",), "")],
+    [(PG + ("vlan",), DELETE), (PG + ("untagged",), "yes")],
+    [(PG + ("vlan",), DELETE), (PG + ("untagged",), False)],
+    [(PG + ("vlan",), DELETE), (PG + ("trunk",), "6"), (PG + ("nativeVlan",), 0)],
+    [(PG + ("uplink",), "a/b")], [(PG + ("uplink",), 5)],
 ]
 # Broken beyond structure: the binary alone refuses these, the schema leaves them to it.
 NODE_SEMANTIC = [
@@ -118,6 +125,12 @@ NODE_SEMANTIC = [
     [(PG + ("reservations", 1), {"mac": "00:50:56:00:00:02", "ips": ["10.0.0.1/24"]})],
     [(RES + ("mac",), "01:00:5e:00:00:01")], [(RES + ("mac",), "00:00:00:00:00:00")],
     [(RES + ("ips",), ["10.0.0.256"])], [(RES + ("ips",), ["10.0.0.1/33"])],
+    [(PG + ("vlan",), DELETE), (PG + ("trunk",), "0-10")],
+    [(PG + ("vlan",), DELETE), (PG + ("trunk",), "1-4095")],
+    [(PG + ("vlan",), DELETE), (PG + ("trunk",), "110-100")],
+    [(PG + ("vlan",), DELETE), (PG + ("trunk",), "6"), (PG + ("nativeVlan",), 6)],
+    [(PG + ("vlan",), DELETE), (PG + ("trunk",), "6")],
+    [(("portgroups", 1), {"name": "b", "untagged": True}), (("portgroups", 2), {"name": "c", "untagged": True})],
 ]
 CNI_STRUCTURAL = [
     [((), [])], [(("cniVersion",), DELETE)], [(("cniVersion",), 1)], [(("cniVersion",), "0.2.0")],

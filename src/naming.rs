@@ -60,6 +60,44 @@ pub fn bridge_name(uplink: &str, vlan: u16) -> String {
     format!("pgbr{}.{}", uplink_tag(uplink), vlan)
 }
 
+/// The untagged portgroup's bridge on `uplink`: `pgbr<tag>.0` (VLAN 0 is
+/// vSphere's and 802.1Q's "no VLAN").
+pub fn untagged_bridge_name(uplink: &str) -> String {
+    bridge_name(uplink, 0)
+}
+
+/// 7 hex digits (28 bits) naming one trunk portgroup on one uplink. From the
+/// portgroup's name, not its VLAN list: adding a VLAN to a trunk must not move
+/// its bridge (and with it every VM port) to another name.
+fn trunk_tag(uplink: &str, portgroup: &str) -> String {
+    format!(
+        "{:07x}",
+        stable_hash(&[b"trunk", uplink.as_bytes(), portgroup.as_bytes()]) >> 36
+    )
+}
+
+/// `pgtb<7 hex>` (11 bytes): the trunk portgroup's bridge, where its VM ports are.
+pub fn trunk_bridge_name(uplink: &str, portgroup: &str) -> String {
+    format!("pgtb{}", trunk_tag(uplink, portgroup))
+}
+
+/// `pgtp<7 hex>` (11 bytes): the end of the trunk's veth pair on its bridge.
+pub fn trunk_port_name(uplink: &str, portgroup: &str) -> String {
+    format!("pgtp{}", trunk_tag(uplink, portgroup))
+}
+
+/// `pgtq<7 hex>` (11 bytes): the other end, parent of one VLAN sub-interface per
+/// VID of the trunk.
+pub fn trunk_feed_name(uplink: &str, portgroup: &str) -> String {
+    format!("pgtq{}", trunk_tag(uplink, portgroup))
+}
+
+/// `pgq<7 hex>.<vid>` (at most 3 + 7 + 1 + 4 = 15 bytes): the trunk's sub-interface
+/// for one VID, a port of that VID's bridge.
+pub fn trunk_vlan_name(uplink: &str, portgroup: &str, vid: u16) -> String {
+    format!("pgq{}.{vid}", trunk_tag(uplink, portgroup))
+}
+
 /// The alias marks ownership and tells a person what the interface is for.
 pub fn owner_alias(role: &str, portgroup: &str, uplink: &str, vlan: u16) -> String {
     format!("{OWNER_MARK}{role} {portgroup} uplink={uplink} vlan={vlan}")
@@ -159,6 +197,38 @@ mod tests {
     }
 
     #[test]
+    fn trunk_names_fit_and_differ() {
+        let long = "x".repeat(63);
+        for uplink in ["eth1", "enp129s0f0np0"] {
+            for pg in ["fw", long.as_str()] {
+                let names = [
+                    trunk_bridge_name(uplink, pg),
+                    trunk_port_name(uplink, pg),
+                    trunk_feed_name(uplink, pg),
+                    trunk_vlan_name(uplink, pg, 4094),
+                    untagged_bridge_name(uplink),
+                ];
+                for n in &names {
+                    assert!(validate_ifname(n).is_ok(), "{n}");
+                }
+                let distinct: HashSet<_> = names.iter().collect();
+                assert_eq!(distinct.len(), names.len(), "{names:?}");
+            }
+        }
+        // The same portgroup on another uplink, or another portgroup: other names.
+        assert_ne!(
+            trunk_bridge_name("eth1", "fw"),
+            trunk_bridge_name("eth2", "fw")
+        );
+        assert_ne!(
+            trunk_bridge_name("eth1", "fw"),
+            trunk_bridge_name("eth1", "fw2")
+        );
+        // Never one of the per-VLAN or veth names.
+        assert!(!trunk_vlan_name("eth1", "fw", 100).starts_with("pgv"));
+    }
+
+    #[test]
     fn names_are_stable_and_distinct() {
         assert_eq!(bridge_name("eth1", 100), bridge_name("eth1", 100));
         let all: HashSet<_> = (1..=4094).map(|v| bridge_name("eth1", v)).collect();
@@ -171,6 +241,11 @@ mod tests {
         assert_eq!(bridge_name("eth1", 100), "pgbr43a1.100");
         assert_eq!(vlan_interface_name("eth1", 100), "pgv43a1.100");
         assert_eq!(bridge_name("enp129s0f0np0", 4094), "pgbra4cd.4094");
+        assert_eq!(untagged_bridge_name("eth2"), "pgbr7b06.0");
+        assert_eq!(trunk_bridge_name("eth1", "fw"), "pgtbc431e06");
+        assert_eq!(trunk_port_name("eth1", "fw"), "pgtpc431e06");
+        assert_eq!(trunk_feed_name("eth1", "fw"), "pgtqc431e06");
+        assert_eq!(trunk_vlan_name("eth1", "fw", 4094), "pgqc431e06.4094");
         assert_ne!(host_veth_name("abc", "net1"), host_veth_name("ab", "cnet1"));
         assert_ne!(host_veth_name("abc", "net1"), host_veth_name("abc", "net2"));
     }

@@ -14,37 +14,161 @@ use serde_json::{Map, Value};
 use crate::mac::MacAddr;
 use crate::naming::validate_ifname;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// A validated node config; only [`NodeConfig::parse`] makes one.
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeConfig {
     pub uplink: Option<String>,
-    #[serde(default)]
     pub node_uplinks: BTreeMap<String, String>,
     pub portgroups: Vec<PortgroupConfig>,
     /// Bridges a network config may name with `bridge:`: None allows any bridge
     /// portgroupd does not own, an empty list turns `bridge:` mode off.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_bridges: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PortgroupConfig {
     pub name: String,
-    pub vlan: u16,
+    /// What the VM's port carries: `vlan`, `trunk` (+ `nativeVlan`) or `untagged`.
+    pub segment: Segment,
+    /// The portgroup's own uplink: overrides the node's (`nodeUplinks`, `uplink`)
+    /// on every node.
+    pub uplink: Option<String>,
     pub mtu: Option<u32>,
-    #[serde(default)]
     pub strict: bool,
-    #[serde(default)]
     pub reservations: Vec<Reservation>,
-    #[serde(flatten)]
     pub policy: AttachPolicy,
     /// VMs on this portgroup may be routers: send router advertisements and redirects.
-    #[serde(default)]
     pub allow_router_advertisements: bool,
     /// VMs on this portgroup may be DHCPv4/DHCPv6 servers.
-    #[serde(default)]
     pub allow_dhcp_server: bool,
+}
+
+impl PortgroupConfig {
+    /// The access VLAN, for an access portgroup.
+    pub fn vlan(&self) -> Option<u16> {
+        match self.segment {
+            Segment::Access(vid) => Some(vid),
+            _ => None,
+        }
+    }
+}
+
+/// What a portgroup's VM ports carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// `vlan`: one VLAN, untagged on the VM's port.
+    Access(u16),
+    /// `trunk`: the listed VLANs, 802.1Q-tagged on the VM's port; untagged frames
+    /// belong to `native` (`nativeVlan`) when set and are dropped otherwise.
+    Trunk { vids: VidSet, native: Option<u16> },
+    /// `untagged: true`: the uplink's own untagged traffic (vSphere's VLAN 0).
+    Untagged,
+}
+
+/// A set of VLAN IDs (1 to 4094), sorted, each once; written as a trunk spec like
+/// `100-110,200`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VidSet(Vec<u16>);
+
+pub const VID_MIN: u16 = 1;
+pub const VID_MAX: u16 = 4094;
+
+impl VidSet {
+    /// Parses a trunk spec: VLAN IDs and ranges separated by commas
+    /// (`"100-110,200"`); overlaps are fine, 0 and 4095 are not VLAN IDs.
+    pub fn parse(spec: &str) -> Result<VidSet, String> {
+        let mut vids = Vec::new();
+        let vid = |text: &str| -> Result<u16, String> {
+            let text = text.trim();
+            match text.parse::<u32>() {
+                Ok(0) => Err(format!(
+                    "0 is not a VLAN ID (1 to {VID_MAX}); for untagged frames set nativeVlan, or use a portgroup with untagged: true"
+                )),
+                Ok(4095) => Err(format!(
+                    "4095 is not a VLAN ID (1 to {VID_MAX}); vSphere's 4095 (all VLANs) becomes the list of VLANs the VM needs"
+                )),
+                Ok(v @ 1..=4094) => Ok(v as u16),
+                Ok(v) => Err(format!("{v} is not a VLAN ID (1 to {VID_MAX})")),
+                Err(_) => Err(format!(
+                    "{text:?} is not a VLAN ID or a range (like \"100-110,200\")"
+                )),
+            }
+        };
+        for item in spec.split(',') {
+            if item.trim().is_empty() {
+                return Err(format!(
+                    "{spec:?} has an empty item; list VLAN IDs and ranges like \"100-110,200\""
+                ));
+            }
+            match item.split_once('-') {
+                Some((low, high)) => {
+                    let (low, high) = (vid(low)?, vid(high)?);
+                    if low > high {
+                        return Err(format!(
+                            "range {low}-{high} runs backwards; write {high}-{low}"
+                        ));
+                    }
+                    vids.extend(low..=high);
+                }
+                None => vids.push(vid(item)?),
+            }
+        }
+        vids.sort_unstable();
+        vids.dedup();
+        Ok(VidSet(vids))
+    }
+
+    pub fn vids(&self) -> &[u16] {
+        &self.0
+    }
+
+    pub fn contains(&self, vid: u16) -> bool {
+        self.0.binary_search(&vid).is_ok()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<u16> for VidSet {
+    fn from_iter<I: IntoIterator<Item = u16>>(iter: I) -> Self {
+        let mut vids: Vec<u16> = iter.into_iter().collect();
+        vids.sort_unstable();
+        vids.dedup();
+        VidSet(vids)
+    }
+}
+
+/// The canonical spec: ascending, runs of two or more as ranges (`100-110,200`).
+impl std::fmt::Display for VidSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut i = 0;
+        let mut first = true;
+        while i < self.0.len() {
+            let start = self.0[i];
+            let mut end = start;
+            while i + 1 < self.0.len() && self.0[i + 1] == end + 1 {
+                i += 1;
+                end = self.0[i];
+            }
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            if end > start {
+                write!(f, "{start}-{end}")?;
+            } else {
+                write!(f, "{start}")?;
+            }
+            i += 1;
+        }
+        Ok(())
+    }
 }
 
 /// Who may attach to a portgroup and what a network config may not turn off there:
@@ -176,12 +300,17 @@ pub const MTU_MIN: u32 = 68;
 pub const MTU_MAX: u32 = 65_535;
 
 impl NodeConfig {
-    /// The uplink for this node: `nodeUplinks[node]`, else `uplink`.
+    /// The node's uplink: `nodeUplinks[node]`, else `uplink`.
     pub fn uplink_for(&self, node: &str) -> Option<&str> {
         self.node_uplinks
             .get(node)
             .or(self.uplink.as_ref())
             .map(String::as_str)
+    }
+
+    /// A portgroup's uplink on this node: its own `uplink`, else the node's.
+    pub fn uplink_of<'a>(&'a self, pg: &'a PortgroupConfig, node: &str) -> Option<&'a str> {
+        pg.uplink.as_deref().or_else(|| self.uplink_for(node))
     }
 
     /// Parses and validates; on failure returns every problem found.
@@ -273,16 +402,19 @@ fn validate(root: &Value, problems: &mut Vec<String>) -> Option<NodeConfig> {
             problems.push("nodeUplinks: must be an object of node name to interface name".into())
         }
     }
-    if uplink.is_none() && node_uplinks.is_empty() {
-        problems.push("uplink: required (or nodeUplinks for every node)".into());
-    }
     let mut portgroups = Vec::new();
+    let mut every_portgroup_has_an_uplink = true;
     match obj.get("portgroups") {
         Some(Value::Array(items)) => {
+            every_portgroup_has_an_uplink = !items.is_empty();
             let mut names: HashMap<String, usize> = HashMap::new();
-            let mut vlans: HashMap<u16, usize> = HashMap::new();
+            // Per uplink (None: the node's): one access portgroup per VLAN, one untagged.
+            let mut vlans: HashMap<(Option<String>, u16), usize> = HashMap::new();
+            let mut untagged: HashMap<Option<String>, usize> = HashMap::new();
             for (i, item) in items.iter().enumerate() {
                 let path = format!("portgroups[{i}]");
+                let own_uplink = item.get("uplink").is_some_and(|u| !u.is_null());
+                every_portgroup_has_an_uplink &= own_uplink;
                 if let Some(pg) = validate_portgroup(&path, item, problems) {
                     if let Some(first) = names.insert(pg.name.clone(), i) {
                         problems.push(format!(
@@ -290,11 +422,28 @@ fn validate(root: &Value, problems: &mut Vec<String>) -> Option<NodeConfig> {
                             pg.name
                         ));
                     }
-                    if let Some(first) = vlans.insert(pg.vlan, i) {
-                        problems.push(format!(
-                            "{path}.vlan: {} is already used by portgroups[{first}]",
-                            pg.vlan
-                        ));
+                    let on = |uplink: &Option<String>| match uplink {
+                        Some(u) => format!("uplink {u}"),
+                        None => "the node's uplink".to_string(),
+                    };
+                    match pg.segment {
+                        Segment::Access(vid) => {
+                            if let Some(first) = vlans.insert((pg.uplink.clone(), vid), i) {
+                                problems.push(format!(
+                                    "{path}.vlan: {vid} is already used by portgroups[{first}] on {}",
+                                    on(&pg.uplink)
+                                ));
+                            }
+                        }
+                        Segment::Untagged => {
+                            if let Some(first) = untagged.insert(pg.uplink.clone(), i) {
+                                problems.push(format!(
+                                    "{path}.untagged: the untagged traffic of {} is already portgroups[{first}]'s",
+                                    on(&pg.uplink)
+                                ));
+                            }
+                        }
+                        Segment::Trunk { .. } => {}
                     }
                     portgroups.push(pg);
                 }
@@ -302,6 +451,12 @@ fn validate(root: &Value, problems: &mut Vec<String>) -> Option<NodeConfig> {
         }
         None => problems.push("portgroups: required (an array, may be empty)".into()),
         Some(_) => problems.push("portgroups: must be an array".into()),
+    }
+    if uplink.is_none() && node_uplinks.is_empty() && !every_portgroup_has_an_uplink {
+        problems.push(
+            "uplink: required (or nodeUplinks for every node, or an uplink on every portgroup)"
+                .into(),
+        );
     }
     let allowed_bridges = validate_string_list(
         "allowedBridges",
@@ -343,6 +498,10 @@ fn optional_ifname(
 pub const PORTGROUP_FIELDS: &[&str] = &[
     "name",
     "vlan",
+    "trunk",
+    "nativeVlan",
+    "untagged",
+    "uplink",
     "mtu",
     "strict",
     "reservations",
@@ -384,20 +543,8 @@ fn validate_portgroup(
             String::new()
         }
     };
-    let vlan = match obj.get("vlan").map(Value::as_u64) {
-        Some(Some(v @ 1..=4094)) => v as u16,
-        Some(_) => {
-            problems.push(format!(
-                "{path}.vlan: must be a whole number from 1 to 4094, got {}",
-                obj["vlan"]
-            ));
-            0
-        }
-        None => {
-            problems.push(format!("{path}.vlan: required"));
-            0
-        }
-    };
+    let segment = validate_segment(path, obj, problems);
+    let uplink = optional_ifname(obj, "uplink", &format!("{path}.uplink"), problems);
     let mtu = match obj.get("mtu") {
         None | Some(Value::Null) => None,
         Some(value) => match value.as_u64() {
@@ -451,17 +598,135 @@ fn validate_portgroup(
         }
         Some(_) => problems.push(format!("{path}.reservations: must be an array")),
     }
+    if matches!(segment, Some(Segment::Trunk { .. })) {
+        // A trunk port's source addresses are not locked: they are per VLAN,
+        // inside tagged frames, and locking them would drop every tagged frame.
+        for (j, r) in reservations.iter().enumerate() {
+            if !r.ips.is_empty() {
+                problems.push(format!(
+                    "{path}.reservations[{j}].ips: a trunk portgroup reserves MACs only (its VMs' addresses are on their VLANs, not locked or probed here)"
+                ));
+            }
+        }
+    }
     let policy = validate_attach_policy(path, obj, problems);
-    (problems.len() == before).then_some(PortgroupConfig {
-        name,
-        vlan,
-        mtu,
-        strict,
-        reservations,
-        policy,
-        allow_router_advertisements,
-        allow_dhcp_server,
-    })
+    match segment {
+        Some(segment) if problems.len() == before => Some(PortgroupConfig {
+            name,
+            segment,
+            uplink,
+            mtu,
+            strict,
+            reservations,
+            policy,
+            allow_router_advertisements,
+            allow_dhcp_server,
+        }),
+        _ => None,
+    }
+}
+
+/// A VLAN ID field (`vlan`, `nativeVlan`): a whole number from 1 to 4094.
+fn vid_field(path: &str, key: &str, value: &Value, problems: &mut Vec<String>) -> Option<u16> {
+    match value.as_u64() {
+        Some(v @ 1..=4094) => Some(v as u16),
+        Some(0) if key == "vlan" => {
+            problems.push(format!(
+                "{path}.{key}: must be a whole number from 1 to 4094, got 0 (vSphere's VLAN 0: use untagged: true)"
+            ));
+            None
+        }
+        Some(4095) if key == "vlan" => {
+            problems.push(format!(
+                "{path}.{key}: must be a whole number from 1 to 4094, got 4095 (vSphere's VLAN 4095: use trunk with the VLANs the VM tags)"
+            ));
+            None
+        }
+        _ => {
+            problems.push(format!(
+                "{path}.{key}: must be a whole number from 1 to 4094, got {value}"
+            ));
+            None
+        }
+    }
+}
+
+/// Exactly one of `vlan`, `trunk` (with an optional `nativeVlan`) or `untagged: true`.
+fn validate_segment(
+    path: &str,
+    obj: &Map<String, Value>,
+    problems: &mut Vec<String>,
+) -> Option<Segment> {
+    let present = |key: &str| obj.get(key).filter(|v| !v.is_null());
+    let untagged = match present("untagged") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            problems.push(format!("{path}.untagged: must be true or false"));
+            return None;
+        }
+    };
+    let given: Vec<&str> = [
+        ("vlan", present("vlan").is_some()),
+        ("trunk", present("trunk").is_some()),
+        ("untagged", untagged),
+    ]
+    .into_iter()
+    .filter_map(|(key, set)| set.then_some(key))
+    .collect();
+    let native = present("nativeVlan");
+    if native.is_some() && !given.contains(&"trunk") {
+        problems.push(format!(
+            "{path}.nativeVlan: only a trunk portgroup has a native VLAN (set trunk, or use vlan for an access portgroup)"
+        ));
+    }
+    match given.as_slice() {
+        [] => {
+            problems.push(format!(
+                "{path}.vlan: required: a portgroup is one of vlan (access), trunk (tagged VLANs) or untagged: true"
+            ));
+            None
+        }
+        ["vlan"] => vid_field(path, "vlan", &obj["vlan"], problems).map(Segment::Access),
+        ["untagged"] => Some(Segment::Untagged),
+        ["trunk"] => {
+            let vids = match &obj["trunk"] {
+                Value::String(spec) => match VidSet::parse(spec) {
+                    Ok(vids) => Some(vids),
+                    Err(why) => {
+                        problems.push(format!("{path}.trunk: {why}"));
+                        None
+                    }
+                },
+                other => {
+                    problems.push(format!(
+                        "{path}.trunk: must be a string of VLAN IDs and ranges like \"100-110,200\", got {other}"
+                    ));
+                    None
+                }
+            };
+            let native = match native {
+                None => Some(None),
+                Some(value) => vid_field(path, "nativeVlan", value, problems).map(Some),
+            };
+            let (vids, native) = (vids?, native?);
+            if let Some(n) = native.filter(|n| vids.contains(*n)) {
+                problems.push(format!(
+                    "{path}.nativeVlan: {n} is also in trunk; a VLAN is either tagged (trunk) or untagged (nativeVlan) on the port, not both"
+                ));
+                return None;
+            }
+            Some(Segment::Trunk { vids, native })
+        }
+        several => {
+            let last = several.last().copied().unwrap_or("vlan");
+            problems.push(format!(
+                "{path}.{last}: {} exclude each other; a portgroup is exactly one of vlan, trunk or untagged: true",
+                several.join(" and ")
+            ));
+            None
+        }
+    }
 }
 
 fn validate_reservation(
@@ -630,6 +895,163 @@ mod tests {
     }
 
     #[test]
+    fn trunk_specs() {
+        let ok: &[(&str, &str, usize)] = &[
+            ("100", "100", 1),
+            ("100-110,200", "100-110,200", 12),
+            (" 200 , 100-110 ", "100-110,200", 12),
+            // Overlaps and repeats are fine.
+            ("100-110,105-120,110", "100-120", 21),
+            ("1-4094", "1-4094", 4094),
+            ("1,3,5-6", "1,3,5-6", 4),
+        ];
+        for (spec, canonical, len) in ok {
+            let vids = VidSet::parse(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+            assert_eq!(vids.to_string(), *canonical, "{spec}");
+            assert_eq!(vids.len(), *len, "{spec}");
+        }
+        let bad: &[(&str, &str)] = &[
+            ("0", "0 is not a VLAN ID"),
+            ("4095", "4095 is not a VLAN ID"),
+            ("1-4095", "4095 is not a VLAN ID"),
+            ("5000", "5000 is not a VLAN ID"),
+            ("110-100", "range 110-100 runs backwards"),
+            ("", "has an empty item"),
+            ("100,,200", "has an empty item"),
+            ("abc", "\"abc\" is not a VLAN ID or a range"),
+            ("100-", "\"\" is not a VLAN ID"),
+            ("-5", "\"\" is not a VLAN ID"),
+        ];
+        for (spec, want) in bad {
+            let err = VidSet::parse(spec).expect_err(spec);
+            assert!(err.contains(want), "{spec}: {err}");
+        }
+    }
+
+    #[test]
+    fn segment_rules_name_their_field() {
+        let one = |pg: &str| format!(r#"{{"uplink": "eth1", "portgroups": [{pg}]}}"#);
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"name": "a"}"#,
+                "portgroups[0].vlan: required: a portgroup is one of vlan (access), trunk (tagged VLANs) or untagged: true",
+            ),
+            (
+                r#"{"name": "a", "vlan": 5, "trunk": "6"}"#,
+                "portgroups[0].trunk: vlan and trunk exclude each other",
+            ),
+            (
+                r#"{"name": "a", "vlan": 5, "untagged": true}"#,
+                "portgroups[0].untagged: vlan and untagged exclude each other",
+            ),
+            (
+                r#"{"name": "a", "trunk": "6", "untagged": true}"#,
+                "portgroups[0].untagged: trunk and untagged exclude each other",
+            ),
+            (
+                r#"{"name": "a", "untagged": "yes"}"#,
+                "portgroups[0].untagged: must be true or false",
+            ),
+            (
+                r#"{"name": "a", "vlan": 5, "nativeVlan": 6}"#,
+                "portgroups[0].nativeVlan: only a trunk portgroup has a native VLAN",
+            ),
+            (
+                r#"{"name": "a", "trunk": "100-110", "nativeVlan": 105}"#,
+                "portgroups[0].nativeVlan: 105 is also in trunk",
+            ),
+            (
+                r#"{"name": "a", "trunk": "100", "nativeVlan": 0}"#,
+                "portgroups[0].nativeVlan: must be a whole number from 1 to 4094, got 0",
+            ),
+            (
+                r#"{"name": "a", "trunk": "0-10"}"#,
+                "portgroups[0].trunk: 0 is not a VLAN ID",
+            ),
+            (
+                r#"{"name": "a", "trunk": "1-4095"}"#,
+                "portgroups[0].trunk: 4095 is not a VLAN ID (1 to 4094); vSphere's 4095",
+            ),
+            (
+                r#"{"name": "a", "trunk": [100, 200]}"#,
+                "portgroups[0].trunk: must be a string of VLAN IDs and ranges",
+            ),
+            (
+                r#"{"name": "a", "vlan": 4095}"#,
+                "portgroups[0].vlan: must be a whole number from 1 to 4094, got 4095 (vSphere's VLAN 4095: use trunk",
+            ),
+            (
+                r#"{"name": "a", "vlan": 5, "uplink": "a/b"}"#,
+                "portgroups[0].uplink: \"a/b\" contains '/'",
+            ),
+            (
+                r#"{"name": "a", "trunk": "100", "reservations": [{"mac": "00:50:56:00:00:01", "ips": ["10.0.0.1"]}]}"#,
+                "portgroups[0].reservations[0].ips: a trunk portgroup reserves MACs only",
+            ),
+        ];
+        for (pg, want) in cases {
+            let problems = check(one(pg).as_bytes());
+            assert!(
+                problems.iter().any(|p| p.starts_with(want)),
+                "{pg}: wanted {want:?} in {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn trunk_untagged_and_own_uplinks_parse() {
+        let config = NodeConfig::parse(
+            br#"{"uplink": "eth1", "portgroups": [
+                {"name": "web", "vlan": 100},
+                {"name": "fw", "trunk": "100-110,200", "nativeVlan": 300},
+                {"name": "fw2", "trunk": "100-110"},
+                {"name": "vm-network", "untagged": true, "uplink": "eth2"},
+                {"name": "web2", "vlan": 100, "uplink": "eth2"},
+                {"name": "plain", "untagged": true, "vlan": null, "trunk": null},
+                {"name": "big", "trunk": "1-2000", "reservations": [{"mac": "00:50:56:00:00:01"}]}]}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let pgs = &config.portgroups;
+        assert_eq!(pgs[0].segment, Segment::Access(100));
+        match &pgs[1].segment {
+            Segment::Trunk { vids, native } => {
+                assert_eq!(
+                    (vids.to_string(), *native),
+                    ("100-110,200".into(), Some(300))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(pgs[3].segment, Segment::Untagged);
+        assert_eq!(config.uplink_of(&pgs[3], "worker-3"), Some("eth2"));
+        assert_eq!(config.uplink_of(&pgs[0], "worker-3"), Some("eth1"));
+        assert_eq!(pgs[5].segment, Segment::Untagged);
+        assert!(matches!(&pgs[6].segment, Segment::Trunk { vids, .. } if vids.len() == 2000));
+        // Per uplink: the same VLAN twice, or two untagged portgroups, on one uplink.
+        let twice = check(
+            br#"{"uplink": "eth1", "portgroups": [
+                {"name": "a", "vlan": 100, "uplink": "eth2"}, {"name": "b", "vlan": 100, "uplink": "eth2"},
+                {"name": "c", "untagged": true}, {"name": "d", "untagged": true}]}"#,
+        );
+        assert_eq!(
+            twice,
+            vec![
+                "portgroups[1].vlan: 100 is already used by portgroups[0] on uplink eth2".to_string(),
+                "portgroups[3].untagged: the untagged traffic of the node's uplink is already portgroups[2]'s".to_string(),
+            ]
+        );
+        // Every portgroup on an uplink of its own: no node uplink needed.
+        assert_eq!(
+            check(br#"{"portgroups": [{"name": "a", "untagged": true, "uplink": "eth2"}]}"#),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            check(br#"{"portgroups": [{"name": "a", "untagged": true, "uplink": "eth2"}, {"name": "b", "vlan": 5}]}"#),
+            vec!["uplink: required (or nodeUplinks for every node, or an uplink on every portgroup)".to_string()]
+        );
+    }
+
+    #[test]
     fn reservations_take_bare_host_addresses() {
         let config = NodeConfig::parse(
             br#"{"uplink": "eth1", "portgroups": [{"name": "a", "vlan": 5, "reservations": [
@@ -689,7 +1111,10 @@ mod tests {
         assert_eq!(config.uplink_for("worker-2"), None);
         assert_eq!(
             check(br#"{"nodeUplinks": {}, "portgroups": []}"#),
-            vec!["uplink: required (or nodeUplinks for every node)".to_string()]
+            vec![
+                "uplink: required (or nodeUplinks for every node, or an uplink on every portgroup)"
+                    .to_string()
+            ]
         );
     }
 
@@ -705,7 +1130,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             check_file(&path),
-            vec!["portgroups[0].vlan: must be a whole number from 1 to 4094, got 0".to_string()]
+            vec![
+                "portgroups[0].vlan: must be a whole number from 1 to 4094, got 0 (vSphere's VLAN 0: use untagged: true)"
+                    .to_string()
+            ]
         );
         std::fs::write(&path, br#"{"uplink": "eth1", "portgroups": []}"#).unwrap();
         assert!(check_file(&path).is_empty());

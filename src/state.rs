@@ -8,9 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::mac::MacAddr;
-use crate::naming::{bridge_name, vlan_interface_name, Mark};
+use crate::naming::{
+    bridge_name, trunk_bridge_name, untagged_bridge_name, vlan_interface_name, Mark,
+};
 use crate::netlink::LinkSummary;
-use crate::nodeconfig::{AttachPolicy, PortgroupConfig, Reservation};
+use crate::nodeconfig::{AttachPolicy, PortgroupConfig, Reservation, Segment};
 use crate::paths::{write_atomic, RunDir};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,11 +30,35 @@ pub struct NodeState {
     pub allowed_bridges: Option<Vec<String>>,
 }
 
+/// What a portgroup's VM ports carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortgroupMode {
+    /// One VLAN (`vlan`), untagged on the port.
+    #[default]
+    Access,
+    /// The VLANs of `trunk`, 802.1Q-tagged on the port; untagged frames are
+    /// `nativeVlan`'s, or dropped.
+    Trunk,
+    /// The uplink's own untagged traffic.
+    Untagged,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PortgroupState {
     pub name: String,
-    pub vlan: u16,
+    #[serde(default)]
+    pub mode: PortgroupMode,
+    /// The access VLAN; null for trunk and untagged portgroups.
+    #[serde(default)]
+    pub vlan: Option<u16>,
+    /// A trunk's VLANs, in canonical form (`100-110,200`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk: Option<String>,
+    /// A trunk's native VLAN (untagged frames on the port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native_vlan: Option<u16>,
     pub uplink: String,
     pub bridge: String,
     pub vlan_interface: String,
@@ -238,20 +264,33 @@ pub fn read_ready_portgroup(run: &RunDir, name: &str) -> Result<PortgroupState, 
 
 impl PortgroupState {
     /// The portgroup as the config describes it, placed on `uplink` (None: this node
-    /// has no uplink for it). Not ready and without a reason: the planner decides those.
+    /// has no uplink for it, so no links either). Not ready and without a reason:
+    /// the planner decides those.
     pub fn from_config(pg: &PortgroupConfig, uplink: Option<&str>) -> Self {
-        let (uplink, bridge, vlan_interface) = match uplink {
-            Some(uplink) => (
-                uplink.to_string(),
-                bridge_name(uplink, pg.vlan),
-                vlan_interface_name(uplink, pg.vlan),
-            ),
-            None => Default::default(),
+        let (mode, vlan, trunk, native_vlan) = match &pg.segment {
+            Segment::Access(vid) => (PortgroupMode::Access, Some(*vid), None, None),
+            Segment::Trunk { vids, native } => {
+                (PortgroupMode::Trunk, None, Some(vids.to_string()), *native)
+            }
+            Segment::Untagged => (PortgroupMode::Untagged, None, None, None),
+        };
+        let (bridge, vlan_interface) = match (uplink, &pg.segment) {
+            (None, _) => Default::default(),
+            (Some(uplink), Segment::Access(vid)) => {
+                (bridge_name(uplink, *vid), vlan_interface_name(uplink, *vid))
+            }
+            (Some(uplink), Segment::Trunk { .. }) => {
+                (trunk_bridge_name(uplink, &pg.name), String::new())
+            }
+            (Some(uplink), Segment::Untagged) => (untagged_bridge_name(uplink), String::new()),
         };
         PortgroupState {
             name: pg.name.clone(),
-            vlan: pg.vlan,
-            uplink,
+            mode,
+            vlan,
+            trunk,
+            native_vlan,
+            uplink: uplink.unwrap_or_default().to_string(),
             bridge,
             vlan_interface,
             mtu: pg.mtu,
@@ -266,10 +305,12 @@ impl PortgroupState {
         }
     }
 
-    /// A portgroup removed from the config whose bridge still holds VM ports, as
-    /// the bridge, its ownership mark and the previous state (`before`) tell it.
+    /// A portgroup removed from the config whose bridge (of `mode`) still holds VM
+    /// ports, as the bridge, its ownership mark and the previous state (`before`)
+    /// tell it.
     pub fn draining(
         name: String,
+        mode: PortgroupMode,
         mark: Option<&Mark>,
         bridge: &LinkSummary,
         vlan_interface: String,
@@ -278,7 +319,12 @@ impl PortgroupState {
     ) -> Self {
         PortgroupState {
             name,
-            vlan: mark.map(|m| m.vlan).unwrap_or_default(),
+            mode,
+            vlan: mark
+                .filter(|m| mode == PortgroupMode::Access && m.vlan != 0)
+                .map(|m| m.vlan),
+            trunk: before.and_then(|b| b.trunk.clone()),
+            native_vlan: before.and_then(|b| b.native_vlan),
             uplink: mark.map(|m| m.uplink.clone()).unwrap_or_default(),
             bridge: bridge.name.clone(),
             vlan_interface,
@@ -292,6 +338,27 @@ impl PortgroupState {
             allow_router_advertisements: before.is_some_and(|b| b.allow_router_advertisements),
             allow_dhcp_server: before.is_some_and(|b| b.allow_dhcp_server),
         }
+    }
+
+    /// The L2 segment in words, for messages: "VLAN 100", "trunk 100-110,200",
+    /// "the untagged traffic of eth2".
+    pub fn segment(&self) -> String {
+        match (self.mode, self.vlan, &self.trunk) {
+            (PortgroupMode::Trunk, _, Some(vids)) => match self.native_vlan {
+                Some(native) => format!("trunk {vids} (native VLAN {native})"),
+                None => format!("trunk {vids}"),
+            },
+            (PortgroupMode::Untagged, _, _) => {
+                format!("the untagged traffic of {}", self.uplink)
+            }
+            (_, Some(vid), _) => format!("VLAN {vid}"),
+            _ => format!("bridge {}", self.bridge),
+        }
+    }
+
+    /// Whether frames on its VM ports carry 802.1Q tags (a trunk).
+    pub fn tagged(&self) -> bool {
+        self.mode == PortgroupMode::Trunk
     }
 
     pub fn reservation_for(&self, mac: crate::mac::MacAddr) -> Option<&Reservation> {
@@ -323,7 +390,10 @@ mod tests {
     fn state() -> NodeState {
         let pg = |name: &str, ready: bool, draining: bool| PortgroupState {
             name: name.into(),
-            vlan: 100,
+            mode: PortgroupMode::Access,
+            vlan: Some(100),
+            trunk: None,
+            native_vlan: None,
             uplink: "eth1".into(),
             bridge: "pgbr0000.100".into(),
             vlan_interface: "pgv0000.100".into(),

@@ -156,7 +156,7 @@ fn node_config_passes_the_daemons_validation_and_holds_the_reservations() {
     let names: Vec<(&str, u16)> = config
         .portgroups
         .iter()
-        .map(|p| (p.name.as_str(), p.vlan))
+        .map(|p| (p.name.as_str(), p.vlan().expect("an access portgroup")))
         .collect();
     assert_eq!(
         names,

@@ -68,7 +68,7 @@ pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
         host_veth: spec.host_veth.clone(),
         bridge: target.bridge.name.clone(),
         portgroup: target.portgroup.as_ref().map(|pg| pg.name.clone()),
-        vlan: target.portgroup.as_ref().map(|pg| pg.vlan),
+        vlan: target.portgroup.as_ref().and_then(|pg| pg.vlan),
         mac: spec.mac,
         ips: match &spec.addresses {
             Addresses::Declared(ips) => ips.clone(),
@@ -294,6 +294,7 @@ impl Attempt<'_> {
                 ips: allowed.clone(),
                 allow_router_advertisements: spec.allow_router_advertisements,
                 allow_dhcp_server: spec.allow_dhcp_server,
+                trunk: spec.tagged,
             })?;
             fault::point("port-security-installed");
         }

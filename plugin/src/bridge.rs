@@ -23,7 +23,7 @@ impl Resolved {
     /// How a person names the L2 segment in messages ("VLAN 100", "bridge br0").
     pub fn segment(&self) -> String {
         match &self.portgroup {
-            Some(pg) => format!("VLAN {}", pg.vlan),
+            Some(pg) => pg.segment(),
             None => format!("bridge {}", self.bridge.name),
         }
     }

@@ -132,6 +132,7 @@ pub async fn check(cmd: &Call<'_, Pod, NetConf>) -> Result<(), Error> {
             ips: spec.allowed_ips(&record.ips),
             allow_router_advertisements: spec.allow_router_advertisements,
             allow_dhcp_server: spec.allow_dhcp_server,
+            trunk: spec.tagged,
         })?;
     }
 

@@ -72,6 +72,10 @@ pub struct Spec {
     /// a network config cannot set them.
     pub allow_router_advertisements: bool,
     pub allow_dhcp_server: bool,
+    /// A trunk port: frames carry 802.1Q tags, the VM's addresses live on its
+    /// VLANs and are not known here, so port security locks the source MAC only
+    /// (locking IPs would drop every tagged frame) and nothing is probed.
+    pub tagged: bool,
     /// None: no conflict probe.
     pub probe: Option<ProbeConfig>,
     pub namespace: Option<String>,
@@ -90,7 +94,8 @@ impl Spec {
                 ),
             ));
         }
-        if let Some(portgroup) = &self.strict_portgroup {
+        // A strict trunk reserves MACs only: its VMs' addresses are per VLAN.
+        if let Some(portgroup) = self.strict_portgroup.as_ref().filter(|_| !self.tagged) {
             if let Some(outside) = assigned
                 .iter()
                 .find(|ip| !self.reserved.iter().any(|r| r.ip() == ip.ip()))
@@ -105,8 +110,12 @@ impl Spec {
         Ok(())
     }
 
-    /// Source addresses the port may use: what it was assigned, and its reservation.
+    /// Source addresses the port may use: what it was assigned, and its reservation;
+    /// none (any address, the MAC still locked) on a trunk port.
     pub fn allowed_ips(&self, assigned: &[IpNetwork]) -> Vec<IpAddr> {
+        if self.tagged {
+            return Vec::new();
+        }
         let mut allowed: Vec<IpAddr> = Vec::with_capacity(assigned.len() + self.reserved.len());
         for ip in assigned.iter().chain(&self.reserved) {
             if !allowed.contains(&ip.ip()) {
@@ -179,6 +188,7 @@ pub fn resolve(req: &Request, place: &Place, fallback_mac: MacAddr) -> Result<Sp
             .portgroup
             .is_some_and(|pg| pg.allow_router_advertisements),
         allow_dhcp_server: place.portgroup.is_some_and(|pg| pg.allow_dhcp_server),
+        tagged: place.portgroup.is_some_and(PortgroupState::tagged),
         probe: conf.conflict_probe.then(|| conf.probe.clone()),
         namespace,
     };
@@ -362,7 +372,10 @@ mod tests {
     fn portgroup(strict: bool, policy: Value) -> PortgroupState {
         PortgroupState {
             name: "web".into(),
-            vlan: 100,
+            mode: Default::default(),
+            vlan: Some(100),
+            trunk: None,
+            native_vlan: None,
             uplink: "eth1".into(),
             bridge: "pgbr0000.100".into(),
             vlan_interface: "pgv0000.100".into(),

@@ -44,6 +44,10 @@ pub trait Links {
     ) -> Result<(), LinkError>;
     /// Created down, in [`super::planner::LINK_GROUP`].
     async fn create_bridge(&self, name: &str, mtu: u32) -> Result<(), LinkError>;
+    /// Both ends in this namespace, created down, in [`super::planner::LINK_GROUP`].
+    async fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(), LinkError>;
+    /// Takes the link out of its bridge.
+    async fn release_controller(&self, index: u32) -> Result<(), LinkError>;
     async fn set_alias(&self, index: u32, alias: &str) -> Result<(), LinkError>;
     async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), LinkError>;
     async fn set_controller(&self, index: u32, controller: u32) -> Result<(), LinkError>;
@@ -85,21 +89,16 @@ pub async fn apply_holding<L: Links>(
     // Links whose creation failed: the steps that would attach or raise them can
     // only fail too, and would bury the one reason that matters.
     let mut not_made: Vec<&str> = Vec::new();
+    let indexes = Indexes::default();
     for step in steps {
-        let needs = match &step.op {
-            Operation::SetController { name, controller } => vec![name.as_str(), controller],
-            op => vec![op.link_name()],
-        };
-        if needs.iter().any(|n| not_made.contains(n)) {
+        if step.op.needs().iter().any(|n| not_made.contains(n)) {
+            // What it would make is not made either.
+            not_made.extend(step.op.makes());
             continue;
         }
         let text = step.op.to_string();
         if let Some(message) = held.get(&text) {
-            if let Operation::CreateVlan { name, .. } | Operation::CreateBridge { name, .. } =
-                &step.op
-            {
-                not_made.push(name);
-            }
+            not_made.extend(step.op.makes());
             out.failures.push(Failure {
                 portgroup: step.portgroup.clone(),
                 message: message.clone(),
@@ -108,17 +107,13 @@ pub async fn apply_holding<L: Links>(
             });
             continue;
         }
-        match apply_one(links, &step.op).await {
+        match apply_one(links, &indexes, &step.op).await {
             Ok(()) => {
                 tracing::info!(portgroup = %step.portgroup, "{}", step.op);
                 out.done += 1;
             }
             Err(e) => {
-                if let Operation::CreateVlan { name, .. } | Operation::CreateBridge { name, .. } =
-                    &step.op
-                {
-                    not_made.push(name);
-                }
+                not_made.extend(step.op.makes());
                 let hint = match (&step.op, e.errno) {
                     (Operation::CreateVlan { .. }, Some(libc::EOPNOTSUPP)) => {
                         " (this kernel has no 802.1Q VLAN support: load the 8021q module)"
@@ -139,45 +134,78 @@ pub async fn apply_holding<L: Links>(
     out
 }
 
-async fn index(links: &impl Links, name: &str) -> Result<u32, LinkError> {
-    links.index_of(name).await?.ok_or_else(|| LinkError {
-        errno: Some(libc::ENODEV),
-        message: format!("{name} does not exist"),
-    })
+/// Indexes looked up during one apply: a link is named by several steps (made,
+/// marked, attached, raised), and each lookup is a netlink round trip. Any
+/// delete empties it, so a name made again is looked up again.
+#[derive(Default)]
+struct Indexes(std::cell::RefCell<HashMap<String, u32>>);
+
+impl Indexes {
+    async fn of(&self, links: &impl Links, name: &str) -> Result<u32, LinkError> {
+        if let Some(index) = self.0.borrow().get(name) {
+            return Ok(*index);
+        }
+        let index = links.index_of(name).await?.ok_or_else(|| LinkError {
+            errno: Some(libc::ENODEV),
+            message: format!("{name} does not exist"),
+        })?;
+        self.0.borrow_mut().insert(name.to_string(), index);
+        Ok(index)
+    }
 }
 
-async fn apply_one(links: &impl Links, op: &Operation) -> Result<(), LinkError> {
+async fn apply_one(links: &impl Links, indexes: &Indexes, op: &Operation) -> Result<(), LinkError> {
+    let index = |name: &str| {
+        let name = name.to_string();
+        async move { indexes.of(links, &name).await }
+    };
     match op {
-        Operation::SetUp { name } => links.set_up(index(links, name).await?).await,
+        Operation::SetUp { name } => links.set_up(index(name).await?).await,
         Operation::CreateVlan {
             name,
-            uplink_index,
+            parent,
+            parent_index,
             vid,
             mtu,
             alias,
-            ..
         } => {
-            links.create_vlan(name, *uplink_index, *vid, *mtu).await?;
-            links.set_alias(index(links, name).await?, alias).await
+            let parent = match parent_index {
+                Some(i) => *i,
+                None => index(parent).await?,
+            };
+            links.create_vlan(name, parent, *vid, *mtu).await?;
+            links.set_alias(index(name).await?, alias).await
         }
+        Operation::CreateVeth {
+            name,
+            peer,
+            mtu,
+            alias,
+            peer_alias,
+        } => {
+            links.create_veth(name, peer, *mtu).await?;
+            links.set_alias(index(name).await?, alias).await?;
+            links.set_alias(index(peer).await?, peer_alias).await
+        }
+        Operation::ReleaseController { name } => links.release_controller(index(name).await?).await,
         Operation::CreateBridge { name, mtu, alias } => {
             links.create_bridge(name, *mtu).await?;
-            links.set_alias(index(links, name).await?, alias).await
+            links.set_alias(index(name).await?, alias).await
         }
         Operation::SetController { name, controller } => {
-            let controller = index(links, controller).await?;
-            links
-                .set_controller(index(links, name).await?, controller)
-                .await
+            let controller = index(controller).await?;
+            links.set_controller(index(name).await?, controller).await
         }
-        Operation::SetMtu { name, mtu } => links.set_mtu(index(links, name).await?, *mtu).await,
-        Operation::SetAlias { name, alias } => {
-            links.set_alias(index(links, name).await?, alias).await
+        Operation::SetMtu { name, mtu } => links.set_mtu(index(name).await?, *mtu).await,
+        Operation::SetAlias { name, alias } => links.set_alias(index(name).await?, alias).await,
+        Operation::Delete { index, .. } => {
+            // A veth's peer and a parent's VLANs go with it: forget them all.
+            indexes.0.borrow_mut().clear();
+            match links.delete(*index).await {
+                // Someone else removed it first: what we wanted.
+                Err(e) if e.is_not_found() => Ok(()),
+                other => other,
+            }
         }
-        Operation::Delete { index, .. } => match links.delete(*index).await {
-            // Someone else removed it first: what we wanted.
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other,
-        },
     }
 }

@@ -181,7 +181,7 @@ mod tests {
         assert_eq!(source.offer(good), Reload::Unchanged);
         assert_eq!(source.offer(bad), Reload::Refused);
         assert_eq!(
-            source.good.as_ref().map(|c| c.portgroups[0].vlan),
+            source.good.as_ref().and_then(|c| c.portgroups[0].vlan()),
             Some(100)
         );
         assert!(source

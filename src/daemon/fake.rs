@@ -19,6 +19,8 @@ pub struct FakeKernel {
     /// Like a kernel without 802.1Q: VLAN creation fails with EOPNOTSUPP.
     pub no_8021q: bool,
     pub calls: Vec<String>,
+    /// IP addresses by link index, as the address dump shows them.
+    pub addresses: std::collections::BTreeMap<u32, Vec<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +47,7 @@ impl FakeKernel {
         Observed {
             links: self.links.clone(),
             in_our_group: self.group.clone(),
+            addresses: self.addresses.clone(),
         }
     }
 
@@ -77,13 +80,20 @@ impl FakeKernel {
     }
 
     fn delete_index(&mut self, index: u32) {
-        // Like the kernel: a deleted parent takes its VLANs along, a deleted bridge frees its ports.
-        let children: Vec<u32> = self
+        // Like the kernel: a deleted parent takes its VLANs along, a deleted veth
+        // its peer, a deleted bridge frees its ports.
+        let Some(link) = self.links.iter().find(|l| l.index == index).cloned() else {
+            return;
+        };
+        let mut children: Vec<u32> = self
             .links
             .iter()
             .filter(|l| l.is_kind("vlan") && l.link == Some(index))
             .map(|l| l.index)
             .collect();
+        if link.is_kind("veth") {
+            children.extend(link.link);
+        }
         self.links.retain(|l| l.index != index);
         self.group.remove(&index);
         for l in &mut self.links {
@@ -103,7 +113,9 @@ impl Links for FakeLinks {
     }
 
     async fn index_of(&self, name: &str) -> Result<Option<u32>, LinkError> {
-        Ok(self.0.borrow().get(name).map(|l| l.index))
+        let mut k = self.0.borrow_mut();
+        k.calls.push(format!("index_of {name}"));
+        Ok(k.get(name).map(|l| l.index))
     }
 
     async fn create_vlan(
@@ -141,6 +153,31 @@ impl Links for FakeLinks {
             mtu,
             ..Default::default()
         })
+    }
+
+    async fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(), LinkError> {
+        let mut k = self.0.borrow_mut();
+        k.calls.push(format!("create_veth {name} {peer}"));
+        if k.get(name).is_some() || k.get(peer).is_some() {
+            return Err(err(17, "File exists"));
+        }
+        let (a, b) = (k.next_index, k.next_index + 1);
+        let end = |name: &str, other: u32| LinkSummary {
+            name: name.into(),
+            kind: Some("veth".into()),
+            mtu,
+            link: Some(other),
+            ..Default::default()
+        };
+        k.add(end(name, b))?;
+        k.add(end(peer, a))
+    }
+
+    async fn release_controller(&self, index: u32) -> Result<(), LinkError> {
+        let mut k = self.0.borrow_mut();
+        k.calls.push(format!("release_controller {index}"));
+        k.by_index(index)?.controller = None;
+        Ok(())
     }
 
     async fn set_alias(&self, index: u32, alias: &str) -> Result<(), LinkError> {

@@ -220,7 +220,10 @@ mod tests {
         m.portgroups_ready.store(2, Relaxed);
         let pg = |name: &str, ready| crate::state::PortgroupState {
             name: name.into(),
-            vlan: 100,
+            mode: crate::state::PortgroupMode::Access,
+            vlan: Some(100),
+            trunk: None,
+            native_vlan: None,
             uplink: "eth1".into(),
             bridge: String::new(),
             vlan_interface: String::new(),

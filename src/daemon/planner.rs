@@ -1,17 +1,34 @@
 //! The pure planner: desired (node config, node name, previous state) plus observed
-//! (one link dump) gives an ordered list of operations and the status of every
-//! portgroup. No I/O here, so every rule is a table-driven unit test.
+//! (one link dump, the uplinks' addresses) gives an ordered list of operations and
+//! the status of every portgroup. No I/O here, so every rule is a table-driven
+//! unit test.
 //!
 //! The planner is level-triggered: it never remembers what it did, it only compares.
 //! Running it again on the result of applying its plan must give no operations.
+//!
+//! What it builds, per uplink:
+//! - a VLAN path per VID in use: `pgv<tag>.<vid>` on the uplink, a port of the
+//!   bridge `pgbr<tag>.<vid>`; shared by the access portgroup of that VID and
+//!   every trunk listing it (the same broadcast domain);
+//! - per trunk portgroup: the bridge `pgtb…` for its VM ports, fed through the
+//!   veth pair `pgtp…` (on that bridge) / `pgtq…`, which carries one VLAN
+//!   sub-interface `pgq….<vid>` per listed VID, each a port of that VID's bridge;
+//!   with a native VLAN, `pgtq…` itself is a port of the native VLAN's bridge.
+//!   A tagged frame whose VID has a sub-interface goes to it and never to the
+//!   bridge hook, which is why the VIDs are demultiplexed on `pgtq…` and not on
+//!   the uplink, where the access paths' sub-interfaces already are;
+//! - per untagged portgroup: the bridge `pgbr<tag>.0` with the raw uplink as a port.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 
-use crate::naming::{self, bridge_name, owner_alias, parse_mark, vlan_interface_name};
+use crate::naming::{
+    self, bridge_name, owner_alias, parse_mark, trunk_bridge_name, trunk_feed_name,
+    trunk_port_name, trunk_vlan_name, untagged_bridge_name, vlan_interface_name,
+};
 use crate::netlink::LinkSummary;
-use crate::nodeconfig::{NodeConfig, PortgroupConfig};
-use crate::state::{NodeState, PortgroupState};
+use crate::nodeconfig::{NodeConfig, PortgroupConfig, Segment, VidSet};
+use crate::state::{NodeState, PortgroupMode, PortgroupState};
 
 /// IFLA_GROUP given to every link we create. The kernel ignores IFLA_IFALIAS on
 /// RTM_NEWLINK, so the alias (the ownership mark) can only be set by a second
@@ -21,8 +38,28 @@ use crate::state::{NodeState, PortgroupState};
 /// and did not get to mark yet.
 pub const LINK_GROUP: u32 = 0x7067_0001;
 
+/// A VLAN path's bridge (`vlan=<vid>`), or an untagged portgroup's (`vlan=0`).
 pub const ROLE_BRIDGE: &str = "bridge";
+/// A VLAN path's sub-interface on the uplink.
 pub const ROLE_VLAN: &str = "vlan";
+/// A trunk portgroup's bridge.
+pub const ROLE_TRUNK: &str = "trunk";
+/// The trunk's veth end on its bridge.
+pub const ROLE_TRUNK_PORT: &str = "trunk-port";
+/// The trunk's other veth end, parent of its per-VID sub-interfaces.
+pub const ROLE_TRUNK_FEED: &str = "trunk-feed";
+/// A trunk's sub-interface for one VID, a port of that VID's bridge.
+pub const ROLE_TRUNK_VLAN: &str = "trunk-vlan";
+
+/// The kind of link each role is.
+fn role_kind(role: &str) -> Option<&'static str> {
+    match role {
+        ROLE_BRIDGE | ROLE_TRUNK => Some("bridge"),
+        ROLE_VLAN | ROLE_TRUNK_VLAN => Some("vlan"),
+        ROLE_TRUNK_PORT | ROLE_TRUNK_FEED => Some("veth"),
+        _ => None,
+    }
+}
 
 /// What one link dump showed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,6 +67,9 @@ pub struct Observed {
     pub links: Vec<LinkSummary>,
     /// Indexes of links in [`LINK_GROUP`] (see there).
     pub in_our_group: BTreeSet<u32>,
+    /// The IP addresses links hold (IPv6 link-local ones left out), by index:
+    /// an untagged portgroup never makes a link with addresses a bridge port.
+    pub addresses: BTreeMap<u32, Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,8 +81,9 @@ pub enum Operation {
     /// Created down, in [`LINK_GROUP`]; the applier sets `alias` right after.
     CreateVlan {
         name: String,
-        uplink: String,
-        uplink_index: u32,
+        parent: String,
+        /// The parent's index when the plan knew it (else looked up by name).
+        parent_index: Option<u32>,
         vid: u16,
         mtu: u32,
         alias: String,
@@ -52,9 +93,21 @@ pub enum Operation {
         mtu: u32,
         alias: String,
     },
+    /// A veth pair, both ends created down in [`LINK_GROUP`], then marked.
+    CreateVeth {
+        name: String,
+        peer: String,
+        mtu: u32,
+        alias: String,
+        peer_alias: String,
+    },
     SetController {
         name: String,
         controller: String,
+    },
+    /// Takes a link out of the bridge it is a port of.
+    ReleaseController {
+        name: String,
     },
     SetMtu {
         name: String,
@@ -78,10 +131,33 @@ impl Operation {
             Operation::SetUp { name }
             | Operation::CreateVlan { name, .. }
             | Operation::CreateBridge { name, .. }
+            | Operation::CreateVeth { name, .. }
             | Operation::SetController { name, .. }
+            | Operation::ReleaseController { name }
             | Operation::SetMtu { name, .. }
             | Operation::SetAlias { name, .. }
             | Operation::Delete { name, .. } => name,
+        }
+    }
+
+    /// The links that must exist for the operation to work.
+    pub fn needs(&self) -> Vec<&str> {
+        match self {
+            Operation::SetController { name, controller } => vec![name, controller],
+            Operation::CreateVlan { parent, .. } => vec![parent],
+            Operation::CreateBridge { .. } | Operation::CreateVeth { .. } => vec![],
+            op => vec![op.link_name()],
+        }
+    }
+
+    /// The links the operation makes.
+    pub fn makes(&self) -> Vec<&str> {
+        match self {
+            Operation::CreateVlan { name, .. } | Operation::CreateBridge { name, .. } => {
+                vec![name]
+            }
+            Operation::CreateVeth { name, peer, .. } => vec![name, peer],
+            _ => vec![],
         }
     }
 }
@@ -92,20 +168,24 @@ impl fmt::Display for Operation {
             Operation::SetUp { name } => write!(f, "set {name} up"),
             Operation::CreateVlan {
                 name,
-                uplink,
+                parent,
                 vid,
                 mtu,
                 ..
             } => write!(
                 f,
-                "create VLAN interface {name} on {uplink} vid {vid} mtu {mtu}"
+                "create VLAN interface {name} on {parent} vid {vid} mtu {mtu}"
             ),
             Operation::CreateBridge { name, mtu, .. } => {
                 write!(f, "create bridge {name} mtu {mtu}")
             }
+            Operation::CreateVeth {
+                name, peer, mtu, ..
+            } => write!(f, "create veth pair {name}/{peer} mtu {mtu}"),
             Operation::SetController { name, controller } => {
                 write!(f, "attach {name} to bridge {controller}")
             }
+            Operation::ReleaseController { name } => write!(f, "detach {name} from its bridge"),
             Operation::SetMtu { name, mtu } => write!(f, "set {name} mtu {mtu}"),
             Operation::SetAlias { name, alias } => write!(f, "set {name} alias {alias:?}"),
             Operation::Delete { index, name } => write!(f, "delete {name} (index {index})"),
@@ -126,16 +206,32 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Configured portgroups in config order, then draining ones.
     pub portgroups: Vec<PortgroupState>,
+    /// Portgroups whose readiness hangs on steps filed under another portgroup
+    /// (a trunk on the VLAN paths an access portgroup owns): a failure of
+    /// theirs is the dependent's reason too.
+    pub depends_on: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Plan {
     pub fn steps_for<'a>(&'a self, portgroup: &'a str) -> impl Iterator<Item = &'a Step> + 'a {
         self.steps.iter().filter(move |s| s.portgroup == portgroup)
     }
+
+    /// Whether a failure filed under `failed` also concerns `portgroup`.
+    pub fn concerns(&self, portgroup: &str, failed: &str) -> bool {
+        portgroup == failed
+            || self
+                .depends_on
+                .get(portgroup)
+                .is_some_and(|owners| owners.contains(failed))
+    }
 }
 
 struct View<'a> {
     by_name: HashMap<&'a str, &'a LinkSummary>,
+    by_index: HashMap<u32, &'a LinkSummary>,
+    /// VLAN interfaces in this namespace by (parent index, VID).
+    vlans: HashMap<(u32, u16), Vec<&'a LinkSummary>>,
     observed: &'a Observed,
 }
 
@@ -147,6 +243,16 @@ impl<'a> View<'a> {
                 .iter()
                 .map(|l| (l.name.as_str(), l))
                 .collect(),
+            by_index: observed.links.iter().map(|l| (l.index, l)).collect(),
+            vlans: observed
+                .links
+                .iter()
+                .filter(|l| l.is_kind("vlan") && l.link_netns_id.is_none())
+                .filter_map(|l| Some(((l.link?, l.vlan_id?), l)))
+                .fold(HashMap::new(), |mut map, (key, l)| {
+                    map.entry(key).or_insert_with(Vec::new).push(l);
+                    map
+                }),
             observed,
         }
     }
@@ -161,16 +267,56 @@ impl<'a> View<'a> {
                 && self.observed.in_our_group.contains(&link.index))
     }
 
+    /// Made by portgroupd (not a VM's port, which the plugin owns): marked with one
+    /// of the daemon's roles on a link of that role's kind, or unmarked in our group.
+    fn daemon_made(&self, link: &LinkSummary) -> bool {
+        match link.alias.as_deref().filter(|a| !a.is_empty()) {
+            Some(alias) => parse_mark(alias)
+                .and_then(|m| role_kind(&m.role))
+                .is_some_and(|kind| link.is_kind(kind)),
+            None => {
+                self.observed.in_our_group.contains(&link.index)
+                    && (link.is_kind("bridge") || link.is_kind("vlan") || link.is_kind("veth"))
+            }
+        }
+    }
+
     fn ports_of(&self, bridge: u32) -> impl Iterator<Item = &'a LinkSummary> + 'a {
         self.observed
             .links
             .iter()
             .filter(move |l| l.controller == Some(bridge))
     }
+
+    /// A VLAN interface of `parent` in this namespace with this VID.
+    fn is_vlan_of(link: &LinkSummary, parent: u32, vid: u16) -> bool {
+        link.is_kind("vlan")
+            && link.vlan_id == Some(vid)
+            && link.link == Some(parent)
+            && link.link_netns_id.is_none()
+    }
 }
 
 fn not_owned_reason(name: &str) -> String {
     format!("interface {name} exists and is not owned by portgroup; rename or remove it")
+}
+
+/// A VLAN path every user of (uplink, vid) shares.
+#[derive(Debug, Clone)]
+struct PathWant<'c> {
+    uplink: &'c str,
+    vid: u16,
+    /// The portgroup its steps are filed under and its mark names: the access
+    /// portgroup of the VID, else the first trunk listing it.
+    owner: &'c str,
+    /// The access portgroup's MTU, else the first trunk's; else the uplink's.
+    mtu: Option<u32>,
+}
+
+/// Where each configured portgroup goes on this node.
+struct Placed<'c> {
+    pg: &'c PortgroupConfig,
+    uplink: Option<&'c str>,
 }
 
 /// Plans one reconcile. `previous` lends draining portgroups what the config no
@@ -184,28 +330,184 @@ pub fn plan(
 ) -> Plan {
     let view = View::new(observed);
     let mut plan = Plan::default();
-    let uplink_name = config.uplink_for(node);
-
-    let desired_names: HashSet<String> = uplink_name
-        .map(|u| {
-            config
-                .portgroups
-                .iter()
-                .flat_map(|pg| [bridge_name(u, pg.vlan), vlan_interface_name(u, pg.vlan)])
-                .collect()
+    let placed: Vec<Placed> = config
+        .portgroups
+        .iter()
+        .map(|pg| Placed {
+            pg,
+            uplink: config.uplink_of(pg, node),
         })
-        .unwrap_or_default();
+        .collect();
 
-    let draining = plan_stale(&view, &desired_names, previous, &mut plan);
-
-    let mut uplink_up_planned = false;
-    for pg in &config.portgroups {
-        let status = match uplink_name {
-            None => not_ready_unplaced(pg, node),
-            Some(uplink) => {
-                plan_portgroup(pg, uplink, node, &view, &mut uplink_up_planned, &mut plan)
+    // Every VLAN path in use, in the order the config first needs it.
+    let mut paths: Vec<PathWant> = Vec::new();
+    let mut path_at: HashMap<(&str, u16), usize> = HashMap::new();
+    for access_first in [true, false] {
+        for p in &placed {
+            let Some(uplink) = p.uplink else { continue };
+            let vids: Vec<u16> = match (&p.pg.segment, access_first) {
+                (Segment::Access(vid), true) => vec![*vid],
+                (Segment::Trunk { vids, native }, false) => {
+                    vids.vids().iter().copied().chain(*native).collect()
+                }
+                _ => continue,
+            };
+            for vid in vids {
+                match path_at.get(&(uplink, vid)) {
+                    Some(&i) => {
+                        if paths[i].mtu.is_none() {
+                            paths[i].mtu = p.pg.mtu;
+                        }
+                    }
+                    None => {
+                        path_at.insert((uplink, vid), paths.len());
+                        paths.push(PathWant {
+                            uplink,
+                            vid,
+                            owner: &p.pg.name,
+                            mtu: p.pg.mtu,
+                        });
+                    }
+                }
             }
+        }
+    }
+
+    // Every name wanted, and by whom: two wants of one name (a hash collision)
+    // make the later one not ready instead of fighting over the link.
+    let mut claims: HashMap<String, String> = HashMap::new();
+    let mut collisions: HashMap<String, String> = HashMap::new();
+    let mut claim = |name: String, by: String, pg: &str| {
+        if let Some(first) = claims.get(&name) {
+            if *first != by {
+                collisions.entry(pg.to_string()).or_insert(format!(
+                    "interface name {name} is also wanted for {first}; rename this portgroup"
+                ));
+            }
+        } else {
+            claims.insert(name, by);
+        }
+    };
+    for path in &paths {
+        let by = format!("VLAN {} on {}", path.vid, path.uplink);
+        claim(bridge_name(path.uplink, path.vid), by.clone(), path.owner);
+        claim(vlan_interface_name(path.uplink, path.vid), by, path.owner);
+    }
+    for p in &placed {
+        let Some(uplink) = p.uplink else { continue };
+        let by = format!("portgroup {}", p.pg.name);
+        match &p.pg.segment {
+            Segment::Access(_) => {}
+            Segment::Untagged => claim(untagged_bridge_name(uplink), by, &p.pg.name),
+            Segment::Trunk { vids, .. } => {
+                claim(
+                    trunk_bridge_name(uplink, &p.pg.name),
+                    by.clone(),
+                    &p.pg.name,
+                );
+                claim(trunk_port_name(uplink, &p.pg.name), by.clone(), &p.pg.name);
+                claim(trunk_feed_name(uplink, &p.pg.name), by.clone(), &p.pg.name);
+                for vid in vids.vids() {
+                    claim(
+                        trunk_vlan_name(uplink, &p.pg.name, *vid),
+                        by.clone(),
+                        &p.pg.name,
+                    );
+                }
+            }
+        }
+    }
+    let desired: HashSet<String> = claims.into_keys().collect();
+
+    let draining = plan_stale(&view, &desired, previous, &mut plan);
+
+    let mut uplinks_up: HashSet<&str> = HashSet::new();
+    let mut path_results: HashMap<(&str, u16), Result<usize, String>> = HashMap::new();
+    for path in &paths {
+        let result = match view.get(path.uplink) {
+            None => Err(format!("uplink {} not found on node {node}", path.uplink)),
+            Some(uplink) => match collisions.get(path.owner) {
+                Some(why) => Err(why.clone()),
+                None => plan_path(path, uplink, &view, &mut plan),
+            },
         };
+        path_results.insert((path.uplink, path.vid), result);
+    }
+
+    for p in &placed {
+        let pg = p.pg;
+        let Some(uplink_name) = p.uplink else {
+            plan.portgroups.push(not_ready_unplaced(pg, node));
+            continue;
+        };
+        let mut status = PortgroupState::from_config(pg, Some(uplink_name));
+        let Some(uplink) = view.get(uplink_name) else {
+            status.reason = Some(format!("uplink {uplink_name} not found on node {node}"));
+            plan.portgroups.push(status);
+            continue;
+        };
+        let mtu = pg.mtu.unwrap_or(uplink.mtu);
+        status.mtu = Some(mtu);
+        let result = match (collisions.get(&pg.name), &pg.segment) {
+            (Some(why), _) => Err(why.clone()),
+            (None, Segment::Access(vid)) => {
+                let path = &paths[path_at[&(uplink_name, *vid)]];
+                status.mtu = Some(path.mtu.unwrap_or(uplink.mtu));
+                path_results[&(uplink_name, *vid)].clone()
+            }
+            (None, Segment::Trunk { vids, native }) => {
+                let owners: BTreeSet<String> = vids
+                    .vids()
+                    .iter()
+                    .chain(native.as_ref())
+                    .map(|vid| paths[path_at[&(uplink_name, *vid)]].owner)
+                    .filter(|owner| *owner != pg.name)
+                    .map(str::to_string)
+                    .collect();
+                if !owners.is_empty() {
+                    plan.depends_on.insert(pg.name.clone(), owners);
+                }
+                plan_trunk(
+                    pg,
+                    uplink_name,
+                    vids,
+                    *native,
+                    mtu,
+                    &view,
+                    &path_results,
+                    &mut plan,
+                )
+            }
+            (None, Segment::Untagged) => plan_untagged(pg, uplink, mtu, &view, &mut plan),
+        };
+        // The uplink is brought up once, before anything is made on it.
+        let mut uplink_reason = None;
+        if !uplink.admin_up {
+            if uplinks_up.insert(uplink_name) {
+                plan.steps.insert(
+                    0,
+                    Step {
+                        portgroup: pg.name.clone(),
+                        op: Operation::SetUp {
+                            name: uplink_name.to_string(),
+                        },
+                    },
+                );
+            }
+            uplink_reason = Some(format!("uplink {uplink_name} is down; bringing it up"));
+        } else if !uplink.lower_up {
+            uplink_reason = Some(format!(
+                "uplink {uplink_name} is up but has no carrier (cable, switch port or bond members down)"
+            ));
+        }
+        match (result, uplink_reason) {
+            (Err(reason), _) => status.reason = Some(reason),
+            (Ok(_), Some(reason)) => status.reason = Some(reason),
+            (Ok(0), None) => status.ready = true,
+            (Ok(pending), None) => {
+                status.reason = Some(format!("converging: {pending} change(s) pending"));
+            }
+        }
         plan.portgroups.push(status);
     }
     for d in draining {
@@ -228,59 +530,49 @@ fn not_ready_unplaced(pg: &PortgroupConfig, node: &str) -> PortgroupState {
     }
 }
 
-/// Owned bridges and VLAN interfaces that no configured portgroup wants: torn down,
-/// unless VM ports remain on the bridge; then it drains.
+/// Owned links that no configured portgroup wants: torn down, unless VM ports
+/// remain on a bridge; then it drains, and so does everything that carries its
+/// traffic (a trunk's veth pair, its sub-interfaces, the VLAN paths they feed).
 fn plan_stale(
     view: &View<'_>,
     desired: &HashSet<String>,
     previous: Option<&NodeState>,
     plan: &mut Plan,
 ) -> Vec<PortgroupState> {
-    let stale = |l: &&LinkSummary| {
-        !desired.contains(&l.name)
-            && view.owned(l)
-            // Only what the daemon itself makes: a host veth the plugin marked is never ours to remove.
-            && (l.is_kind("bridge") || l.is_kind("vlan"))
-            && l.alias.as_deref().and_then(parse_mark).is_none_or(|m| {
-                (m.role == ROLE_BRIDGE && l.is_kind("bridge"))
-                    || (m.role == ROLE_VLAN && l.is_kind("vlan"))
-            })
-    };
-    let mut draining = Vec::new();
-    let mut kept_bridges = HashSet::new();
-    let mut deletes = Vec::new();
-    for bridge in view
+    let stale: Vec<&LinkSummary> = view
         .observed
         .links
         .iter()
-        .filter(stale)
-        .filter(|l| l.is_kind("bridge"))
-    {
+        .filter(|l| !desired.contains(&l.name) && view.owned(l) && view.daemon_made(l))
+        .collect();
+    let mut draining = Vec::new();
+    let mut keep: HashSet<u32> = HashSet::new();
+    for bridge in stale.iter().filter(|l| l.is_kind("bridge")) {
         let mark = bridge.alias.as_deref().and_then(parse_mark);
+        let uplink = mark.as_ref().map(|m| m.uplink.as_str());
+        let vm_ports: Vec<&str> = view
+            .ports_of(bridge.index)
+            .filter(|p| !view.daemon_made(p) && Some(p.name.as_str()) != uplink)
+            .map(|p| p.name.as_str())
+            .collect();
+        if vm_ports.is_empty() {
+            continue;
+        }
+        keep.insert(bridge.index);
         let pg_name = mark
             .as_ref()
             .map(|m| m.portgroup.clone())
             .unwrap_or_else(|| bridge.name.clone());
-        let vm_ports: Vec<&str> = view
-            .ports_of(bridge.index)
-            .filter(|p| !(p.is_kind("vlan") && view.owned(p)))
-            .map(|p| p.name.as_str())
-            .collect();
-        if vm_ports.is_empty() {
-            deletes.push(Step {
-                portgroup: pg_name,
-                op: Operation::Delete {
-                    index: bridge.index,
-                    name: bridge.name.clone(),
-                },
-            });
-            continue;
-        }
-        kept_bridges.insert(bridge.index);
         let before = previous.and_then(|s| s.portgroups.iter().find(|p| p.name == pg_name));
+        let mode = match mark.as_ref() {
+            Some(m) if m.role == ROLE_TRUNK => PortgroupMode::Trunk,
+            Some(m) if m.vlan == 0 => PortgroupMode::Untagged,
+            _ => PortgroupMode::Access,
+        };
         let vlan_interface = view
             .ports_of(bridge.index)
-            .find(|p| p.is_kind("vlan") && view.owned(p))
+            .find(|p| p.is_kind("vlan") && view.daemon_made(p))
+            .filter(|_| mode == PortgroupMode::Access)
             .map(|p| p.name.clone())
             .unwrap_or_default();
         let reason = format!(
@@ -290,6 +582,7 @@ fn plan_stale(
         );
         draining.push(PortgroupState::draining(
             pg_name,
+            mode,
             mark.as_ref(),
             bridge,
             vlan_interface,
@@ -297,73 +590,193 @@ fn plan_stale(
             reason,
         ));
     }
-    for vlan in view
-        .observed
-        .links
-        .iter()
-        .filter(stale)
-        .filter(|l| l.is_kind("vlan"))
-    {
-        // The VLAN interface of a draining bridge still carries its VMs' traffic.
-        if vlan.controller.is_some_and(|c| kept_bridges.contains(&c)) {
+    // What a draining bridge's traffic still runs through: its own daemon-made
+    // ports, a veth's peer, VLAN sub-interfaces of a kept link, the bridge a kept
+    // link is a port of.
+    let mut queue: Vec<u32> = keep.iter().copied().collect();
+    while let Some(index) = queue.pop() {
+        let Some(link) = view.by_index.get(&index).copied() else {
+            continue;
+        };
+        let mut next: Vec<u32> = view
+            .observed
+            .links
+            .iter()
+            .filter(|l| {
+                l.controller == Some(index)
+                    || (l.is_kind("vlan") && l.link == Some(index) && l.link_netns_id.is_none())
+            })
+            .map(|l| l.index)
+            .collect();
+        if link.is_kind("veth") && link.link_netns_id.is_none() {
+            next.extend(link.link);
+        }
+        next.extend(link.controller);
+        for n in next {
+            let daemon = view
+                .by_index
+                .get(&n)
+                .is_some_and(|l| view.owned(l) && view.daemon_made(l));
+            if daemon && keep.insert(n) {
+                queue.push(n);
+            }
+        }
+    }
+    for link in stale {
+        if keep.contains(&link.index) {
             continue;
         }
-        let pg_name = vlan
+        let pg_name = link
             .alias
             .as_deref()
             .and_then(parse_mark)
             .map(|m| m.portgroup)
-            .unwrap_or_else(|| vlan.name.clone());
-        deletes.push(Step {
+            .unwrap_or_else(|| link.name.clone());
+        plan.steps.push(Step {
             portgroup: pg_name,
             op: Operation::Delete {
-                index: vlan.index,
-                name: vlan.name.clone(),
+                index: link.index,
+                name: link.name.clone(),
             },
         });
     }
-    plan.steps.extend(deletes);
     draining
 }
 
-fn plan_portgroup(
-    pg: &PortgroupConfig,
-    uplink_name: &str,
-    node: &str,
-    view: &View<'_>,
-    uplink_up_planned: &mut bool,
-    plan: &mut Plan,
-) -> PortgroupState {
-    let bname = bridge_name(uplink_name, pg.vlan);
-    let vname = vlan_interface_name(uplink_name, pg.vlan);
-    let mut status = PortgroupState::from_config(pg, Some(uplink_name));
-    let Some(uplink) = view.get(uplink_name) else {
-        status.reason = Some(format!("uplink {uplink_name} not found on node {node}"));
-        return status;
-    };
-    let mtu = pg.mtu.unwrap_or(uplink.mtu);
-    status.mtu = Some(mtu);
+/// Steps that make `name` (of `kind`) right, or delete it when it is not: a
+/// link of ours with the right name and the wrong kind or parent is remade.
+struct Ensure<'v, 'a> {
+    view: &'v View<'a>,
+    portgroup: &'v str,
+    steps: Vec<Step>,
+}
 
-    let mut problems = Vec::new();
-    for name in [&vname, &bname] {
-        if let Some(link) = view.get(name) {
-            if !view.owned(link) {
-                problems.push(not_owned_reason(name));
-            }
+impl<'a> Ensure<'_, 'a> {
+    fn step(&mut self, op: Operation) {
+        self.steps.push(Step {
+            portgroup: self.portgroup.to_string(),
+            op,
+        });
+    }
+
+    /// The link by this name if it is right; a wrong one is deleted.
+    fn existing(
+        &mut self,
+        name: &str,
+        right: impl Fn(&LinkSummary) -> bool,
+    ) -> Option<&'a LinkSummary> {
+        let link = self.view.get(name)?;
+        if right(link) {
+            Some(link)
+        } else {
+            self.step(Operation::Delete {
+                index: link.index,
+                name: link.name.clone(),
+            });
+            None
         }
     }
+
+    /// Alias and MTU of an existing link.
+    fn tend(&mut self, link: &LinkSummary, alias: &str, mtu: u32) {
+        if link.alias.as_deref() != Some(alias) {
+            self.step(Operation::SetAlias {
+                name: link.name.clone(),
+                alias: alias.to_string(),
+            });
+        }
+        if link.mtu != mtu {
+            self.step(Operation::SetMtu {
+                name: link.name.clone(),
+                mtu,
+            });
+        }
+    }
+
+    fn controller(
+        &mut self,
+        link: Option<&LinkSummary>,
+        name: &str,
+        bridge: Option<&LinkSummary>,
+        bridge_name: &str,
+    ) {
+        let attached =
+            matches!((link, bridge), (Some(l), Some(b)) if l.controller == Some(b.index));
+        if !attached {
+            self.step(Operation::SetController {
+                name: name.to_string(),
+                controller: bridge_name.to_string(),
+            });
+        }
+    }
+
+    fn up(&mut self, link: Option<&LinkSummary>, name: &str) {
+        if !link.is_some_and(|l| l.admin_up) {
+            self.step(Operation::SetUp {
+                name: name.to_string(),
+            });
+        }
+    }
+
+    fn bridge(&mut self, name: &str, mtu: u32, alias: String) -> Option<&'a LinkSummary> {
+        let bridge = self.existing(name, |l| l.is_kind("bridge"));
+        self.make_bridge(bridge, name, mtu, alias);
+        bridge
+    }
+
+    fn make_bridge(&mut self, bridge: Option<&LinkSummary>, name: &str, mtu: u32, alias: String) {
+        match bridge {
+            None => self.step(Operation::CreateBridge {
+                name: name.to_string(),
+                mtu,
+                alias,
+            }),
+            Some(l) => self.tend(l, &alias, mtu),
+        }
+    }
+
+    /// Moves the steps into the plan; how many there were.
+    fn finish(self, plan: &mut Plan) -> usize {
+        let n = self.steps.len();
+        plan.steps.extend(self.steps);
+        n
+    }
+}
+
+/// Names taken by links that are not ours: nothing is done, the reason says which.
+fn unowned(view: &View<'_>, names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .filter_map(|name| view.get(name))
+        .filter(|l| !view.owned(l))
+        .map(|l| not_owned_reason(&l.name))
+        .collect()
+}
+
+/// One VLAN path: sub-interface on the uplink, a port of its bridge, both up.
+/// Ok(pending steps) or why it cannot be made.
+fn plan_path(
+    path: &PathWant<'_>,
+    uplink: &LinkSummary,
+    view: &View<'_>,
+    plan: &mut Plan,
+) -> Result<usize, String> {
+    let (uplink_name, vid) = (path.uplink, path.vid);
+    let bname = bridge_name(uplink_name, vid);
+    let vname = vlan_interface_name(uplink_name, vid);
+    let mtu = path.mtu.unwrap_or(uplink.mtu);
+    let mut problems = unowned(view, &[&vname, &bname]);
     // The kernel allows one VLAN interface per (parent, vid): an unowned one blocks ours.
-    if let Some(other) = view.observed.links.iter().find(|l| {
-        l.is_kind("vlan")
-            && l.link == Some(uplink.index)
-            && l.link_netns_id.is_none()
-            && l.vlan_id == Some(pg.vlan)
-            && l.name != vname
-            && !view.owned(l)
-    }) {
+    if let Some(other) = view
+        .vlans
+        .get(&(uplink.index, vid))
+        .into_iter()
+        .flatten()
+        .find(|l| l.name != vname && !view.owned(l))
+    {
         problems.push(format!(
-            "VLAN {} on uplink {uplink_name} is already used by interface {}, which is not owned by portgroup; remove it",
-            pg.vlan, other.name
+            "VLAN {vid} on uplink {uplink_name} is already used by interface {}, which is not owned by portgroup; remove it",
+            other.name
         ));
     }
     if mtu > uplink.mtu {
@@ -373,127 +786,233 @@ fn plan_portgroup(
         ));
     }
     if !problems.is_empty() {
-        status.reason = Some(problems.join("; "));
-        return status;
+        return Err(problems.join("; "));
     }
-
-    let step = |op| Step {
-        portgroup: pg.name.clone(),
-        op,
+    let mut e = Ensure {
+        view,
+        portgroup: path.owner,
+        steps: Vec::new(),
     };
-    let mut steps = Vec::new();
-    let mut uplink_reason = None;
-    if !uplink.admin_up {
-        if !*uplink_up_planned {
-            steps.push(step(Operation::SetUp {
-                name: uplink_name.to_string(),
-            }));
-            *uplink_up_planned = true;
-        }
-        uplink_reason = Some(format!("uplink {uplink_name} is down; bringing it up"));
-    } else if !uplink.lower_up {
-        uplink_reason = Some(format!(
-            "uplink {uplink_name} is up but has no carrier (cable, switch port or bond members down)"
-        ));
-    }
-
-    let vlan_alias = owner_alias(ROLE_VLAN, &pg.name, uplink_name, pg.vlan);
-    let bridge_alias = owner_alias(ROLE_BRIDGE, &pg.name, uplink_name, pg.vlan);
-
-    let vlan = view.get(&vname).filter(|l| {
-        let right = l.is_kind("vlan")
-            && l.vlan_id == Some(pg.vlan)
-            && l.link == Some(uplink.index)
-            && l.link_netns_id.is_none();
-        if !right {
-            steps.push(step(Operation::Delete {
-                index: l.index,
-                name: l.name.clone(),
-            }));
-        }
-        right
-    });
-    let bridge = view.get(&bname).filter(|l| {
-        let right = l.is_kind("bridge");
-        if !right {
-            steps.push(step(Operation::Delete {
-                index: l.index,
-                name: l.name.clone(),
-            }));
-        }
-        right
-    });
-
+    let vlan_alias = owner_alias(ROLE_VLAN, path.owner, uplink_name, vid);
+    let bridge_alias = owner_alias(ROLE_BRIDGE, path.owner, uplink_name, vid);
+    let vlan = e.existing(&vname, |l| View::is_vlan_of(l, uplink.index, vid));
+    let bridge = e.existing(&bname, |l| l.is_kind("bridge"));
     match vlan {
-        None => steps.push(step(Operation::CreateVlan {
+        None => e.step(Operation::CreateVlan {
             name: vname.clone(),
-            uplink: uplink_name.to_string(),
-            uplink_index: uplink.index,
-            vid: pg.vlan,
+            parent: uplink_name.to_string(),
+            parent_index: Some(uplink.index),
+            vid,
             mtu,
             alias: vlan_alias,
-        })),
-        Some(l) => {
-            if l.alias.as_deref() != Some(vlan_alias.as_str()) {
-                steps.push(step(Operation::SetAlias {
-                    name: vname.clone(),
-                    alias: vlan_alias,
-                }));
-            }
-            if l.mtu != mtu {
-                steps.push(step(Operation::SetMtu {
-                    name: vname.clone(),
-                    mtu,
-                }));
-            }
-        }
+        }),
+        Some(l) => e.tend(l, &vlan_alias, mtu),
     }
-    match bridge {
-        None => steps.push(step(Operation::CreateBridge {
-            name: bname.clone(),
-            mtu,
-            alias: bridge_alias,
-        })),
-        Some(l) => {
-            if l.alias.as_deref() != Some(bridge_alias.as_str()) {
-                steps.push(step(Operation::SetAlias {
-                    name: bname.clone(),
-                    alias: bridge_alias,
-                }));
-            }
-            if l.mtu != mtu {
-                steps.push(step(Operation::SetMtu {
-                    name: bname.clone(),
-                    mtu,
-                }));
-            }
-        }
-    }
-    let attached = matches!((vlan, bridge), (Some(v), Some(b)) if v.controller == Some(b.index));
-    if !attached {
-        steps.push(step(Operation::SetController {
-            name: vname.clone(),
-            controller: bname.clone(),
-        }));
-    }
-    if !vlan.is_some_and(|l| l.admin_up) {
-        steps.push(step(Operation::SetUp { name: vname }));
-    }
-    if !bridge.is_some_and(|l| l.admin_up) {
-        steps.push(step(Operation::SetUp { name: bname }));
-    }
+    e.make_bridge(bridge, &bname, mtu, bridge_alias);
+    e.controller(vlan, &vname, bridge, &bname);
+    e.up(vlan, &vname);
+    e.up(bridge, &bname);
+    Ok(e.finish(plan))
+}
 
-    let converged = steps.is_empty();
-    let pending = steps.len();
-    plan.steps.extend(steps);
-    match (uplink_reason, converged) {
-        (Some(reason), _) => status.reason = Some(reason),
-        (None, false) => {
-            status.reason = Some(format!("converging: {pending} change(s) pending"));
-        }
-        (None, true) => status.ready = true,
+/// A trunk portgroup: its bridge, the veth pair feeding it, one sub-interface per
+/// VID on the pair's far end, each a port of its VID's path bridge. Ready only
+/// when every VID's path is.
+#[allow(clippy::too_many_arguments)]
+fn plan_trunk(
+    pg: &PortgroupConfig,
+    uplink_name: &str,
+    vids: &VidSet,
+    native: Option<u16>,
+    mtu: u32,
+    view: &View<'_>,
+    paths: &HashMap<(&str, u16), Result<usize, String>>,
+    plan: &mut Plan,
+) -> Result<usize, String> {
+    let tb = trunk_bridge_name(uplink_name, &pg.name);
+    let tp = trunk_port_name(uplink_name, &pg.name);
+    let tq = trunk_feed_name(uplink_name, &pg.name);
+    let sub = |vid: u16| trunk_vlan_name(uplink_name, &pg.name, vid);
+    let mut names = vec![tb.clone(), tp.clone(), tq.clone()];
+    names.extend(vids.vids().iter().map(|v| sub(*v)));
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let problems = unowned(view, &refs);
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
     }
-    status
+    let alias = |role: &str, vid: u16| owner_alias(role, &pg.name, uplink_name, vid);
+    let mut e = Ensure {
+        view,
+        portgroup: &pg.name,
+        steps: Vec::new(),
+    };
+    let bridge = e.bridge(&tb, mtu, alias(ROLE_TRUNK, 0));
+    // The pair is right when both ends are veths and each other's peer.
+    let pair_right = |a: &LinkSummary, b: Option<&LinkSummary>| {
+        a.is_kind("veth")
+            && a.link_netns_id.is_none()
+            && b.is_some_and(|b| a.link == Some(b.index) && b.link == Some(a.index))
+    };
+    let port = e.existing(&tp, |l| pair_right(l, view.get(&tq)));
+    let feed = match port {
+        Some(_) => view.get(&tq),
+        None => {
+            // A lone or mismatched far end goes too, or the new pair cannot take its name.
+            if let Some(stray) = view.get(&tq) {
+                e.step(Operation::Delete {
+                    index: stray.index,
+                    name: stray.name.clone(),
+                });
+            }
+            e.step(Operation::CreateVeth {
+                name: tp.clone(),
+                peer: tq.clone(),
+                mtu,
+                alias: alias(ROLE_TRUNK_PORT, 0),
+                peer_alias: alias(ROLE_TRUNK_FEED, 0),
+            });
+            None
+        }
+    };
+    if let (Some(p), Some(f)) = (port, feed) {
+        e.tend(p, &alias(ROLE_TRUNK_PORT, 0), mtu);
+        e.tend(f, &alias(ROLE_TRUNK_FEED, 0), mtu);
+    }
+    e.controller(port, &tp, bridge, &tb);
+    // Untagged frames from the VMs: into the native VLAN's bridge, else nowhere.
+    let native_path_ok = native.is_some_and(|vid| {
+        paths
+            .get(&(uplink_name, vid))
+            .is_some_and(|result| result.is_ok())
+    });
+    match native.filter(|_| native_path_ok) {
+        Some(vid) => {
+            let nb = bridge_name(uplink_name, vid);
+            e.controller(feed, &tq, view.get(&nb), &nb);
+        }
+        None => {
+            if feed.is_some_and(|f| f.controller.is_some()) {
+                e.step(Operation::ReleaseController { name: tq.clone() });
+            }
+        }
+    }
+    e.up(bridge, &tb);
+    e.up(port, &tp);
+    e.up(feed, &tq);
+    for vid in vids.vids() {
+        // A VID whose path cannot be made gets no sub-interface: it would have no
+        // bridge to join. The trunk is not ready, saying why (below).
+        if paths
+            .get(&(uplink_name, *vid))
+            .is_none_or(|result| result.is_err())
+        {
+            continue;
+        }
+        let name = sub(*vid);
+        let link = feed.and_then(|f| e.existing(&name, |l| View::is_vlan_of(l, f.index, *vid)));
+        let vlan_alias = alias(ROLE_TRUNK_VLAN, *vid);
+        match link {
+            None => e.step(Operation::CreateVlan {
+                name: name.clone(),
+                parent: tq.clone(),
+                parent_index: feed.map(|f| f.index),
+                vid: *vid,
+                mtu,
+                alias: vlan_alias,
+            }),
+            Some(l) => e.tend(l, &vlan_alias, mtu),
+        }
+        let vb = bridge_name(uplink_name, *vid);
+        e.controller(link, &name, view.get(&vb), &vb);
+        e.up(link, &name);
+    }
+    let pending = e.finish(plan);
+    // Every VID's path, the native one included, or the trunk is not ready.
+    let mut broken: Vec<String> = Vec::new();
+    let mut converging = 0;
+    for vid in vids.vids().iter().chain(native.as_ref()) {
+        match paths.get(&(uplink_name, *vid)) {
+            Some(Ok(n)) => converging += n,
+            Some(Err(why)) => broken.push(format!("VLAN {vid}: {why}")),
+            None => broken.push(format!("VLAN {vid}: no path planned")),
+        }
+    }
+    if !broken.is_empty() {
+        let more = broken.len().saturating_sub(3);
+        broken.truncate(3);
+        let mut reason = broken.join("; ");
+        if more > 0 {
+            reason.push_str(&format!("; and {more} more VLANs"));
+        }
+        return Err(reason);
+    }
+    Ok(pending + converging)
+}
+
+/// An untagged portgroup: a bridge with the raw uplink as a port. Refused while
+/// the uplink holds IP addresses: as a bridge port it would stop answering on
+/// them, and the node's own network must never be cut.
+fn plan_untagged(
+    pg: &PortgroupConfig,
+    uplink: &LinkSummary,
+    mtu: u32,
+    view: &View<'_>,
+    plan: &mut Plan,
+) -> Result<usize, String> {
+    let name = untagged_bridge_name(&uplink.name);
+    let mut problems = unowned(view, &[&name]);
+    if let Some(addresses) = view
+        .observed
+        .addresses
+        .get(&uplink.index)
+        .filter(|a| !a.is_empty())
+    {
+        problems.push(format!(
+            "uplink {} holds IP addresses ({}): an untagged portgroup makes it a bridge port, which would cut the node's own traffic over it; give the portgroup an uplink of its own (\"uplink\") or move the addresses off {}",
+            uplink.name,
+            addresses.join(", "),
+            uplink.name
+        ));
+    }
+    if uplink.is_kind("bridge") {
+        problems.push(format!(
+            "uplink {} is a bridge; a bridge cannot be a port of another bridge",
+            uplink.name
+        ));
+    }
+    let ours = view.get(&name).map(|b| b.index);
+    if let Some(other) = uplink
+        .controller
+        .filter(|c| Some(*c) != ours)
+        .and_then(|c| view.by_index.get(&c))
+    {
+        problems.push(format!(
+            "uplink {} is already a port of {}, which is not this portgroup's bridge",
+            uplink.name, other.name
+        ));
+    }
+    if mtu > uplink.mtu {
+        problems.push(format!(
+            "mtu {mtu} is larger than uplink {}'s mtu {}; raise the uplink's MTU or lower the portgroup's",
+            uplink.name, uplink.mtu
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    let mut e = Ensure {
+        view,
+        portgroup: &pg.name,
+        steps: Vec::new(),
+    };
+    let bridge = e.bridge(
+        &name,
+        mtu,
+        owner_alias(ROLE_BRIDGE, &pg.name, &uplink.name, 0),
+    );
+    e.controller(Some(uplink), &uplink.name, bridge, &name);
+    e.up(bridge, &name);
+    Ok(e.finish(plan))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use super::backoff::Backoff;
 use super::config::ConfigSource;
 use super::gc;
 use super::metrics::Metrics;
-use super::planner::plan;
+use super::planner::{plan, Plan};
 use crate::paths::{rfc3339, RunDir};
 use crate::state::{NodeState, PortgroupState};
 
@@ -156,11 +156,16 @@ impl<L: Links> Reconciler<L> {
             observed = self.links.dump().await?;
             verified = plan(config, &self.node, self.previous.as_ref(), &observed);
         }
+        let dependencies = Plan {
+            depends_on: verified.depends_on.clone(),
+            ..Plan::default()
+        };
         let mut portgroups = verified.portgroups;
         for pg in &mut portgroups {
+            // A trunk's own failures, and those of the VLAN paths it rides on.
             let mine: Vec<&str> = failures
                 .iter()
-                .filter(|f| f.portgroup == pg.name)
+                .filter(|f| dependencies.concerns(&pg.name, &f.portgroup))
                 .map(|f| f.message.as_str())
                 .collect();
             if !mine.is_empty() {
@@ -317,6 +322,46 @@ mod tests {
             metrics,
         );
         assert_eq!(again.previous.map(|s| s.generation), Some(4));
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_trunk_reports_the_failures_of_the_vlan_paths_it_rides_on() {
+        let dir = std::env::temp_dir().join(format!("pg-reconcile-trunk-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let fake = FakeLinks(RefCell::new(FakeKernel::with(vec![LinkSummary {
+            index: 3,
+            name: "eth1".into(),
+            mtu: 1500,
+            admin_up: true,
+            lower_up: true,
+            ..Default::default()
+        }])));
+        fake.0.borrow_mut().no_8021q = true;
+        let mut r = Reconciler::new(
+            fake,
+            "worker-3".into(),
+            RunDir(dir.clone()),
+            Arc::new(Metrics::default()),
+        );
+        let mut source = ConfigSource::new(dir.join("config.json"));
+        source.offer(
+            br#"{"uplink": "eth1", "portgroups": [
+                {"name": "web", "vlan": 100}, {"name": "fw", "trunk": "100"}]}"#
+                .to_vec(),
+        );
+        block_on(r.reconcile(&source, false)).expect("reconcile");
+        let state = NodeState::read(&dir.join("state.json")).expect("state");
+        let fw = &state.portgroups[1];
+        assert!(!fw.ready);
+        // VLAN 100's path is filed under web, its access portgroup; its failure
+        // is the trunk's reason too.
+        let path = crate::naming::vlan_interface_name("eth1", 100);
+        let reason = fw.reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.contains(&format!("create VLAN interface {path}")),
+            "{reason}"
+        );
         std::fs::remove_dir_all(dir).expect("cleanup");
     }
 }

@@ -1,8 +1,9 @@
 //! [`Links`] over rtnetlink, in the daemon's own network namespace.
 
 use futures::TryStreamExt;
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::{LinkBridge, LinkVlan};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVlan};
 
 use super::applier::{LinkError, Links};
 use super::planner::{Observed, LINK_GROUP};
@@ -39,6 +40,28 @@ pub fn link_error(err: rtnetlink::Error) -> LinkError {
     }
 }
 
+/// The addresses that count as the node's own network on a link: every IPv4
+/// one and every IPv6 one but link-local (which every up link has).
+pub fn observe_addresses(messages: &[AddressMessage], observed: &mut Observed) {
+    for msg in messages {
+        let address = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        });
+        let Some(ip) = address else { continue };
+        if let std::net::IpAddr::V6(v6) = ip {
+            if v6.segments()[0] & 0xffc0 == 0xfe80 {
+                continue;
+            }
+        }
+        observed
+            .addresses
+            .entry(msg.header.index)
+            .or_default()
+            .push(format!("{ip}/{}", msg.header.prefix_len));
+    }
+}
+
 pub fn observe(messages: &[LinkMessage]) -> Observed {
     let mut observed = Observed::default();
     for msg in messages {
@@ -65,7 +88,18 @@ impl Links for RtLinks {
             .try_collect()
             .await
             .map_err(link_error)?;
-        Ok(observe(&messages))
+        let mut observed = observe(&messages);
+        let addresses: Vec<AddressMessage> = self
+            .netlink
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(link_error)?;
+        observe_addresses(&addresses, &mut observed);
+        Ok(observed)
     }
 
     async fn index_of(&self, name: &str) -> Result<Option<u32>, LinkError> {
@@ -110,6 +144,26 @@ impl Links for RtLinks {
         };
         self.set_mtu(index, neighbour).await?;
         self.set_mtu(index, mtu).await
+    }
+
+    async fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(), LinkError> {
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .mtu(mtu)
+            .link_group(LINK_GROUP)
+            .build();
+        let message = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(name.to_string())
+            .mtu(mtu)
+            .link_group(LINK_GROUP)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        self.add(message).await
+    }
+
+    async fn release_controller(&self, index: u32) -> Result<(), LinkError> {
+        let message = link_change(index).nocontroller().build();
+        self.netlink.set_link(message).await.map_err(link_error)
     }
 
     async fn set_alias(&self, index: u32, alias: &str) -> Result<(), LinkError> {

@@ -174,18 +174,26 @@ async fn dry_run(opts: &Options, source: &ConfigSource) -> Result<i32, String> {
             .map(|r| format!(": {r}"))
             .unwrap_or_default();
         println!(
-            "  {} (vlan {}, bridge {}): {what}{reason}",
-            pg.name, pg.vlan, pg.bridge
+            "  {} ({}, bridge {}): {what}{reason}",
+            pg.name,
+            pg.vlan
+                .map_or_else(|| pg.segment(), |vid| format!("vlan {vid}")),
+            pg.bridge
         );
     }
     Ok(0)
 }
 
-/// Link events (RTNLGRP_LINK) as triggers. Overruns become a trigger too: some
-/// events were lost, and only a full reconcile knows what they were.
+/// Link events (RTNLGRP_LINK) as triggers, and address events (an untagged
+/// portgroup waits for its uplink to lose its addresses). Overruns become a
+/// trigger too: some events were lost, and only a full reconcile knows what they were.
 async fn monitor_links(tx: UnboundedSender<Trigger>) {
     loop {
-        match rtnetlink::new_multicast_connection(&[MulticastGroup::Link]) {
+        match rtnetlink::new_multicast_connection(&[
+            MulticastGroup::Link,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv6Ifaddr,
+        ]) {
             Ok((mut connection, _handle, mut messages)) => {
                 // A burst of VM ports coming and going must not overrun us often.
                 if let Err(e) = netlink_sys::AsyncSocket::socket_mut(connection.socket_mut())
@@ -202,6 +210,9 @@ async fn monitor_links(tx: UnboundedSender<Trigger>) {
                         NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(_)) => {
                             Trigger::Link { deleted: true }
                         }
+                        NetlinkPayload::InnerMessage(
+                            RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_),
+                        ) => Trigger::Link { deleted: false },
                         NetlinkPayload::Overrun(_) => {
                             tracing::warn!(
                                 "netlink overrun (ENOBUFS): link events were lost; resyncing now"

@@ -20,10 +20,16 @@
 use std::path::{Path, PathBuf};
 
 use super::applier::Links;
-use super::planner::{Observed, LINK_GROUP, ROLE_BRIDGE, ROLE_VLAN};
+use super::planner::{
+    Observed, LINK_GROUP, ROLE_BRIDGE, ROLE_TRUNK, ROLE_TRUNK_FEED, ROLE_TRUNK_PORT,
+    ROLE_TRUNK_VLAN, ROLE_VLAN,
+};
 use crate::attachment::{self, Record};
 use crate::naming::parse_mark;
-use crate::naming::{bridge_name, owner_alias, vlan_interface_name};
+use crate::naming::{
+    bridge_name, owner_alias, trunk_bridge_name, trunk_feed_name, trunk_port_name, trunk_vlan_name,
+    vlan_interface_name,
+};
 use crate::netlink::LinkSummary;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +68,13 @@ pub fn owned_link(link: &LinkSummary, observed: &Observed) -> Option<OwnedLink> 
             let (kind, name) = match mark.role.as_str() {
                 ROLE_BRIDGE => ("bridge", bridge_name(&mark.uplink, mark.vlan)),
                 ROLE_VLAN => ("vlan", vlan_interface_name(&mark.uplink, mark.vlan)),
+                ROLE_TRUNK => ("bridge", trunk_bridge_name(&mark.uplink, &mark.portgroup)),
+                ROLE_TRUNK_PORT => ("veth", trunk_port_name(&mark.uplink, &mark.portgroup)),
+                ROLE_TRUNK_FEED => ("veth", trunk_feed_name(&mark.uplink, &mark.portgroup)),
+                ROLE_TRUNK_VLAN => (
+                    "vlan",
+                    trunk_vlan_name(&mark.uplink, &mark.portgroup, mark.vlan),
+                ),
                 _ => return None,
             };
             (link.is_kind(kind) && link.name == name).then(|| {
@@ -74,8 +87,12 @@ pub fn owned_link(link: &LinkSummary, observed: &Observed) -> Option<OwnedLink> 
         // Created (in our group) but not yet marked: portgroupd stopped between the two.
         None => {
             let ours = observed.in_our_group.contains(&link.index)
-                && ((link.is_kind("bridge") && link.name.starts_with("pgbr"))
-                    || (link.is_kind("vlan") && link.name.starts_with("pgv")));
+                && ((link.is_kind("bridge")
+                    && (link.name.starts_with("pgbr") || link.name.starts_with("pgtb")))
+                    || (link.is_kind("vlan")
+                        && (link.name.starts_with("pgv") || link.name.starts_with("pgq")))
+                    || (link.is_kind("veth")
+                        && (link.name.starts_with("pgtp") || link.name.starts_with("pgtq"))));
             ours.then(|| {
                 owned(format!(
                     "unmarked {} in portgroup's link group {LINK_GROUP:#x}",
@@ -112,6 +129,17 @@ pub fn plan_links(observed: &Observed, records: &[Record]) -> LinkPlan {
             continue;
         };
         if !bridges.contains(&controller) || plan.links.iter().any(|o| o.index == link.index) {
+            continue;
+        }
+        // An untagged portgroup's uplink is a port of its bridge, not a VM's.
+        let uplink_of_bridge = observed
+            .links
+            .iter()
+            .find(|l| l.index == controller)
+            .and_then(|l| l.alias.as_deref())
+            .and_then(parse_mark)
+            .is_some_and(|m| m.uplink == link.name);
+        if uplink_of_bridge {
             continue;
         }
         let bridge = observed
@@ -379,5 +407,72 @@ mod tests {
         assert_eq!(plan.vm_ports.len(), 1);
         assert_eq!(plan.vm_ports[0].name, "pg0123456789ab");
         assert_eq!(plan.vm_ports[0].what, format!("port on {br}"));
+    }
+
+    #[test]
+    fn trunk_and_untagged_links_are_ours_and_the_uplink_is_no_vm_port() {
+        let tb = trunk_bridge_name("eth1", "fw");
+        let tp = trunk_port_name("eth1", "fw");
+        let tq = trunk_feed_name("eth1", "fw");
+        let sub = trunk_vlan_name("eth1", "fw", 200);
+        let ub = bridge_name("eth2", 0);
+        let marked = |index, name: &str, kind, role, uplink, vlan| {
+            link(
+                index,
+                name,
+                kind,
+                Some(owner_alias(role, "fw", uplink, vlan)),
+            )
+        };
+        let mut port = marked(2, &tp, "veth", ROLE_TRUNK_PORT, "eth1", 0);
+        port.controller = Some(1);
+        let mut vm = link(5, "pg0123456789ab", "veth", None);
+        vm.controller = Some(1);
+        let mut uplink = link(7, "eth2", "veth", None);
+        uplink.controller = Some(6);
+        let observed = Observed {
+            links: vec![
+                marked(1, &tb, "bridge", ROLE_TRUNK, "eth1", 0),
+                port,
+                marked(3, &tq, "veth", ROLE_TRUNK_FEED, "eth1", 0),
+                marked(4, &sub, "vlan", ROLE_TRUNK_VLAN, "eth1", 200),
+                vm,
+                link(
+                    6,
+                    &ub,
+                    "bridge",
+                    Some(owner_alias(ROLE_BRIDGE, "net", "eth2", 0)),
+                ),
+                uplink,
+                // A trunk mark on a link of another portgroup's name.
+                marked(
+                    8,
+                    &trunk_bridge_name("eth1", "other"),
+                    "bridge",
+                    ROLE_TRUNK,
+                    "eth1",
+                    0,
+                ),
+            ],
+            ..Default::default()
+        };
+        let plan = plan_links(&observed, &[]);
+        let mut names: Vec<&str> = plan.links.iter().map(|l| l.name.as_str()).collect();
+        names.sort_unstable();
+        let mut want = [
+            tb.as_str(),
+            tp.as_str(),
+            tq.as_str(),
+            sub.as_str(),
+            ub.as_str(),
+        ];
+        want.sort_unstable();
+        assert_eq!(names, want);
+        let ports: Vec<&str> = plan.vm_ports.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(
+            ports,
+            ["pg0123456789ab"],
+            "the untagged uplink is not a VM port"
+        );
     }
 }

@@ -122,6 +122,10 @@ pub struct PortRules {
     /// The VM is a DHCP server: it may send DHCPv4 (UDP from port 67) and
     /// DHCPv6 (UDP from port 547) replies (the portgroup's `allowDhcpServer`).
     pub allow_dhcp_server: bool,
+    /// A trunk port: the VM tags its own VLANs, so frames with one 802.1Q tag
+    /// pass (MAC lock and BPDU filter still hold; 802.1ad, 0x9100, QinQ and
+    /// VID-0 tags are dropped). Access ports drop every tagged frame.
+    pub trunk: bool,
 }
 
 /// Dropped packets per reason, from the table's named counters.
@@ -292,6 +296,7 @@ struct PortElems {
     link_local: BTreeSet<[u8; 16]>,
     allow_ra: bool,
     allow_dhcp_server: bool,
+    trunk: bool,
 }
 
 impl PortElems {
@@ -301,6 +306,7 @@ impl PortElems {
             locked: !rules.ips.is_empty(),
             allow_ra: rules.allow_router_advertisements,
             allow_dhcp_server: rules.allow_dhcp_server,
+            trunk: rules.trunk,
             ..Default::default()
         };
         e.macs.insert(rules.mac.0);
@@ -346,6 +352,7 @@ impl PortElems {
             (self.ip6_open, SET_IP6_OPEN),
             (self.allow_ra, SET_RA),
             (self.allow_dhcp_server, SET_DHCP),
+            (self.trunk, SET_TRUNK),
         ] {
             if on {
                 out.push((set, ifkey.to_vec()));
@@ -472,6 +479,7 @@ fn port_elems(nl: &mut Nfnl, ifkey: &[u8; IFNAMSIZ]) -> Result<PortElems, NlErro
         ip6_open: has_elem(nl, SET_IP6_OPEN, ifkey)?,
         allow_ra: has_elem(nl, SET_RA, ifkey)?,
         allow_dhcp_server: has_elem(nl, SET_DHCP, ifkey)?,
+        trunk: has_elem(nl, SET_TRUNK, ifkey)?,
         ..Default::default()
     };
     let mine = |keys: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
@@ -844,6 +852,13 @@ pub fn verify(rules: &PortRules) -> Result<(), Error> {
             allowed(have.allow_dhcp_server)
         ));
     }
+    if have.trunk != want.trunk {
+        problems.push(format!(
+            "802.1Q-tagged frames {} wanted, {} installed",
+            allowed(want.trunk),
+            allowed(have.trunk)
+        ));
+    }
     Err(Error::PortSecurity(format!(
         "{context}: {}",
         problems.join("; ")
@@ -917,6 +932,7 @@ mod tests {
             ips: vec!["10.0.0.2".parse().unwrap(), "2001:db8::2".parse().unwrap()],
             allow_router_advertisements: false,
             allow_dhcp_server: true,
+            trunk: false,
         };
         let keys = PortElems::wanted(&rules).keys(&ifname_key("pg1").unwrap());
         let sets: Vec<&str> = keys.iter().map(|(s, _)| *s).collect();
@@ -959,6 +975,7 @@ mod tests {
             ips: vec!["10.0.0.2".parse().unwrap(), "fe80::1234".parse().unwrap()],
             allow_router_advertisements: false,
             allow_dhcp_server: false,
+            trunk: false,
         };
         let e = PortElems::wanted(&rules);
         assert!(e.locked && e.ip6_open && !e.ip4_open);
@@ -1016,6 +1033,7 @@ mod tests {
             ips,
             allow_router_advertisements: false,
             allow_dhcp_server: false,
+            trunk: false,
         };
         let keys = PortElems::wanted(&rules).keys(&ifkey);
         let mut batch = Batch::new();

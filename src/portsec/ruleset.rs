@@ -45,6 +45,9 @@ pub const SET_LL: &str = "port_ll";
 pub const SET_RA: &str = "ra_allowed_ports";
 /// Ports of portgroups that allow DHCP servers.
 pub const SET_DHCP: &str = "dhcp_server_ports";
+/// Ports of trunk portgroups: the VM tags its own VLANs, so a single 802.1Q tag
+/// passes (the trunk's sub-interfaces carry only the listed VIDs on).
+pub const SET_TRUNK: &str = "trunk_ports";
 
 pub const BASE_CHAIN: &str = "prerouting";
 /// Named counters, one per reason a frame is dropped: `drop_<reason>`.
@@ -72,7 +75,7 @@ const TYPE_BITS: u32 = 6;
 pub const IFNAMSIZ: usize = 16;
 
 /// (name, nft key type, key length in bytes).
-pub const SETS: [(&str, u32, u32); 10] = [
+pub const SETS: [(&str, u32, u32); 11] = [
     (SET_PORTS, TYPE_IFNAME, 16),
     (SET_LOCKED, TYPE_IFNAME, 16),
     (SET_MAC, (TYPE_IFNAME << TYPE_BITS) | TYPE_ETHERADDR, 16 + 8),
@@ -83,6 +86,7 @@ pub const SETS: [(&str, u32, u32); 10] = [
     (SET_LL, (TYPE_IFNAME << TYPE_BITS) | TYPE_IP6ADDR, 16 + 16),
     (SET_RA, TYPE_IFNAME, 16),
     (SET_DHCP, TYPE_IFNAME, 16),
+    (SET_TRUNK, TYPE_IFNAME, 16),
 ];
 
 const CHAINS: [&str; 9] = [
@@ -252,9 +256,11 @@ const ETH_IP: u16 = 0x0800;
 const ETH_ARP: u16 = 0x0806;
 const ETH_RARP: u16 = 0x8035;
 const ETH_IP6: u16 = 0x86dd;
+const ETH_8021Q: u16 = 0x8100;
 /// Every tag protocol an access port must not carry: 802.1Q (VID 0, priority
-/// tagged, included), 802.1ad and the pre-standard 0x9100 outer tag.
-const ETH_TAGS: [u16; 3] = [0x8100, 0x88a8, 0x9100];
+/// tagged, included), 802.1ad and the pre-standard 0x9100 outer tag. A trunk
+/// port carries single 802.1Q tags only.
+const ETH_TAGS: [u16; 3] = [ETH_8021Q, 0x88a8, 0x9100];
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
 const ICMPV6_ROUTER_ADVERT: u8 = 134;
@@ -332,13 +338,56 @@ fn rules() -> Vec<(&'static str, Vec<Expr>)> {
         ),
     ];
     // A tag would hide the inner addresses from every check below; the kernel
-    // shows an offloaded outer tag at offset 12 as if it were inline.
+    // shows an offloaded outer tag at offset 12 (and the ethertype after it at
+    // 16) as if it were inline. Access ports carry no tag at all; trunk ports
+    // one 802.1Q tag: no 802.1ad or 0x9100 outer tag, no tag inside the tag
+    // (QinQ), no VID 0 (a priority tag would put the frame on the native VLAN
+    // past the ARP checks below).
     for tag in ETH_TAGS {
+        let access_only: Vec<Expr> = if tag == ETH_8021Q {
+            port_not_in(SET_TRUNK)
+        } else {
+            vec![]
+        };
         rules.push(rule(
             "port_in",
-            vec![ether_type(tag).into(), drop_counted("drop_vlan").into()],
+            vec![
+                ether_type(tag).into(),
+                access_only,
+                drop_counted("drop_vlan").into(),
+            ],
         ));
     }
+    for inner in ETH_TAGS {
+        rules.push(rule(
+            "port_in",
+            vec![
+                ether_type(ETH_8021Q).into(),
+                vec![load(BASE_LL, 16, 2), eq(&inner.to_be_bytes())],
+                drop_counted("drop_vlan").into(),
+            ],
+        ));
+    }
+    rules.extend([
+        rule(
+            "port_in",
+            vec![
+                ether_type(ETH_8021Q).into(),
+                vec![
+                    load(BASE_LL, 14, 2),
+                    Bitwise {
+                        len: 2,
+                        mask: vec![0x0f, 0xff],
+                    },
+                    eq(&[0, 0]),
+                ],
+                drop_counted("drop_vlan").into(),
+            ],
+        ),
+        // A trunk port's tagged frame: its MAC and BPDU checks are done; its
+        // addresses are the VLAN's, not known here.
+        rule("port_in", vec![ether_type(ETH_8021Q).into(), accept()]),
+    ]);
     rules.extend([
         // ARP: well-formed Ethernet/IPv4 only, sender MAC = the port's MAC.
         rule("port_in", vec![ether_type(ETH_ARP).into(), jump("arp_sha")]),

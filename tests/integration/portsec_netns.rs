@@ -74,6 +74,7 @@ fn vm_rules() -> PortRules {
         ips: vec![IpAddr::V4(VM_IP), IpAddr::V6(vm_ip6())],
         allow_router_advertisements: false,
         allow_dhcp_server: false,
+        trunk: false,
     }
 }
 
@@ -889,12 +890,109 @@ fn port_without_ips_is_mac_locked_and_untagged() {
     frame_table(&lab, &rules, &cases);
 }
 
+/// A trunk port: the VM tags its own VLANs, so a frame with one 802.1Q tag and
+/// the VM's MAC passes, whatever address it carries inside (the addresses are
+/// the VLAN's). The MAC lock and the BPDU filter hold, tagged or not; 802.1ad,
+/// 0x9100, 802.1Q inside 802.1Q (QinQ) and VID-0 priority tags are dropped.
+#[test]
+fn trunk_port_passes_its_tags_but_not_foreign_macs_bpdus_or_qinq() {
+    let lab = lab();
+    let rules = PortRules {
+        ips: vec![],
+        trunk: true,
+        ..vm_rules()
+    };
+    let m = marker;
+    let ping = |src: Ipv4Addr, id: u8| ipv4(src, PEER_IP, 1, &icmp_echo(&m(id)));
+    // Forged source MAC, 802.1ad + 802.1Q, 0x9100, VID-0 ARP, BPDU.
+    let still_dropped = [1, 40, 41, 42, 43];
+    let mut cases: Vec<Case> = every_port_drops()
+        .into_iter()
+        .filter(|c| still_dropped.contains(&c.id) || c.id == 7)
+        .map(|c| match c.id {
+            7 => Case { drop: None, ..c },
+            _ => c,
+        })
+        .collect();
+    cases.extend([
+        case(
+            90,
+            "802.1Q-tagged IPv4 (VID 200) from an address the node does not know",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x8100,
+                &tagged_inner(200, 0x0800, &ping(FORGED_IP, 90)),
+            ),
+            None,
+        ),
+        case(
+            91,
+            "802.1Q-tagged IPv4 from a foreign source MAC",
+            eth(
+                BCAST,
+                OTHER_MAC,
+                0x8100,
+                &tagged_inner(100, 0x0800, &ping(VM_IP, 91)),
+            ),
+            Some("mac"),
+        ),
+        case(
+            92,
+            "802.1Q inside 802.1Q (QinQ)",
+            eth(
+                BCAST,
+                VM_MAC,
+                0x8100,
+                &tagged_inner(100, 0x8100, &tagged_inner(300, 0x0800, &ping(VM_IP, 92))),
+            ),
+            Some("vlan"),
+        ),
+        case(
+            93,
+            "802.1Q-tagged STP BPDU",
+            eth([0x01, 0x80, 0xc2, 0, 0, 0], VM_MAC, 0x8100, &{
+                let mut llc = vec![0x42, 0x42, 0x03, 0, 0, 0, 0, 0x80, 0];
+                llc.extend(m(93));
+                tagged_inner(100, llc.len() as u16, &llc)
+            }),
+            Some("bpdu"),
+        ),
+    ]);
+    cases.extend(every_port_passes());
+    frame_table(&lab, &rules, &cases);
+
+    // The same port as an access port: its tagged frames are dropped, and
+    // CHECK sees the difference.
+    let access = PortRules {
+        trunk: false,
+        ..rules.clone()
+    };
+    let e = in_ns(&lab.node, {
+        let r = access.clone();
+        move || portsec::verify(&r)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("802.1Q-tagged frames dropped wanted"), "{e}");
+    in_ns(&lab.node, move || portsec::install(&access)).expect("re-install");
+    let tagged_ok: Vec<Case> = every_port_drops()
+        .into_iter()
+        .filter(|c| c.id == 7)
+        .collect();
+    assert!(
+        send_cases(&lab, &tagged_ok).is_empty(),
+        "an access port drops tags"
+    );
+}
+
 #[test]
 fn portgroup_opt_ins_let_routers_and_dhcp_servers_through() {
     let lab = lab();
     let rules = PortRules {
         allow_router_advertisements: true,
         allow_dhcp_server: true,
+        trunk: false,
         ..vm_rules()
     };
     let allowed = [44, 45, 46, 47, 48, 49];
@@ -1055,6 +1153,7 @@ fn garbage_collection_keeps_only_live_ports() {
                 ips: vec![IpAddr::V4(Ipv4Addr::new(10, 1, 0, i))],
                 allow_router_advertisements: false,
                 allow_dhcp_server: false,
+                trunk: false,
             })
         })
         .expect("install");
@@ -1072,6 +1171,7 @@ fn garbage_collection_keeps_only_live_ports() {
             ips: vec![IpAddr::V4(Ipv4Addr::new(10, 1, 0, 3))],
             allow_router_advertisements: false,
             allow_dhcp_server: false,
+            trunk: false,
         })
     })
     .expect("kept port intact");

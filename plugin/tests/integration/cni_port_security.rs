@@ -183,3 +183,80 @@ fn portgroup_opt_ins_reach_the_port_from_the_node_config() {
     assert!(!set("ra_allowed_ports"));
     lab.assert_clean(&["br0"]);
 }
+
+/// On a trunk portgroup's port the VM's source MAC is locked and its source
+/// IPs are not: they live on its VLANs, inside tagged frames, and are unknown
+/// here (locking them would also drop every tagged frame). No conflict probe
+/// either: the bridge carries no one VLAN to probe on.
+#[test]
+fn trunk_port_locks_the_mac_only() {
+    let mut lab = Lab::new();
+    let peer = lab.pod();
+    lab.node_ip(&[
+        "link", "add", "peer0", "type", "veth", "peer", "name", "eth0", "netns", &peer,
+    ]);
+    lab.node_ip(&["link", "set", "peer0", "master", "br0", "up"]);
+    lab.pod_ip(&peer, &["link", "set", "eth0", "up"]);
+    lab.pod_ip(&peer, &["addr", "add", "10.10.100.1/24", "dev", "eth0"]);
+    lab.write_state(&json!({
+        "node": "n1", "generation": 1, "reconciledAt": "2026-11-23T10:00:00Z",
+        "portgroups": [{"name": "fw", "mode": "trunk", "vlan": null, "trunk": "100,200",
+            "uplink": "eth1", "bridge": "br0", "vlanInterface": "", "mtu": 1500,
+            "ready": true, "reason": null, "strict": true,
+            "reservations": [{"mac": VM_MAC, "ips": []}]}]
+    }));
+    let vm = lab.pod();
+    let path = Lab::netns_path(&vm);
+    let env = Lab::attach_env("fw1", &path, "net1");
+    let c = conf(
+        "1.0.0",
+        json!({"bridge": null, "portgroup": "fw", "conflictProbe": true,
+               "runtimeConfig": {"mac": VM_MAC, "ips": ["10.10.100.21/24"]}}),
+    );
+    let add = lab.cni("ADD", &c, &env);
+    assert_eq!(add.code, 0, "{}", add.stdout);
+    let host = portgroup::naming::host_veth_name("fw1", "net1");
+    assert_eq!(lab.secured_ports(), vec![host.clone()]);
+    let locked = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &lab.node, "nft", "-j", "list", "set", "bridge",
+        ])
+        .args(["portgroup", "ip_locked_ports"])
+        .output()
+        .expect("nft");
+    assert!(locked.status.success());
+    assert!(
+        !String::from_utf8_lossy(&locked.stdout).contains(&host),
+        "a trunk port's IPs are not locked"
+    );
+    let ping = |vm: &str| {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                vm,
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "10.10.100.1",
+            ])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    // Any address passes with the VM's MAC, not only the declared one (here
+    // untagged, as this kernel has no 802.1Q)...
+    lab.pod_ip(&vm, &["addr", "flush", "dev", "net1"]);
+    lab.pod_ip(&vm, &["addr", "add", "10.10.100.77/24", "dev", "net1"]);
+    assert!(ping(&vm), "any source IP from the VM's MAC");
+    // ...another MAC does not.
+    lab.pod_ip(
+        &vm,
+        &["link", "set", "net1", "address", "00:50:56:00:00:99"],
+    );
+    assert!(!ping(&vm), "a foreign source MAC is dropped");
+    assert_eq!(lab.cni("DEL", &c, &env).code, 0);
+    lab.assert_clean(&["br0", "peer0"]);
+}

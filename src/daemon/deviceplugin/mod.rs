@@ -208,7 +208,10 @@ mod tests {
     fn pg(name: &str, ready: bool, draining: bool) -> PortgroupState {
         PortgroupState {
             name: name.into(),
-            vlan: 100,
+            mode: crate::state::PortgroupMode::Access,
+            vlan: Some(100),
+            trunk: None,
+            native_vlan: None,
             uplink: "eth1".into(),
             bridge: "br".into(),
             vlan_interface: "v".into(),

@@ -1,6 +1,7 @@
 use super::*;
 use crate::daemon::applier::apply;
 use crate::daemon::fake::{FakeKernel, FakeLinks};
+use crate::state::PortgroupMode;
 use futures::executor::block_on;
 
 const NODE: &str = "worker-3";
@@ -53,7 +54,10 @@ fn converge(links: &FakeLinks, config: &NodeConfig) -> (usize, Plan) {
         let applied = block_on(apply(links, &p.steps));
         assert!(applied.failures.is_empty(), "{:?}", applied.failures);
     }
-    panic!("no convergence in 5 passes");
+    panic!(
+        "no convergence in 5 passes: {:?}",
+        ops(&plan_on(links, config, None))
+    );
 }
 
 fn status<'a>(p: &'a Plan, name: &str) -> &'a PortgroupState {
@@ -74,7 +78,9 @@ fn kinds(p: &Plan) -> Vec<&'static str> {
             Operation::SetUp { .. } => "up",
             Operation::CreateVlan { .. } => "create-vlan",
             Operation::CreateBridge { .. } => "create-bridge",
+            Operation::CreateVeth { .. } => "create-veth",
             Operation::SetController { .. } => "controller",
+            Operation::ReleaseController { .. } => "release",
             Operation::SetMtu { .. } => "mtu",
             Operation::SetAlias { .. } => "alias",
             Operation::Delete { .. } => "delete",
@@ -106,14 +112,14 @@ fn create_from_nothing_then_idempotent() {
     match &first.steps[0].op {
         Operation::CreateVlan {
             name,
-            uplink_index,
+            parent_index,
             vid,
             mtu,
             alias,
             ..
         } => {
             assert_eq!(name, &vlan_interface_name("eth1", 100));
-            assert_eq!((*uplink_index, *vid, *mtu), (3, 100, 1400));
+            assert_eq!((*parent_index, *vid, *mtu), (Some(3), 100, 1400));
             assert_eq!(alias, &owner_alias("vlan", "prod-web", "eth1", 100));
         }
         other => panic!("{other:?}"),
@@ -489,7 +495,7 @@ fn removed_portgroup_drains_then_goes() {
     );
     let db = status(&p, "db");
     assert!(db.draining && !db.ready);
-    assert_eq!(db.vlan, 200);
+    assert_eq!(db.vlan, Some(200));
     assert_eq!(db.bridge, bridge_name("eth1", 200));
     assert_eq!(db.vlan_interface, vlan_interface_name("eth1", 200));
     assert!(
@@ -529,4 +535,433 @@ fn applier_goes_on_past_failures() {
     assert!(applied.failures[0].message.contains("8021q"));
     assert_eq!(applied.done, 4, "both bridges made and up");
     assert!(links.0.borrow().get(&bridge_name("eth1", 200)).is_some());
+}
+
+// Trunk and untagged portgroups.
+
+use crate::naming::{
+    trunk_bridge_name, trunk_feed_name, trunk_port_name, trunk_vlan_name, untagged_bridge_name,
+};
+
+/// An access portgroup on 100 and a trunk over 100-110 and 200, the trunk listed
+/// first: the shared path of VLAN 100 is still the access portgroup's.
+fn access_and_trunk() -> NodeConfig {
+    config(
+        r#"{"uplink": "eth1", "portgroups": [
+            {"name": "fw", "trunk": "100-110,200"},
+            {"name": "web", "vlan": 100}]}"#,
+    )
+}
+
+fn link(links: &FakeLinks, name: &str) -> LinkSummary {
+    links
+        .0
+        .borrow()
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} missing"))
+}
+
+/// Every VID of the trunk has its sub-interface on the feed, in its VID's bridge.
+fn assert_trunk_whole(links: &FakeLinks, pg: &str, vids: &[u16]) {
+    let tb = link(links, &trunk_bridge_name("eth1", pg));
+    let tp = link(links, &trunk_port_name("eth1", pg));
+    let tq = link(links, &trunk_feed_name("eth1", pg));
+    assert_eq!(tp.controller, Some(tb.index));
+    assert_eq!((tp.link, tq.link), (Some(tq.index), Some(tp.index)));
+    for l in [&tb, &tp, &tq] {
+        assert!(l.admin_up && naming::is_owned(l.alias.as_deref()), "{l:?}");
+    }
+    for vid in vids {
+        let sub = link(links, &trunk_vlan_name("eth1", pg, *vid));
+        let path = link(links, &bridge_name("eth1", *vid));
+        let up = link(links, &vlan_interface_name("eth1", *vid));
+        assert_eq!((sub.link, sub.vlan_id), (Some(tq.index), Some(*vid)));
+        assert_eq!(sub.controller, Some(path.index), "VLAN {vid}");
+        assert_eq!(up.controller, Some(path.index), "VLAN {vid}");
+        assert!(sub.admin_up && naming::is_owned(sub.alias.as_deref()));
+    }
+}
+
+#[test]
+fn trunk_is_made_in_one_pass_then_idempotent() {
+    let links = host();
+    let cfg = access_and_trunk();
+    let first = plan_on(&links, &cfg, None);
+    assert!(first.portgroups.iter().all(|s| !s.ready));
+    let (passes, last) = converge(&links, &cfg);
+    assert_eq!(passes, 1, "one pass must be enough");
+    assert!(last.steps.is_empty());
+    let vids: Vec<u16> = (100..=110).chain([200]).collect();
+    assert_trunk_whole(&links, "fw", &vids);
+    let fw = status(&last, "fw");
+    assert!(fw.ready, "{fw:?}");
+    assert_eq!(fw.mode, PortgroupMode::Trunk);
+    assert_eq!(
+        (fw.vlan, fw.trunk.as_deref(), fw.native_vlan),
+        (None, Some("100-110,200"), None)
+    );
+    assert_eq!(fw.bridge, trunk_bridge_name("eth1", "fw"));
+    assert!(status(&last, "web").ready);
+    // The shared VLAN 100 path is the access portgroup's; 200 is the trunk's own.
+    let alias = |name: &str| link(&links, name).alias.unwrap_or_default();
+    assert_eq!(
+        alias(&bridge_name("eth1", 100)),
+        owner_alias("bridge", "web", "eth1", 100)
+    );
+    assert_eq!(
+        alias(&bridge_name("eth1", 200)),
+        owner_alias("bridge", "fw", "eth1", 200)
+    );
+    // One path per VID, not one per user.
+    let k = links.0.borrow();
+    let paths = k.links.iter().filter(|l| l.name.starts_with("pgv")).count();
+    assert_eq!(paths, 12);
+}
+
+#[test]
+fn trunk_drift_of_one_vid_is_repaired_and_readiness_follows() {
+    type Case = (&'static str, String, &'static [&'static str]);
+    let cases: Vec<Case> = vec![
+        (
+            "the trunk's sub-interface of VID 105",
+            trunk_vlan_name("eth1", "fw", 105),
+            &["create-vlan", "controller", "up"],
+        ),
+        (
+            "the uplink sub-interface of VID 200 (the trunk's own path)",
+            vlan_interface_name("eth1", 200),
+            &["create-vlan", "controller", "up"],
+        ),
+        (
+            "the bridge of VID 107 (the trunk's sub-interface is freed)",
+            bridge_name("eth1", 107),
+            &["create-bridge", "controller", "up", "controller"],
+        ),
+    ];
+    for (what, name, want) in cases {
+        let links = host();
+        let cfg = access_and_trunk();
+        converge(&links, &cfg);
+        links.0.borrow_mut().remove(&name);
+        let p = plan_on(&links, &cfg, None);
+        assert_eq!(kinds(&p), want, "{what}: {:?}", ops(&p));
+        let fw = status(&p, "fw");
+        assert!(
+            !fw.ready,
+            "{what}: the trunk is not ready while a VID is missing"
+        );
+        assert!(
+            fw.reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("converging"),
+            "{what}: {fw:?}"
+        );
+        assert!(status(&p, "web").ready, "{what}: web is untouched");
+        let (passes, last) = converge(&links, &cfg);
+        assert_eq!(passes, 1, "{what}");
+        assert!(status(&last, "fw").ready, "{what}");
+        assert_trunk_whole(&links, "fw", &[100, 105, 107, 110, 200]);
+    }
+}
+
+#[test]
+fn trunk_is_not_ready_while_one_vid_path_is_blocked() {
+    let links = host();
+    // An admin's own VLAN 200 interface on the uplink: the path cannot be made.
+    links.0.borrow_mut().links.push(LinkSummary {
+        index: 40,
+        name: "eth1.200".into(),
+        kind: Some("vlan".into()),
+        link: Some(3),
+        vlan_id: Some(200),
+        mtu: 1500,
+        ..Default::default()
+    });
+    let cfg = access_and_trunk();
+    let (_, p) = converge(&links, &cfg);
+    let fw = status(&p, "fw");
+    assert!(!fw.ready);
+    assert_eq!(
+        fw.reason.as_deref(),
+        Some("VLAN 200: VLAN 200 on uplink eth1 is already used by interface eth1.200, which is not owned by portgroup; remove it")
+    );
+    assert!(status(&p, "web").ready);
+    let k = links.0.borrow();
+    assert!(k.get(&trunk_vlan_name("eth1", "fw", 200)).is_none());
+    assert!(k.get(&trunk_vlan_name("eth1", "fw", 110)).is_some());
+    assert!(k.get("eth1.200").is_some_and(|l| l.controller.is_none()));
+}
+
+#[test]
+fn trunk_vid_list_changes_and_native_vlan() {
+    let links = host();
+    converge(&links, &access_and_trunk());
+    let bridge_before = link(&links, &trunk_bridge_name("eth1", "fw")).index;
+    // Fewer VIDs and a native VLAN: the other sub-interfaces go, and the paths
+    // nobody else uses; the trunk's bridge (and its VM ports) stays.
+    let fewer = config(
+        r#"{"uplink": "eth1", "portgroups": [
+            {"name": "fw", "trunk": "100,200", "nativeVlan": 300},
+            {"name": "web", "vlan": 100}]}"#,
+    );
+    let (passes, p) = converge(&links, &fewer);
+    assert_eq!(passes, 1);
+    assert!(status(&p, "fw").ready, "{:?}", status(&p, "fw"));
+    assert_eq!(status(&p, "fw").native_vlan, Some(300));
+    assert_eq!(
+        link(&links, &trunk_bridge_name("eth1", "fw")).index,
+        bridge_before
+    );
+    assert_trunk_whole(&links, "fw", &[100, 200]);
+    {
+        let k = links.0.borrow();
+        for vid in 101..=110 {
+            assert!(k.get(&trunk_vlan_name("eth1", "fw", vid)).is_none());
+            assert!(k.get(&bridge_name("eth1", vid)).is_none());
+            assert!(k.get(&vlan_interface_name("eth1", vid)).is_none());
+        }
+    }
+    // Untagged frames of the trunk's VMs: into VLAN 300's bridge.
+    let feed = link(&links, &trunk_feed_name("eth1", "fw"));
+    assert_eq!(
+        feed.controller,
+        Some(link(&links, &bridge_name("eth1", 300)).index)
+    );
+    // Without the native VLAN, the feed leaves that bridge (and the path goes).
+    let no_native = config(
+        r#"{"uplink": "eth1", "portgroups": [
+            {"name": "fw", "trunk": "100,200"}, {"name": "web", "vlan": 100}]}"#,
+    );
+    let p = plan_on(&links, &no_native, None);
+    assert!(kinds(&p).contains(&"release"), "{:?}", ops(&p));
+    converge(&links, &no_native);
+    assert_eq!(
+        link(&links, &trunk_feed_name("eth1", "fw")).controller,
+        None
+    );
+    assert!(links.0.borrow().get(&bridge_name("eth1", 300)).is_none());
+}
+
+#[test]
+fn removed_trunk_drains_with_its_paths_then_goes() {
+    let links = host();
+    converge(&links, &access_and_trunk());
+    let tb = link(&links, &trunk_bridge_name("eth1", "fw")).index;
+    links.0.borrow_mut().links.push(LinkSummary {
+        index: 99,
+        name: "pg0123456789ab".into(),
+        kind: Some("veth".into()),
+        controller: Some(tb),
+        mtu: 1500,
+        ..Default::default()
+    });
+    let previous = NodeState {
+        node: NODE.into(),
+        generation: 1,
+        reconciled_at: String::new(),
+        config_errors: vec![],
+        allowed_bridges: None,
+        portgroups: plan_on(&links, &access_and_trunk(), None).portgroups,
+    };
+    let only_web = config(r#"{"uplink": "eth1", "portgroups": [{"name": "web", "vlan": 100}]}"#);
+    let p = plan_on(&links, &only_web, Some(&previous));
+    assert!(
+        p.steps.is_empty(),
+        "nothing of the trunk's goes while a VM is on it: {:?}",
+        ops(&p)
+    );
+    let fw = status(&p, "fw");
+    assert!(fw.draining && !fw.ready);
+    assert_eq!(fw.mode, PortgroupMode::Trunk);
+    assert_eq!(fw.trunk.as_deref(), Some("100-110,200"));
+    assert!(fw
+        .reason
+        .as_deref()
+        .unwrap_or_default()
+        .contains("pg0123456789ab"));
+
+    links.0.borrow_mut().remove("pg0123456789ab");
+    let (_, p) = converge(&links, &only_web);
+    assert_eq!(p.portgroups.len(), 1);
+    let k = links.0.borrow();
+    let left: Vec<&str> = k
+        .links
+        .iter()
+        .filter(|l| l.name.starts_with("pg"))
+        .map(|l| l.name.as_str())
+        .collect();
+    assert_eq!(left.len(), 2, "only web's path is left: {left:?}");
+    assert!(k.get(&bridge_name("eth1", 100)).is_some());
+}
+
+#[test]
+fn trunk_names_taken_by_others_are_left_alone() {
+    let links = host();
+    links.0.borrow_mut().links.push(LinkSummary {
+        index: 41,
+        name: trunk_feed_name("eth1", "fw"),
+        kind: Some("veth".into()),
+        mtu: 1500,
+        ..Default::default()
+    });
+    let cfg = access_and_trunk();
+    let p = plan_on(&links, &cfg, None);
+    // The trunk's VLAN paths may be made; nothing of the trunk's own is.
+    assert!(
+        ops(&p)
+            .iter()
+            .all(|o| !o.contains("pgt") && !o.contains("pgq")),
+        "{:?}",
+        ops(&p)
+    );
+    let fw = status(&p, "fw");
+    assert!(!fw.ready);
+    assert_eq!(
+        fw.reason.as_deref(),
+        Some(not_owned_reason(&trunk_feed_name("eth1", "fw")).as_str())
+    );
+    assert!(converge(&links, &cfg).1.portgroups[1].ready, "web is made");
+}
+
+fn untagged_host() -> FakeLinks {
+    FakeLinks(RefCell::new(FakeKernel::with(vec![
+        nic(1, "lo", 65536, true),
+        nic(2, "eth0", 1500, true),
+        nic(3, "eth1", 1500, true),
+        nic(4, "eth2", 1500, true),
+    ])))
+}
+
+#[test]
+fn untagged_portgroup_bridges_its_own_uplink() {
+    let links = untagged_host();
+    let cfg = config(
+        r#"{"uplink": "eth1", "portgroups": [
+            {"name": "vm-network", "untagged": true, "uplink": "eth2"},
+            {"name": "web", "vlan": 100}]}"#,
+    );
+    let (passes, p) = converge(&links, &cfg);
+    assert_eq!(passes, 1);
+    let net = status(&p, "vm-network");
+    assert!(net.ready, "{net:?}");
+    assert_eq!(net.mode, PortgroupMode::Untagged);
+    assert_eq!((net.vlan, net.uplink.as_str()), (None, "eth2"));
+    assert_eq!(net.bridge, untagged_bridge_name("eth2"));
+    let bridge = link(&links, &untagged_bridge_name("eth2"));
+    assert_eq!(link(&links, "eth2").controller, Some(bridge.index));
+    assert_eq!(
+        bridge.alias.as_deref(),
+        Some(owner_alias("bridge", "vm-network", "eth2", 0).as_str())
+    );
+    // The web portgroup stays on the node's uplink.
+    assert_eq!(status(&p, "web").uplink, "eth1");
+
+    // Drift: the uplink taken out of the bridge is put back.
+    links.0.borrow_mut().links[3].controller = None;
+    assert_eq!(kinds(&plan_on(&links, &cfg, None)), ["controller"]);
+    assert_eq!(converge(&links, &cfg).0, 1);
+
+    // Removed from the config: the bridge goes, which frees the uplink.
+    let without = config(r#"{"uplink": "eth1", "portgroups": [{"name": "web", "vlan": 100}]}"#);
+    converge(&links, &without);
+    assert!(links
+        .0
+        .borrow()
+        .get(&untagged_bridge_name("eth2"))
+        .is_none());
+    assert_eq!(link(&links, "eth2").controller, None);
+}
+
+#[test]
+fn untagged_portgroup_is_refused_on_an_uplink_it_cannot_take() {
+    let cfg = config(
+        r#"{"uplink": "eth1", "portgroups": [{"name": "vm-network", "untagged": true, "uplink": "eth2"}]}"#,
+    );
+    type Case = (&'static str, fn(&mut FakeKernel), &'static str);
+    let cases: &[Case] = &[
+        (
+            "the uplink holds an address",
+            |k| {
+                k.addresses
+                    .insert(4, vec!["192.0.2.5/24".into(), "2001:db8::5/64".into()]);
+            },
+            "uplink eth2 holds IP addresses (192.0.2.5/24, 2001:db8::5/64): an untagged portgroup makes it a bridge port, which would cut the node's own traffic over it",
+        ),
+        (
+            "the uplink is someone else's bridge port",
+            |k| {
+                k.links.push(LinkSummary {
+                    index: 50,
+                    name: "br0".into(),
+                    kind: Some("bridge".into()),
+                    mtu: 1500,
+                    ..Default::default()
+                });
+                k.links[3].controller = Some(50);
+            },
+            "uplink eth2 is already a port of br0",
+        ),
+        (
+            "the uplink is a bridge",
+            |k| k.links[3].kind = Some("bridge".into()),
+            "uplink eth2 is a bridge",
+        ),
+    ];
+    for (what, setup, want) in cases {
+        let links = untagged_host();
+        setup(&mut links.0.borrow_mut());
+        let p = plan_on(&links, &cfg, None);
+        assert!(p.steps.is_empty(), "{what}: {:?}", ops(&p));
+        let s = status(&p, "vm-network");
+        assert!(!s.ready, "{what}");
+        let reason = s.reason.as_deref().unwrap_or_default();
+        assert!(reason.starts_with(want), "{what}: {reason}");
+    }
+    // Once the addresses are gone, it is made.
+    let links = untagged_host();
+    links
+        .0
+        .borrow_mut()
+        .addresses
+        .insert(4, vec!["192.0.2.5/24".into()]);
+    assert!(!converge(&links, &cfg).1.portgroups[0].ready);
+    links.0.borrow_mut().addresses.clear();
+    assert!(converge(&links, &cfg).1.portgroups[0].ready);
+}
+
+#[test]
+fn a_trunk_of_2000_vids_converges_in_one_pass() {
+    let links = host();
+    let cfg = config(r#"{"uplink": "eth1", "portgroups": [{"name": "fw", "trunk": "1-2000"}]}"#);
+    let (passes, p) = converge(&links, &cfg);
+    assert_eq!(passes, 1);
+    assert!(p.portgroups[0].ready);
+    let k = links.0.borrow();
+    // 2000 paths (2 links each), 2000 sub-interfaces, the bridge and the pair.
+    assert_eq!(
+        k.links.iter().filter(|l| l.name.starts_with("pg")).count(),
+        6003
+    );
+}
+
+#[test]
+fn applying_a_trunk_looks_each_link_up_once() {
+    let links = host();
+    let cfg = config(r#"{"uplink": "eth1", "portgroups": [{"name": "fw", "trunk": "1-100"}]}"#);
+    let p = plan_on(&links, &cfg, None);
+    let applied = block_on(apply(&links, &p.steps));
+    assert!(applied.failures.is_empty(), "{:?}", applied.failures);
+    let k = links.0.borrow();
+    let lookups = k.calls.iter().filter(|c| c.starts_with("index_of")).count();
+    // 100 paths of two links, 100 sub-interfaces, the bridge and the veth pair:
+    // each named by several steps, looked up once.
+    assert_eq!(lookups, 303);
+    let requests = k.calls.len() - lookups;
+    assert_eq!(
+        requests,
+        p.steps.len() + 303,
+        "one request per step, plus the alias of each link made"
+    );
 }

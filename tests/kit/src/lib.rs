@@ -129,6 +129,7 @@ pub fn numbered_port(i: u32) -> PortRules {
         ],
         allow_router_advertisements: false,
         allow_dhcp_server: false,
+        trunk: false,
     }
 }
 

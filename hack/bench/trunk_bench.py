@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""portgroupd benchmark for trunk portgroups: converge a trunk of N VIDs from
+nothing (`portgroupd --once`), a no-op reconcile at N, and back to nothing,
+against the floor: one `ip -batch` process making the same links (per VID: the
+uplink sub-interface, its bridge, the trunk's sub-interface, two attaches, three
+ups; plus the trunk bridge and its veth pair), without the marks.
+
+Needs 802.1Q: run it where the kernel has it, or in the test VM:
+  hack/vm.sh "python3 hack/bench/trunk_bench.py --daemon target/release/portgroupd"
+Under QEMU TCG absolute times are inflated several-fold; the ratio to the floor,
+measured in the same run, holds.
+
+Every run makes its own namespace (pgtbench-<random>) and deletes it; never
+touches the namespace it was started in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def sh(*args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(args, check=check, input=stdin, text=True, capture_output=True)
+
+
+class Node:
+    def __init__(self) -> None:
+        self.name = "pgtbench-%08x" % random.getrandbits(32)
+        sh("ip", "netns", "add", self.name)
+        self.ip("link", "add", "eth1", "type", "veth", "peer", "name", "sw0")
+        self.ip("link", "set", "eth1", "up")
+        self.ip("link", "set", "sw0", "up")
+
+    def ip(self, *args: str) -> None:
+        sh("ip", "-n", self.name, *args)
+
+    def count_links(self, prefix: str) -> int:
+        out = sh("ip", "-n", self.name, "-o", "link", "show").stdout
+        return sum(1 for line in out.splitlines() if line.split(": ")[1].startswith(prefix))
+
+    def close(self) -> None:
+        sh("ip", "netns", "del", self.name, check=False)
+
+
+def timed(args: list[str], stdin: str | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(args, check=True, input=stdin, text=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def daemon_run(daemon: str, node: Node, work: str, config: dict) -> float:
+    path = os.path.join(work, "config.json")
+    with open(path, "w") as f:
+        json.dump(config, f)
+    return timed(["ip", "netns", "exec", node.name, daemon, "--config", path,
+                  "--run-dir", os.path.join(work, "run"), "--node-name", "bench", "--once",
+                  "--log-level", "warn"])
+
+
+def floor_batch(n: int) -> str:
+    lines = ["link add pgtbfloor type bridge",
+             "link add pgtpfloor type veth peer name pgtqfloor",
+             "link set pgtpfloor master pgtbfloor",
+             "link set pgtbfloor up", "link set pgtpfloor up", "link set pgtqfloor up"]
+    for vid in range(1, n + 1):
+        lines += [
+            f"link add link eth1 name fv.{vid} type vlan id {vid}",
+            f"link add fb.{vid} type bridge",
+            f"link set fv.{vid} master fb.{vid}",
+            f"link add link pgtqfloor name fq.{vid} type vlan id {vid}",
+            f"link set fq.{vid} master fb.{vid}",
+            f"link set fv.{vid} up", f"link set fb.{vid} up", f"link set fq.{vid} up",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def one(daemon: str, n: int) -> dict:
+    work = tempfile.mkdtemp(prefix="pgtbench-")
+    node = Node()
+    try:
+        trunk = {"uplink": "eth1", "portgroups": [{"name": "fw", "trunk": f"1-{n}"}]}
+        up = daemon_run(daemon, node, work, trunk)
+        with open(os.path.join(work, "run", "state.json")) as f:
+            state = json.load(f)
+        ready = state["portgroups"][0]["ready"]
+        subs = node.count_links("pgq")
+        noop = daemon_run(daemon, node, work, trunk)
+        down = daemon_run(daemon, node, work, {"uplink": "eth1", "portgroups": []})
+        left = node.count_links("pg")
+        floor = timed(["ip", "-n", node.name, "-batch", "-"], stdin=floor_batch(n))
+        return {"vids": n, "ready": ready, "subinterfaces": subs, "left_after_down": left,
+                "up_s": up, "noop_s": noop, "down_s": down, "floor_s": floor,
+                "up_over_floor": up / floor}
+    finally:
+        node.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--daemon", required=True)
+    parser.add_argument("--vids", default="100,1000")
+    parser.add_argument("--out")
+    opts = parser.parse_args()
+    rows = []
+    for n in [int(v) for v in opts.vids.split(",")]:
+        row = one(os.path.abspath(opts.daemon), n)
+        rows.append(row)
+        print("trunk of %4d VIDs: ready=%s sub-interfaces=%d | up %.2f s, no-op %.2f s, down %.2f s "
+              "| ip -batch floor %.2f s | up/floor %.2fx | links left %d"
+              % (n, row["ready"], row["subinterfaces"], row["up_s"], row["noop_s"], row["down_s"],
+                 row["floor_s"], row["up_over_floor"], row["left_after_down"]), flush=True)
+        if not row["ready"] or row["subinterfaces"] != n or row["left_after_down"] != 0:
+            print("FAILED: the trunk did not converge as it must", file=sys.stderr)
+            return 1
+    if opts.out:
+        with open(opts.out, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
