@@ -69,10 +69,11 @@ struct PlanArgs {
     /// Forklift's destination (OpenShift/Kubernetes) provider.
     #[arg(long, default_value = "host")]
     destination_provider: String,
-    /// Add `k8s.v1.cni.cncf.io/resourceName: portgroup.io/<name>` to each NAD
-    /// (only for clusters that run portgroup's device plugin).
+    /// Leave `k8s.v1.cni.cncf.io/resourceName: portgroup.io/<name>` off the NADs:
+    /// for clusters whose portgroupd runs with `--device-plugin-dir ""` (no
+    /// device plugin, so no resource a VM could request).
     #[arg(long)]
-    resource_name_annotation: bool,
+    no_resource_name_annotation: bool,
 }
 
 fn read_inventory(args: &PlanArgs) -> Result<Inventory, InputError> {
@@ -121,7 +122,7 @@ fn run_plan(args: &PlanArgs) -> Result<String, String> {
         forklift_namespace: args.forklift_namespace.clone(),
         source_provider: args.source_provider.clone(),
         destination_provider: args.destination_provider.clone(),
-        resource_name_annotation: args.resource_name_annotation,
+        resource_name_annotation: !args.no_resource_name_annotation,
     };
     let plan = plan(&inventory, &options);
     let files = render(&plan, formats);

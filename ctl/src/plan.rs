@@ -22,8 +22,9 @@ pub struct Options {
     pub forklift_namespace: String,
     pub source_provider: String,
     pub destination_provider: String,
-    /// `k8s.v1.cni.cncf.io/resourceName: portgroup.io/<name>` on each NAD:
-    /// only for clusters that run portgroup's device plugin.
+    /// `k8s.v1.cni.cncf.io/resourceName: portgroup.io/<name>` on each NAD, so
+    /// KubeVirt requests the portgroup's device-plugin resource and VMs land only
+    /// where their portgroup is ready.
     pub resource_name_annotation: bool,
 }
 
@@ -36,7 +37,7 @@ impl Default for Options {
             forklift_namespace: "openshift-mtv".into(),
             source_provider: "vsphere".into(),
             destination_provider: "host".into(),
-            resource_name_annotation: false,
+            resource_name_annotation: true,
         }
     }
 }

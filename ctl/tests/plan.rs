@@ -227,8 +227,8 @@ fn nads_vm_stanzas_and_network_map() {
     assert!(nad.contains("\"spoofCheck\": false"), "{nad}");
     assert!(nad.contains("namespace: \"vms\""));
     assert!(
-        !nad.contains("resourceName"),
-        "the device-plugin annotation is opt-in"
+        nad.contains("k8s.v1.cni.cncf.io/resourceName: \"portgroup.io/dmz-vrrp\""),
+        "the device-plugin annotation is on by default: {nad}"
     );
     let promisc = std::fs::read_to_string(out.join("nads/dv-promisc.yaml")).unwrap();
     assert!(
@@ -272,7 +272,7 @@ fn nads_vm_stanzas_and_network_map() {
 }
 
 #[test]
-fn resource_name_annotation_is_an_option() {
+fn resource_name_annotation_can_be_left_off() {
     let scratch = Scratch::new("annotation");
     let xlsx = scratch.path("e.xlsx");
     realistic().write_xlsx(&xlsx);
@@ -283,16 +283,13 @@ fn resource_name_annotation_is_an_option() {
         xlsx.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-        "--resource-name-annotation",
+        "--no-resource-name-annotation",
         "--format",
         "json",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let nad = std::fs::read_to_string(out.join("nads/dv-app.yaml")).unwrap();
-    assert!(
-        nad.contains("k8s.v1.cni.cncf.io/resourceName: \"portgroup.io/dv-app\""),
-        "{nad}"
-    );
+    assert!(!nad.contains("resourceName"), "{nad}");
     assert!(out.join("report.json").exists());
     assert!(!out.join("report.html").exists() && !out.join("report.md").exists());
 }
