@@ -32,8 +32,8 @@ set -euo pipefail
 MARKER=PORTGROUP_DAEMONSET_E2E_INNER
 SCRIPT=$(readlink -f "$0")
 REPO=$(cd "$(dirname "$SCRIPT")/.." && pwd)
-# shellcheck source=hack/netns-leftovers.sh
-source "$REPO/hack/netns-leftovers.sh"
+# shellcheck source=hack/podman-netns.sh
+source "$REPO/hack/podman-netns.sh"
 
 # --------------------------------------------------------------------- outside
 if [[ -z "${!MARKER:-}" ]]; then
@@ -47,15 +47,7 @@ if [[ -z "${!MARKER:-}" ]]; then
     fi
     work=$(mktemp -d /tmp/pg-daemonset-e2e.XXXXXX)
     child=
-    outer_cleanup() {
-        if [[ -n $child ]] && kill -0 "$child" 2>/dev/null; then
-            local inner
-            inner=$(ps -o pid= --ppid "$child" || true)
-            [[ -n $inner ]] && kill -TERM $inner 2>/dev/null
-            wait "$child" 2>/dev/null || true
-        fi
-        rm -rf "$work"
-    }
+    outer_cleanup() { stop_inner_script "$child" "$work"; }
     trap outer_cleanup EXIT
     trap 'exit 130' INT TERM
     env "$MARKER=1" PG_WORK="$work" PG_BIN_DIR="$bin_dir" \

@@ -34,8 +34,8 @@ set -euo pipefail
 MARKER=PORTGROUP_PODMAN_E2E_INNER
 SCRIPT=$(readlink -f "$0")
 REPO=$(cd "$(dirname "$SCRIPT")/.." && pwd)
-# shellcheck source=hack/netns-leftovers.sh
-source "$REPO/hack/netns-leftovers.sh"
+# shellcheck source=hack/podman-netns.sh
+source "$REPO/hack/podman-netns.sh"
 
 # --------------------------------------------------------------------- outside
 if [[ -z "${!MARKER:-}" ]]; then
@@ -59,19 +59,7 @@ if [[ -z "${!MARKER:-}" ]]; then
 
     work=$(mktemp -d /tmp/pg-podman-e2e.XXXXXX)
     child=
-    outer_cleanup() {
-        if [[ -n $child ]] && kill -0 "$child" 2>/dev/null; then
-            # unshare --fork ignores SIGINT and SIGTERM while it waits, so signal
-            # the script inside, which cleans up and exits.
-            local inner
-            inner=$(ps -o pid= --ppid "$child" || true)
-            [[ -n $inner ]] && kill -TERM $inner 2>/dev/null
-            wait "$child" 2>/dev/null || true
-        fi
-        # Only an empty mount point is ever visible here: the tmpfs lives in the
-        # private mount namespace.
-        rm -rf "$work"
-    }
+    outer_cleanup() { stop_inner_script "$child" "$work"; }
     trap outer_cleanup EXIT
     trap 'exit 130' INT TERM
 

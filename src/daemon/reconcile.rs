@@ -245,10 +245,8 @@ mod tests {
     use futures::executor::block_on;
     use std::cell::RefCell;
 
-    #[test]
-    fn publishes_state_and_reports_failures() {
-        let dir = std::env::temp_dir().join(format!("pg-reconcile-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+    /// A fake node with its uplink eth1 up, on a kernel without 802.1Q.
+    fn uplink_without_8021q() -> FakeLinks {
         let fake = FakeLinks(RefCell::new(FakeKernel::with(vec![LinkSummary {
             index: 3,
             name: "eth1".into(),
@@ -258,6 +256,14 @@ mod tests {
             ..Default::default()
         }])));
         fake.0.borrow_mut().no_8021q = true;
+        fake
+    }
+
+    #[test]
+    fn publishes_state_and_reports_failures() {
+        let dir = std::env::temp_dir().join(format!("pg-reconcile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let fake = uplink_without_8021q();
         let metrics = Arc::new(Metrics::default());
         let mut r = Reconciler::new(
             fake,
@@ -329,15 +335,7 @@ mod tests {
     fn a_trunk_reports_the_failures_of_the_vlan_paths_it_rides_on() {
         let dir = std::env::temp_dir().join(format!("pg-reconcile-trunk-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let fake = FakeLinks(RefCell::new(FakeKernel::with(vec![LinkSummary {
-            index: 3,
-            name: "eth1".into(),
-            mtu: 1500,
-            admin_up: true,
-            lower_up: true,
-            ..Default::default()
-        }])));
-        fake.0.borrow_mut().no_8021q = true;
+        let fake = uplink_without_8021q();
         let mut r = Reconciler::new(
             fake,
             "worker-3".into(),
