@@ -1,5 +1,9 @@
 //! GC: removes every attachment of this network that the runtime no longer lists.
 //! Keeps going past errors, then forwards GC to a delegated IPAM plugin.
+//!
+//! The list is required: a GC without `cni.dev/valid-attachments` (or the older
+//! `cni.dev/attachments`) would take every attachment of the network for stale,
+//! so it is refused (code 7) before anything is looked at or removed.
 
 use portgroup::attachment;
 use portgroup::netlink::Netlink;
@@ -15,7 +19,14 @@ use crate::teardown::Teardown;
 pub async fn gc(cmd: &Call<'_, Node, NetConf>) -> Result<(), Error> {
     let (node, conf, stdin) = (&cmd.env, &cmd.conf, cmd.stdin);
     conf.cni_version.require("GC", CniVersion::V1_1_0)?;
-    let valid = conf.valid_attachments.clone().unwrap_or_default();
+    let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
+        Error::invalid_config(
+            "cni.dev/valid-attachments",
+            "GC needs the list of valid attachments (cni.dev/valid-attachments, or the older \
+             cni.dev/attachments); without it every attachment of the network would look \
+             stale, so nothing was removed",
+        )
+    })?;
     let run = RunDir::from_env();
     let nl = Netlink::connect().map_err(|e| Error::system("opening netlink", e))?;
     let (records, broken) = attachment::list(&run.attachments_dir());
