@@ -33,6 +33,7 @@ fn host_side_mac() -> MacAddr {
 
 pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
     let (call, conf, stdin) = (&cmd.env, &cmd.conf, cmd.stdin);
+    fault::gate();
     let run = RunDir::from_env();
     let nl = Netlink::connect().map_err(|e| Error::system("opening netlink", e))?;
     let target = bridge::resolve(&nl, conf, &run).await?;
@@ -51,15 +52,6 @@ pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
         .map_err(|e| Error::env("CNI_NETNS", e.to_string()))?;
 
     let records = run.attachments_dir();
-    if Record::find(&records, &call.container_id, &call.ifname)
-        .map_err(|e| Error::system("reading the attachment record", e))?
-        .is_some()
-    {
-        return Err(Error::InterfaceExists(format!(
-            "attachment {}/{} already exists; DEL it before adding it again",
-            call.container_id, call.ifname
-        )));
-    }
     let mut record = Record {
         container_id: call.container_id.clone(),
         ifname: call.ifname.clone(),
@@ -84,16 +76,21 @@ pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
         call,
         stdin,
         nl: &nl,
-        run: &run,
         host_veth: spec.host_veth.clone(),
+        record: None,
         steps: Vec::new(),
     };
-    // Written before the veth exists, so a killed ADD never leaves a veth nobody knows of.
-    undo.steps.push(Undo::Record);
-    if let Err(e) = record.write(&records) {
-        undo.run().await;
-        return Err(Error::system("writing the attachment record", e));
+    // Created exclusively, before anything else is made (so a killed ADD never
+    // leaves a veth nobody knows of): of concurrent ADDs of one attachment
+    // exactly one gets past here; the others touch nothing of its.
+    match record.create(&records) {
+        Ok(owned) => undo.record = Some(owned),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(already_attached(&records, call))
+        }
+        Err(e) => return Err(Error::system("creating the attachment record", e)),
     }
+    undo.steps.push(Undo::Record);
     fault::point("record-written");
 
     let attempt = Attempt {
@@ -111,8 +108,10 @@ pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
             // IPAM may have added addresses the first write could not know.
             if assigned != record.ips {
                 record.ips = assigned;
-                if let Err(e) = record.write(&records) {
-                    tracing::warn!("updating the attachment record: {e}");
+                if let Some(owned) = undo.record.as_mut() {
+                    if let Err(e) = owned.update(&record) {
+                        tracing::warn!("updating the attachment record: {e}");
+                    }
                 }
             }
             Ok(result)
@@ -126,6 +125,24 @@ pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
             undo.run().await;
             Err(err)
         }
+    }
+}
+
+/// Why an attachment's record could not be created: it has one (DEL first), or
+/// the name holds an older release's record of another attachment.
+fn already_attached(records: &std::path::Path, call: &Pod) -> Error {
+    let (id, ifname) = (&call.container_id, &call.ifname);
+    match Record::find(records, id, ifname) {
+        Ok(_) => Error::InterfaceExists(format!(
+            "attachment {id}/{ifname} already exists; DEL it before adding it again"
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Error::InterfaceExists(e.to_string())
+        }
+        Err(e) => Error::InterfaceExists(format!(
+            "attachment {id}/{ifname} already exists with an unreadable record ({e}); \
+             DEL it before adding it again"
+        )),
     }
 }
 
@@ -145,8 +162,9 @@ struct UndoLog<'a> {
     call: &'a Pod,
     stdin: &'a [u8],
     nl: &'a Netlink,
-    run: &'a RunDir,
     host_veth: String,
+    /// The record this ADD created: the only one it may remove.
+    record: Option<attachment::Owned>,
     steps: Vec<Undo>,
 }
 
@@ -166,12 +184,12 @@ impl UndoLog<'_> {
                 }
                 .release_ipam(&section),
                 Undo::Veth => delete_host_veth(self.nl, &self.host_veth).await,
-                Undo::Record => attachment::remove(
-                    &self.run.attachments_dir(),
-                    &self.call.container_id,
-                    &self.call.ifname,
-                )
-                .map_err(|e| Error::system("removing the attachment record", e)),
+                Undo::Record => match self.record.take() {
+                    Some(owned) => owned
+                        .remove()
+                        .map_err(|e| Error::system("removing the attachment record", e)),
+                    None => Ok(()),
+                },
             };
             if let Err(e) = result {
                 tracing::warn!("undoing ADD: {e}");

@@ -1,6 +1,7 @@
-//! Attachment records and what only their owner may do: GC without the list of
-//! valid attachments removes nothing. Root only; everything lives in namespaces
-//! the test makes.
+//! Attachment records and what only their owner may do: of concurrent ADDs of
+//! one attachment exactly one wins and the others touch nothing of its; GC
+//! without the list of valid attachments removes nothing. Root only; everything
+//! lives in namespaces the test makes.
 
 use crate::common::{conf, links, Lab};
 use serde_json::{json, Value};
@@ -83,4 +84,140 @@ fn gc_without_the_valid_attachments_list_is_refused_and_removes_nothing() {
     assert_eq!(gc.code, 0, "{} {}", gc.stdout, gc.stderr);
     lab.assert_clean(&["br0"]);
     assert_eq!(links(&pod), Vec::<String>::new());
+}
+
+const VM_MAC: &str = "00:50:56:aa:bb:01";
+
+/// A neighbour on br0 at 10.0.0.1, for the winner's port to reach.
+fn neighbour(lab: &mut Lab) -> String {
+    let peer = lab.pod();
+    lab.node_ip(&[
+        "link", "add", "peer0", "type", "veth", "peer", "name", "eth0", "netns", &peer,
+    ]);
+    lab.node_ip(&["link", "set", "peer0", "master", "br0", "up"]);
+    lab.pod_ip(&peer, &["link", "set", "eth0", "up"]);
+    lab.pod_ip(&peer, &["addr", "add", "10.0.0.1/24", "dev", "eth0"]);
+    peer
+}
+
+/// Runs `n` ADDs of the same attachment, released together: each waits at the
+/// plugin's start gate (a FIFO) until all `n` are there.
+fn race(lab: &Lab, c: &Value, env: &[(&str, &str)], n: usize) -> Vec<crate::common::Output> {
+    let gate = lab.run_dir.join(format!("gate-{}", rand::random::<u32>()));
+    crate::common::sh(&["mkfifo", gate.to_str().unwrap()]);
+    let mut env = env.to_vec();
+    env.push(("PORTGROUP_TEST_GATE", gate.to_str().unwrap()));
+    let outputs = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| scope.spawn(|| lab.cni("ADD", c, &env)))
+            .collect();
+        let marker = format!("PORTGROUP_TEST_GATE={}", gate.display());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while waiting_at(&marker) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {n} ADDs reached the gate",
+                waiting_at(&marker)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Opening the FIFO for writing releases every reader blocked on it.
+        drop(std::fs::OpenOptions::new().write(true).open(&gate).unwrap());
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    std::fs::remove_file(gate).unwrap();
+    outputs
+}
+
+/// Processes with `marker` in their environment blocked opening the gate.
+fn waiting_at(marker: &str) -> usize {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    procs
+        .flatten()
+        .filter(|p| {
+            let dir = p.path();
+            let blocked = std::fs::read_to_string(dir.join("wchan"))
+                .is_ok_and(|w| w.trim() == "wait_for_partner");
+            blocked
+                && std::fs::read(dir.join("environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker.as_bytes()))
+        })
+        .count()
+}
+
+fn pings(pod: &str, to: &str) -> bool {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", pod, "ping", "-c", "1", "-W", "2", to])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn concurrent_adds_of_one_attachment_have_one_winner_and_leave_it_intact() {
+    let mut lab = Lab::new();
+    let _peer = neighbour(&mut lab);
+    let pod = lab.pod();
+    let path = Lab::netns_path(&pod);
+    let env = Lab::attach_env("vm", &path, "net1");
+    let c = conf(
+        "1.1.0",
+        json!({"runtimeConfig": {"mac": VM_MAC, "ips": ["10.0.0.2/24"]}}),
+    );
+    let host = portgroup::naming::host_veth_name("vm", "net1");
+    for round in 0..10 {
+        let outputs = race(&lab, &c, &env, 25);
+        let (winners, losers): (Vec<_>, Vec<_>) = outputs.iter().partition(|o| o.code == 0);
+        assert_eq!(winners.len(), 1, "round {round}: one winner");
+        for loser in &losers {
+            assert_eq!(loser.cni_code(), 101, "round {round}: {}", loser.stdout);
+            assert!(
+                loser.stdout.contains("already exists"),
+                "round {round}: {}",
+                loser.stdout
+            );
+        }
+        let winner = &winners[0].json;
+        assert_eq!(winner["interfaces"][0]["name"], host.as_str());
+
+        // The winner's record is there, whole, and says what the winner made.
+        assert_eq!(lab.records(), vec!["vm-net1.json"], "round {round}");
+        let record: Value = serde_json::from_slice(
+            &std::fs::read(lab.run_dir.join("attachments/vm-net1.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(record["hostVeth"], host.as_str(), "round {round}");
+        assert_eq!(record["mac"], VM_MAC, "round {round}");
+        assert_eq!(record["ips"], json!(["10.0.0.2/24"]), "round {round}");
+        // CHECK compares veth, bridge, addresses and port-security elements
+        // with the record: nothing of the winner's was touched.
+        let mut checked = c.clone();
+        checked["prevResult"] = winner.clone();
+        let check = lab.cni("CHECK", &checked, &env);
+        assert_eq!(check.code, 0, "round {round}: {}", check.stdout);
+        assert_eq!(lab.secured_ports(), vec![host.clone()], "round {round}");
+        assert!(
+            elements_of(&lab, &host).iter().any(|e| e.contains(VM_MAC)),
+            "round {round}: {:?}",
+            elements_of(&lab, &host)
+        );
+        assert!(pings(&pod, "10.0.0.1"), "round {round}: the port works");
+        assert_eq!(links(&pod), vec!["net1"], "round {round}");
+
+        let del = lab.cni("DEL", &c, &env);
+        assert_eq!(del.code, 0, "round {round}: {}", del.stdout);
+        lab.assert_clean(&["br0", "peer0"]);
+        assert_eq!(
+            elements_of(&lab, &host),
+            Vec::<String>::new(),
+            "round {round}: orphaned elements"
+        );
+        assert_eq!(links(&pod), Vec::<String>::new(), "round {round}");
+    }
 }
