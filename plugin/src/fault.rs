@@ -5,9 +5,9 @@
 
 pub const STAGES: &[&str] = &[
     "record-written",
+    "port-security-installed",
     "veth-created",
     "addresses-added",
-    "port-security-installed",
     "probed",
 ];
 

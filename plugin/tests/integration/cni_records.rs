@@ -1,6 +1,7 @@
 //! Attachment records and what only their owner may do: of concurrent ADDs of
 //! one attachment exactly one wins and the others touch nothing of its; GC
-//! without the list of valid attachments removes nothing. Root only; everything
+//! without the list of valid attachments removes nothing. A port's
+//! port-security elements exist before its veth does. Root only; everything
 //! lives in namespaces the test makes.
 
 use crate::common::{conf, links, Lab};
@@ -220,4 +221,126 @@ fn concurrent_adds_of_one_attachment_have_one_winner_and_leave_it_intact() {
         );
         assert_eq!(links(&pod), Vec::<String>::new(), "round {round}");
     }
+}
+
+/// The ADD killed right after a step (as SIGKILL would: no rollback).
+fn killed_at(lab: &Lab, c: &Value, env: &[(&str, &str)], stage: &str) {
+    let mut env = env.to_vec();
+    env.push(("PORTGROUP_TEST_EXIT_AT", stage));
+    let add = lab.cni("ADD", c, &env);
+    assert_eq!(add.code, 137, "{stage}: the ADD should have died there");
+}
+
+#[test]
+fn the_port_has_its_elements_before_its_veth_appears() {
+    let (lab, pod, path) = Lab::with_pod();
+    let env = Lab::attach_env("vm", &path, "net1");
+    let host = portgroup::naming::host_veth_name("vm", "net1");
+    let declared = conf(
+        "1.1.0",
+        json!({"runtimeConfig": {"mac": VM_MAC, "ips": ["10.0.0.2/24"]}}),
+    );
+    let has = |what: &str| elements_of(&lab, &host).iter().any(|e| e.contains(what));
+
+    // Right after the elements: every one of them, and no interface yet.
+    killed_at(&lab, &declared, &env, "port-security-installed");
+    assert_eq!(lab.secured_ports(), vec![host.clone()]);
+    assert!(
+        has(VM_MAC) && has("10.0.0.2"),
+        "{:?}",
+        elements_of(&lab, &host)
+    );
+    assert!(!lab.node_links().contains(&host), "the veth came first");
+    assert_eq!(lab.cni("DEL", &declared, &env).code, 0);
+    lab.assert_clean(&["br0"]);
+
+    // The moment the veth exists (nothing else done after it), so do its elements.
+    killed_at(&lab, &declared, &env, "veth-created");
+    assert!(lab.node_links().contains(&host));
+    assert!(
+        has(VM_MAC) && has("10.0.0.2"),
+        "{:?}",
+        elements_of(&lab, &host)
+    );
+    assert_eq!(lab.cni("DEL", &declared, &env).code, 0);
+    lab.assert_clean(&["br0"]);
+    assert_eq!(elements_of(&lab, &host), Vec::<String>::new());
+
+    // IPAM's address is added to the rules before the pod end is up.
+    let data_dir = lab.run_dir.join("ipam");
+    let with_ipam = conf(
+        "1.0.0",
+        json!({"runtimeConfig": {"mac": VM_MAC}, "ipam": {"type": "host-local",
+            "ranges": [[{"subnet": "10.9.0.0/24"}]], "dataDir": data_dir}}),
+    );
+    killed_at(&lab, &with_ipam, &env, "veth-created");
+    assert!(!has("10.9.0."), "IPAM has not answered yet");
+    assert!(has(VM_MAC));
+    assert_eq!(lab.cni("DEL", &with_ipam, &env).code, 0);
+    killed_at(&lab, &with_ipam, &env, "addresses-added");
+    assert!(has("10.9.0."), "{:?}", elements_of(&lab, &host));
+    let pod_end = crate::common::pod_link(&pod, "net1");
+    assert!(
+        !pod_end["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "UP"),
+        "the pod end is still down: {pod_end}"
+    );
+    assert_eq!(lab.cni("DEL", &with_ipam, &env).code, 0);
+    lab.assert_clean(&["br0"]);
+    assert_eq!(elements_of(&lab, &host), Vec::<String>::new());
+}
+
+#[test]
+fn a_failed_veth_takes_its_elements_and_record_along() {
+    let (lab, pod, path) = Lab::with_pod();
+    let host = portgroup::naming::host_veth_name("vm", "net1");
+    // The pod already has the interface name: the veth cannot be made, after
+    // the record and the elements were.
+    lab.pod_ip(
+        &pod,
+        &["link", "add", "net1", "type", "veth", "peer", "name", "x"],
+    );
+    let c = conf(
+        "1.1.0",
+        json!({"runtimeConfig": {"mac": VM_MAC, "ips": ["10.0.0.2/24"]}}),
+    );
+    let add = lab.cni("ADD", &c, &Lab::attach_env("vm", &path, "net1"));
+    assert_eq!(add.cni_code(), 101, "{}", add.stdout);
+    lab.assert_clean(&["br0"]);
+    assert_eq!(elements_of(&lab, &host), Vec::<String>::new());
+}
+
+#[test]
+fn an_interface_with_the_port_name_keeps_its_elements() {
+    let (lab, _pod, path) = Lab::with_pod();
+    let env = Lab::attach_env("vm", &path, "net1");
+    let host = portgroup::naming::host_veth_name("vm", "net1");
+    let c = conf(
+        "1.1.0",
+        json!({"runtimeConfig": {"mac": VM_MAC, "ips": ["10.0.0.2/24"]}}),
+    );
+    assert_eq!(lab.cni("ADD", &c, &env).code, 0);
+    let before = elements_of(&lab, &host);
+    // Its record gone (moved aside, say): the live port is not a new ADD's to
+    // re-key, nor to strip when its own veth then cannot be made.
+    std::fs::remove_file(lab.run_dir.join("attachments/vm-net1.json")).unwrap();
+    let other = conf(
+        "1.1.0",
+        json!({"runtimeConfig": {"mac": "00:50:56:aa:bb:99", "ips": ["10.0.0.99/24"]}}),
+    );
+    let add = lab.cni("ADD", &other, &env);
+    assert_eq!(add.cni_code(), 101, "{}", add.stdout);
+    assert!(add.stdout.contains(&host), "{}", add.stdout);
+    assert_eq!(elements_of(&lab, &host), before);
+    assert!(lab.node_links().contains(&host));
+    assert!(
+        lab.records().is_empty(),
+        "the failed ADD removed its own record"
+    );
+    assert_eq!(lab.cni("DEL", &c, &env).code, 0);
+    lab.assert_clean(&["br0"]);
+    assert_eq!(elements_of(&lab, &host), Vec::<String>::new());
 }
