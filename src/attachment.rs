@@ -318,9 +318,17 @@ pub fn lock(dir: &Path, container_id: &str, ifname: &str) -> std::io::Result<Opt
 /// Locks a record if nobody holds it. The lock is only granted on the record
 /// still at its path: one removed (or replaced by a new ADD) meanwhile is Gone.
 pub fn try_lock(dir: &Path, container_id: &str, ifname: &str) -> std::io::Result<TryLock> {
+    try_lock_file(&record_path(dir, container_id, ifname))
+}
+
+/// [`try_lock`] by the record's path: for records that cannot be read, whose
+/// attachment only their file name tells ([`named_by`]).
+pub fn try_lock_file(path: &Path) -> std::io::Result<TryLock> {
     use std::os::unix::fs::MetadataExt;
-    let Some(file) = open_record(dir, container_id, ifname)? else {
-        return Ok(TryLock::Gone);
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TryLock::Gone),
+        Err(e) => return Err(e),
     };
     let locked = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(locked) => locked,
@@ -328,7 +336,7 @@ pub fn try_lock(dir: &Path, container_id: &str, ifname: &str) -> std::io::Result
         Err((_, e)) => return Err(e.into()),
     };
     let ours = locked.metadata()?;
-    match std::fs::metadata(record_path(dir, container_id, ifname)) {
+    match std::fs::metadata(path) {
         Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => {
             Ok(TryLock::Locked(Lock(locked)))
         }
@@ -336,6 +344,44 @@ pub fn try_lock(dir: &Path, container_id: &str, ifname: &str) -> std::io::Result
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TryLock::Gone),
         Err(e) => Err(e),
     }
+}
+
+/// What a record's file name tells of its attachment, for a record whose
+/// content cannot be read: always the host veth (so its port-security elements
+/// can be found), and the (container ID, ifname) pair unless the ID was too
+/// long to keep whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedBy {
+    /// None for the `<id prefix>~<tag>:<ifname>.json` form.
+    pub pair: Option<(String, String)>,
+    pub host_veth: String,
+}
+
+/// Reads [`record_file_name`] backwards; None for a name it never makes. A
+/// record an older release wrote as `<id>-<if-name>.json` (an ifname with a
+/// '-') reads as another pair: such records are readable unless damaged.
+pub fn named_by(file_name: &str) -> Option<NamedBy> {
+    let stem = file_name.strip_suffix(".json")?;
+    if let Some((prefix, rest)) = stem.split_once('~') {
+        let (tag, ifname) = rest.split_once(':')?;
+        let valid = tag.len() == 16
+            && tag.bytes().all(|b| b.is_ascii_hexdigit())
+            && !prefix.is_empty()
+            && !ifname.is_empty();
+        // host_veth_name is "pg" and the top 48 bits of the same hash as the tag.
+        return valid.then(|| NamedBy {
+            pair: None,
+            host_veth: format!("pg{}", &tag[..12]),
+        });
+    }
+    let (id, ifname) = stem.split_once(':').or_else(|| stem.rsplit_once('-'))?;
+    if id.is_empty() || ifname.is_empty() || record_file_name(id, ifname) != file_name {
+        return None;
+    }
+    Some(NamedBy {
+        pair: Some((id.to_string(), ifname.to_string())),
+        host_veth: crate::naming::host_veth_name(id, ifname),
+    })
 }
 
 /// Every readable record, plus the paths of unreadable ones (reported, not fatal).
@@ -400,6 +446,37 @@ mod tests {
             record_file_name(&"f".repeat(64), "eth0"),
             format!("{}-eth0.json", "f".repeat(64))
         );
+    }
+
+    #[test]
+    fn file_names_tell_the_attachment_back() {
+        let long = "f".repeat(300);
+        for (id, ifname) in [
+            ("abc", "net1"),
+            ("a-b", "c"),
+            ("c1", "net-1"),
+            (&*long, "net1"),
+        ] {
+            let name = record_file_name(id, ifname);
+            let named = named_by(&name).unwrap_or_else(|| panic!("{name}"));
+            assert_eq!(
+                named.host_veth,
+                crate::naming::host_veth_name(id, ifname),
+                "{name}"
+            );
+            let pair = (id.len() < 200).then(|| (id.to_string(), ifname.to_string()));
+            assert_eq!(named.pair, pair, "{name}");
+        }
+        for name in [
+            "x.json",
+            "-net1.json",
+            "abc-.json",
+            "a~zz:net1.json",
+            "abc-net1.txt",
+            ".abc-net1.json.1.new",
+        ] {
+            assert_eq!(named_by(name), None, "{name}");
+        }
     }
 
     #[test]

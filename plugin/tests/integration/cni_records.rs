@@ -344,3 +344,107 @@ fn an_interface_with_the_port_name_keeps_its_elements() {
     lab.assert_clean(&["br0"]);
     assert_eq!(elements_of(&lab, &host), Vec::<String>::new());
 }
+
+fn corrupt(lab: &Lab, file: &str) {
+    std::fs::write(
+        lab.run_dir.join("attachments").join(file),
+        b"{\"containerId\": ",
+    )
+    .unwrap();
+}
+
+#[test]
+fn an_unreadable_record_blocks_a_new_add_but_not_del() {
+    let (lab, pod, path) = Lab::with_pod();
+    let env = Lab::attach_env("vm", &path, "net1");
+    let host = portgroup::naming::host_veth_name("vm", "net1");
+    let c = conf(
+        "1.1.0",
+        json!({"runtimeConfig": {"mac": VM_MAC, "ips": ["10.0.0.2/24"]}}),
+    );
+    let add = lab.cni("ADD", &c, &env);
+    assert_eq!(add.code, 0, "{}", add.stdout);
+    corrupt(&lab, "vm-net1.json");
+    let before = elements_of(&lab, &host);
+
+    // ADD: the attachment exists, its record unreadable; nothing is touched.
+    let again = lab.cni("ADD", &c, &env);
+    assert_eq!(again.cni_code(), 101, "{}", again.stdout);
+    assert!(again.stdout.contains("unreadable"), "{}", again.stdout);
+    assert_eq!(elements_of(&lab, &host), before);
+    assert!(lab.node_links().contains(&host));
+
+    // CHECK cannot vouch for it.
+    let mut checked = c.clone();
+    checked["prevResult"] = add.json.clone();
+    assert_ne!(lab.cni("CHECK", &checked, &env).code, 0);
+
+    // DEL takes it all down by name, the unreadable record too; and again.
+    for _ in 0..2 {
+        let del = lab.cni("DEL", &c, &env);
+        assert_eq!(del.code, 0, "{} {}", del.stdout, del.stderr);
+        lab.assert_clean(&["br0"]);
+        assert_eq!(elements_of(&lab, &host), Vec::<String>::new());
+        assert_eq!(links(&pod), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn gc_keeps_valid_and_live_unreadable_records_and_collects_dead_ones() {
+    let (lab, _pod, path) = Lab::with_pod();
+    let long_id = "d".repeat(300);
+    let attachments = [
+        ("valid", "net1"),
+        ("live", "net2"),
+        ("dead", "net3"),
+        (long_id.as_str(), "net4"),
+    ];
+    let c = conf("1.1.0", json!({}));
+    for (i, (id, ifname)) in attachments.iter().enumerate() {
+        let mut c = c.clone();
+        c["runtimeConfig"] = json!({"ips": [format!("10.0.0.{}/24", i + 2)]});
+        let add = lab.cni("ADD", &c, &Lab::attach_env(id, &path, ifname));
+        assert_eq!(add.code, 0, "{}", add.stdout);
+    }
+    let mut files = lab.records();
+    files.sort();
+    for file in &files {
+        corrupt(&lab, file);
+    }
+    let host = |i: usize| portgroup::naming::host_veth_name(attachments[i].0, attachments[i].1);
+    // Two attachments die without a DEL: their veths go (the pod end with them).
+    for i in [2, 3] {
+        lab.node_ip(&["link", "del", &host(i)]);
+        assert!(
+            !elements_of(&lab, &host(i)).is_empty(),
+            "elements outlive the veth"
+        );
+    }
+
+    let mut gc = c.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "valid", "ifname": "net1"}]);
+    let out = lab.cni("GC", &gc, &[]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    // The valid one and the live one are kept whole; the live one is named in the log.
+    let mut left = lab.records();
+    left.sort();
+    assert_eq!(left, vec!["live-net2.json", "valid-net1.json"]);
+    for i in [0, 1] {
+        assert!(lab.node_links().contains(&host(i)));
+        assert!(!elements_of(&lab, &host(i)).is_empty());
+    }
+    assert!(out.stderr.contains("live-net2.json"), "{}", out.stderr);
+    // The dead ones are gone with their elements, the long-ID one included.
+    for i in [2, 3] {
+        assert_eq!(elements_of(&lab, &host(i)), Vec::<String>::new(), "{i}");
+    }
+
+    // A second GC changes nothing and does not fail.
+    let again = lab.cni("GC", &gc, &[]);
+    assert_eq!(again.code, 0, "{}", again.stdout);
+    for (id, ifname) in &attachments[..2] {
+        let del = lab.cni("DEL", &c, &Lab::attach_env(id, &path, ifname));
+        assert_eq!(del.code, 0, "{}", del.stdout);
+    }
+    lab.assert_clean(&["br0"]);
+}
