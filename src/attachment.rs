@@ -86,6 +86,8 @@ impl Record {
         record_path(dir, &self.container_id, &self.ifname)
     }
 
+    /// Writes (or overwrites) the record: not exclusive, so not for ADD, which
+    /// uses [`Record::create`]; for tests and tools that set up a node.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         crate::paths::write_atomic(&self.path(dir), &bytes)

@@ -233,7 +233,10 @@ fn killed_at(lab: &Lab, c: &Value, env: &[(&str, &str)], stage: &str) {
 
 #[test]
 fn the_port_has_its_elements_before_its_veth_appears() {
-    let (lab, pod, path) = Lab::with_pod();
+    let mut lab = Lab::new();
+    let _peer = neighbour(&mut lab);
+    let pod = lab.pod();
+    let path = Lab::netns_path(&pod);
     let env = Lab::attach_env("vm", &path, "net1");
     let host = portgroup::naming::host_veth_name("vm", "net1");
     let declared = conf(
@@ -252,9 +255,11 @@ fn the_port_has_its_elements_before_its_veth_appears() {
     );
     assert!(!lab.node_links().contains(&host), "the veth came first");
     assert_eq!(lab.cni("DEL", &declared, &env).code, 0);
-    lab.assert_clean(&["br0"]);
+    lab.assert_clean(&["br0", "peer0"]);
 
-    // The moment the veth exists (nothing else done after it), so do its elements.
+    // The moment the veth exists (nothing else done after it), so do its
+    // elements, and they hold: brought up by hand, the port reaches the
+    // neighbour from its own address only.
     killed_at(&lab, &declared, &env, "veth-created");
     assert!(lab.node_links().contains(&host));
     assert!(
@@ -262,8 +267,14 @@ fn the_port_has_its_elements_before_its_veth_appears() {
         "{:?}",
         elements_of(&lab, &host)
     );
+    lab.pod_ip(&pod, &["link", "set", "net1", "up"]);
+    lab.pod_ip(&pod, &["addr", "add", "10.0.0.50/24", "dev", "net1"]);
+    assert!(!pings(&pod, "10.0.0.1"), "a foreign source passed");
+    lab.pod_ip(&pod, &["addr", "flush", "dev", "net1"]);
+    lab.pod_ip(&pod, &["addr", "add", "10.0.0.2/24", "dev", "net1"]);
+    assert!(pings(&pod, "10.0.0.1"), "its own address must pass");
     assert_eq!(lab.cni("DEL", &declared, &env).code, 0);
-    lab.assert_clean(&["br0"]);
+    lab.assert_clean(&["br0", "peer0"]);
     assert_eq!(elements_of(&lab, &host), Vec::<String>::new());
 
     // IPAM's address is added to the rules before the pod end is up.
@@ -289,7 +300,7 @@ fn the_port_has_its_elements_before_its_veth_appears() {
         "the pod end is still down: {pod_end}"
     );
     assert_eq!(lab.cni("DEL", &with_ipam, &env).code, 0);
-    lab.assert_clean(&["br0"]);
+    lab.assert_clean(&["br0", "peer0"]);
     assert_eq!(elements_of(&lab, &host), Vec::<String>::new());
 }
 
