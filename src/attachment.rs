@@ -86,9 +86,34 @@ impl Record {
         record_path(dir, &self.container_id, &self.ifname)
     }
 
+    /// Writes (or overwrites) the record: not exclusive, so not for ADD, which
+    /// uses [`Record::create`]; for tests and tools that set up a node.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         crate::paths::write_atomic(&self.path(dir), &bytes)
+    }
+
+    /// Creates this attachment's record, exclusively: `AlreadyExists` when the
+    /// pair has a record (readable or not, under this release's name or an older
+    /// one's), and then nothing was written. The content is complete before the
+    /// name appears: it is written to a new temporary file (`O_EXCL`), locked,
+    /// and published with link(2), which like `O_EXCL` fails when the name
+    /// exists. Of any number of concurrent creations exactly one succeeds; the
+    /// returned [`Owned`] is the only handle through which the record may be
+    /// rolled back, and holds the record's lock until it is dropped.
+    pub fn create(&self, dir: &Path) -> std::io::Result<Owned> {
+        let path = self.path(dir);
+        if read_legacy(dir, &self.container_id, &self.ifname).is_some() {
+            return Err(exists(&path));
+        }
+        let (tmp, locked) = write_locked_temp(&path, self)?;
+        let published = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match published {
+            Ok(()) => Owned::new(path, locked),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(exists(&path)),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn read(path: &Path) -> std::io::Result<Record> {
@@ -122,6 +147,117 @@ impl Record {
                 Ok(read_legacy(dir, container_id, ifname).map(|(_, record)| record))
             }
             Err(e) => Err(e),
+        }
+    }
+}
+
+fn exists(path: &Path) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        format!("{} exists", path.display()),
+    )
+}
+
+/// `.<record name>.<pid>.<n>.new` next to `path`, written with `record` and locked;
+/// any leftover of a crashed process with the same pid is replaced.
+fn write_locked_temp(
+    path: &Path,
+    record: &Record,
+) -> std::io::Result<(PathBuf, nix::fcntl::Flock<std::fs::File>)> {
+    use std::io::Write;
+    let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}.new", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?;
+    let mut locked = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| std::io::Error::from(e))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })?;
+    if let Err(e) = locked.write_all(&bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok((tmp, locked))
+}
+
+/// A record this process created ([`Record::create`]), locked for as long as it
+/// is held. Only through it may the creating ADD update or roll back the record:
+/// a record another ADD created is never this one.
+#[derive(Debug)]
+pub struct Owned {
+    path: PathBuf,
+    /// Held, never read: the collector, which only try-locks, leaves the
+    /// record of an ADD in flight alone; released on drop.
+    #[allow(dead_code)]
+    lock: nix::fcntl::Flock<std::fs::File>,
+    /// (dev, inode) of the file we created: what "ours" means at `path`.
+    id: (u64, u64),
+}
+
+impl Owned {
+    fn new(path: PathBuf, lock: nix::fcntl::Flock<std::fs::File>) -> std::io::Result<Owned> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = lock.metadata()?;
+        Ok(Owned {
+            path,
+            id: (meta.dev(), meta.ino()),
+            lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether `path` still names the file we created.
+    fn still_ours(&self) -> std::io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(now) => Ok((now.dev(), now.ino()) == self.id),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces the content (a new file renamed over ours, locked before it
+    /// appears), if the record is still ours.
+    pub fn update(&mut self, record: &Record) -> std::io::Result<()> {
+        if !self.still_ours()? {
+            return Err(std::io::Error::other(format!(
+                "{} is no longer the record this ADD created",
+                self.path.display()
+            )));
+        }
+        let (tmp, locked) = write_locked_temp(&self.path, record)?;
+        if let Err(e) = std::fs::rename(&tmp, &self.path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        *self = Owned::new(self.path.clone(), locked)?;
+        Ok(())
+    }
+
+    /// Removes the record if it is still ours; one that is gone or was replaced
+    /// is left as it is.
+    pub fn remove(self) -> std::io::Result<()> {
+        if !self.still_ours()? {
+            return Ok(());
+        }
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
         }
     }
 }
@@ -184,9 +320,17 @@ pub fn lock(dir: &Path, container_id: &str, ifname: &str) -> std::io::Result<Opt
 /// Locks a record if nobody holds it. The lock is only granted on the record
 /// still at its path: one removed (or replaced by a new ADD) meanwhile is Gone.
 pub fn try_lock(dir: &Path, container_id: &str, ifname: &str) -> std::io::Result<TryLock> {
+    try_lock_file(&record_path(dir, container_id, ifname))
+}
+
+/// [`try_lock`] by the record's path: for records that cannot be read, whose
+/// attachment only their file name tells ([`named_by`]).
+pub fn try_lock_file(path: &Path) -> std::io::Result<TryLock> {
     use std::os::unix::fs::MetadataExt;
-    let Some(file) = open_record(dir, container_id, ifname)? else {
-        return Ok(TryLock::Gone);
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TryLock::Gone),
+        Err(e) => return Err(e),
     };
     let locked = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(locked) => locked,
@@ -194,7 +338,7 @@ pub fn try_lock(dir: &Path, container_id: &str, ifname: &str) -> std::io::Result
         Err((_, e)) => return Err(e.into()),
     };
     let ours = locked.metadata()?;
-    match std::fs::metadata(record_path(dir, container_id, ifname)) {
+    match std::fs::metadata(path) {
         Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => {
             Ok(TryLock::Locked(Lock(locked)))
         }
@@ -202,6 +346,44 @@ pub fn try_lock(dir: &Path, container_id: &str, ifname: &str) -> std::io::Result
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TryLock::Gone),
         Err(e) => Err(e),
     }
+}
+
+/// What a record's file name tells of its attachment, for a record whose
+/// content cannot be read: always the host veth (so its port-security elements
+/// can be found), and the (container ID, ifname) pair unless the ID was too
+/// long to keep whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedBy {
+    /// None for the `<id prefix>~<tag>:<ifname>.json` form.
+    pub pair: Option<(String, String)>,
+    pub host_veth: String,
+}
+
+/// Reads [`record_file_name`] backwards; None for a name it never makes. A
+/// record an older release wrote as `<id>-<if-name>.json` (an ifname with a
+/// '-') reads as another pair: such records are readable unless damaged.
+pub fn named_by(file_name: &str) -> Option<NamedBy> {
+    let stem = file_name.strip_suffix(".json")?;
+    if let Some((prefix, rest)) = stem.split_once('~') {
+        let (tag, ifname) = rest.split_once(':')?;
+        let valid = tag.len() == 16
+            && tag.bytes().all(|b| b.is_ascii_hexdigit())
+            && !prefix.is_empty()
+            && !ifname.is_empty();
+        // host_veth_name is "pg" and the top 48 bits of the same hash as the tag.
+        return valid.then(|| NamedBy {
+            pair: None,
+            host_veth: format!("pg{}", &tag[..12]),
+        });
+    }
+    let (id, ifname) = stem.split_once(':').or_else(|| stem.rsplit_once('-'))?;
+    if id.is_empty() || ifname.is_empty() || record_file_name(id, ifname) != file_name {
+        return None;
+    }
+    Some(NamedBy {
+        pair: Some((id.to_string(), ifname.to_string())),
+        host_veth: crate::naming::host_veth_name(id, ifname),
+    })
 }
 
 /// Every readable record, plus the paths of unreadable ones (reported, not fatal).
@@ -269,6 +451,37 @@ mod tests {
     }
 
     #[test]
+    fn file_names_tell_the_attachment_back() {
+        let long = "f".repeat(300);
+        for (id, ifname) in [
+            ("abc", "net1"),
+            ("a-b", "c"),
+            ("c1", "net-1"),
+            (&*long, "net1"),
+        ] {
+            let name = record_file_name(id, ifname);
+            let named = named_by(&name).unwrap_or_else(|| panic!("{name}"));
+            assert_eq!(
+                named.host_veth,
+                crate::naming::host_veth_name(id, ifname),
+                "{name}"
+            );
+            let pair = (id.len() < 200).then(|| (id.to_string(), ifname.to_string()));
+            assert_eq!(named.pair, pair, "{name}");
+        }
+        for name in [
+            "x.json",
+            "-net1.json",
+            "abc-.json",
+            "a~zz:net1.json",
+            "abc-net1.txt",
+            ".abc-net1.json.1.new",
+        ] {
+            assert_eq!(named_by(name), None, "{name}");
+        }
+    }
+
+    #[test]
     fn legacy_names_are_found_and_removed() {
         let dir = std::env::temp_dir().join(format!("pg-records-legacy-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -319,6 +532,73 @@ mod tests {
             created_at: "2026-11-23T10:00:00Z".into(),
             namespace: None,
         }
+    }
+
+    #[test]
+    fn create_is_exclusive_and_only_the_creator_rolls_back() {
+        let dir = std::env::temp_dir().join(format!("pg-records-excl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let record = sample("c1", "net1");
+        // Of many concurrent creations exactly one succeeds.
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16).map(|_| s.spawn(|| record.create(&dir))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let (won, lost): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
+        assert_eq!(won.len(), 1);
+        for e in lost {
+            assert_eq!(e.unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
+        }
+        let mut owned = won.into_iter().next().unwrap().unwrap();
+        assert_eq!(
+            Record::find(&dir, "c1", "net1").unwrap(),
+            Some(record.clone())
+        );
+        // Only records and nothing half-written: no temporary file is left.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        // Held locked, through an update too: the collector sees an ADD in flight.
+        let mut updated = record.clone();
+        updated.ips = vec!["10.0.0.9/24".parse().unwrap()];
+        owned.update(&updated).unwrap();
+        assert_eq!(Record::find(&dir, "c1", "net1").unwrap(), Some(updated));
+        assert!(matches!(
+            try_lock(&dir, "c1", "net1").unwrap(),
+            TryLock::Busy
+        ));
+        owned.remove().unwrap();
+        assert_eq!(Record::find(&dir, "c1", "net1").unwrap(), None);
+
+        // A record that was replaced (removed by a DEL, created by another ADD) is
+        // not the first creator's to roll back.
+        let first = record.create(&dir).unwrap();
+        remove(&dir, "c1", "net1").unwrap();
+        let second = record.create(&dir).unwrap();
+        first.remove().unwrap();
+        assert!(Record::find(&dir, "c1", "net1").unwrap().is_some());
+        drop(second);
+        assert!(matches!(
+            try_lock(&dir, "c1", "net1").unwrap(),
+            TryLock::Locked(_)
+        ));
+
+        // An unreadable record still holds the name; an older release's name too.
+        remove(&dir, "c1", "net1").unwrap();
+        std::fs::write(record.path(&dir), b"{").unwrap();
+        assert_eq!(
+            record.create(&dir).unwrap_err().kind(),
+            std::io::ErrorKind::AlreadyExists
+        );
+        let dashed = sample("c1", "net-1");
+        std::fs::write(
+            dir.join("c1-net-1.json"),
+            serde_json::to_vec(&dashed).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            dashed.create(&dir).unwrap_err().kind(),
+            std::io::ErrorKind::AlreadyExists
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

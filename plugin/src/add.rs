@@ -1,13 +1,16 @@
-//! ADD: validate → resolve the attachment spec (pure) → record → veth → addresses →
-//! port security → probe → result. Each side effect is logged for undo before or
-//! as it is made; a failed ADD undoes the log in reverse before it returns.
+//! ADD: validate → resolve the attachment spec (pure) → record → port security →
+//! veth → addresses (IPAM's added to the port's rules) → pod end up → probe →
+//! result. The host side (record, rules, veth) is made through
+//! [`effects::NodeEffects`], in that order, so the veth never exists without its
+//! rules. Each side effect is logged for undo before or as it is made; a failed
+//! ADD undoes the log in reverse before it returns.
 
 use std::os::fd::OwnedFd;
 
 use ipnetwork::IpNetwork;
 use portgroup::attachment::{self, Record};
 use portgroup::mac::MacAddr;
-use portgroup::netlink::{is_exists, Netlink};
+use portgroup::netlink::Netlink;
 use portgroup::paths::{rfc3339, RunDir};
 use portgroup::{netns, portsec, Error};
 use portgroup_plugin::cni::netconf::NetConf;
@@ -17,11 +20,11 @@ use portgroup_plugin::probe;
 use serde_json::Value;
 
 use crate::bridge::{self, Resolved};
+use crate::effects::{self, Node, NodeEffects, Undo, UndoLog};
 use crate::env::{Call, Pod};
 use crate::fault;
 use crate::ipam;
 use crate::spec::{self, Addresses, Request, Spec};
-use crate::teardown::{delete_host_veth, Teardown};
 
 /// Host-side veth MACs start with fe: a Linux bridge adopts the lowest port MAC,
 /// and fe:… is never the lowest, so attaching a VM never changes the bridge's MAC.
@@ -33,6 +36,7 @@ fn host_side_mac() -> MacAddr {
 
 pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
     let (call, conf, stdin) = (&cmd.env, &cmd.conf, cmd.stdin);
+    fault::gate();
     let run = RunDir::from_env();
     let nl = Netlink::connect().map_err(|e| Error::system("opening netlink", e))?;
     let target = bridge::resolve(&nl, conf, &run).await?;
@@ -50,16 +54,6 @@ pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
     let pod_ns = netns::open(std::path::Path::new(&call.netns))
         .map_err(|e| Error::env("CNI_NETNS", e.to_string()))?;
 
-    let records = run.attachments_dir();
-    if Record::find(&records, &call.container_id, &call.ifname)
-        .map_err(|e| Error::system("reading the attachment record", e))?
-        .is_some()
-    {
-        return Err(Error::InterfaceExists(format!(
-            "attachment {}/{} already exists; DEL it before adding it again",
-            call.container_id, call.ifname
-        )));
-    }
     let mut record = Record {
         container_id: call.container_id.clone(),
         ifname: call.ifname.clone(),
@@ -80,39 +74,54 @@ pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
         created_at: rfc3339(std::time::SystemTime::now()),
         namespace: spec.namespace.clone(),
     };
-    let mut undo = UndoLog {
+    // What the port may send before IPAM has answered: its declared addresses
+    // and its reservation. Installed before the veth exists; IPAM's addresses
+    // are added before the pod end comes up.
+    let rules = spec.spoof_check.then(|| port_rules(&spec, &record.ips));
+    let host_mac = host_side_mac();
+    let veth = VethSpec {
+        host_name: &spec.host_veth,
+        host_mac,
+        host_mtu: spec.bridge_mtu,
+        bridge_index: target.bridge.index,
+        pod_name: &call.ifname,
+        pod_mac: spec.mac,
+        pod_mtu: spec.pod_mtu,
+        pod_netns: &pod_ns,
+    };
+    let mut node = Node {
+        nl: &nl,
+        records: run.attachments_dir(),
         call,
         stdin,
-        nl: &nl,
-        run: &run,
-        host_veth: spec.host_veth.clone(),
-        steps: Vec::new(),
+        owned: None,
     };
-    // Written before the veth exists, so a killed ADD never leaves a veth nobody knows of.
-    undo.steps.push(Undo::Record);
-    if let Err(e) = record.write(&records) {
-        undo.run().await;
-        return Err(Error::system("writing the attachment record", e));
-    }
-    fault::point("record-written");
-
+    let mut undo = UndoLog::new(&spec.host_veth);
     let attempt = Attempt {
         call,
         run: &run,
         conf,
         stdin,
         target: &target,
-        nl: &nl,
         pod_ns: &pod_ns,
         spec: &spec,
     };
-    match attempt.build(&mut undo).await {
+    let outcome = async {
+        effects::make_port(&mut node, &mut undo, &record, rules.as_ref(), &veth).await?;
+        attempt
+            .configure(&mut node, &mut undo, rules.as_ref(), host_mac)
+            .await
+    }
+    .await;
+    match outcome {
         Ok((result, assigned)) => {
             // IPAM may have added addresses the first write could not know.
             if assigned != record.ips {
                 record.ips = assigned;
-                if let Err(e) = record.write(&records) {
-                    tracing::warn!("updating the attachment record: {e}");
+                if let Some(owned) = node.owned.as_mut() {
+                    if let Err(e) = owned.update(&record) {
+                        tracing::warn!("updating the attachment record: {e}");
+                    }
                 }
             }
             Ok(result)
@@ -123,60 +132,21 @@ pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
                 call.container_id,
                 call.ifname
             );
-            undo.run().await;
+            undo.run(&mut node).await;
             Err(err)
         }
     }
 }
 
-/// One side effect of ADD, to undo if ADD fails.
-enum Undo {
-    Record,
-    /// Only a veth this ADD made: one that already existed under the name is an
-    /// earlier attachment's.
-    Veth,
-    /// Logged before the IPAM plugin is asked: a failed IPAM ADD is cleaned up by DEL.
-    Ipam(Value),
-    /// Logged before installing: a half-installed set of rules goes too.
-    PortSecurity,
-}
-
-struct UndoLog<'a> {
-    call: &'a Pod,
-    stdin: &'a [u8],
-    nl: &'a Netlink,
-    run: &'a RunDir,
-    host_veth: String,
-    steps: Vec<Undo>,
-}
-
-impl UndoLog<'_> {
-    /// Undoes every step, newest first, going on past failures.
-    async fn run(&mut self) {
-        while let Some(step) = self.steps.pop() {
-            let result = match step {
-                Undo::PortSecurity => portsec::remove(&self.host_veth),
-                Undo::Ipam(section) => Teardown {
-                    container_id: &self.call.container_id,
-                    ifname: &self.call.ifname,
-                    ipam: Some(&section),
-                    config: self.stdin,
-                    cni_path: &self.call.node.cni_path,
-                    foreign: false,
-                }
-                .release_ipam(&section),
-                Undo::Veth => delete_host_veth(self.nl, &self.host_veth).await,
-                Undo::Record => attachment::remove(
-                    &self.run.attachments_dir(),
-                    &self.call.container_id,
-                    &self.call.ifname,
-                )
-                .map_err(|e| Error::system("removing the attachment record", e)),
-            };
-            if let Err(e) = result {
-                tracing::warn!("undoing ADD: {e}");
-            }
-        }
+/// The port's port-security rules for the addresses it was given.
+fn port_rules(spec: &Spec, assigned: &[IpNetwork]) -> portsec::PortRules {
+    portsec::PortRules {
+        host_veth: spec.host_veth.clone(),
+        mac: spec.mac,
+        ips: spec.allowed_ips(assigned),
+        allow_router_advertisements: spec.allow_router_advertisements,
+        allow_dhcp_server: spec.allow_dhcp_server,
+        trunk: spec.tagged,
     }
 }
 
@@ -186,33 +156,24 @@ struct Attempt<'a> {
     conf: &'a NetConf,
     stdin: &'a [u8],
     target: &'a Resolved,
-    nl: &'a Netlink,
     pod_ns: &'a OwnedFd,
     spec: &'a Spec,
 }
 
 impl Attempt<'_> {
-    /// Makes the attachment; returns the result and the addresses it was given.
-    async fn build(&self, undo: &mut UndoLog<'_>) -> Result<(Value, Vec<IpNetwork>), Error> {
-        let (conf, nl, spec) = (self.conf, self.nl, self.spec);
+    /// Configures the pod end of the port [`effects::make_port`] made: addresses
+    /// (declared or from IPAM, and the port's rules widened to IPAM's before the
+    /// pod end comes up), routes, conflict probe. Returns the result and the
+    /// addresses the port was given.
+    async fn configure(
+        &self,
+        node: &mut Node<'_>,
+        undo: &mut UndoLog,
+        rules: Option<&portsec::PortRules>,
+        host_mac: MacAddr,
+    ) -> Result<(Value, Vec<IpNetwork>), Error> {
+        let (conf, spec) = (self.conf, self.spec);
         let ifname = self.call.ifname.as_str();
-        let host_mac = host_side_mac();
-        let veth = VethSpec {
-            host_name: &spec.host_veth,
-            host_mac,
-            host_mtu: spec.bridge_mtu,
-            bridge_index: self.target.bridge.index,
-            pod_name: ifname,
-            pod_mac: spec.mac,
-            pod_mtu: spec.pod_mtu,
-            pod_netns: self.pod_ns,
-        };
-        if let Err(e) = nl.create_veth(&veth).await {
-            return Err(self.explain_create_failure(e).await);
-        }
-        undo.steps.push(Undo::Veth);
-        fault::point("veth-created");
-
         let pod = Netlink::connect_in(self.pod_ns)
             .map_err(|e| Error::system("opening netlink in the pod netns", e))?;
         let peer = pod
@@ -238,7 +199,7 @@ impl Attempt<'_> {
                 None,
             ),
             Addresses::Ipam(section) => {
-                undo.steps.push(Undo::Ipam(section.clone()));
+                undo.push(Undo::Ipam(section.clone()));
                 let result = ipam::Call {
                     command: "ADD",
                     ipam: section,
@@ -254,6 +215,15 @@ impl Attempt<'_> {
         };
         let assigned: Vec<IpNetwork> = ips.iter().map(|ip| ip.address).collect();
         spec.admit(&assigned)?;
+
+        let allowed = spec.allowed_ips(&assigned);
+        if let Some(rules) = rules.filter(|r| r.ips != allowed) {
+            // Still before the pod end is up: it has sent nothing yet.
+            node.install_port_security(&portsec::PortRules {
+                ips: allowed.clone(),
+                ..rules.clone()
+            })?;
+        }
 
         for ip in &ips {
             pod.add_address(peer.index, ip.address.ip(), ip.address.prefix())
@@ -283,20 +253,6 @@ impl Attempt<'_> {
                     .await
                     .map_err(|e| Error::netlink(format!("adding route to {}", route.dst), e))?;
             }
-        }
-
-        let allowed = spec.allowed_ips(&assigned);
-        if spec.spoof_check {
-            undo.steps.push(Undo::PortSecurity);
-            portsec::install(&portsec::PortRules {
-                host_veth: spec.host_veth.clone(),
-                mac: spec.mac,
-                ips: allowed.clone(),
-                allow_router_advertisements: spec.allow_router_advertisements,
-                allow_dhcp_server: spec.allow_dhcp_server,
-                trunk: spec.tagged,
-            })?;
-            fault::point("port-security-installed");
         }
         if let Some(settings) = spec.probe.as_ref().filter(|_| !allowed.is_empty()) {
             let answers = probe::probe(&self.target.bridge.name, spec.mac, &allowed, settings)?;
@@ -351,25 +307,6 @@ impl Attempt<'_> {
                 && r.namespace.is_some()
                 && r.namespace != self.spec.namespace
         })
-    }
-
-    async fn explain_create_failure(&self, e: rtnetlink::Error) -> Error {
-        let host_veth = &self.spec.host_veth;
-        if !is_exists(&e) {
-            return Error::netlink(
-                format!("creating veth {host_veth} / {}", self.call.ifname),
-                e,
-            );
-        }
-        match self.nl.link_by_name(host_veth).await {
-            Ok(Some(_)) => Error::InterfaceExists(format!(
-                "host veth {host_veth} of this container and interface already exists; DEL the attachment first"
-            )),
-            _ => Error::InterfaceExists(format!(
-                "interface {} already exists in the pod's network namespace",
-                self.call.ifname
-            )),
-        }
     }
 
     fn result(

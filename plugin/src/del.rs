@@ -1,4 +1,5 @@
-//! DEL: idempotent. Succeeds when the netns, the interface or the record is already gone.
+//! DEL: idempotent. Succeeds when the netns, the interface or the record is already
+//! gone, and when the record cannot be read.
 
 use portgroup::attachment::Record;
 use portgroup::netlink::Netlink;
@@ -17,7 +18,13 @@ pub async fn del(cmd: &Call<'_, Detach, TeardownConf>) -> Result<(), Error> {
     let record = match Record::find(&run.attachments_dir(), container_id, ifname) {
         Ok(record) => record,
         Err(e) => {
-            tracing::warn!("DEL {container_id}/{ifname}: unreadable record, using the config: {e}");
+            // Not a reason to fail (the runtime would retry forever) nor to stop
+            // early: the host veth's name and the port's elements follow from the
+            // pair, and the unreadable file goes with the rest.
+            tracing::warn!(
+                "DEL {container_id}/{ifname}: unreadable record ({e}); tearing down by name, \
+                 releasing IPAM through the config's section, and removing the record"
+            );
             None
         }
     };

@@ -7,6 +7,7 @@ mod add;
 mod bridge;
 mod check;
 mod del;
+mod effects;
 mod env;
 mod fault;
 mod gc;

@@ -250,9 +250,9 @@ fn check_fails_when_host_veth_leaves_the_bridge_and_follows_renames() {
 fn killed_add_then_del_leaves_nothing() {
     let stages = [
         "record-written",
+        "port-security-installed",
         "veth-created",
         "addresses-added",
-        "port-security-installed",
         "probed",
     ];
     for stage in stages {

@@ -15,6 +15,7 @@ mod cni_del_lock;
 mod cni_hostile_nad;
 mod cni_lifecycle;
 mod cni_port_security;
+mod cni_records;
 mod cni_reference_bridge;
 mod cni_tenancy;
 mod install_cli;
