@@ -153,6 +153,9 @@ pub struct DropCounters {
     pub redirect: u64,
     /// DHCPv4 or DHCPv6 server message from a port not allowed to be a DHCP server.
     pub dhcp_server: u64,
+    /// Duplicate-address detection for an address another port holds
+    /// (declared, or claimed first: FCFS source address validation).
+    pub dad: u64,
 }
 
 impl DropCounters {
@@ -175,6 +178,7 @@ impl DropCounters {
             ("ra", self.ra),
             ("redirect", self.redirect),
             ("dhcp_server", self.dhcp_server),
+            ("dad", self.dad),
         ]
     }
 
@@ -191,6 +195,7 @@ impl DropCounters {
             "ra" => &mut self.ra,
             "redirect" => &mut self.redirect,
             "dhcp_server" => &mut self.dhcp_server,
+            "dad" => &mut self.dad,
             _ => return None,
         })
     }
@@ -410,7 +415,8 @@ fn push_elems(batch: &mut Batch, kind: u16, keys: &[(&'static str, Vec<u8>)], wh
     } else {
         NLM_F_REQUEST
     };
-    for (set, _, _) in SETS {
+    for (set, _, _) in SETS.iter().chain(FCFS_SETS.iter()) {
+        let set = *set;
         let mut chunk: Vec<&[u8]> = Vec::new();
         let mut bytes = 0;
         let in_set = keys.iter().filter(|(s, _)| *s == set).map(|(_, k)| k);
@@ -511,6 +517,150 @@ fn port_elems(nl: &mut Nfnl, ifkey: &[u8; IFNAMSIZ]) -> Result<PortElems, NlErro
     Ok(e)
 }
 
+/// The address at the end of a `port_ip6`, `port_ll` or `fcfs_bindings` key.
+fn ip6_tail(key: &[u8]) -> Option<[u8; 16]> {
+    key.get(IFNAMSIZ..)
+        .and_then(|t| <[u8; 16]>::try_from(t).ok())
+}
+
+/// How `fcfs_claimed` holds an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// Nobody's: the next DAD claims it.
+    Free,
+    /// Some port declares it (no timeout).
+    Declared,
+    /// Some port claimed it through DAD (it lapses).
+    Bound,
+}
+
+const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
+
+/// One GET: whether and how `addr` is claimed.
+fn claim_of(nl: &mut Nfnl, addr: &[u8; 16]) -> Result<Claim, NlError> {
+    let m = setelem_msg(
+        msg::GETSETELEM,
+        NLM_F_REQUEST,
+        SET_FCFS_CLAIMED,
+        &[addr.as_slice()],
+    );
+    let bodies = match nl.request(
+        m,
+        &format!("looking up an element of set {SET_FCFS_CLAIMED}"),
+    ) {
+        Ok(b) => b,
+        Err(e) if e.errno == libc::ENOENT => return Ok(Claim::Free),
+        Err(e) => return Err(e),
+    };
+    let lapses = bodies.iter().any(|body| {
+        attr(body, NFTA_SET_ELEM_LIST_ELEMENTS).is_some_and(|list| {
+            attrs(list).any(|(_, elem)| {
+                attr(elem, NFTA_SET_ELEM_TIMEOUT).is_some()
+                    || attr(elem, NFTA_SET_ELEM_EXPIRATION).is_some()
+            })
+        })
+    });
+    Ok(if lapses {
+        Claim::Bound
+    } else {
+        Claim::Declared
+    })
+}
+
+/// Every (set, key) by which a port holds an IPv6 address: declared
+/// (`port_ip6`, `port_ll`) or claimed through DAD (`fcfs_bindings`).
+fn ip6_holders(nl: &mut Nfnl) -> Result<Vec<(&'static str, Vec<u8>)>, NlError> {
+    let mut out = Vec::new();
+    for set in [SET_IP6, SET_LL, SET_FCFS_BINDINGS] {
+        out.extend(dump_set(nl, set)?.into_iter().map(|k| (set, k)));
+    }
+    Ok(out)
+}
+
+/// The `fcfs_claimed` elements to delete when the holdings `released` go: the
+/// addresses no `remaining` holding still has and that are claimed at all.
+/// (Two ports may declare one address, say a VM and the same VM's migration
+/// target: the first to go must not free it for a third port's DAD.)
+fn claims_to_release(
+    released: impl IntoIterator<Item = [u8; 16]>,
+    remaining: impl IntoIterator<Item = [u8; 16]>,
+    claimed: &HashSet<[u8; 16]>,
+) -> Vec<(&'static str, Vec<u8>)> {
+    let remaining: HashSet<[u8; 16]> = remaining.into_iter().collect();
+    let released: BTreeSet<[u8; 16]> = released
+        .into_iter()
+        .filter(|a| !remaining.contains(a) && claimed.contains(a))
+        .collect();
+    released
+        .into_iter()
+        .map(|a| (SET_FCFS_CLAIMED, a.to_vec()))
+        .collect()
+}
+
+fn claimed_addrs(nl: &mut Nfnl) -> Result<HashSet<[u8; 16]>, NlError> {
+    Ok(dump_set(nl, SET_FCFS_CLAIMED)?
+        .into_iter()
+        .filter_map(|k| <[u8; 16]>::try_from(k.as_slice()).ok())
+        .collect())
+}
+
+/// The IPv6 addresses a port declares: its own in `fcfs_claimed`, so no other
+/// port can claim them through DAD.
+fn declared_ip6(e: &PortElems) -> BTreeSet<[u8; 16]> {
+    e.ip6.union(&e.link_local).copied().collect()
+}
+
+/// The changes that make `fcfs_claimed` hold the port's declared addresses for
+/// good: (deletions, additions). A free address is added; one another port
+/// claimed through DAD (before this reservation was known) is taken from it:
+/// its bindings go, and the claim is made permanent. On a re-install
+/// (`stale` holds the declared keys that go), addresses no longer declared by
+/// anyone are released.
+type Changes = (Vec<(&'static str, Vec<u8>)>, Vec<(&'static str, Vec<u8>)>);
+fn fcfs_declare(
+    nl: &mut Nfnl,
+    declared: &BTreeSet<[u8; 16]>,
+    stale: &[(&'static str, Vec<u8>)],
+) -> Result<Changes, NlError> {
+    let (mut del, mut add) = (Vec::new(), Vec::new());
+    let mut taken = BTreeSet::new();
+    for addr in declared {
+        match claim_of(nl, addr)? {
+            Claim::Free => add.push((SET_FCFS_CLAIMED, addr.to_vec())),
+            Claim::Declared => {}
+            Claim::Bound => {
+                taken.insert(*addr);
+            }
+        }
+    }
+    let stale_ip6: Vec<&(&'static str, Vec<u8>)> = stale
+        .iter()
+        .filter(|(set, _)| [SET_IP6, SET_LL].contains(set))
+        .collect();
+    if taken.is_empty() && stale_ip6.is_empty() {
+        return Ok((del, add));
+    }
+    let holders = ip6_holders(nl)?;
+    for (set, key) in &holders {
+        if *set == SET_FCFS_BINDINGS && ip6_tail(key).is_some_and(|a| taken.contains(&a)) {
+            del.push((*set, key.clone()));
+        }
+    }
+    for addr in &taken {
+        del.push((SET_FCFS_CLAIMED, addr.to_vec()));
+        add.push((SET_FCFS_CLAIMED, addr.to_vec()));
+    }
+    let remaining = holders
+        .iter()
+        .filter(|h| !stale_ip6.contains(h) && !del.contains(h))
+        .filter_map(|(_, key)| ip6_tail(key))
+        .chain(declared.iter().copied());
+    let released = stale_ip6.iter().filter_map(|(_, key)| ip6_tail(key));
+    del.extend(claims_to_release(released, remaining, &claimed_addrs(nl)?));
+    Ok((del, add))
+}
+
 /// The comments of the rules in our table, in chain order; None when the table is missing.
 fn rule_comments(nl: &mut Nfnl) -> Result<Option<Vec<(String, String)>>, NlError> {
     let mut m = Msg::new(msg::GETRULE, NLM_F_REQUEST | NLM_F_DUMP, NFPROTO_BRIDGE);
@@ -598,6 +748,12 @@ fn backfill_derived(nl: &mut Nfnl) -> Result<(), NlError> {
                 .into_iter()
                 .filter(|(set, _)| [SET_IP4_OPEN, SET_IP6_OPEN, SET_LL].contains(set)),
         );
+        // Its declared addresses, claimed for good (an existing claim stays).
+        add.extend(
+            declared_ip6(&elems)
+                .into_iter()
+                .map(|a| (SET_FCFS_CLAIMED, a.to_vec())),
+        );
     }
     for chunk in add.chunks(512) {
         let mut batch = Batch::new();
@@ -678,16 +834,19 @@ pub fn install(rules: &PortRules) -> Result<(), Error> {
         };
         let have_keys = have.keys(&ifkey);
         let want_keys = want.keys(&ifkey);
-        let stale: Vec<_> = have_keys
+        let mut stale: Vec<_> = have_keys
             .iter()
             .filter(|k| !want_keys.contains(k))
             .cloned()
             .collect();
-        let new: Vec<_> = want_keys
+        let mut new: Vec<_> = want_keys
             .iter()
             .filter(|k| !have_keys.contains(k))
             .cloned()
             .collect();
+        let (fcfs_del, fcfs_add) = fcfs_declare(nl, &declared_ip6(&want), &stale)?;
+        stale.extend(fcfs_del);
+        new.extend(fcfs_add);
         push_elems(
             &mut batch,
             msg::DELSETELEM,
@@ -708,8 +867,22 @@ pub fn remove(host_veth: &str) -> Result<(), Error> {
             return Ok(());
         }
         let have = port_elems(nl, &ifkey)?;
+        let mut gone = have.keys(&ifkey);
+        // What it claimed through DAD goes with it, and so do its claims on
+        // addresses no other port holds.
+        let (mine, others): (Vec<_>, Vec<_>) = ip6_holders(nl)?
+            .into_iter()
+            .partition(|(_, key)| key.starts_with(&ifkey));
+        let released = mine.iter().filter_map(|(_, key)| ip6_tail(key));
+        let remaining = others.iter().filter_map(|(_, key)| ip6_tail(key));
+        let release = claims_to_release(released, remaining, &claimed_addrs(nl)?);
+        gone.extend(
+            mine.into_iter()
+                .filter(|(set, _)| *set == SET_FCFS_BINDINGS),
+        );
+        gone.extend(release);
         let mut batch = Batch::new();
-        push_elems(&mut batch, msg::DELSETELEM, &have.keys(&ifkey), "deleting");
+        push_elems(&mut batch, msg::DELSETELEM, &gone, "deleting");
         nl.commit(batch)
     })
 }
@@ -724,7 +897,8 @@ pub fn remove_all_not_in(keep: &[String]) -> Result<Vec<String>, Error> {
     let keep: HashSet<&str> = keep.iter().map(String::as_str).collect();
     with_retries(context, |nl| {
         let mut all: Vec<(&'static str, Vec<u8>)> = Vec::new();
-        for (set, _, _) in SETS {
+        // Every set keyed by port: the FCFS bindings too (not fcfs_claimed).
+        for set in SETS.iter().map(|(s, _, _)| *s).chain([SET_FCFS_BINDINGS]) {
             for key in dump_set(nl, set)? {
                 all.push((set, key));
             }
@@ -740,10 +914,23 @@ pub fn remove_all_not_in(keep: &[String]) -> Result<Vec<String>, Error> {
                     && nix::net::if_::if_nametoindex(name.as_str()).is_err()
             })
             .collect();
-        let stale: Vec<(&'static str, Vec<u8>)> = all
+        let (mut stale, kept): (Vec<_>, Vec<_>) = all
             .into_iter()
-            .filter(|(_, key)| ports.contains(&name_of(&key[..IFNAMSIZ.min(key.len())])))
+            .partition(|(_, key)| ports.contains(&name_of(&key[..IFNAMSIZ.min(key.len())])));
+        let holds_ip6 =
+            |(set, _): &&(&str, Vec<u8>)| [SET_IP6, SET_LL, SET_FCFS_BINDINGS].contains(set);
+        let released: Vec<[u8; 16]> = stale
+            .iter()
+            .filter(holds_ip6)
+            .filter_map(|(_, key)| ip6_tail(key))
             .collect();
+        if !released.is_empty() {
+            let remaining = kept
+                .iter()
+                .filter(holds_ip6)
+                .filter_map(|(_, key)| ip6_tail(key));
+            stale.extend(claims_to_release(released, remaining, &claimed_addrs(nl)?));
+        }
         // Bounded transactions: the kernel takes a batch in one message.
         for chunk in stale.chunks(512) {
             let mut batch = Batch::new();
@@ -794,10 +981,22 @@ pub fn verify(rules: &PortRules) -> Result<(), Error> {
     }
     let have = port_elems(&mut nl, &ifkey).map_err(|e| err(&context, e))?;
     let want = PortElems::wanted(rules);
-    if have == want {
+    let mut unclaimed = Vec::new();
+    for addr in declared_ip6(&want) {
+        if claim_of(&mut nl, &addr).map_err(|e| err(&context, e))? == Claim::Free {
+            unclaimed.push(std::net::Ipv6Addr::from(addr).to_string());
+        }
+    }
+    if have == want && unclaimed.is_empty() {
         return Ok(());
     }
     let mut problems = Vec::new();
+    if !unclaimed.is_empty() {
+        problems.push(format!(
+            "IPv6 {} not claimed in set {SET_FCFS_CLAIMED} (another port could claim it through DAD)",
+            unclaimed.join(", ")
+        ));
+    }
     if !have.port {
         problems.push("the port is not in set ports".to_string());
     }
