@@ -1261,4 +1261,65 @@ mod tests {
             Some("pg1:x:1")
         );
     }
+
+    #[test]
+    fn claims_go_only_when_nobody_else_holds_them() {
+        let a = |last: u8| {
+            let mut v = [0u8; 16];
+            v[0] = 0xfe;
+            v[1] = 0x80;
+            v[15] = last;
+            v
+        };
+        let claimed: HashSet<[u8; 16]> = [a(1), a(2), a(3)].into();
+        // (released, still held by another port, expected deletions)
+        type Addrs<'a> = &'a [[u8; 16]];
+        let table: [(Addrs, Addrs, Addrs); 5] = [
+            (&[a(1), a(2)], &[], &[a(1), a(2)]),
+            // The same address declared by another port (a migration target).
+            (&[a(1), a(2)], &[a(2)], &[a(1)]),
+            // Claimed no more (lapsed, or never claimed): nothing to delete.
+            (&[a(4)], &[], &[]),
+            (&[], &[a(1)], &[]),
+            // Released twice (declared and bound): deleted once.
+            (&[a(3), a(3)], &[], &[a(3)]),
+        ];
+        for (released, remaining, want) in table {
+            let got = claims_to_release(
+                released.iter().copied(),
+                remaining.iter().copied(),
+                &claimed,
+            );
+            let want: Vec<(&str, Vec<u8>)> = want
+                .iter()
+                .map(|x| (SET_FCFS_CLAIMED, x.to_vec()))
+                .collect();
+            assert_eq!(got, want, "released {released:?}, remaining {remaining:?}");
+        }
+    }
+
+    #[test]
+    fn declared_ip6_covers_globals_declared_link_locals_and_the_mac_link_local() {
+        let rules = PortRules {
+            host_veth: "pg1".into(),
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            ips: vec![
+                "10.0.0.2".parse().unwrap(),
+                "2001:db8::2".parse().unwrap(),
+                "fe80::1234".parse().unwrap(),
+            ],
+            allow_router_advertisements: false,
+            allow_dhcp_server: false,
+            trunk: false,
+        };
+        let got: Vec<std::net::Ipv6Addr> = declared_ip6(&PortElems::wanted(&rules))
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        let want: Vec<std::net::Ipv6Addr> = ["2001:db8::2", "fe80::1234", "fe80::ff:fe00:1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(got, want);
+    }
 }

@@ -202,6 +202,7 @@ const NFTA_DYNSET_TIMEOUT: u16 = 6;
 pub(super) const NFT_DYNSET_OP_ADD: u32 = 0;
 pub(super) const NFT_DYNSET_OP_UPDATE: u32 = 1;
 
+#[derive(Debug, Clone, PartialEq)]
 enum Verdict {
     Accept,
     Drop,
@@ -209,6 +210,7 @@ enum Verdict {
     Jump(&'static str),
 }
 
+#[derive(Debug, Clone, PartialEq)]
 enum Expr {
     Meta(u32, u32),
     Payload {
@@ -1009,5 +1011,189 @@ mod tests {
         assert_eq!(sent.len(), encoding.len());
         let (what, _) = &sent[last];
         assert!(what.contains(layout()), "{what}");
+    }
+    /// The NEWSET message of `name`, decoded: (flags, size from the description).
+    fn set_shape(name: &str) -> (u32, Option<u32>) {
+        let encoding = layout_encoding();
+        let (_, bytes) = encoding
+            .iter()
+            .find(|(what, _)| what == &format!("creating set {name}"))
+            .unwrap();
+        let body = &bytes[20..];
+        let be32 = |d: &[u8]| u32::from_be_bytes(d.try_into().unwrap());
+        let flags = be32(crate::portsec::nfnl::attr(body, NFTA_SET_FLAGS).unwrap());
+        let size = crate::portsec::nfnl::attr(body, NFTA_SET_DESC)
+            .and_then(|d| crate::portsec::nfnl::attr(d, NFTA_SET_DESC_SIZE))
+            .map(be32);
+        (flags, size)
+    }
+
+    #[test]
+    fn fcfs_sets_are_dynamic_with_timeouts_and_bounded() {
+        for (name, _, _) in FCFS_SETS {
+            assert_eq!(
+                set_shape(name),
+                (NFT_SET_EVAL | NFT_SET_TIMEOUT, Some(FCFS_SET_SIZE)),
+                "{name}"
+            );
+        }
+        // The sets filled from the control plane keep their plain shape, so
+        // tables of the previous layout keep their elements.
+        for (name, _, _) in SETS {
+            assert_eq!(set_shape(name), (0, None), "{name}");
+        }
+    }
+
+    #[test]
+    fn dynset_is_encoded_with_its_op_key_register_and_timeout() {
+        let mut m = Msg::new(msg::NEWRULE, 0, NFPROTO_BRIDGE);
+        encode_expr(
+            &mut m,
+            &Dynset {
+                set: SET_FCFS_BINDINGS,
+                op: NFT_DYNSET_OP_UPDATE,
+                sreg: REG_1,
+                timeout_ms: FCFS_LIFETIME_MS,
+            },
+        );
+        let mut batch = crate::portsec::nfnl::Batch::new();
+        batch.push(m, "rule");
+        let (_, bytes) = batch.encoded().remove(0);
+        use crate::portsec::nfnl::{attr, attr_str};
+        let elem = attr(&bytes[20..], NFTA_LIST_ELEM).unwrap();
+        assert_eq!(attr_str(elem, NFTA_EXPR_NAME).as_deref(), Some("dynset"));
+        let data = attr(elem, NFTA_EXPR_DATA).unwrap();
+        assert_eq!(
+            attr_str(data, NFTA_DYNSET_SET_NAME).as_deref(),
+            Some(SET_FCFS_BINDINGS)
+        );
+        assert_eq!(attr(data, NFTA_DYNSET_OP), Some(&1u32.to_be_bytes()[..]));
+        assert_eq!(
+            attr(data, NFTA_DYNSET_SREG_KEY),
+            Some(&REG_1.to_be_bytes()[..])
+        );
+        // Milliseconds, big-endian 64 bits (nf_msecs_to_jiffies64).
+        assert_eq!(
+            attr(data, NFTA_DYNSET_TIMEOUT),
+            Some(&604_800_000u64.to_be_bytes()[..])
+        );
+    }
+
+    fn chain_rules(chain: &str) -> Vec<Vec<Expr>> {
+        rules()
+            .into_iter()
+            .filter(|(c, _)| *c == chain)
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    #[test]
+    fn every_drop_is_counted_and_every_chain_is_reached() {
+        let all = rules();
+        for (chain, exprs) in &all {
+            for (i, e) in exprs.iter().enumerate() {
+                if *e == Verdict(Verdict::Drop) {
+                    assert!(
+                        i > 0 && matches!(exprs[i - 1], Counter(_)),
+                        "an uncounted drop in {chain}"
+                    );
+                }
+            }
+        }
+        let jumped: std::collections::HashSet<&str> = all
+            .iter()
+            .flat_map(|(_, exprs)| exprs)
+            .filter_map(|e| match e {
+                Verdict(Verdict::Jump(to)) => Some(*to),
+                _ => None,
+            })
+            .collect();
+        for chain in CHAINS.iter().skip(1) {
+            assert!(jumped.contains(chain), "{chain} is never jumped to");
+        }
+        for to in jumped {
+            assert!(CHAINS.contains(&to), "a jump to {to}, which is not created");
+        }
+    }
+
+    /// FCFS: a DAD probe binds (the only `add`, the last rule, after another
+    /// port's claim was dropped with drop_dad); link-local sources are never
+    /// accepted outright, only through fcfs_src, which refreshes what it accepts.
+    #[test]
+    fn fcfs_chains_bind_on_dad_and_check_sources() {
+        let adds: Vec<(&str, usize)> = rules()
+            .iter()
+            .flat_map(|(chain, exprs)| {
+                exprs.iter().filter_map(move |e| match e {
+                    Dynset { op, .. } if *op == NFT_DYNSET_OP_ADD => Some(*chain),
+                    _ => None,
+                })
+            })
+            .fold(Vec::new(), |mut v, chain| {
+                match v.iter_mut().find(|(c, _)| *c == chain) {
+                    Some((_, n)) => *n += 1,
+                    None => v.push((chain, 1)),
+                }
+                v
+            });
+        assert_eq!(adds, [("fcfs_dad", 2)], "both sets, from DAD only");
+        let dad = chain_rules("fcfs_dad");
+        let last = dad.last().unwrap();
+        assert!(last
+            .iter()
+            .any(|e| matches!(e, Dynset { set, .. } if *set == SET_FCFS_CLAIMED)));
+        assert!(last
+            .iter()
+            .any(|e| matches!(e, Dynset { set, .. } if *set == SET_FCFS_BINDINGS)));
+        let before_last = &dad[dad.len() - 2];
+        assert!(before_last.contains(&Lookup {
+            set: SET_FCFS_CLAIMED,
+            inv: false
+        }));
+        assert!(before_last.contains(&Counter("drop_dad")));
+
+        // In ip6_in, a link-local source leads to fcfs_src, never to accept.
+        for exprs in chain_rules("ip6_in") {
+            let link_local_match = exprs.windows(3).any(|w| {
+                matches!(&w[1], Bitwise { mask, .. } if mask == &[0xff, 0xc0])
+                    && w[2] == eq(&[0xfe, 0x80])
+            });
+            if link_local_match {
+                assert_eq!(exprs.last(), Some(&Verdict(Verdict::Jump("fcfs_src"))));
+            }
+        }
+        let src = chain_rules("fcfs_src");
+        assert_eq!(src.len(), 2);
+        assert!(src[0].contains(&Lookup {
+            set: SET_FCFS_BINDINGS,
+            inv: false
+        }));
+        assert!(src[0]
+            .iter()
+            .any(|e| matches!(e, Dynset { op, .. } if *op == NFT_DYNSET_OP_UPDATE)));
+        assert_eq!(src[0].last(), Some(&Verdict(Verdict::Accept)));
+        assert_eq!(src[1], drop_counted("drop_ip6").to_vec());
+        // NA targets: another port's claim is dropped before any link-local
+        // allowance (routers included).
+        let nd = chain_rules("nd_in");
+        let claimed = nd
+            .iter()
+            .position(|r| {
+                r.contains(&Lookup {
+                    set: SET_FCFS_CLAIMED,
+                    inv: false,
+                })
+            })
+            .unwrap();
+        let router = nd
+            .iter()
+            .position(|r| {
+                r.contains(&Lookup {
+                    set: SET_RA,
+                    inv: false,
+                })
+            })
+            .unwrap();
+        assert!(claimed < router);
     }
 }
