@@ -13,10 +13,19 @@
 //!   the port's; no router advertisements or redirects unless the port is in
 //!   `ra_allowed_ports`; no DHCPv4/DHCPv6 server messages unless in
 //!   `dhcp_server_ports`; neighbour advertisements only for the port's
-//!   addresses (declared, or the EUI-64 link-local of its MAC in `port_ll`);
+//!   addresses (declared, the EUI-64 link-local of its MAC in `port_ll`, or
+//!   claimed through DAD); no DAD for an address another port holds;
 //! - IP-locked ports (`ip_locked_ports`): only IPv4, ARP, IPv6 and RARP pass,
-//!   and sources of a locked family must be the port's; a family with no
-//!   address known (`ip4_open_ports`, `ip6_open_ports`) is not source-checked.
+//!   and sources of a locked family must be the port's; link-local sources,
+//!   and every IPv6 source when no IPv6 is declared (`ip6_open_ports`), must be
+//!   declared or claimed through DAD; an IPv4 family with no address known
+//!   (`ip4_open_ports`) is not source-checked.
+//!
+//! First-come-first-served source address validation (RFC 6620) runs in the
+//! kernel: a DAD probe from a port binds its target to the port in the dynamic
+//! sets `fcfs_claimed` (every address some port holds) and `fcfs_bindings`
+//! (port . address), from the packet path, with a lifetime each use renews;
+//! install claims the declared addresses for good, remove releases the port's.
 //!
 //! Every drop goes through a named counter, `drop_<reason>` ([`counters`]).
 //! Every rule carries a comment `<layout>:<chain>:<n>`, where the layout tag is
@@ -60,7 +69,7 @@
 //!
 //! What the node needs: nf_tables with the bridge family (`CONFIG_NF_TABLES`,
 //! `CONFIG_NF_TABLES_BRIDGE`; the core expressions meta, payload, cmp, lookup,
-//! bitwise, immediate, objref and counter; built in or auto-loaded modules on
+//! bitwise, immediate, objref, counter and dynset (with set timeouts); built in or auto-loaded modules on
 //! every mainstream distribution kernel since 4.x; concatenated set keys need
 //! 4.1+), and CAP_NET_ADMIN in the host network namespace (the plugin runs as
 //! root there; the DaemonSet is privileged with hostNetwork). The image needs
@@ -1079,6 +1088,128 @@ fn list(items: impl Iterator<Item = String>) -> String {
     } else {
         v.join(", ")
     }
+}
+
+/// An address a port claimed through duplicate-address detection, as the
+/// kernel holds it (FCFS source address validation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FcfsBinding {
+    /// The host-side veth.
+    pub port: String,
+    pub address: std::net::Ipv6Addr,
+    /// What is left of the binding's lifetime (each use renews it).
+    pub expires: std::time::Duration,
+}
+
+/// Every FCFS binding on the node, for a snapshot the daemon can restore
+/// after the table was lost ([`restore_fcfs_bindings`]). Empty without a table.
+pub fn fcfs_bindings() -> Result<Vec<FcfsBinding>, Error> {
+    let context = "listing the FCFS bindings";
+    let mut nl = open(context)?;
+    let mut m = Msg::new(msg::GETSETELEM, NLM_F_REQUEST | NLM_F_DUMP, NFPROTO_BRIDGE);
+    m.str(NFTA_SET_ELEM_LIST_TABLE, TABLE)
+        .str(NFTA_SET_ELEM_LIST_SET, SET_FCFS_BINDINGS);
+    let bodies = match nl.request(m, context) {
+        Ok(b) => b,
+        Err(e) if e.errno == libc::ENOENT => return Ok(Vec::new()),
+        Err(e) => return Err(err(context, e)),
+    };
+    let mut out = Vec::new();
+    for body in &bodies {
+        let Some(list) = attr(body, NFTA_SET_ELEM_LIST_ELEMENTS) else {
+            continue;
+        };
+        for (_, elem) in attrs(list) {
+            let Some(key) = attr(elem, NFTA_SET_ELEM_KEY).and_then(|k| attr(k, NFTA_DATA_VALUE))
+            else {
+                continue;
+            };
+            let Some(address) = ip6_tail(key) else {
+                continue;
+            };
+            let left = attr_u64(elem, NFTA_SET_ELEM_EXPIRATION).unwrap_or(FCFS_LIFETIME_MS);
+            out.push(FcfsBinding {
+                port: name_of(&key[..IFNAMSIZ]),
+                address: address.into(),
+                expires: std::time::Duration::from_millis(left),
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.port, a.address).cmp(&(&b.port, b.address)));
+    Ok(out)
+}
+
+/// Binds again what [`fcfs_bindings`] listed, after the table was lost (an
+/// `nft flush ruleset`) and reinstalled: each binding whose port is secured
+/// and whose address nobody holds now, with the lifetime it had left. The
+/// rest is skipped (the port went, or another port declared or claimed the
+/// address since). Returns how many were restored.
+pub fn restore_fcfs_bindings(bindings: &[FcfsBinding]) -> Result<usize, Error> {
+    let context = "restoring FCFS bindings";
+    with_retries(context, |nl| {
+        let mut secured: std::collections::HashMap<String, bool> = Default::default();
+        let mut restore = Vec::new();
+        for b in bindings {
+            let Ok(ifkey) = ifname_key(&b.port) else {
+                continue;
+            };
+            let is_secured = match secured.get(&b.port) {
+                Some(known) => *known,
+                None => {
+                    let known = has_elem(nl, SET_PORTS, &ifkey)?;
+                    secured.insert(b.port.clone(), known);
+                    known
+                }
+            };
+            let addr = b.address.octets();
+            if !is_secured || claim_of(nl, &addr)? != Claim::Free {
+                continue;
+            }
+            let mut key = ifkey.to_vec();
+            key.extend_from_slice(&addr);
+            let left = u64::try_from(b.expires.as_millis())
+                .unwrap_or(FCFS_LIFETIME_MS)
+                .clamp(1000, FCFS_LIFETIME_MS);
+            restore.push((key, addr, left));
+        }
+        for chunk in restore.chunks(256) {
+            let mut batch = Batch::new();
+            let claims: Vec<(&[u8], u64)> = chunk.iter().map(|(_, a, t)| (&a[..], *t)).collect();
+            let binds: Vec<(&[u8], u64)> = chunk.iter().map(|(k, _, t)| (&k[..], *t)).collect();
+            batch.push(
+                setelem_timeout_msg(SET_FCFS_CLAIMED, &claims),
+                format!("restoring claims in set {SET_FCFS_CLAIMED}"),
+            );
+            batch.push(
+                setelem_timeout_msg(SET_FCFS_BINDINGS, &binds),
+                format!("restoring bindings in set {SET_FCFS_BINDINGS}"),
+            );
+            nl.commit(batch)?;
+        }
+        Ok(restore.len())
+    })
+}
+
+/// Adds elements that lapse: (key, timeout in milliseconds).
+fn setelem_timeout_msg(set: &str, elems: &[(&[u8], u64)]) -> Msg {
+    let mut m = Msg::new(
+        msg::NEWSETELEM,
+        NLM_F_REQUEST | NLM_F_CREATE,
+        NFPROTO_BRIDGE,
+    );
+    m.str(NFTA_SET_ELEM_LIST_TABLE, TABLE)
+        .str(NFTA_SET_ELEM_LIST_SET, set)
+        .begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+    for (key, timeout_ms) in elems {
+        m.begin(1) // NFTA_LIST_ELEM
+            .begin(NFTA_SET_ELEM_KEY)
+            .bytes(NFTA_DATA_VALUE, key)
+            .end()
+            .bytes(NFTA_SET_ELEM_TIMEOUT, &timeout_ms.to_be_bytes())
+            .end();
+    }
+    m.end();
+    m
 }
 
 /// Reads the drop counters (all zero when the table does not exist yet).

@@ -1850,3 +1850,89 @@ fn fcfs_a_declared_address_is_taken_from_an_earlier_dad_claim() {
     .to_string();
     assert!(e.contains("fcfs_claimed"), "{e}");
 }
+
+/// The bindings a flush of the ruleset loses can be listed beforehand and
+/// restored once the table is back: with the lifetime they had left, for
+/// ports still secured, and not over an address someone holds by then.
+#[test]
+fn fcfs_bindings_are_listed_and_restored_after_a_flush() {
+    let node = Netns::new("node");
+    for i in 1..=3 {
+        in_ns(&node, move || portsec::install(&port(i))).expect("install");
+    }
+    let nft = |cmd: &str| {
+        let out = node.exec(&["nft", cmd]);
+        assert!(
+            out.status.success(),
+            "nft {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // What the packet path leaves after DAD on pgs1, pgs2 and pgs3.
+    for (port, addr) in [
+        ("pgs1", "fe80::1:1"),
+        ("pgs1", "fe80::1:2"),
+        ("pgs2", "fe80::2:1"),
+        ("pgs3", "fe80::3:1"),
+    ] {
+        nft(&format!(
+            "add element bridge portgroup fcfs_claimed {{ {addr} timeout 1h }}"
+        ));
+        nft(&format!(
+            "add element bridge portgroup fcfs_bindings {{ \"{port}\" . {addr} timeout 1h }}"
+        ));
+    }
+    let snapshot = in_ns(&node, portsec::fcfs_bindings).expect("list");
+    let pairs: Vec<(String, String)> = snapshot
+        .iter()
+        .map(|b| (b.port.clone(), b.address.to_string()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("pgs1".to_string(), "fe80::1:1".to_string()),
+            ("pgs1".into(), "fe80::1:2".into()),
+            ("pgs2".into(), "fe80::2:1".into()),
+            ("pgs3".into(), "fe80::3:1".into())
+        ]
+    );
+    assert!(snapshot
+        .iter()
+        .all(|b| b.expires > Duration::from_secs(3500) && b.expires <= Duration::from_secs(3600)));
+
+    nft("flush ruleset");
+    // Back: pgs1 as it was, pgs2 now declaring one of pgs1's old addresses,
+    // pgs3 gone.
+    in_ns(&node, || portsec::install(&port(1))).expect("reinstall");
+    in_ns(&node, || {
+        portsec::install(&PortRules {
+            ips: vec![IpAddr::V6("fe80::1:2".parse().unwrap())],
+            ..port(2)
+        })
+    })
+    .expect("reinstall");
+    let restored =
+        in_ns(&node, move || portsec::restore_fcfs_bindings(&snapshot)).expect("restore");
+    assert_eq!(restored, 2, "pgs1's first and pgs2's");
+    let now = in_ns(&node, portsec::fcfs_bindings).expect("list");
+    let pairs: Vec<(String, String)> = now
+        .iter()
+        .map(|b| (b.port.clone(), b.address.to_string()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("pgs1".to_string(), "fe80::1:1".to_string()),
+            ("pgs2".into(), "fe80::2:1".into())
+        ]
+    );
+    assert!(now.iter().all(|b| b.expires <= Duration::from_secs(3600)));
+    let claimed = node.exec(&["nft", "list", "set", "bridge", "portgroup", "fcfs_claimed"]);
+    let claimed = String::from_utf8_lossy(&claimed.stdout);
+    assert!(claimed.contains("fe80::1:1 timeout"), "{claimed}");
+    // Restoring again changes nothing.
+    assert_eq!(
+        in_ns(&node, move || portsec::restore_fcfs_bindings(&now)).expect("restore"),
+        0
+    );
+}
