@@ -890,6 +890,9 @@ pub fn remove(host_veth: &str) -> Result<(), Error> {
                 .filter(|(set, _)| *set == SET_FCFS_BINDINGS),
         );
         gone.extend(release);
+        if has_elem(nl, SET_FCFS_RATE, &ifkey)? {
+            gone.push((SET_FCFS_RATE, ifkey.to_vec()));
+        }
         let mut batch = Batch::new();
         push_elems(&mut batch, msg::DELSETELEM, &gone, "deleting");
         nl.commit(batch)
@@ -906,8 +909,13 @@ pub fn remove_all_not_in(keep: &[String]) -> Result<Vec<String>, Error> {
     let keep: HashSet<&str> = keep.iter().map(String::as_str).collect();
     with_retries(context, |nl| {
         let mut all: Vec<(&'static str, Vec<u8>)> = Vec::new();
-        // Every set keyed by port: the FCFS bindings too (not fcfs_claimed).
-        for set in SETS.iter().map(|(s, _, _)| *s).chain([SET_FCFS_BINDINGS]) {
+        // Every set keyed by port: the FCFS bindings and claim meter too (not
+        // fcfs_claimed).
+        for set in SETS
+            .iter()
+            .map(|(s, _, _)| *s)
+            .chain([SET_FCFS_BINDINGS, SET_FCFS_RATE])
+        {
             for key in dump_set(nl, set)? {
                 all.push((set, key));
             }

@@ -65,6 +65,21 @@ pub const SET_FCFS_BINDINGS: &str = "fcfs_bindings";
 pub const FCFS_LIFETIME_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Elements each FCFS set holds at most (the kernel refuses dynamic adds past it).
 pub const FCFS_SET_SIZE: u32 = 65536;
+/// Per port, the rate of new DAD claims (a meter keyed by port): a guest
+/// claims its link-local and a stable and a temporary address per prefix at
+/// boot and a new temporary address a day; a VM probing for many addresses
+/// to fill the sets is held to this rate. Claims over it are dropped
+/// (`drop_dad`); refreshing a claim the port has is not counted.
+pub const SET_FCFS_RATE: &str = "fcfs_claim_rate";
+/// 16 new claims at once, then 6 an hour. (Current kernels fill a packet
+/// limit's bucket with `burst` packets; older ones with rate + burst, 22.)
+const FCFS_CLAIM_RATE: Rate = Rate {
+    per: 6,
+    unit_s: 3600,
+    burst: 16,
+};
+/// A port's meter is forgotten a day after its first new claim (and with the port).
+const FCFS_RATE_LIFETIME_MS: u64 = 24 * 3600 * 1000;
 
 pub const BASE_CHAIN: &str = "prerouting";
 /// Named counters, one per reason a frame is dropped: `drop_<reason>`.
@@ -108,8 +123,9 @@ pub const SETS: [(&str, u32, u32); 11] = [
 ];
 
 /// The FCFS sets, filled from the packet path: (name, key type, key length).
-pub const FCFS_SETS: [(&str, u32, u32); 2] = [
+pub const FCFS_SETS: [(&str, u32, u32); 3] = [
     (SET_FCFS_CLAIMED, TYPE_IP6ADDR, 16),
+    (SET_FCFS_RATE, TYPE_IFNAME, 16),
     (
         SET_FCFS_BINDINGS,
         (TYPE_IFNAME << TYPE_BITS) | TYPE_IP6ADDR,
@@ -199,6 +215,15 @@ const NFTA_DYNSET_SET_NAME: u16 = 1;
 const NFTA_DYNSET_OP: u16 = 3;
 const NFTA_DYNSET_SREG_KEY: u16 = 4;
 const NFTA_DYNSET_TIMEOUT: u16 = 6;
+const NFTA_DYNSET_EXPR: u16 = 7;
+// limit (nft_limit_attributes): packets per unit, `over` inverts the match
+const NFTA_LIMIT_RATE: u16 = 1;
+const NFTA_LIMIT_UNIT: u16 = 2;
+const NFTA_LIMIT_BURST: u16 = 3;
+const NFTA_LIMIT_TYPE: u16 = 4;
+const NFTA_LIMIT_FLAGS: u16 = 5;
+const NFT_LIMIT_PKTS: u32 = 0;
+const NFT_LIMIT_F_INV: u32 = 1;
 pub(super) const NFT_DYNSET_OP_ADD: u32 = 0;
 pub(super) const NFT_DYNSET_OP_UPDATE: u32 = 1;
 
@@ -208,6 +233,14 @@ enum Verdict {
     Drop,
     Return,
     Jump(&'static str),
+}
+
+/// A token bucket: `per` packets every `unit_s` seconds, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Rate {
+    per: u64,
+    unit_s: u64,
+    burst: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -239,6 +272,9 @@ enum Expr {
         op: u32,
         sreg: u32,
         timeout_ms: u64,
+        /// A per-element `limit rate over`: the expression matches only when
+        /// the element's rate is exceeded (a meter).
+        over: Option<Rate>,
     },
     Verdict(Verdict),
 }
@@ -343,6 +379,7 @@ fn bind(op: u32) -> Vec<Expr> {
         op,
         sreg,
         timeout_ms: FCFS_LIFETIME_MS,
+        over: None,
     };
     vec![
         dynset(SET_FCFS_CLAIMED, REG_2),
@@ -727,6 +764,23 @@ fn rules() -> Vec<(&'static str, Vec<Expr>)> {
                 drop_counted("drop_dad").into(),
             ],
         ),
+        // A new claim: within the port's rate, bind it.
+        rule(
+            "fcfs_dad",
+            vec![
+                vec![
+                    iifname(),
+                    Dynset {
+                        set: SET_FCFS_RATE,
+                        op: NFT_DYNSET_OP_ADD,
+                        sreg: REG_1,
+                        timeout_ms: FCFS_RATE_LIFETIME_MS,
+                        over: Some(FCFS_CLAIM_RATE),
+                    },
+                ],
+                drop_counted("drop_dad").into(),
+            ],
+        ),
         rule(
             "fcfs_dad",
             vec![
@@ -842,12 +896,23 @@ fn encode_expr(m: &mut Msg, e: &Expr) {
             op,
             sreg,
             timeout_ms,
+            over,
         } => {
             m.str(NFTA_EXPR_NAME, "dynset").begin(NFTA_EXPR_DATA);
             m.str(NFTA_DYNSET_SET_NAME, set)
                 .u32(NFTA_DYNSET_OP, *op)
                 .u32(NFTA_DYNSET_SREG_KEY, *sreg)
                 .bytes(NFTA_DYNSET_TIMEOUT, &timeout_ms.to_be_bytes());
+            if let Some(rate) = over {
+                m.begin(NFTA_DYNSET_EXPR);
+                m.str(NFTA_EXPR_NAME, "limit").begin(NFTA_EXPR_DATA);
+                m.bytes(NFTA_LIMIT_RATE, &rate.per.to_be_bytes())
+                    .bytes(NFTA_LIMIT_UNIT, &rate.unit_s.to_be_bytes())
+                    .u32(NFTA_LIMIT_BURST, rate.burst)
+                    .u32(NFTA_LIMIT_TYPE, NFT_LIMIT_PKTS)
+                    .u32(NFTA_LIMIT_FLAGS, NFT_LIMIT_F_INV);
+                m.end().end();
+            }
         }
         Verdict(v) => {
             m.str(NFTA_EXPR_NAME, "immediate").begin(NFTA_EXPR_DATA);
@@ -1054,6 +1119,7 @@ mod tests {
                 op: NFT_DYNSET_OP_UPDATE,
                 sreg: REG_1,
                 timeout_ms: FCFS_LIFETIME_MS,
+                over: None,
             },
         );
         let mut batch = crate::portsec::nfnl::Batch::new();
@@ -1136,21 +1202,34 @@ mod tests {
                 }
                 v
             });
-        assert_eq!(adds, [("fcfs_dad", 2)], "both sets, from DAD only");
+        assert_eq!(
+            adds,
+            [("fcfs_dad", 3)],
+            "the meter and both sets, from DAD only"
+        );
         let dad = chain_rules("fcfs_dad");
-        let last = dad.last().unwrap();
+        let n = dad.len();
+        let last = &dad[n - 1];
         assert!(last
             .iter()
             .any(|e| matches!(e, Dynset { set, .. } if *set == SET_FCFS_CLAIMED)));
         assert!(last
             .iter()
             .any(|e| matches!(e, Dynset { set, .. } if *set == SET_FCFS_BINDINGS)));
-        let before_last = &dad[dad.len() - 2];
-        assert!(before_last.contains(&Lookup {
+        // Before it, new claims over the port's rate are dropped...
+        let metered = &dad[n - 2];
+        assert!(metered.iter().any(|e| matches!(
+            e,
+            Dynset { set, over: Some(_), .. } if *set == SET_FCFS_RATE
+        )));
+        assert!(metered.contains(&Counter("drop_dad")));
+        // ...and before that, a claim on what another port holds.
+        let taken = &dad[n - 3];
+        assert!(taken.contains(&Lookup {
             set: SET_FCFS_CLAIMED,
             inv: false
         }));
-        assert!(before_last.contains(&Counter("drop_dad")));
+        assert!(taken.contains(&Counter("drop_dad")));
 
         // In ip6_in, a link-local source leads to fcfs_src, never to accept.
         for exprs in chain_rules("ip6_in") {

@@ -1936,3 +1936,70 @@ fn fcfs_bindings_are_listed_and_restored_after_a_flush() {
         0
     );
 }
+
+/// A VM probing for many addresses (to fill the FCFS sets and keep other
+/// ports from claiming theirs) is held to the per-port claim rate: 16 new
+/// claims at once, the rest dropped as DAD; refreshing a claim is free.
+#[test]
+fn fcfs_new_claims_are_metered_per_port() {
+    let lab = lab();
+    let rules = PortRules {
+        ips: vec![IpAddr::V4(VM_IP)],
+        ..vm_rules()
+    };
+    let probed = |i: u8| -> Ipv6Addr { format!("fe80::100:{i:x}").parse().unwrap() };
+    let mut cases: Vec<Case> = (0..20u8)
+        .map(|i| {
+            case(
+                130 + i,
+                if i < 16 {
+                    "a new DAD claim within the port's rate"
+                } else {
+                    "a new DAD claim over the port's rate"
+                },
+                dad(VM_MAC, probed(i), 130 + i),
+                (i >= 16).then_some("dad"),
+            )
+        })
+        .collect();
+    cases.extend([
+        case(
+            150,
+            "DAD again for a claimed address (a refresh, not metered)",
+            dad(VM_MAC, probed(0), 150),
+            None,
+        ),
+        case(
+            151,
+            "IPv6 from a claimed address",
+            ip6_from(VM_MAC, probed(15), 151),
+            None,
+        ),
+        case(
+            152,
+            "IPv6 from an address whose claim was over the rate",
+            ip6_from(VM_MAC, probed(16), 152),
+            Some("ip6"),
+        ),
+    ]);
+    frame_table(&lab, &rules, &cases);
+    let meter = || {
+        let out = lab.node.exec(&[
+            "nft",
+            "list",
+            "set",
+            "bridge",
+            "portgroup",
+            "fcfs_claim_rate",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = meter();
+    assert!(listed.contains("\"pv1\""), "{listed}");
+    in_ns(&lab.node, || portsec::remove("pv1")).expect("remove");
+    let listed = meter();
+    assert!(
+        !listed.contains("\"pv1\""),
+        "the meter goes with the port: {listed}"
+    );
+}
