@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! One table, `table bridge portgroup`, owned by us. Ports exist only as set
-//! elements; the chains and their ~45 rules are fixed, so neither the cost of an
+//! elements; the chains and their ~60 rules are fixed, so neither the cost of an
 //! ADD nor the per-packet cost grows with the number of ports (hash-set lookups).
 //! The full listing, what each port drops and why, is in docs/DESIGN.md ("Port
 //! security: the nftables layout"); in short:
@@ -64,7 +64,7 @@
 //! with the kernel's errno, and we control exactly which kernel requests each
 //! call makes (one GET and one batch for an ADD, which a generic nft front-end
 //! cannot promise as its cache rules change between versions). The cost: we
-//! own the encoding of ~45 rules; `nft list table bridge portgroup` on a node
+//! own the encoding of ~60 rules; `nft list table bridge portgroup` on a node
 //! decodes them back (with comments), and the tests check them with real frames.
 //!
 //! What the node needs: nf_tables with the bridge family (`CONFIG_NF_TABLES`,
