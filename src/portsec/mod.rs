@@ -1000,7 +1000,9 @@ pub fn verify(rules: &PortRules) -> Result<(), Error> {
     let want = PortElems::wanted(rules);
     let mut unclaimed = Vec::new();
     for addr in declared_ip6(&want) {
-        if claim_of(&mut nl, &addr).map_err(|e| err(&context, e))? == Claim::Free {
+        // Free, or bound to a port through DAD (a claim that raced the
+        // install): either way not held for this port's reservation.
+        if claim_of(&mut nl, &addr).map_err(|e| err(&context, e))? != Claim::Declared {
             unclaimed.push(std::net::Ipv6Addr::from(addr).to_string());
         }
     }
@@ -1010,7 +1012,7 @@ pub fn verify(rules: &PortRules) -> Result<(), Error> {
     let mut problems = Vec::new();
     if !unclaimed.is_empty() {
         problems.push(format!(
-            "IPv6 {} not claimed in set {SET_FCFS_CLAIMED} (another port could claim it through DAD)",
+            "IPv6 {} not held in set {SET_FCFS_CLAIMED} for the reservation (another port could claim it through DAD)",
             unclaimed.join(", ")
         ));
     }

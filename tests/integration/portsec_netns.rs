@@ -1836,19 +1836,28 @@ fn fcfs_a_declared_address_is_taken_from_an_earlier_dad_claim() {
     assert!(!list("fcfs_bindings").contains(taken));
     in_ns(&node, move || portsec::verify(&reserved)).expect("verify");
 
-    // Verify notices a declared address that lost its claim.
-    nft(&format!(
-        "delete element bridge portgroup fcfs_claimed {{ {taken} }}"
-    ));
-    let e = in_ns(&node, move || {
-        portsec::verify(&PortRules {
-            ips: vec![IpAddr::V6(taken.parse().unwrap())],
-            ..port(2)
-        })
-    })
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("fcfs_claimed"), "{e}");
+    // Verify notices a declared address that lost its claim, or whose claim
+    // is a DAD claim that lapses; install repairs both.
+    let reserved = move || PortRules {
+        ips: vec![IpAddr::V6(taken.parse().unwrap())],
+        ..port(2)
+    };
+    for lapsing in [false, true] {
+        nft(&format!(
+            "delete element bridge portgroup fcfs_claimed {{ {taken} }}"
+        ));
+        if lapsing {
+            nft(&format!(
+                "add element bridge portgroup fcfs_claimed {{ {taken} timeout 1h }}"
+            ));
+        }
+        let e = in_ns(&node, move || portsec::verify(&reserved()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fcfs_claimed"), "{e}");
+        in_ns(&node, move || portsec::install(&reserved())).expect("install repairs");
+        in_ns(&node, move || portsec::verify(&reserved())).expect("verify");
+    }
 }
 
 /// The bindings a flush of the ruleset loses can be listed beforehand and
