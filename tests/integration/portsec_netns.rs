@@ -1717,6 +1717,26 @@ fn fcfs_a_port_uses_what_it_claimed_through_dad_and_nobody_else_does() {
         "{listed}"
     );
 
+    // Two real guests configure one address: the first one's DAD claims it;
+    // the second one's DAD is dropped (it is not told), and so is its use.
+    lab.vm.ip_line("addr add 2001:db8::88/64 dev eth0");
+    wait_for_dad(&lab.vm);
+    let before = counters(&lab);
+    vm2.ip_line("addr add 2001:db8::88/64 dev eth0");
+    wait_for_dad(&vm2);
+    assert!(
+        ping(&lab.vm, &["-I", "2001:db8::88", "2001:db8::3"]),
+        "the first guest uses what it claimed"
+    );
+    assert!(
+        !ping(&vm2, &["-I", "2001:db8::88", "2001:db8::3"]),
+        "the second guest's use of it is dropped"
+    );
+    let after = counters(&lab);
+    assert!(after.dad > before.dad, "{before:?} -> {after:?}");
+    assert!(after.ip6 > before.ip6, "{before:?} -> {after:?}");
+    let listed = bindings();
+
     // A damaged table is rebuilt by the next install; the bindings stay.
     let out = lab
         .node
