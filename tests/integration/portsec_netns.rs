@@ -1527,15 +1527,7 @@ fn a_declared_link_local_may_be_advertised_without_locking_ipv6() {
 #[test]
 fn fcfs_a_port_uses_what_it_claimed_through_dad_and_nobody_else_does() {
     let lab = lab();
-    let vm2 = Netns::new("vm2");
-    lab.node.ip_line(&format!(
-        "link add pv2 type veth peer name eth0 netns {}",
-        vm2.name
-    ));
-    lab.node.ip_line("link set pv2 master br0 up");
-    vm2.ip_line(&format!("link set eth0 address {}", mac_str(&VM2_MAC)));
-    vm2.ip_line("addr add 10.0.0.4/24 dev eth0");
-    vm2.ip_line("link set eth0 up");
+    let vm2 = second_vm(&lab);
 
     let port1 = PortRules {
         ips: vec![IpAddr::V4(VM_IP)],
@@ -1799,6 +1791,98 @@ fn fcfs_a_port_uses_what_it_claimed_through_dad_and_nobody_else_does() {
     let claimed = String::from_utf8_lossy(&claimed.stdout);
     assert!(!claimed.contains("fe80"), "{claimed}");
     assert!(!bindings().contains("pv2"));
+}
+
+/// A second VM on the lab's bridge: port `pv2`, VM2_MAC, 10.0.0.4/24.
+fn second_vm(lab: &PortLab) -> Netns {
+    let vm2 = Netns::new("vm2");
+    lab.node.ip_line(&format!(
+        "link add pv2 type veth peer name eth0 netns {}",
+        vm2.name
+    ));
+    lab.node.ip_line("link set pv2 master br0 up");
+    vm2.ip_line(&format!("link set eth0 address {}", mac_str(&VM2_MAC)));
+    vm2.ip_line("addr add 10.0.0.4/24 dev eth0");
+    vm2.ip_line("link set eth0 up");
+    vm2
+}
+
+/// A MAC-only port (no IP known) is not source-checked, but it learns and
+/// respects claims: its DAD for another port's address and its neighbour
+/// advertisements for it are dropped, its own DAD binds.
+#[test]
+fn fcfs_a_mac_only_port_cannot_take_a_claimed_address() {
+    let lab = lab();
+    let vm2 = second_vm(&lab);
+    let port1 = PortRules {
+        ips: vec![IpAddr::V4(VM_IP)],
+        ..vm_rules()
+    };
+    let mac_only = PortRules {
+        host_veth: "pv2".into(),
+        mac: MacAddr(VM2_MAC),
+        ips: vec![],
+        ..vm_rules()
+    };
+    let first = vec![
+        case(
+            160,
+            "DAD for its link-local",
+            dad(VM_MAC, stable_ll(), 160),
+            None,
+        ),
+        case(
+            161,
+            "DAD for its SLAAC global",
+            dad(VM_MAC, slaac_ip6(), 161),
+            None,
+        ),
+    ];
+    let second = vec![
+        case(
+            162,
+            "MAC-only port's DAD for another port's link-local",
+            dad(VM2_MAC, stable_ll(), 162),
+            Some("dad"),
+        ),
+        case(
+            163,
+            "MAC-only port's neighbour advertisement for another port's SLAAC global",
+            na(VM2_MAC, vm2_ll(), slaac_ip6(), 163),
+            Some("nd"),
+        ),
+        case(
+            164,
+            "MAC-only port's neighbour advertisement for a global nobody holds",
+            na(VM2_MAC, vm2_ll(), forged_ip6(), 164),
+            None,
+        ),
+        case(
+            165,
+            "MAC-only port's IPv6 from any source (not source-checked)",
+            ip6_from(VM2_MAC, forged_ip6(), 165),
+            None,
+        ),
+        case(
+            166,
+            "MAC-only port's DAD for its own link-local",
+            dad(VM2_MAC, vm2_stable_ll(), 166),
+            None,
+        ),
+    ];
+    phased_frame_table(
+        &lab,
+        &[port1, mac_only],
+        &[(&lab.vm, first), (&vm2, second)],
+    );
+    let out = lab
+        .node
+        .exec(&["nft", "list", "set", "bridge", "portgroup", "fcfs_bindings"]);
+    let pairs = bound_pairs(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        pairs.contains(&format!("\"pv2\" . {}", vm2_stable_ll())),
+        "{pairs:?}"
+    );
 }
 
 /// The `"port" . address` pairs of an `nft list set` of fcfs_bindings.
