@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! One table, `table bridge portgroup`, owned by us. Ports exist only as set
-//! elements; the chains and their ~45 rules are fixed, so neither the cost of an
+//! elements; the chains and their ~60 rules are fixed, so neither the cost of an
 //! ADD nor the per-packet cost grows with the number of ports (hash-set lookups).
 //! The full listing, what each port drops and why, is in docs/DESIGN.md ("Port
 //! security: the nftables layout"); in short:
@@ -13,10 +13,19 @@
 //!   the port's; no router advertisements or redirects unless the port is in
 //!   `ra_allowed_ports`; no DHCPv4/DHCPv6 server messages unless in
 //!   `dhcp_server_ports`; neighbour advertisements only for the port's
-//!   addresses (declared, or the EUI-64 link-local of its MAC in `port_ll`);
+//!   addresses (declared, the EUI-64 link-local of its MAC in `port_ll`, or
+//!   claimed through DAD); no DAD for an address another port holds;
 //! - IP-locked ports (`ip_locked_ports`): only IPv4, ARP, IPv6 and RARP pass,
-//!   and sources of a locked family must be the port's; a family with no
-//!   address known (`ip4_open_ports`, `ip6_open_ports`) is not source-checked.
+//!   and sources of a locked family must be the port's; link-local sources,
+//!   and every IPv6 source when no IPv6 is declared (`ip6_open_ports`), must be
+//!   declared or claimed through DAD; an IPv4 family with no address known
+//!   (`ip4_open_ports`) is not source-checked.
+//!
+//! First-come-first-served source address validation (RFC 6620) runs in the
+//! kernel: a DAD probe from a port binds its target to the port in the dynamic
+//! sets `fcfs_claimed` (every address some port holds) and `fcfs_bindings`
+//! (port . address), from the packet path, with a lifetime each use renews;
+//! install claims the declared addresses for good, remove releases the port's.
 //!
 //! Every drop goes through a named counter, `drop_<reason>` ([`counters`]).
 //! Every rule carries a comment `<layout>:<chain>:<n>`, where the layout tag is
@@ -55,12 +64,12 @@
 //! with the kernel's errno, and we control exactly which kernel requests each
 //! call makes (one GET and one batch for an ADD, which a generic nft front-end
 //! cannot promise as its cache rules change between versions). The cost: we
-//! own the encoding of ~45 rules; `nft list table bridge portgroup` on a node
+//! own the encoding of ~60 rules; `nft list table bridge portgroup` on a node
 //! decodes them back (with comments), and the tests check them with real frames.
 //!
 //! What the node needs: nf_tables with the bridge family (`CONFIG_NF_TABLES`,
 //! `CONFIG_NF_TABLES_BRIDGE`; the core expressions meta, payload, cmp, lookup,
-//! bitwise, immediate, objref and counter; built in or auto-loaded modules on
+//! bitwise, immediate, objref, counter and dynset (with set timeouts); built in or auto-loaded modules on
 //! every mainstream distribution kernel since 4.x; concatenated set keys need
 //! 4.1+), and CAP_NET_ADMIN in the host network namespace (the plugin runs as
 //! root there; the DaemonSet is privileged with hostNetwork). The image needs
@@ -153,6 +162,9 @@ pub struct DropCounters {
     pub redirect: u64,
     /// DHCPv4 or DHCPv6 server message from a port not allowed to be a DHCP server.
     pub dhcp_server: u64,
+    /// Duplicate-address detection for an address another port holds
+    /// (declared, or claimed first: FCFS source address validation).
+    pub dad: u64,
 }
 
 impl DropCounters {
@@ -175,6 +187,7 @@ impl DropCounters {
             ("ra", self.ra),
             ("redirect", self.redirect),
             ("dhcp_server", self.dhcp_server),
+            ("dad", self.dad),
         ]
     }
 
@@ -191,6 +204,7 @@ impl DropCounters {
             "ra" => &mut self.ra,
             "redirect" => &mut self.redirect,
             "dhcp_server" => &mut self.dhcp_server,
+            "dad" => &mut self.dad,
             _ => return None,
         })
     }
@@ -410,7 +424,8 @@ fn push_elems(batch: &mut Batch, kind: u16, keys: &[(&'static str, Vec<u8>)], wh
     } else {
         NLM_F_REQUEST
     };
-    for (set, _, _) in SETS {
+    for (set, _, _) in SETS.iter().chain(FCFS_SETS.iter()) {
+        let set = *set;
         let mut chunk: Vec<&[u8]> = Vec::new();
         let mut bytes = 0;
         let in_set = keys.iter().filter(|(s, _)| *s == set).map(|(_, k)| k);
@@ -511,6 +526,150 @@ fn port_elems(nl: &mut Nfnl, ifkey: &[u8; IFNAMSIZ]) -> Result<PortElems, NlErro
     Ok(e)
 }
 
+/// The address at the end of a `port_ip6`, `port_ll` or `fcfs_bindings` key.
+fn ip6_tail(key: &[u8]) -> Option<[u8; 16]> {
+    key.get(IFNAMSIZ..)
+        .and_then(|t| <[u8; 16]>::try_from(t).ok())
+}
+
+/// How `fcfs_claimed` holds an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// Nobody's: the next DAD claims it.
+    Free,
+    /// Some port declares it (no timeout).
+    Declared,
+    /// Some port claimed it through DAD (it lapses).
+    Bound,
+}
+
+const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
+
+/// One GET: whether and how `addr` is claimed.
+fn claim_of(nl: &mut Nfnl, addr: &[u8; 16]) -> Result<Claim, NlError> {
+    let m = setelem_msg(
+        msg::GETSETELEM,
+        NLM_F_REQUEST,
+        SET_FCFS_CLAIMED,
+        &[addr.as_slice()],
+    );
+    let bodies = match nl.request(
+        m,
+        &format!("looking up an element of set {SET_FCFS_CLAIMED}"),
+    ) {
+        Ok(b) => b,
+        Err(e) if e.errno == libc::ENOENT => return Ok(Claim::Free),
+        Err(e) => return Err(e),
+    };
+    let lapses = bodies.iter().any(|body| {
+        attr(body, NFTA_SET_ELEM_LIST_ELEMENTS).is_some_and(|list| {
+            attrs(list).any(|(_, elem)| {
+                attr(elem, NFTA_SET_ELEM_TIMEOUT).is_some()
+                    || attr(elem, NFTA_SET_ELEM_EXPIRATION).is_some()
+            })
+        })
+    });
+    Ok(if lapses {
+        Claim::Bound
+    } else {
+        Claim::Declared
+    })
+}
+
+/// Every (set, key) by which a port holds an IPv6 address: declared
+/// (`port_ip6`, `port_ll`) or claimed through DAD (`fcfs_bindings`).
+fn ip6_holders(nl: &mut Nfnl) -> Result<Vec<(&'static str, Vec<u8>)>, NlError> {
+    let mut out = Vec::new();
+    for set in [SET_IP6, SET_LL, SET_FCFS_BINDINGS] {
+        out.extend(dump_set(nl, set)?.into_iter().map(|k| (set, k)));
+    }
+    Ok(out)
+}
+
+/// The `fcfs_claimed` elements to delete when the holdings `released` go: the
+/// addresses no `remaining` holding still has and that are claimed at all.
+/// (Two ports may declare one address, say a VM and the same VM's migration
+/// target: the first to go must not free it for a third port's DAD.)
+fn claims_to_release(
+    released: impl IntoIterator<Item = [u8; 16]>,
+    remaining: impl IntoIterator<Item = [u8; 16]>,
+    claimed: &HashSet<[u8; 16]>,
+) -> Vec<(&'static str, Vec<u8>)> {
+    let remaining: HashSet<[u8; 16]> = remaining.into_iter().collect();
+    let released: BTreeSet<[u8; 16]> = released
+        .into_iter()
+        .filter(|a| !remaining.contains(a) && claimed.contains(a))
+        .collect();
+    released
+        .into_iter()
+        .map(|a| (SET_FCFS_CLAIMED, a.to_vec()))
+        .collect()
+}
+
+fn claimed_addrs(nl: &mut Nfnl) -> Result<HashSet<[u8; 16]>, NlError> {
+    Ok(dump_set(nl, SET_FCFS_CLAIMED)?
+        .into_iter()
+        .filter_map(|k| <[u8; 16]>::try_from(k.as_slice()).ok())
+        .collect())
+}
+
+/// The IPv6 addresses a port declares: its own in `fcfs_claimed`, so no other
+/// port can claim them through DAD.
+fn declared_ip6(e: &PortElems) -> BTreeSet<[u8; 16]> {
+    e.ip6.union(&e.link_local).copied().collect()
+}
+
+/// The changes that make `fcfs_claimed` hold the port's declared addresses for
+/// good: (deletions, additions). A free address is added; one another port
+/// claimed through DAD (before this reservation was known) is taken from it:
+/// its bindings go, and the claim is made permanent. On a re-install
+/// (`stale` holds the declared keys that go), addresses no longer declared by
+/// anyone are released.
+type Changes = (Vec<(&'static str, Vec<u8>)>, Vec<(&'static str, Vec<u8>)>);
+fn fcfs_declare(
+    nl: &mut Nfnl,
+    declared: &BTreeSet<[u8; 16]>,
+    stale: &[(&'static str, Vec<u8>)],
+) -> Result<Changes, NlError> {
+    let (mut del, mut add) = (Vec::new(), Vec::new());
+    let mut taken = BTreeSet::new();
+    for addr in declared {
+        match claim_of(nl, addr)? {
+            Claim::Free => add.push((SET_FCFS_CLAIMED, addr.to_vec())),
+            Claim::Declared => {}
+            Claim::Bound => {
+                taken.insert(*addr);
+            }
+        }
+    }
+    let stale_ip6: Vec<&(&'static str, Vec<u8>)> = stale
+        .iter()
+        .filter(|(set, _)| [SET_IP6, SET_LL].contains(set))
+        .collect();
+    if taken.is_empty() && stale_ip6.is_empty() {
+        return Ok((del, add));
+    }
+    let holders = ip6_holders(nl)?;
+    for (set, key) in &holders {
+        if *set == SET_FCFS_BINDINGS && ip6_tail(key).is_some_and(|a| taken.contains(&a)) {
+            del.push((*set, key.clone()));
+        }
+    }
+    for addr in &taken {
+        del.push((SET_FCFS_CLAIMED, addr.to_vec()));
+        add.push((SET_FCFS_CLAIMED, addr.to_vec()));
+    }
+    let remaining = holders
+        .iter()
+        .filter(|h| !stale_ip6.contains(h) && !del.contains(h))
+        .filter_map(|(_, key)| ip6_tail(key))
+        .chain(declared.iter().copied());
+    let released = stale_ip6.iter().filter_map(|(_, key)| ip6_tail(key));
+    del.extend(claims_to_release(released, remaining, &claimed_addrs(nl)?));
+    Ok((del, add))
+}
+
 /// The comments of the rules in our table, in chain order; None when the table is missing.
 fn rule_comments(nl: &mut Nfnl) -> Result<Option<Vec<(String, String)>>, NlError> {
     let mut m = Msg::new(msg::GETRULE, NLM_F_REQUEST | NLM_F_DUMP, NFPROTO_BRIDGE);
@@ -598,6 +757,12 @@ fn backfill_derived(nl: &mut Nfnl) -> Result<(), NlError> {
                 .into_iter()
                 .filter(|(set, _)| [SET_IP4_OPEN, SET_IP6_OPEN, SET_LL].contains(set)),
         );
+        // Its declared addresses, claimed for good (an existing claim stays).
+        add.extend(
+            declared_ip6(&elems)
+                .into_iter()
+                .map(|a| (SET_FCFS_CLAIMED, a.to_vec())),
+        );
     }
     for chunk in add.chunks(512) {
         let mut batch = Batch::new();
@@ -678,16 +843,19 @@ pub fn install(rules: &PortRules) -> Result<(), Error> {
         };
         let have_keys = have.keys(&ifkey);
         let want_keys = want.keys(&ifkey);
-        let stale: Vec<_> = have_keys
+        let mut stale: Vec<_> = have_keys
             .iter()
             .filter(|k| !want_keys.contains(k))
             .cloned()
             .collect();
-        let new: Vec<_> = want_keys
+        let mut new: Vec<_> = want_keys
             .iter()
             .filter(|k| !have_keys.contains(k))
             .cloned()
             .collect();
+        let (fcfs_del, fcfs_add) = fcfs_declare(nl, &declared_ip6(&want), &stale)?;
+        stale.extend(fcfs_del);
+        new.extend(fcfs_add);
         push_elems(
             &mut batch,
             msg::DELSETELEM,
@@ -708,8 +876,25 @@ pub fn remove(host_veth: &str) -> Result<(), Error> {
             return Ok(());
         }
         let have = port_elems(nl, &ifkey)?;
+        let mut gone = have.keys(&ifkey);
+        // What it claimed through DAD goes with it, and so do its claims on
+        // addresses no other port holds.
+        let (mine, others): (Vec<_>, Vec<_>) = ip6_holders(nl)?
+            .into_iter()
+            .partition(|(_, key)| key.starts_with(&ifkey));
+        let released = mine.iter().filter_map(|(_, key)| ip6_tail(key));
+        let remaining = others.iter().filter_map(|(_, key)| ip6_tail(key));
+        let release = claims_to_release(released, remaining, &claimed_addrs(nl)?);
+        gone.extend(
+            mine.into_iter()
+                .filter(|(set, _)| *set == SET_FCFS_BINDINGS),
+        );
+        gone.extend(release);
+        if has_elem(nl, SET_FCFS_RATE, &ifkey)? {
+            gone.push((SET_FCFS_RATE, ifkey.to_vec()));
+        }
         let mut batch = Batch::new();
-        push_elems(&mut batch, msg::DELSETELEM, &have.keys(&ifkey), "deleting");
+        push_elems(&mut batch, msg::DELSETELEM, &gone, "deleting");
         nl.commit(batch)
     })
 }
@@ -724,7 +909,13 @@ pub fn remove_all_not_in(keep: &[String]) -> Result<Vec<String>, Error> {
     let keep: HashSet<&str> = keep.iter().map(String::as_str).collect();
     with_retries(context, |nl| {
         let mut all: Vec<(&'static str, Vec<u8>)> = Vec::new();
-        for (set, _, _) in SETS {
+        // Every set keyed by port: the FCFS bindings and claim meter too (not
+        // fcfs_claimed).
+        for set in SETS
+            .iter()
+            .map(|(s, _, _)| *s)
+            .chain([SET_FCFS_BINDINGS, SET_FCFS_RATE])
+        {
             for key in dump_set(nl, set)? {
                 all.push((set, key));
             }
@@ -740,10 +931,23 @@ pub fn remove_all_not_in(keep: &[String]) -> Result<Vec<String>, Error> {
                     && nix::net::if_::if_nametoindex(name.as_str()).is_err()
             })
             .collect();
-        let stale: Vec<(&'static str, Vec<u8>)> = all
+        let (mut stale, kept): (Vec<_>, Vec<_>) = all
             .into_iter()
-            .filter(|(_, key)| ports.contains(&name_of(&key[..IFNAMSIZ.min(key.len())])))
+            .partition(|(_, key)| ports.contains(&name_of(&key[..IFNAMSIZ.min(key.len())])));
+        let holds_ip6 =
+            |(set, _): &&(&str, Vec<u8>)| [SET_IP6, SET_LL, SET_FCFS_BINDINGS].contains(set);
+        let released: Vec<[u8; 16]> = stale
+            .iter()
+            .filter(holds_ip6)
+            .filter_map(|(_, key)| ip6_tail(key))
             .collect();
+        if !released.is_empty() {
+            let remaining = kept
+                .iter()
+                .filter(holds_ip6)
+                .filter_map(|(_, key)| ip6_tail(key));
+            stale.extend(claims_to_release(released, remaining, &claimed_addrs(nl)?));
+        }
         // Bounded transactions: the kernel takes a batch in one message.
         for chunk in stale.chunks(512) {
             let mut batch = Batch::new();
@@ -794,10 +998,24 @@ pub fn verify(rules: &PortRules) -> Result<(), Error> {
     }
     let have = port_elems(&mut nl, &ifkey).map_err(|e| err(&context, e))?;
     let want = PortElems::wanted(rules);
-    if have == want {
+    let mut unclaimed = Vec::new();
+    for addr in declared_ip6(&want) {
+        // Free, or bound to a port through DAD (a claim that raced the
+        // install): either way not held for this port's reservation.
+        if claim_of(&mut nl, &addr).map_err(|e| err(&context, e))? != Claim::Declared {
+            unclaimed.push(std::net::Ipv6Addr::from(addr).to_string());
+        }
+    }
+    if have == want && unclaimed.is_empty() {
         return Ok(());
     }
     let mut problems = Vec::new();
+    if !unclaimed.is_empty() {
+        problems.push(format!(
+            "IPv6 {} not held in set {SET_FCFS_CLAIMED} for the reservation (another port could claim it through DAD)",
+            unclaimed.join(", ")
+        ));
+    }
     if !have.port {
         problems.push("the port is not in set ports".to_string());
     }
@@ -880,6 +1098,128 @@ fn list(items: impl Iterator<Item = String>) -> String {
     } else {
         v.join(", ")
     }
+}
+
+/// An address a port claimed through duplicate-address detection, as the
+/// kernel holds it (FCFS source address validation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FcfsBinding {
+    /// The host-side veth.
+    pub port: String,
+    pub address: std::net::Ipv6Addr,
+    /// What is left of the binding's lifetime (each use renews it).
+    pub expires: std::time::Duration,
+}
+
+/// Every FCFS binding on the node, for a snapshot the daemon can restore
+/// after the table was lost ([`restore_fcfs_bindings`]). Empty without a table.
+pub fn fcfs_bindings() -> Result<Vec<FcfsBinding>, Error> {
+    let context = "listing the FCFS bindings";
+    let mut nl = open(context)?;
+    let mut m = Msg::new(msg::GETSETELEM, NLM_F_REQUEST | NLM_F_DUMP, NFPROTO_BRIDGE);
+    m.str(NFTA_SET_ELEM_LIST_TABLE, TABLE)
+        .str(NFTA_SET_ELEM_LIST_SET, SET_FCFS_BINDINGS);
+    let bodies = match nl.request(m, context) {
+        Ok(b) => b,
+        Err(e) if e.errno == libc::ENOENT => return Ok(Vec::new()),
+        Err(e) => return Err(err(context, e)),
+    };
+    let mut out = Vec::new();
+    for body in &bodies {
+        let Some(list) = attr(body, NFTA_SET_ELEM_LIST_ELEMENTS) else {
+            continue;
+        };
+        for (_, elem) in attrs(list) {
+            let Some(key) = attr(elem, NFTA_SET_ELEM_KEY).and_then(|k| attr(k, NFTA_DATA_VALUE))
+            else {
+                continue;
+            };
+            let Some(address) = ip6_tail(key) else {
+                continue;
+            };
+            let left = attr_u64(elem, NFTA_SET_ELEM_EXPIRATION).unwrap_or(FCFS_LIFETIME_MS);
+            out.push(FcfsBinding {
+                port: name_of(&key[..IFNAMSIZ]),
+                address: address.into(),
+                expires: std::time::Duration::from_millis(left),
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.port, a.address).cmp(&(&b.port, b.address)));
+    Ok(out)
+}
+
+/// Binds again what [`fcfs_bindings`] listed, after the table was lost (an
+/// `nft flush ruleset`) and reinstalled: each binding whose port is secured
+/// and whose address nobody holds now, with the lifetime it had left. The
+/// rest is skipped (the port went, or another port declared or claimed the
+/// address since). Returns how many were restored.
+pub fn restore_fcfs_bindings(bindings: &[FcfsBinding]) -> Result<usize, Error> {
+    let context = "restoring FCFS bindings";
+    with_retries(context, |nl| {
+        let mut secured: std::collections::HashMap<String, bool> = Default::default();
+        let mut restore = Vec::new();
+        for b in bindings {
+            let Ok(ifkey) = ifname_key(&b.port) else {
+                continue;
+            };
+            let is_secured = match secured.get(&b.port) {
+                Some(known) => *known,
+                None => {
+                    let known = has_elem(nl, SET_PORTS, &ifkey)?;
+                    secured.insert(b.port.clone(), known);
+                    known
+                }
+            };
+            let addr = b.address.octets();
+            if !is_secured || claim_of(nl, &addr)? != Claim::Free {
+                continue;
+            }
+            let mut key = ifkey.to_vec();
+            key.extend_from_slice(&addr);
+            let left = u64::try_from(b.expires.as_millis())
+                .unwrap_or(FCFS_LIFETIME_MS)
+                .clamp(1000, FCFS_LIFETIME_MS);
+            restore.push((key, addr, left));
+        }
+        for chunk in restore.chunks(256) {
+            let mut batch = Batch::new();
+            let claims: Vec<(&[u8], u64)> = chunk.iter().map(|(_, a, t)| (&a[..], *t)).collect();
+            let binds: Vec<(&[u8], u64)> = chunk.iter().map(|(k, _, t)| (&k[..], *t)).collect();
+            batch.push(
+                setelem_timeout_msg(SET_FCFS_CLAIMED, &claims),
+                format!("restoring claims in set {SET_FCFS_CLAIMED}"),
+            );
+            batch.push(
+                setelem_timeout_msg(SET_FCFS_BINDINGS, &binds),
+                format!("restoring bindings in set {SET_FCFS_BINDINGS}"),
+            );
+            nl.commit(batch)?;
+        }
+        Ok(restore.len())
+    })
+}
+
+/// Adds elements that lapse: (key, timeout in milliseconds).
+fn setelem_timeout_msg(set: &str, elems: &[(&[u8], u64)]) -> Msg {
+    let mut m = Msg::new(
+        msg::NEWSETELEM,
+        NLM_F_REQUEST | NLM_F_CREATE,
+        NFPROTO_BRIDGE,
+    );
+    m.str(NFTA_SET_ELEM_LIST_TABLE, TABLE)
+        .str(NFTA_SET_ELEM_LIST_SET, set)
+        .begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+    for (key, timeout_ms) in elems {
+        m.begin(1) // NFTA_LIST_ELEM
+            .begin(NFTA_SET_ELEM_KEY)
+            .bytes(NFTA_DATA_VALUE, key)
+            .end()
+            .bytes(NFTA_SET_ELEM_TIMEOUT, &timeout_ms.to_be_bytes())
+            .end();
+    }
+    m.end();
+    m
 }
 
 /// Reads the drop counters (all zero when the table does not exist yet).
@@ -1061,5 +1401,66 @@ mod tests {
             udata_comment(&comment_udata("pg1:x:1")).as_deref(),
             Some("pg1:x:1")
         );
+    }
+
+    #[test]
+    fn claims_go_only_when_nobody_else_holds_them() {
+        let a = |last: u8| {
+            let mut v = [0u8; 16];
+            v[0] = 0xfe;
+            v[1] = 0x80;
+            v[15] = last;
+            v
+        };
+        let claimed: HashSet<[u8; 16]> = [a(1), a(2), a(3)].into();
+        // (released, still held by another port, expected deletions)
+        type Addrs<'a> = &'a [[u8; 16]];
+        let table: [(Addrs, Addrs, Addrs); 5] = [
+            (&[a(1), a(2)], &[], &[a(1), a(2)]),
+            // The same address declared by another port (a migration target).
+            (&[a(1), a(2)], &[a(2)], &[a(1)]),
+            // Claimed no more (lapsed, or never claimed): nothing to delete.
+            (&[a(4)], &[], &[]),
+            (&[], &[a(1)], &[]),
+            // Released twice (declared and bound): deleted once.
+            (&[a(3), a(3)], &[], &[a(3)]),
+        ];
+        for (released, remaining, want) in table {
+            let got = claims_to_release(
+                released.iter().copied(),
+                remaining.iter().copied(),
+                &claimed,
+            );
+            let want: Vec<(&str, Vec<u8>)> = want
+                .iter()
+                .map(|x| (SET_FCFS_CLAIMED, x.to_vec()))
+                .collect();
+            assert_eq!(got, want, "released {released:?}, remaining {remaining:?}");
+        }
+    }
+
+    #[test]
+    fn declared_ip6_covers_globals_declared_link_locals_and_the_mac_link_local() {
+        let rules = PortRules {
+            host_veth: "pg1".into(),
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            ips: vec![
+                "10.0.0.2".parse().unwrap(),
+                "2001:db8::2".parse().unwrap(),
+                "fe80::1234".parse().unwrap(),
+            ],
+            allow_router_advertisements: false,
+            allow_dhcp_server: false,
+            trunk: false,
+        };
+        let got: Vec<std::net::Ipv6Addr> = declared_ip6(&PortElems::wanted(&rules))
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        let want: Vec<std::net::Ipv6Addr> = ["2001:db8::2", "fe80::1234", "fe80::ff:fe00:1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(got, want);
     }
 }

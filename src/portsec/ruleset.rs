@@ -49,9 +49,41 @@ pub const SET_DHCP: &str = "dhcp_server_ports";
 /// passes (the trunk's sub-interfaces carry only the listed VIDs on).
 pub const SET_TRUNK: &str = "trunk_ports";
 
+/// First-come-first-served source address validation (RFC 6620): every IPv6
+/// address some port holds, declared (no timeout) or claimed through
+/// duplicate-address detection (with the binding's lifetime). A DAD claim of an
+/// address in here by another port is dropped.
+pub const SET_FCFS_CLAIMED: &str = "fcfs_claimed";
+/// The FCFS bindings: (port . address) for each address a port claimed through
+/// DAD, refreshed by every use, lapsing after [`FCFS_LIFETIME_MS`] unused.
+pub const SET_FCFS_BINDINGS: &str = "fcfs_bindings";
+/// How long an FCFS binding lives without being used (source address, NA
+/// target or a repeated DAD). Long, because the VM is not asked again: a
+/// binding that lapsed comes back only with the guest's next DAD. Seven days is
+/// the valid lifetime of a temporary (privacy) address in Linux and Windows, so
+/// rotated privacy addresses lapse when their guest stops using them.
+pub const FCFS_LIFETIME_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Elements each FCFS set holds at most (the kernel refuses dynamic adds past it).
+pub const FCFS_SET_SIZE: u32 = 65536;
+/// Per port, the rate of new DAD claims (a meter keyed by port): a guest
+/// claims its link-local and a stable and a temporary address per prefix at
+/// boot and a new temporary address a day; a VM probing for many addresses
+/// to fill the sets is held to this rate. Claims over it are dropped
+/// (`drop_dad`); refreshing a claim the port has is not counted.
+pub const SET_FCFS_RATE: &str = "fcfs_claim_rate";
+/// 16 new claims at once, then 6 an hour. (Current kernels fill a packet
+/// limit's bucket with `burst` packets; older ones with rate + burst, 22.)
+const FCFS_CLAIM_RATE: Rate = Rate {
+    per: 6,
+    unit_s: 3600,
+    burst: 16,
+};
+/// A port's meter is forgotten a day after its first new claim (and with the port).
+const FCFS_RATE_LIFETIME_MS: u64 = 24 * 3600 * 1000;
+
 pub const BASE_CHAIN: &str = "prerouting";
 /// Named counters, one per reason a frame is dropped: `drop_<reason>`.
-pub const COUNTERS: [&str; 11] = [
+pub const COUNTERS: [&str; 12] = [
     "drop_mac",
     "drop_arp",
     "drop_ip4",
@@ -63,6 +95,7 @@ pub const COUNTERS: [&str; 11] = [
     "drop_ra",
     "drop_redirect",
     "drop_dhcp_server",
+    "drop_dad",
 ];
 
 // nft datatype ids (userspace only: how `nft list` prints keys).
@@ -89,7 +122,18 @@ pub const SETS: [(&str, u32, u32); 11] = [
     (SET_TRUNK, TYPE_IFNAME, 16),
 ];
 
-const CHAINS: [&str; 9] = [
+/// The FCFS sets, filled from the packet path: (name, key type, key length).
+pub const FCFS_SETS: [(&str, u32, u32); 3] = [
+    (SET_FCFS_CLAIMED, TYPE_IP6ADDR, 16),
+    (SET_FCFS_RATE, TYPE_IFNAME, 16),
+    (
+        SET_FCFS_BINDINGS,
+        (TYPE_IFNAME << TYPE_BITS) | TYPE_IP6ADDR,
+        16 + 16,
+    ),
+];
+
+const CHAINS: [&str; 11] = [
     BASE_CHAIN,
     "port_in",
     "arp_sha",
@@ -99,6 +143,8 @@ const CHAINS: [&str; 9] = [
     "arp_in",
     "ip6_in",
     "nd_in",
+    "fcfs_dad",
+    "fcfs_src",
 ];
 
 // attribute numbers (linux/netfilter/nf_tables.h)
@@ -124,6 +170,12 @@ const NFTA_SET_KEY_TYPE: u16 = 4;
 const NFTA_SET_KEY_LEN: u16 = 5;
 const NFTA_SET_ID: u16 = 10;
 const NFTA_SET_USERDATA: u16 = 13;
+const NFTA_SET_DESC: u16 = 9;
+const NFTA_SET_DESC_SIZE: u16 = 1;
+/// Elements are added and refreshed from the packet path (`dynamic`).
+const NFT_SET_EVAL: u32 = 0x20;
+/// Elements may carry a timeout.
+const NFT_SET_TIMEOUT: u32 = 0x10;
 pub const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 pub const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 pub const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -158,7 +210,24 @@ const BASE_TH: u32 = 2;
 const CMP_EQ: u32 = 0;
 const CMP_NEQ: u32 = 1;
 const LOOKUP_F_INV: u32 = 1;
+// dynset (linux/netfilter/nf_tables.h: nft_dynset_attributes, nft_dynset_ops)
+const NFTA_DYNSET_SET_NAME: u16 = 1;
+const NFTA_DYNSET_OP: u16 = 3;
+const NFTA_DYNSET_SREG_KEY: u16 = 4;
+const NFTA_DYNSET_TIMEOUT: u16 = 6;
+const NFTA_DYNSET_EXPR: u16 = 7;
+// limit (nft_limit_attributes): packets per unit, `over` inverts the match
+const NFTA_LIMIT_RATE: u16 = 1;
+const NFTA_LIMIT_UNIT: u16 = 2;
+const NFTA_LIMIT_BURST: u16 = 3;
+const NFTA_LIMIT_TYPE: u16 = 4;
+const NFTA_LIMIT_FLAGS: u16 = 5;
+const NFT_LIMIT_PKTS: u32 = 0;
+const NFT_LIMIT_F_INV: u32 = 1;
+pub(super) const NFT_DYNSET_OP_ADD: u32 = 0;
+pub(super) const NFT_DYNSET_OP_UPDATE: u32 = 1;
 
+#[derive(Debug, Clone, PartialEq)]
 enum Verdict {
     Accept,
     Drop,
@@ -166,6 +235,15 @@ enum Verdict {
     Jump(&'static str),
 }
 
+/// A token bucket: `per` packets every `unit_s` seconds, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Rate {
+    per: u64,
+    unit_s: u64,
+    burst: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 enum Expr {
     Meta(u32, u32),
     Payload {
@@ -187,6 +265,17 @@ enum Expr {
         mask: Vec<u8>,
     },
     Counter(&'static str),
+    /// `add`/`update @set { key timeout t }`: the key is in the registers from
+    /// `sreg` on; an update also resets the element's timeout.
+    Dynset {
+        set: &'static str,
+        op: u32,
+        sreg: u32,
+        timeout_ms: u64,
+        /// A per-element `limit rate over`: the expression matches only when
+        /// the element's rate is exceeded (a meter).
+        over: Option<Rate>,
+    },
     Verdict(Verdict),
 }
 
@@ -263,6 +352,7 @@ const ETH_8021Q: u16 = 0x8100;
 const ETH_TAGS: [u16; 3] = [ETH_8021Q, 0x88a8, 0x9100];
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
+const ICMPV6_ROUTER_SOLICIT: u8 = 133;
 const ICMPV6_ROUTER_ADVERT: u8 = 134;
 const ICMPV6_NEIGHBOR_SOLICIT: u8 = 135;
 const ICMPV6_NEIGHBOR_ADVERT: u8 = 136;
@@ -274,6 +364,36 @@ const DHCP6_SERVER_PORT: u16 = 547;
 /// LLDP, 802.1X, pause frames). A bridge never forwards them; neither may a VM send them.
 const IEEE_RESERVED: [u8; 6] = [0x01, 0x80, 0xc2, 0, 0, 0];
 const IEEE_RESERVED_MASK: [u8; 6] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xf0];
+
+/// `iifname . <16 bytes at base+off>` in REG_1/REG_2: a port's claim on an
+/// IPv6 address (the key of `port_ip6`, `port_ll`, `fcfs_bindings`).
+fn port_and_ip6(base: u32, off: u32) -> Vec<Expr> {
+    vec![iifname(), load2(base, off, 16)]
+}
+
+/// With `iifname . address` in REG_1/REG_2: binds the address to the port
+/// (`op` add: first come; update: refresh the lifetime of a binding).
+fn bind(op: u32) -> Vec<Expr> {
+    let dynset = |set, sreg| Dynset {
+        set,
+        op,
+        sreg,
+        timeout_ms: FCFS_LIFETIME_MS,
+        over: None,
+    };
+    vec![
+        dynset(SET_FCFS_CLAIMED, REG_2),
+        dynset(SET_FCFS_BINDINGS, REG_1),
+    ]
+}
+
+/// The source address is :: (duplicate-address detection, RFC 4862).
+fn from_unspecified() -> Vec<Expr> {
+    vec![load(BASE_NH, 8, 16), eq(&[0; 16])]
+}
+
+/// Offset of the target address in a neighbour solicitation or advertisement.
+const ND_TARGET: u32 = 8;
 
 fn rule(chain: &'static str, parts: Vec<Vec<Expr>>) -> (&'static str, Vec<Expr>) {
     (chain, parts.into_iter().flatten().collect())
@@ -465,6 +585,15 @@ fn rules() -> Vec<(&'static str, Vec<Expr>)> {
             "ip6_guard",
             vec![icmpv6_type(ICMPV6_NEIGHBOR_ADVERT), jump("nd_in")],
         ),
+        // Duplicate-address detection: the port claims the target (FCFS).
+        rule(
+            "ip6_guard",
+            vec![
+                from_unspecified(),
+                icmpv6_type(ICMPV6_NEIGHBOR_SOLICIT),
+                jump("fcfs_dad"),
+            ],
+        ),
         // ip4_in: own addresses; DHCP from 0.0.0.0; nothing else.
         rule("ip4_in", vec![port_in(SET_IP4_OPEN), accept()]),
         rule(
@@ -498,21 +627,22 @@ fn rules() -> Vec<(&'static str, Vec<Expr>)> {
             vec![vec![load(BASE_NH, 14, 4), eq(&[0, 0, 0, 0])], accept()],
         ),
         rule("arp_in", vec![drop_counted("drop_arp").into()]),
-        // ip6_in: own addresses, any link-local, DAD from ::.
-        rule("ip6_in", vec![port_in(SET_IP6_OPEN), accept()]),
+        // ip6_in: declared addresses, the MAC's link-local, what the port
+        // claimed through DAD (FCFS: link-local always, global when no IPv6
+        // address is declared), and from :: only what a host sends before it
+        // has an address.
         rule(
             "ip6_in",
-            vec![
-                vec![iifname(), load2(BASE_NH, 8, 16), in_set(SET_IP6)],
-                accept(),
-            ],
+            vec![port_and_ip6(BASE_NH, 8), vec![in_set(SET_IP6)], accept()],
         ),
-        rule("ip6_in", vec![link_local(BASE_NH, 8).into(), accept()]),
-        // From :: only duplicate-address detection (NS) and its MLD report.
+        rule(
+            "ip6_in",
+            vec![port_and_ip6(BASE_NH, 8), vec![in_set(SET_LL)], accept()],
+        ),
         rule(
             "ip6_in",
             vec![
-                vec![load(BASE_NH, 8, 16), eq(&[0; 16])],
+                from_unspecified(),
                 icmpv6_type(ICMPV6_NEIGHBOR_SOLICIT),
                 accept(),
             ],
@@ -520,46 +650,157 @@ fn rules() -> Vec<(&'static str, Vec<Expr>)> {
         rule(
             "ip6_in",
             vec![
-                vec![load(BASE_NH, 8, 16), eq(&[0; 16])],
+                from_unspecified(),
                 icmpv6_type(ICMPV6_MLD2_REPORT),
                 accept(),
             ],
         ),
+        rule(
+            "ip6_in",
+            vec![
+                from_unspecified(),
+                icmpv6_type(ICMPV6_ROUTER_SOLICIT),
+                accept(),
+            ],
+        ),
+        rule(
+            "ip6_in",
+            vec![link_local(BASE_NH, 8).into(), jump("fcfs_src")],
+        ),
+        rule("ip6_in", vec![port_in(SET_IP6_OPEN), jump("fcfs_src")]),
         rule("ip6_in", vec![drop_counted("drop_ip6").into()]),
         // nd_in: the target of a neighbour advertisement (ICMPv6 offset 8) must
-        // be the port's: a declared address, or the link-local of its MAC.
+        // be the port's: declared, the link-local of its MAC, or claimed
+        // through DAD (which refreshes the binding: a host answering its
+        // neighbours' reachability probes still holds the address).
         rule(
             "nd_in",
             vec![
-                vec![iifname(), load2(BASE_TH, 8, 16), in_set(SET_IP6)],
+                port_and_ip6(BASE_TH, ND_TARGET),
+                vec![in_set(SET_IP6)],
                 ret(),
             ],
         ),
         rule(
             "nd_in",
             vec![
-                vec![iifname(), load2(BASE_TH, 8, 16), in_set(SET_LL)],
+                port_and_ip6(BASE_TH, ND_TARGET),
+                vec![in_set(SET_LL)],
                 ret(),
+            ],
+        ),
+        rule(
+            "nd_in",
+            vec![
+                port_and_ip6(BASE_TH, ND_TARGET),
+                vec![in_set(SET_FCFS_BINDINGS)],
+                bind(NFT_DYNSET_OP_UPDATE),
+                ret(),
+            ],
+        ),
+        // Another port's address (declared or claimed): on every port.
+        rule(
+            "nd_in",
+            vec![
+                vec![load(BASE_TH, ND_TARGET, 16), in_set(SET_FCFS_CLAIMED)],
+                drop_counted("drop_nd").into(),
             ],
         ),
         // Other link-local targets (the router's fe80::1, a neighbour's) only
         // from ports allowed to be routers.
         rule(
             "nd_in",
-            vec![link_local(BASE_TH, 8).into(), port_in(SET_RA), ret()],
+            vec![
+                link_local(BASE_TH, ND_TARGET).into(),
+                port_in(SET_RA),
+                ret(),
+            ],
         ),
         rule(
             "nd_in",
             vec![
-                link_local(BASE_TH, 8).into(),
+                link_local(BASE_TH, ND_TARGET).into(),
                 drop_counted("drop_nd").into(),
             ],
         ),
-        // A global target must be declared when the port's IPv6 is locked; with
-        // no IPv6 known (MAC-only, or IPv4 only) it is not checked.
+        // A global target nobody holds: MAC-only ports may advertise it; an
+        // IP-locked port only its own (above), FCFS or declared.
         rule("nd_in", vec![port_not_in(SET_LOCKED), ret()]),
-        rule("nd_in", vec![port_in(SET_IP6_OPEN), ret()]),
         rule("nd_in", vec![drop_counted("drop_nd").into()]),
+        // fcfs_dad: a DAD probe (NS from ::) claims its target for the port,
+        // first come first served (RFC 6620). Its own addresses need no claim;
+        // a repeated DAD refreshes the binding; another port's address is
+        // dropped (the prober is not told: its use of the address is dropped
+        // too); a free one is bound to the port for the binding's lifetime.
+        rule(
+            "fcfs_dad",
+            vec![
+                port_and_ip6(BASE_TH, ND_TARGET),
+                vec![in_set(SET_IP6)],
+                ret(),
+            ],
+        ),
+        rule(
+            "fcfs_dad",
+            vec![
+                port_and_ip6(BASE_TH, ND_TARGET),
+                vec![in_set(SET_LL)],
+                ret(),
+            ],
+        ),
+        rule(
+            "fcfs_dad",
+            vec![
+                port_and_ip6(BASE_TH, ND_TARGET),
+                vec![in_set(SET_FCFS_BINDINGS)],
+                bind(NFT_DYNSET_OP_UPDATE),
+                ret(),
+            ],
+        ),
+        rule(
+            "fcfs_dad",
+            vec![
+                vec![load(BASE_TH, ND_TARGET, 16), in_set(SET_FCFS_CLAIMED)],
+                drop_counted("drop_dad").into(),
+            ],
+        ),
+        // A new claim: within the port's rate, bind it.
+        rule(
+            "fcfs_dad",
+            vec![
+                vec![
+                    iifname(),
+                    Dynset {
+                        set: SET_FCFS_RATE,
+                        op: NFT_DYNSET_OP_ADD,
+                        sreg: REG_1,
+                        timeout_ms: FCFS_RATE_LIFETIME_MS,
+                        over: Some(FCFS_CLAIM_RATE),
+                    },
+                ],
+                drop_counted("drop_dad").into(),
+            ],
+        ),
+        rule(
+            "fcfs_dad",
+            vec![
+                port_and_ip6(BASE_TH, ND_TARGET),
+                bind(NFT_DYNSET_OP_ADD),
+                ret(),
+            ],
+        ),
+        // fcfs_src: a source the port claimed through DAD (refreshing the
+        // binding); anything else is dropped.
+        rule(
+            "fcfs_src",
+            vec![
+                port_and_ip6(BASE_NH, 8),
+                vec![in_set(SET_FCFS_BINDINGS)],
+                bind(NFT_DYNSET_OP_UPDATE),
+                accept(),
+            ],
+        ),
+        rule("fcfs_src", vec![drop_counted("drop_ip6").into()]),
     ]);
     rules
 }
@@ -650,6 +891,29 @@ fn encode_expr(m: &mut Msg, e: &Expr) {
             m.str(NFTA_EXPR_NAME, "objref").begin(NFTA_EXPR_DATA);
             m.u32(1, NFT_OBJECT_COUNTER).str(2, name);
         }
+        Dynset {
+            set,
+            op,
+            sreg,
+            timeout_ms,
+            over,
+        } => {
+            m.str(NFTA_EXPR_NAME, "dynset").begin(NFTA_EXPR_DATA);
+            m.str(NFTA_DYNSET_SET_NAME, set)
+                .u32(NFTA_DYNSET_OP, *op)
+                .u32(NFTA_DYNSET_SREG_KEY, *sreg)
+                .bytes(NFTA_DYNSET_TIMEOUT, &timeout_ms.to_be_bytes());
+            if let Some(rate) = over {
+                m.begin(NFTA_DYNSET_EXPR);
+                m.str(NFTA_EXPR_NAME, "limit").begin(NFTA_EXPR_DATA);
+                m.bytes(NFTA_LIMIT_RATE, &rate.per.to_be_bytes())
+                    .bytes(NFTA_LIMIT_UNIT, &rate.unit_s.to_be_bytes())
+                    .u32(NFTA_LIMIT_BURST, rate.burst)
+                    .u32(NFTA_LIMIT_TYPE, NFT_LIMIT_PKTS)
+                    .u32(NFTA_LIMIT_FLAGS, NFT_LIMIT_F_INV);
+                m.end().end();
+            }
+        }
         Verdict(v) => {
             m.str(NFTA_EXPR_NAME, "immediate").begin(NFTA_EXPR_DATA);
             m.u32(1, REG_VERDICT).begin(2).begin(NFTA_DATA_VERDICT);
@@ -685,14 +949,27 @@ fn add_layout(batch: &mut super::nfnl::Batch, tag: Option<&str>) {
     m.str(NFTA_TABLE_NAME, TABLE);
     batch.push(m, format!("creating table bridge {TABLE}"));
 
-    for (i, (name, key_type, key_len)) in SETS.iter().enumerate() {
+    let fcfs = FCFS_SETS.iter().map(|s| (s, true));
+    for (i, ((name, key_type, key_len), dynamic)) in
+        SETS.iter().map(|s| (s, false)).chain(fcfs).enumerate()
+    {
+        let flags = if dynamic {
+            NFT_SET_EVAL | NFT_SET_TIMEOUT
+        } else {
+            0
+        };
         let mut m = Msg::new(msg::NEWSET, create, NFPROTO_BRIDGE);
         m.str(NFTA_SET_TABLE, TABLE)
             .str(NFTA_SET_NAME, name)
-            .u32(NFTA_SET_FLAGS, 0)
+            .u32(NFTA_SET_FLAGS, flags)
             .u32(NFTA_SET_KEY_TYPE, *key_type)
             .u32(NFTA_SET_KEY_LEN, *key_len)
             .u32(NFTA_SET_ID, i as u32 + 1);
+        if dynamic {
+            m.begin(NFTA_SET_DESC)
+                .u32(NFTA_SET_DESC_SIZE, FCFS_SET_SIZE)
+                .end();
+        }
         // NFTNL_UDATA_SET_KEYBYTEORDER: host order for ifname keys (so nft prints strings).
         if *key_type == TYPE_IFNAME {
             m.bytes(NFTA_SET_USERDATA, &[0, 4, 1, 0, 0, 0]);
@@ -799,5 +1076,203 @@ mod tests {
         assert_eq!(sent.len(), encoding.len());
         let (what, _) = &sent[last];
         assert!(what.contains(layout()), "{what}");
+    }
+    /// The NEWSET message of `name`, decoded: (flags, size from the description).
+    fn set_shape(name: &str) -> (u32, Option<u32>) {
+        let encoding = layout_encoding();
+        let (_, bytes) = encoding
+            .iter()
+            .find(|(what, _)| what == &format!("creating set {name}"))
+            .unwrap();
+        let body = &bytes[20..];
+        let be32 = |d: &[u8]| u32::from_be_bytes(d.try_into().unwrap());
+        let flags = be32(crate::portsec::nfnl::attr(body, NFTA_SET_FLAGS).unwrap());
+        let size = crate::portsec::nfnl::attr(body, NFTA_SET_DESC)
+            .and_then(|d| crate::portsec::nfnl::attr(d, NFTA_SET_DESC_SIZE))
+            .map(be32);
+        (flags, size)
+    }
+
+    #[test]
+    fn fcfs_sets_are_dynamic_with_timeouts_and_bounded() {
+        for (name, _, _) in FCFS_SETS {
+            assert_eq!(
+                set_shape(name),
+                (NFT_SET_EVAL | NFT_SET_TIMEOUT, Some(FCFS_SET_SIZE)),
+                "{name}"
+            );
+        }
+        // The sets filled from the control plane keep their plain shape, so
+        // tables of the previous layout keep their elements.
+        for (name, _, _) in SETS {
+            assert_eq!(set_shape(name), (0, None), "{name}");
+        }
+    }
+
+    #[test]
+    fn dynset_is_encoded_with_its_op_key_register_and_timeout() {
+        let mut m = Msg::new(msg::NEWRULE, 0, NFPROTO_BRIDGE);
+        encode_expr(
+            &mut m,
+            &Dynset {
+                set: SET_FCFS_BINDINGS,
+                op: NFT_DYNSET_OP_UPDATE,
+                sreg: REG_1,
+                timeout_ms: FCFS_LIFETIME_MS,
+                over: None,
+            },
+        );
+        let mut batch = crate::portsec::nfnl::Batch::new();
+        batch.push(m, "rule");
+        let (_, bytes) = batch.encoded().remove(0);
+        use crate::portsec::nfnl::{attr, attr_str};
+        let elem = attr(&bytes[20..], NFTA_LIST_ELEM).unwrap();
+        assert_eq!(attr_str(elem, NFTA_EXPR_NAME).as_deref(), Some("dynset"));
+        let data = attr(elem, NFTA_EXPR_DATA).unwrap();
+        assert_eq!(
+            attr_str(data, NFTA_DYNSET_SET_NAME).as_deref(),
+            Some(SET_FCFS_BINDINGS)
+        );
+        assert_eq!(attr(data, NFTA_DYNSET_OP), Some(&1u32.to_be_bytes()[..]));
+        assert_eq!(
+            attr(data, NFTA_DYNSET_SREG_KEY),
+            Some(&REG_1.to_be_bytes()[..])
+        );
+        // Milliseconds, big-endian 64 bits (nf_msecs_to_jiffies64).
+        assert_eq!(
+            attr(data, NFTA_DYNSET_TIMEOUT),
+            Some(&604_800_000u64.to_be_bytes()[..])
+        );
+    }
+
+    fn chain_rules(chain: &str) -> Vec<Vec<Expr>> {
+        rules()
+            .into_iter()
+            .filter(|(c, _)| *c == chain)
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    #[test]
+    fn every_drop_is_counted_and_every_chain_is_reached() {
+        let all = rules();
+        for (chain, exprs) in &all {
+            for (i, e) in exprs.iter().enumerate() {
+                if *e == Verdict(Verdict::Drop) {
+                    assert!(
+                        i > 0 && matches!(exprs[i - 1], Counter(_)),
+                        "an uncounted drop in {chain}"
+                    );
+                }
+            }
+        }
+        let jumped: std::collections::HashSet<&str> = all
+            .iter()
+            .flat_map(|(_, exprs)| exprs)
+            .filter_map(|e| match e {
+                Verdict(Verdict::Jump(to)) => Some(*to),
+                _ => None,
+            })
+            .collect();
+        for chain in CHAINS.iter().skip(1) {
+            assert!(jumped.contains(chain), "{chain} is never jumped to");
+        }
+        for to in jumped {
+            assert!(CHAINS.contains(&to), "a jump to {to}, which is not created");
+        }
+    }
+
+    /// FCFS: a DAD probe binds (the only `add`, the last rule, after another
+    /// port's claim was dropped with drop_dad); link-local sources are never
+    /// accepted outright, only through fcfs_src, which refreshes what it accepts.
+    #[test]
+    fn fcfs_chains_bind_on_dad_and_check_sources() {
+        let adds: Vec<(&str, usize)> = rules()
+            .iter()
+            .flat_map(|(chain, exprs)| {
+                exprs.iter().filter_map(move |e| match e {
+                    Dynset { op, .. } if *op == NFT_DYNSET_OP_ADD => Some(*chain),
+                    _ => None,
+                })
+            })
+            .fold(Vec::new(), |mut v, chain| {
+                match v.iter_mut().find(|(c, _)| *c == chain) {
+                    Some((_, n)) => *n += 1,
+                    None => v.push((chain, 1)),
+                }
+                v
+            });
+        assert_eq!(
+            adds,
+            [("fcfs_dad", 3)],
+            "the meter and both sets, from DAD only"
+        );
+        let dad = chain_rules("fcfs_dad");
+        let n = dad.len();
+        let last = &dad[n - 1];
+        assert!(last
+            .iter()
+            .any(|e| matches!(e, Dynset { set, .. } if *set == SET_FCFS_CLAIMED)));
+        assert!(last
+            .iter()
+            .any(|e| matches!(e, Dynset { set, .. } if *set == SET_FCFS_BINDINGS)));
+        // Before it, new claims over the port's rate are dropped...
+        let metered = &dad[n - 2];
+        assert!(metered.iter().any(|e| matches!(
+            e,
+            Dynset { set, over: Some(_), .. } if *set == SET_FCFS_RATE
+        )));
+        assert!(metered.contains(&Counter("drop_dad")));
+        // ...and before that, a claim on what another port holds.
+        let taken = &dad[n - 3];
+        assert!(taken.contains(&Lookup {
+            set: SET_FCFS_CLAIMED,
+            inv: false
+        }));
+        assert!(taken.contains(&Counter("drop_dad")));
+
+        // In ip6_in, a link-local source leads to fcfs_src, never to accept.
+        for exprs in chain_rules("ip6_in") {
+            let link_local_match = exprs.windows(3).any(|w| {
+                matches!(&w[1], Bitwise { mask, .. } if mask == &[0xff, 0xc0])
+                    && w[2] == eq(&[0xfe, 0x80])
+            });
+            if link_local_match {
+                assert_eq!(exprs.last(), Some(&Verdict(Verdict::Jump("fcfs_src"))));
+            }
+        }
+        let src = chain_rules("fcfs_src");
+        assert_eq!(src.len(), 2);
+        assert!(src[0].contains(&Lookup {
+            set: SET_FCFS_BINDINGS,
+            inv: false
+        }));
+        assert!(src[0]
+            .iter()
+            .any(|e| matches!(e, Dynset { op, .. } if *op == NFT_DYNSET_OP_UPDATE)));
+        assert_eq!(src[0].last(), Some(&Verdict(Verdict::Accept)));
+        assert_eq!(src[1], drop_counted("drop_ip6").to_vec());
+        // NA targets: another port's claim is dropped before any link-local
+        // allowance (routers included).
+        let nd = chain_rules("nd_in");
+        let claimed = nd
+            .iter()
+            .position(|r| {
+                r.contains(&Lookup {
+                    set: SET_FCFS_CLAIMED,
+                    inv: false,
+                })
+            })
+            .unwrap();
+        let router = nd
+            .iter()
+            .position(|r| {
+                r.contains(&Lookup {
+                    set: SET_RA,
+                    inv: false,
+                })
+            })
+            .unwrap();
+        assert!(claimed < router);
     }
 }

@@ -149,6 +149,7 @@ fn ieee8023(dst: [u8; 6], llc: &[u8]) -> Vec<u8> {
 
 /// One frame of the table: sent from the VM, expected at the peer or dropped
 /// with `drop`'s counter (a reason of `DropCounters::by_reason`).
+#[derive(Clone)]
 struct Case {
     id: u8,
     what: &'static str,
@@ -660,6 +661,70 @@ fn slaac_cases(drop: bool) -> Vec<Case> {
     ]
 }
 
+const VM2_MAC: [u8; 6] = [0x02, 0x50, 0x56, 0, 0, 0x04];
+const VM2_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
+
+/// The VM's stable-privacy link-local (RFC 7217; NetworkManager's default):
+/// not the EUI-64 of its MAC, so only its DAD makes it the port's.
+fn stable_ll() -> Ipv6Addr {
+    "fe80::a1b2:c3d4:e5f6:1".parse().unwrap()
+}
+/// The second VM's stable-privacy link-local.
+fn vm2_stable_ll() -> Ipv6Addr {
+    "fe80::a1b2:c3d4:e5f6:2".parse().unwrap()
+}
+/// The second VM's EUI-64 link-local (of VM2_MAC).
+fn vm2_ll() -> Ipv6Addr {
+    "fe80::50:56ff:fe00:4".parse().unwrap()
+}
+
+/// Duplicate-address detection for `target` from `mac`: a neighbour
+/// solicitation from :: to the target's solicited-node group.
+fn dad(mac: [u8; 6], target: Ipv6Addr, id: u8) -> Vec<u8> {
+    let t = target.octets();
+    let group = Ipv6Addr::from([
+        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, t[13], t[14], t[15],
+    ]);
+    eth(
+        [0x33, 0x33, 0xff, t[13], t[14], t[15]],
+        mac,
+        0x86dd,
+        &ipv6(
+            Ipv6Addr::UNSPECIFIED,
+            group,
+            58,
+            &nd(135, target, &marker(id)),
+        ),
+    )
+}
+
+/// An IPv6 packet from `src` (no next header), sent by `mac`.
+fn ip6_from(mac: [u8; 6], src: Ipv6Addr, id: u8) -> Vec<u8> {
+    eth(BCAST, mac, 0x86dd, &ipv6(src, all_nodes(), 59, &marker(id)))
+}
+
+/// A neighbour advertisement for `target`, from `src`, sent by `mac`.
+fn na(mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr, id: u8) -> Vec<u8> {
+    eth(
+        BCAST,
+        mac,
+        0x86dd,
+        &ipv6(src, all_nodes(), 58, &nd(136, target, &marker(id))),
+    )
+}
+
+/// DAD for the SLAAC address, then its use and its neighbour advertisement.
+fn slaac_after_dad() -> Vec<Case> {
+    let mut cases = vec![case(
+        62,
+        "DAD for its SLAAC address",
+        dad(VM_MAC, slaac_ip6(), 62),
+        None,
+    )];
+    cases.extend(slaac_cases(false));
+    cases
+}
+
 // ---------------------------------------------------------------- AF_PACKET
 
 /// Marker ids in the frames `socket` hears during `window`.
@@ -676,8 +741,13 @@ fn seen(socket: &PacketSocket, window: Duration) -> HashSet<u8> {
 
 /// Sends every case's frame from the VM and returns the ids the peer received.
 fn send_cases(lab: &PortLab, cases: &[Case]) -> HashSet<u8> {
+    send_from(lab, &lab.vm, cases)
+}
+
+/// Sends every case's frame from `vm`'s eth0 and returns the ids the peer received.
+fn send_from(lab: &PortLab, vm: &Netns, cases: &[Case]) -> HashSet<u8> {
     let rx = PacketSocket::open(&lab.peer, "eth0");
-    let tx = PacketSocket::open(&lab.vm, "eth0");
+    let tx = PacketSocket::open(vm, "eth0");
     // Drain whatever was queued before.
     let _ = seen(&rx, Duration::from_millis(100));
     for c in cases {
@@ -694,49 +764,76 @@ fn counters(lab: &PortLab) -> DropCounters {
 /// are installed (so the table can fail), then each is dropped with its counter
 /// moving by exactly one, or passes.
 fn frame_table(lab: &PortLab, rules: &PortRules, cases: &[Case]) {
-    let ids: HashSet<u8> = cases.iter().map(|c| c.id).collect();
-    assert_eq!(ids.len(), cases.len(), "case ids are unique");
-    let before = send_cases(lab, cases);
-    for c in cases {
-        assert!(
-            before.contains(&c.id),
-            "without port security, {} (case {}) must arrive",
-            c.what,
-            c.id
-        );
-    }
+    phased_frame_table(
+        lab,
+        std::slice::from_ref(rules),
+        &[(&lab.vm, cases.to_vec())],
+    );
+}
 
-    let r = rules.clone();
-    in_ns(&lab.node, move || portsec::install(&r)).expect("install");
-    let r = rules.clone();
-    in_ns(&lab.node, move || portsec::verify(&r)).expect("verify after install");
-
-    let c0 = counters(lab);
-    let got = send_cases(lab, cases);
-    let c1 = counters(lab);
-    println!("drop counters after the frames: {c1:?}");
-    let mut expected: BTreeMap<&str, u64> = c0.by_reason().iter().map(|(r, _)| (*r, 0)).collect();
-    for c in cases {
-        match c.drop {
-            Some(reason) => {
-                assert!(
-                    !got.contains(&c.id),
-                    "{} (case {}) went through",
-                    c.what,
-                    c.id
-                );
-                *expected.get_mut(reason).expect("a known reason") += 1;
-            }
-            None => assert!(
-                got.contains(&c.id),
-                "{} (case {}) was dropped",
+/// A frame table in phases, each sent from one VM in order after the previous
+/// (what a phase claims through DAD, the next finds claimed): every frame of
+/// every phase arrives before `rules` are installed, then each is dropped with
+/// its counter or passes, and the counters move by exactly the drops.
+fn phased_frame_table(lab: &PortLab, rules: &[PortRules], phases: &[(&Netns, Vec<Case>)]) {
+    let ids: Vec<u8> = phases
+        .iter()
+        .flat_map(|(_, cases)| cases.iter().map(|c| c.id))
+        .collect();
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        ids.len(),
+        "case ids are unique"
+    );
+    for (vm, cases) in phases {
+        let before = send_from(lab, vm, cases);
+        for c in cases {
+            assert!(
+                before.contains(&c.id),
+                "without port security, {} (case {}) must arrive",
                 c.what,
                 c.id
-            ),
+            );
         }
     }
-    // The VM's own stack only uses what it may (its addresses, its
-    // link-local), so it adds no drops of its own.
+
+    for r in rules {
+        let r = r.clone();
+        in_ns(&lab.node, move || portsec::install(&r)).expect("install");
+    }
+    for r in rules {
+        let r = r.clone();
+        in_ns(&lab.node, move || portsec::verify(&r)).expect("verify after install");
+    }
+
+    let c0 = counters(lab);
+    let mut expected: BTreeMap<&str, u64> = c0.by_reason().iter().map(|(r, _)| (*r, 0)).collect();
+    for (vm, cases) in phases {
+        let got = send_from(lab, vm, cases);
+        for c in cases {
+            match c.drop {
+                Some(reason) => {
+                    assert!(
+                        !got.contains(&c.id),
+                        "{} (case {}) went through",
+                        c.what,
+                        c.id
+                    );
+                    *expected.get_mut(reason).expect("a known reason") += 1;
+                }
+                None => assert!(
+                    got.contains(&c.id),
+                    "{} (case {}) was dropped",
+                    c.what,
+                    c.id
+                ),
+            }
+        }
+    }
+    let c1 = counters(lab);
+    println!("drop counters after the frames: {c1:?}");
+    // The VMs' own stacks only use what they may (their addresses, their
+    // link-locals), so they add no drops of their own.
     let delta: BTreeMap<&str, u64> = c0
         .by_reason()
         .iter()
@@ -816,21 +913,63 @@ fn port_with_only_ipv4_known_keeps_slaac_and_link_local() {
         ips: vec![IpAddr::V4(VM_IP)],
         ..vm_rules()
     };
-    // IPv4 is locked, IPv6 is not dropped wholesale: its SLAAC address and
-    // link-local pass; the router and DHCP guards and link-local NA targets hold.
+    // IPv4 is locked, IPv6 is not dropped wholesale but governed by FCFS: its
+    // SLAAC address passes once claimed through DAD, its MAC's link-local
+    // passes; an address it never claimed does not; the router and DHCP guards
+    // and NA targets hold.
+    let never_claimed = own_ip6_passes().into_iter().map(|c| {
+        let reason = if c.id == 26 { "ip6" } else { "nd" };
+        Case {
+            what: "IPv6 address neither declared nor claimed through DAD",
+            drop: Some(reason),
+            ..c
+        }
+    });
     let cases: Vec<Case> = [
         every_port_drops(),
         locked_port_drops(),
-        slaac_cases(false),
+        slaac_after_dad(),
         every_port_passes(),
-        own_ip6_passes(),
+        never_claimed.collect(),
     ]
     .into_iter()
     .flatten()
     .collect();
     frame_table(&lab, &rules, &cases);
-    assert!(ping(&lab.vm, &["2001:db8::3"]), "ping over undeclared IPv6");
     assert!(ping(&lab.vm, &["10.0.0.3"]), "ping over IPv4");
+
+    // The guest's own DAD claims an address it configures: real traffic from
+    // it works; from its address configured without DAD it does not.
+    lab.vm.ip_line("addr add 2001:db8::77/64 dev eth0");
+    wait_for_dad(&lab.vm);
+    assert!(
+        ping(&lab.vm, &["-I", "2001:db8::77", "2001:db8::3"]),
+        "ping from an address the guest claimed through DAD"
+    );
+    assert!(
+        !ping(&lab.vm, &["-I", "2001:db8::2", "2001:db8::3"]),
+        "an address configured without DAD is not the port's"
+    );
+    let listed = lab
+        .node
+        .exec(&["nft", "list", "set", "bridge", "portgroup", "fcfs_bindings"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("\"pv1\" . 2001:db8::77 timeout 7d expires"),
+        "{listed}"
+    );
+}
+
+/// Waits until no address of `ns`'s eth0 is tentative (its DAD is done).
+fn wait_for_dad(ns: &Netns) {
+    for _ in 0..100 {
+        let out = ns.exec(&["ip", "-6", "addr", "show", "dev", "eth0", "tentative"]);
+        if out.stdout.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("DAD did not finish within 10 s");
 }
 
 #[test]
@@ -1370,7 +1509,7 @@ fn a_declared_link_local_may_be_advertised_without_locking_ipv6() {
                 Some("nd"),
             ),
         ],
-        slaac_cases(false),
+        slaac_after_dad(),
         every_port_drops(),
         every_port_passes(),
     ]
@@ -1378,4 +1517,602 @@ fn a_declared_link_local_may_be_advertised_without_locking_ipv6() {
     .flatten()
     .collect();
     frame_table(&lab, &rules, &cases);
+}
+
+/// Two IPv4-only ports (IPv6 governed by FCFS): the first VM claims a
+/// stable-privacy link-local and a SLAAC global through DAD and uses them; the
+/// second VM's DAD for either, its use of them as source and its neighbour
+/// advertisements for them are dropped; sources nobody claimed are dropped.
+/// The bindings go with the first port's removal and survive a chain rebuild.
+#[test]
+fn fcfs_a_port_uses_what_it_claimed_through_dad_and_nobody_else_does() {
+    let lab = lab();
+    let vm2 = second_vm(&lab);
+
+    let port1 = PortRules {
+        ips: vec![IpAddr::V4(VM_IP)],
+        ..vm_rules()
+    };
+    let port2 = PortRules {
+        host_veth: "pv2".into(),
+        mac: MacAddr(VM2_MAC),
+        ips: vec![IpAddr::V4(VM2_IP)],
+        ..vm_rules()
+    };
+    let unclaimed: Ipv6Addr = "fe80::dead:beef:1".parse().unwrap();
+    let first: Vec<Case> = [
+        vec![
+            case(
+                100,
+                "DAD for its stable-privacy link-local",
+                dad(VM_MAC, stable_ll(), 100),
+                None,
+            ),
+            case(
+                101,
+                "DAD for its SLAAC global",
+                dad(VM_MAC, slaac_ip6(), 101),
+                None,
+            ),
+            case(
+                102,
+                "IPv6 from its link-local after DAD",
+                ip6_from(VM_MAC, stable_ll(), 102),
+                None,
+            ),
+            case(
+                103,
+                "neighbour advertisement for its link-local after DAD",
+                na(VM_MAC, stable_ll(), stable_ll(), 103),
+                None,
+            ),
+            case(
+                104,
+                "DHCPv6 solicit from its link-local after DAD",
+                eth(
+                    BCAST,
+                    VM_MAC,
+                    0x86dd,
+                    &ipv6(
+                        stable_ll(),
+                        "ff02::1:2".parse().unwrap(),
+                        17,
+                        &udp(546, 547, &marker(104)),
+                    ),
+                ),
+                None,
+            ),
+            case(
+                105,
+                "DAD again for its link-local (refresh)",
+                dad(VM_MAC, stable_ll(), 105),
+                None,
+            ),
+            case(
+                106,
+                "IPv6 from a link-local nobody claimed",
+                ip6_from(VM_MAC, unclaimed, 106),
+                Some("ip6"),
+            ),
+            case(
+                107,
+                "router solicitation from ::",
+                eth(
+                    BCAST,
+                    VM_MAC,
+                    0x86dd,
+                    &ipv6(
+                        Ipv6Addr::UNSPECIFIED,
+                        "ff02::2".parse().unwrap(),
+                        58,
+                        &icmpv6(133, &[0; 4], &marker(107)),
+                    ),
+                ),
+                None,
+            ),
+        ],
+        // SLAAC global after DAD on a port with IPv4 only reserved.
+        slaac_cases(false),
+        every_port_passes(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let second = vec![
+        case(
+            110,
+            "second port's DAD for the first's link-local",
+            dad(VM2_MAC, stable_ll(), 110),
+            Some("dad"),
+        ),
+        case(
+            111,
+            "second port's IPv6 from the first's link-local",
+            ip6_from(VM2_MAC, stable_ll(), 111),
+            Some("ip6"),
+        ),
+        case(
+            112,
+            "second port's neighbour advertisement for the first's link-local",
+            na(VM2_MAC, vm2_ll(), stable_ll(), 112),
+            Some("nd"),
+        ),
+        case(
+            113,
+            "second port's DAD for the first's SLAAC global",
+            dad(VM2_MAC, slaac_ip6(), 113),
+            Some("dad"),
+        ),
+        case(
+            114,
+            "second port's IPv6 from the first's SLAAC global",
+            ip6_from(VM2_MAC, slaac_ip6(), 114),
+            Some("ip6"),
+        ),
+        case(
+            115,
+            "second port's neighbour advertisement for the first's SLAAC global",
+            na(VM2_MAC, vm2_ll(), slaac_ip6(), 115),
+            Some("nd"),
+        ),
+        case(
+            116,
+            "second port's DAD for the link-local of the first's MAC",
+            dad(VM2_MAC, vm_ll(), 116),
+            Some("dad"),
+        ),
+        case(
+            117,
+            "second port's DAD for its own link-local",
+            dad(VM2_MAC, vm2_stable_ll(), 117),
+            None,
+        ),
+        case(
+            118,
+            "second port's IPv6 from its own link-local after DAD",
+            ip6_from(VM2_MAC, vm2_stable_ll(), 118),
+            None,
+        ),
+        case(
+            119,
+            "second port's IPv6 from its MAC's link-local",
+            ip6_from(VM2_MAC, vm2_ll(), 119),
+            None,
+        ),
+    ];
+    phased_frame_table(
+        &lab,
+        &[port1.clone(), port2.clone()],
+        &[(&lab.vm, first), (&vm2, second)],
+    );
+
+    let bindings = || {
+        let out = lab
+            .node
+            .exec(&["nft", "list", "set", "bridge", "portgroup", "fcfs_bindings"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = bindings();
+    println!("{listed}");
+    for (port, addr) in [
+        ("pv1", stable_ll()),
+        ("pv1", slaac_ip6()),
+        ("pv2", vm2_stable_ll()),
+    ] {
+        assert!(
+            listed.contains(&format!("\"{port}\" . {addr} timeout 7d expires")),
+            "{port} . {addr} is bound and lapses: {listed}"
+        );
+    }
+    assert!(
+        !listed.contains(&format!("\"pv2\" . {}", stable_ll())),
+        "{listed}"
+    );
+
+    // Two real guests configure one address: the first one's DAD claims it;
+    // the second one's DAD is dropped (it is not told), and so is its use.
+    lab.vm.ip_line("addr add 2001:db8::88/64 dev eth0");
+    wait_for_dad(&lab.vm);
+    let before = counters(&lab);
+    vm2.ip_line("addr add 2001:db8::88/64 dev eth0");
+    wait_for_dad(&vm2);
+    assert!(
+        ping(&lab.vm, &["-I", "2001:db8::88", "2001:db8::3"]),
+        "the first guest uses what it claimed"
+    );
+    assert!(
+        !ping(&vm2, &["-I", "2001:db8::88", "2001:db8::3"]),
+        "the second guest's use of it is dropped"
+    );
+    let after = counters(&lab);
+    assert!(after.dad > before.dad, "{before:?} -> {after:?}");
+    assert!(after.ip6 > before.ip6, "{before:?} -> {after:?}");
+    let listed = bindings();
+
+    // A damaged table is rebuilt by the next install; the bindings stay.
+    let out = lab
+        .node
+        .exec(&["nft", "flush", "chain", "bridge", "portgroup", "fcfs_dad"]);
+    assert!(out.status.success());
+    let r = port2.clone();
+    in_ns(&lab.node, move || portsec::install(&r)).expect("install repairs");
+    let r = port1.clone();
+    in_ns(&lab.node, move || portsec::verify(&r)).expect("verify after repair");
+    assert_eq!(
+        bound_pairs(&bindings()),
+        bound_pairs(&listed),
+        "bindings survive a chain rebuild"
+    );
+
+    // The first port's removal takes its bindings and claims: its addresses
+    // are free for the next DAD.
+    in_ns(&lab.node, || portsec::remove("pv1")).expect("remove");
+    let after = bindings();
+    assert!(!after.contains("\"pv1\""), "{after}");
+    let claimed = lab
+        .node
+        .exec(&["nft", "list", "set", "bridge", "portgroup", "fcfs_claimed"]);
+    let claimed = String::from_utf8_lossy(&claimed.stdout);
+    for addr in [stable_ll(), slaac_ip6(), vm_ll()] {
+        assert!(!claimed.contains(&addr.to_string()), "{addr}: {claimed}");
+    }
+    let c0 = counters(&lab);
+    let got = send_from(
+        &lab,
+        &vm2,
+        &[
+            case(
+                120,
+                "DAD for a removed port's link-local",
+                dad(VM2_MAC, stable_ll(), 120),
+                None,
+            ),
+            case(
+                121,
+                "IPv6 from it after DAD",
+                ip6_from(VM2_MAC, stable_ll(), 121),
+                None,
+            ),
+        ],
+    );
+    assert_eq!(got, HashSet::from([120, 121]));
+    assert_eq!(counters(&lab), c0);
+    assert!(bound_pairs(&bindings()).contains(&format!("\"pv2\" . {}", stable_ll())));
+
+    // The collector releases them too.
+    let removed = in_ns(&lab.node, || portsec::remove_all_not_in(&[])).expect("gc");
+    assert_eq!(removed, Vec::<String>::new(), "pv2 still exists");
+    lab.node.ip_line("link del pv2");
+    let removed = in_ns(&lab.node, || portsec::remove_all_not_in(&[])).expect("gc");
+    assert_eq!(removed, ["pv2"]);
+    let claimed = lab
+        .node
+        .exec(&["nft", "list", "set", "bridge", "portgroup", "fcfs_claimed"]);
+    let claimed = String::from_utf8_lossy(&claimed.stdout);
+    assert!(!claimed.contains("fe80"), "{claimed}");
+    assert!(!bindings().contains("pv2"));
+}
+
+/// A second VM on the lab's bridge: port `pv2`, VM2_MAC, 10.0.0.4/24.
+fn second_vm(lab: &PortLab) -> Netns {
+    let vm2 = Netns::new("vm2");
+    lab.node.ip_line(&format!(
+        "link add pv2 type veth peer name eth0 netns {}",
+        vm2.name
+    ));
+    lab.node.ip_line("link set pv2 master br0 up");
+    vm2.ip_line(&format!("link set eth0 address {}", mac_str(&VM2_MAC)));
+    vm2.ip_line("addr add 10.0.0.4/24 dev eth0");
+    vm2.ip_line("link set eth0 up");
+    vm2
+}
+
+/// A MAC-only port (no IP known) is not source-checked, but it learns and
+/// respects claims: its DAD for another port's address and its neighbour
+/// advertisements for it are dropped, its own DAD binds.
+#[test]
+fn fcfs_a_mac_only_port_cannot_take_a_claimed_address() {
+    let lab = lab();
+    let vm2 = second_vm(&lab);
+    let port1 = PortRules {
+        ips: vec![IpAddr::V4(VM_IP)],
+        ..vm_rules()
+    };
+    let mac_only = PortRules {
+        host_veth: "pv2".into(),
+        mac: MacAddr(VM2_MAC),
+        ips: vec![],
+        ..vm_rules()
+    };
+    let first = vec![
+        case(
+            160,
+            "DAD for its link-local",
+            dad(VM_MAC, stable_ll(), 160),
+            None,
+        ),
+        case(
+            161,
+            "DAD for its SLAAC global",
+            dad(VM_MAC, slaac_ip6(), 161),
+            None,
+        ),
+    ];
+    let second = vec![
+        case(
+            162,
+            "MAC-only port's DAD for another port's link-local",
+            dad(VM2_MAC, stable_ll(), 162),
+            Some("dad"),
+        ),
+        case(
+            163,
+            "MAC-only port's neighbour advertisement for another port's SLAAC global",
+            na(VM2_MAC, vm2_ll(), slaac_ip6(), 163),
+            Some("nd"),
+        ),
+        case(
+            164,
+            "MAC-only port's neighbour advertisement for a global nobody holds",
+            na(VM2_MAC, vm2_ll(), forged_ip6(), 164),
+            None,
+        ),
+        case(
+            165,
+            "MAC-only port's IPv6 from any source (not source-checked)",
+            ip6_from(VM2_MAC, forged_ip6(), 165),
+            None,
+        ),
+        case(
+            166,
+            "MAC-only port's DAD for its own link-local",
+            dad(VM2_MAC, vm2_stable_ll(), 166),
+            None,
+        ),
+    ];
+    phased_frame_table(
+        &lab,
+        &[port1, mac_only],
+        &[(&lab.vm, first), (&vm2, second)],
+    );
+    let out = lab
+        .node
+        .exec(&["nft", "list", "set", "bridge", "portgroup", "fcfs_bindings"]);
+    let pairs = bound_pairs(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        pairs.contains(&format!("\"pv2\" . {}", vm2_stable_ll())),
+        "{pairs:?}"
+    );
+}
+
+/// The `"port" . address` pairs of an `nft list set` of fcfs_bindings.
+fn bound_pairs(listing: &str) -> std::collections::BTreeSet<String> {
+    let Some((_, elements)) = listing.split_once("elements = {") else {
+        return Default::default();
+    };
+    let elements = elements.split('}').next().unwrap_or_default();
+    elements
+        .split(',')
+        .filter_map(|e| e.split(" timeout").next())
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect()
+}
+
+/// A reservation outranks a DAD claim made before it was known: installing the
+/// port that declares the address takes it from the port that claimed it.
+#[test]
+fn fcfs_a_declared_address_is_taken_from_an_earlier_dad_claim() {
+    let node = Netns::new("node");
+    in_ns(&node, || portsec::install(&port(1))).expect("install");
+    let taken = "2001:db8::5";
+    let nft = |cmd: &str| {
+        let out = node.exec(&["nft", cmd]);
+        assert!(
+            out.status.success(),
+            "nft {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // What the packet path leaves after pgs1's DAD for the address.
+    nft(&format!(
+        "add element bridge portgroup fcfs_claimed {{ {taken} timeout 1h }}"
+    ));
+    nft(&format!(
+        "add element bridge portgroup fcfs_bindings {{ \"pgs1\" . {taken} timeout 1h }}"
+    ));
+    let reserved = PortRules {
+        ips: vec![IpAddr::V6(taken.parse().unwrap())],
+        ..port(2)
+    };
+    let r = reserved.clone();
+    in_ns(&node, move || portsec::install(&r)).expect("install the reservation");
+    let list = |set: &str| {
+        let out = node.exec(&["nft", "list", "set", "bridge", "portgroup", set]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let claimed = list("fcfs_claimed");
+    assert!(claimed.contains(taken), "{claimed}");
+    assert!(
+        !claimed.contains(&format!("{taken} timeout")),
+        "the claim is for good now: {claimed}"
+    );
+    assert!(!list("fcfs_bindings").contains(taken));
+    in_ns(&node, move || portsec::verify(&reserved)).expect("verify");
+
+    // Verify notices a declared address that lost its claim, or whose claim
+    // is a DAD claim that lapses; install repairs both.
+    let reserved = move || PortRules {
+        ips: vec![IpAddr::V6(taken.parse().unwrap())],
+        ..port(2)
+    };
+    for lapsing in [false, true] {
+        nft(&format!(
+            "delete element bridge portgroup fcfs_claimed {{ {taken} }}"
+        ));
+        if lapsing {
+            nft(&format!(
+                "add element bridge portgroup fcfs_claimed {{ {taken} timeout 1h }}"
+            ));
+        }
+        let e = in_ns(&node, move || portsec::verify(&reserved()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fcfs_claimed"), "{e}");
+        in_ns(&node, move || portsec::install(&reserved())).expect("install repairs");
+        in_ns(&node, move || portsec::verify(&reserved())).expect("verify");
+    }
+}
+
+/// The bindings a flush of the ruleset loses can be listed beforehand and
+/// restored once the table is back: with the lifetime they had left, for
+/// ports still secured, and not over an address someone holds by then.
+#[test]
+fn fcfs_bindings_are_listed_and_restored_after_a_flush() {
+    let node = Netns::new("node");
+    for i in 1..=3 {
+        in_ns(&node, move || portsec::install(&port(i))).expect("install");
+    }
+    let nft = |cmd: &str| {
+        let out = node.exec(&["nft", cmd]);
+        assert!(
+            out.status.success(),
+            "nft {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // What the packet path leaves after DAD on pgs1, pgs2 and pgs3.
+    for (port, addr) in [
+        ("pgs1", "fe80::1:1"),
+        ("pgs1", "fe80::1:2"),
+        ("pgs2", "fe80::2:1"),
+        ("pgs3", "fe80::3:1"),
+    ] {
+        nft(&format!(
+            "add element bridge portgroup fcfs_claimed {{ {addr} timeout 1h }}"
+        ));
+        nft(&format!(
+            "add element bridge portgroup fcfs_bindings {{ \"{port}\" . {addr} timeout 1h }}"
+        ));
+    }
+    let snapshot = in_ns(&node, portsec::fcfs_bindings).expect("list");
+    let pairs: Vec<(String, String)> = snapshot
+        .iter()
+        .map(|b| (b.port.clone(), b.address.to_string()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("pgs1".to_string(), "fe80::1:1".to_string()),
+            ("pgs1".into(), "fe80::1:2".into()),
+            ("pgs2".into(), "fe80::2:1".into()),
+            ("pgs3".into(), "fe80::3:1".into())
+        ]
+    );
+    assert!(snapshot
+        .iter()
+        .all(|b| b.expires > Duration::from_secs(3500) && b.expires <= Duration::from_secs(3600)));
+
+    nft("flush ruleset");
+    // Back: pgs1 as it was, pgs2 now declaring one of pgs1's old addresses,
+    // pgs3 gone.
+    in_ns(&node, || portsec::install(&port(1))).expect("reinstall");
+    in_ns(&node, || {
+        portsec::install(&PortRules {
+            ips: vec![IpAddr::V6("fe80::1:2".parse().unwrap())],
+            ..port(2)
+        })
+    })
+    .expect("reinstall");
+    let restored =
+        in_ns(&node, move || portsec::restore_fcfs_bindings(&snapshot)).expect("restore");
+    assert_eq!(restored, 2, "pgs1's first and pgs2's");
+    let now = in_ns(&node, portsec::fcfs_bindings).expect("list");
+    let pairs: Vec<(String, String)> = now
+        .iter()
+        .map(|b| (b.port.clone(), b.address.to_string()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("pgs1".to_string(), "fe80::1:1".to_string()),
+            ("pgs2".into(), "fe80::2:1".into())
+        ]
+    );
+    assert!(now.iter().all(|b| b.expires <= Duration::from_secs(3600)));
+    let claimed = node.exec(&["nft", "list", "set", "bridge", "portgroup", "fcfs_claimed"]);
+    let claimed = String::from_utf8_lossy(&claimed.stdout);
+    assert!(claimed.contains("fe80::1:1 timeout"), "{claimed}");
+    // Restoring again changes nothing.
+    assert_eq!(
+        in_ns(&node, move || portsec::restore_fcfs_bindings(&now)).expect("restore"),
+        0
+    );
+}
+
+/// A VM probing for many addresses (to fill the FCFS sets and keep other
+/// ports from claiming theirs) is held to the per-port claim rate: 16 new
+/// claims at once, the rest dropped as DAD; refreshing a claim is free.
+#[test]
+fn fcfs_new_claims_are_metered_per_port() {
+    let lab = lab();
+    let rules = PortRules {
+        ips: vec![IpAddr::V4(VM_IP)],
+        ..vm_rules()
+    };
+    let probed = |i: u8| -> Ipv6Addr { format!("fe80::100:{i:x}").parse().unwrap() };
+    let mut cases: Vec<Case> = (0..20u8)
+        .map(|i| {
+            case(
+                130 + i,
+                if i < 16 {
+                    "a new DAD claim within the port's rate"
+                } else {
+                    "a new DAD claim over the port's rate"
+                },
+                dad(VM_MAC, probed(i), 130 + i),
+                (i >= 16).then_some("dad"),
+            )
+        })
+        .collect();
+    cases.extend([
+        case(
+            150,
+            "DAD again for a claimed address (a refresh, not metered)",
+            dad(VM_MAC, probed(0), 150),
+            None,
+        ),
+        case(
+            151,
+            "IPv6 from a claimed address",
+            ip6_from(VM_MAC, probed(15), 151),
+            None,
+        ),
+        case(
+            152,
+            "IPv6 from an address whose claim was over the rate",
+            ip6_from(VM_MAC, probed(16), 152),
+            Some("ip6"),
+        ),
+    ]);
+    frame_table(&lab, &rules, &cases);
+    let meter = || {
+        let out = lab.node.exec(&[
+            "nft",
+            "list",
+            "set",
+            "bridge",
+            "portgroup",
+            "fcfs_claim_rate",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = meter();
+    assert!(listed.contains("\"pv1\""), "{listed}");
+    in_ns(&lab.node, || portsec::remove("pv1")).expect("remove");
+    let listed = meter();
+    assert!(
+        !listed.contains("\"pv1\""),
+        "the meter goes with the port: {listed}"
+    );
 }
