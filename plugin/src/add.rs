@@ -79,6 +79,7 @@ pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
         cni_version: conf.cni_version.as_str().to_string(),
         created_at: rfc3339(std::time::SystemTime::now()),
         namespace: spec.namespace.clone(),
+        port_security: None,
     };
     let mut undo = UndoLog {
         call,
@@ -108,9 +109,17 @@ pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
     };
     match attempt.build(&mut undo).await {
         Ok((result, assigned)) => {
-            // IPAM may have added addresses the first write could not know.
-            if assigned != record.ips {
+            // IPAM may have added addresses the first write could not know; and
+            // the rules just installed are what portgroupd restores after a flush.
+            let port_security = spec.spoof_check.then(|| attachment::RecordedPortSecurity {
+                ips: spec.allowed_ips(&assigned),
+                allow_router_advertisements: spec.allow_router_advertisements,
+                allow_dhcp_server: spec.allow_dhcp_server,
+                trunk: spec.tagged,
+            });
+            if assigned != record.ips || port_security.is_some() {
                 record.ips = assigned;
+                record.port_security = port_security;
                 if let Err(e) = record.write(&records) {
                     tracing::warn!("updating the attachment record: {e}");
                 }

@@ -10,6 +10,7 @@ use super::applier::{apply_holding, LinkError, Links};
 use super::backoff::Backoff;
 use super::config::ConfigSource;
 use super::gc;
+use super::heal;
 use super::metrics::Metrics;
 use super::planner::{plan, Plan};
 use crate::paths::{rfc3339, RunDir};
@@ -95,6 +96,10 @@ impl<L: Links> Reconciler<L> {
         collect: bool,
     ) -> Result<Outcome, LinkError> {
         let Some(config) = source.good.as_ref() else {
+            // Running VMs keep their port security whatever the config says.
+            if collect {
+                self.heal();
+            }
             let state = self.publish_config_errors(source);
             return Ok(Outcome {
                 state,
@@ -191,6 +196,7 @@ impl<L: Links> Reconciler<L> {
                 .attachments
                 .store(report.remaining as u64, Relaxed);
             self.gc_due = report.next_due.map(|d| Instant::now() + d);
+            self.heal();
         }
         let (ready, draining) = (
             portgroups.iter().filter(|p| p.ready).count(),
@@ -212,6 +218,38 @@ impl<L: Links> Reconciler<L> {
             config.allowed_bridges.clone(),
         );
         Ok(outcome)
+    }
+
+    /// Verifies port security against the attachment records and repairs it
+    /// ([`heal::sweep`]); counts what it did. After the collector, on every
+    /// resync, and on its own when nf_tables reports a change to our table.
+    pub fn heal(&mut self) {
+        let report = heal::sweep(
+            &self.run_dir.attachments_dir(),
+            self.previous.as_ref(),
+            SystemTime::now(),
+        );
+        let m = &self.metrics;
+        m.portsec_sweeps.fetch_add(1, Relaxed);
+        match report.plan.rebuild {
+            Some(crate::portsec::TableState::Missing) => {
+                m.portsec_repairs_table.fetch_add(1, Relaxed);
+            }
+            Some(_) => {
+                m.portsec_repairs_rules.fetch_add(1, Relaxed);
+            }
+            None => {}
+        }
+        m.portsec_repairs_port
+            .fetch_add(report.plan.repaired_ports.len() as u64, Relaxed);
+        m.portsec_orphans_removed
+            .fetch_add(report.plan.orphans.len() as u64, Relaxed);
+        m.records_quarantined
+            .fetch_add(report.quarantined.len() as u64, Relaxed);
+        for e in &report.errors {
+            tracing::error!("port security: {e}");
+        }
+        m.errors.fetch_add(report.errors.len() as u64, Relaxed);
     }
 
     fn publish(

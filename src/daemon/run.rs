@@ -53,8 +53,12 @@ const RETRY_MIN: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy)]
 enum Trigger {
     Config,
-    Link { deleted: bool },
+    Link {
+        deleted: bool,
+    },
     Overrun,
+    /// Another process changed table bridge portgroup (or notifications were lost).
+    Nftables,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +70,8 @@ struct Batch {
     link_deleted: bool,
     /// A young attachment record came of age: collect garbage.
     gc_due: bool,
+    /// Port security may need repair: verify it, even with nothing else to do.
+    nftables: bool,
     /// When the first link event of the batch arrived: drift is timed from there.
     first_link: Option<Instant>,
 }
@@ -75,12 +81,18 @@ impl Batch {
         match t {
             Trigger::Config => self.config = true,
             Trigger::Overrun => self.overrun = true,
+            Trigger::Nftables => self.nftables = true,
             Trigger::Link { deleted } => {
                 self.link = true;
                 self.link_deleted |= deleted;
                 self.first_link.get_or_insert_with(Instant::now);
             }
         }
+    }
+
+    /// Only nf_tables changed: port security is verified, links are not.
+    fn only_nftables(&self) -> bool {
+        self.nftables && !(self.config || self.resync || self.overrun || self.link || self.gc_due)
     }
 }
 
@@ -184,6 +196,25 @@ async fn dry_run(opts: &Options, source: &ConfigSource) -> Result<i32, String> {
     Ok(0)
 }
 
+/// Changes other processes make to table bridge portgroup, as triggers: on a
+/// blocking socket on its own thread (a notification is a few hundred bytes and
+/// the thread does nothing else). The daemon's own repairs are not reported.
+fn monitor_nftables(tx: UnboundedSender<Trigger>) {
+    loop {
+        let result = crate::portsec::watch_changes(|| tx.send(Trigger::Nftables).is_ok());
+        if tx.is_closed() {
+            return;
+        }
+        if let Err(e) = result {
+            tracing::error!("{e}; resubscribing in 1 s");
+        }
+        if tx.send(Trigger::Nftables).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// Link events (RTNLGRP_LINK) as triggers, and address events (an untagged
 /// portgroup waits for its uplink to lose its addresses). Overruns become a
 /// trigger too: some events were lost, and only a full reconcile knows what they were.
@@ -275,6 +306,13 @@ async fn serve(
             }
         });
     }
+    {
+        let nft_events = tx.clone();
+        std::thread::Builder::new()
+            .name("nftables-events".into())
+            .spawn(move || monitor_nftables(nft_events))
+            .map_err(|e| format!("starting the nf_tables event thread: {e}"))?;
+    }
     tokio::spawn(monitor_links(tx));
     if source.good.is_some() {
         metrics.config_generation.store(source.generation, Relaxed);
@@ -311,8 +349,21 @@ async fn serve(
             }
         }
         let collect = batch.resync || batch.overrun || batch.link_deleted || batch.gc_due;
-        let retry = match reconciler.reconcile(&source, collect).await {
-            Ok(outcome) => {
+        // A pass that collects verifies port security too (Reconciler::heal); a
+        // change to the nf_tables table alone needs nothing else.
+        let outcome = if batch.only_nftables() {
+            reconciler.heal();
+            None
+        } else {
+            let outcome = reconciler.reconcile(&source, collect).await;
+            if batch.nftables && !collect {
+                reconciler.heal();
+            }
+            Some(outcome)
+        };
+        let retry = match outcome {
+            None => reconciler.next_retry().map(Instant::from_std),
+            Some(Ok(outcome)) => {
                 if source.good.is_some() {
                     metrics.ready.store(true, Relaxed);
                 }
@@ -358,7 +409,7 @@ async fn serve(
                 // Failed operations back off inside the reconciler; wake up when one may go again.
                 reconciler.next_retry().map(Instant::from_std)
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::error!("reconcile failed: reading the node's links: {e}");
                 Some(Instant::now() + reconcile_backoff.failed())
             }

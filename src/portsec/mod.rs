@@ -89,8 +89,10 @@
 //! total number of elements but only on DEL/CHECK; a port that is not installed
 //! is found with one GET and costs O(1).
 
+mod heal;
 mod nfnl;
 mod ruleset;
+mod watch;
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -104,7 +106,9 @@ use nfnl::{attr, attr_str, attr_u64, attrs, Batch, Msg, Nfnl, NlError, NFPROTO_B
 use nfnl::{msg, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST};
 use ruleset::*;
 
+pub use heal::{heal, Plan as HealPlan, TableState};
 pub use ruleset::TABLE;
+pub use watch::watch as watch_changes;
 
 /// What one VM port may send.
 #[derive(Debug, Clone, PartialEq, Eq)]
