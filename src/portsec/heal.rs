@@ -8,8 +8,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use super::nfnl::{msg, Batch, Nfnl, NlError};
-use super::ruleset::{bootstrap, expected_comments, IFNAMSIZ, SETS};
+use nix::libc;
+
+use super::nfnl::{msg, Batch, Msg, Nfnl, NlError, NFPROTO_BRIDGE, NLM_F_REQUEST};
+use super::ruleset::{bootstrap, expected_comments, IFNAMSIZ, NFTA_TABLE_NAME, SETS, TABLE};
 use super::{dump_set, ifname_key, name_of, push_elems, rule_comments, with_retries};
 use super::{PortElems, PortRules};
 use crate::error::Error;
@@ -123,8 +125,25 @@ pub fn plan(
     p
 }
 
+/// Whether the table exists: one GET (a filtered rule dump of a missing
+/// table is merely empty on current kernels, like that of a table whose
+/// chains were all deleted).
+fn table_exists(nl: &mut Nfnl) -> Result<bool, NlError> {
+    let mut m = Msg::new(msg::GETTABLE, NLM_F_REQUEST, NFPROTO_BRIDGE);
+    m.str(NFTA_TABLE_NAME, TABLE);
+    match nl.request(m, "looking up the port-security table") {
+        Ok(_) => Ok(true),
+        Err(e) if e.errno == libc::ENOENT => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 fn observe(nl: &mut Nfnl) -> Result<Installed, NlError> {
-    let table = match rule_comments(nl)? {
+    let comments = match table_exists(nl)? {
+        true => rule_comments(nl)?,
+        false => None,
+    };
+    let table = match comments {
         None => TableState::Missing,
         Some(mut have) => {
             let mut want = expected_comments();

@@ -70,10 +70,9 @@ pub fn watch(mut on_change: impl FnMut() -> bool) -> Result<(), Error> {
     sock.bind_auto().map_err(|e| fail("bind", e))?;
     sock.add_membership(NFNLGRP_NFTABLES)
         .map_err(|e| fail("joining NFNLGRP_NFTABLES", e))?;
-    // A flush of a large table announces every element: room for bursts.
-    if let Err(e) = sock.set_rx_buf_sz(4usize << 20) {
-        tracing::debug!("nf_tables notifications: receive buffer: {e}");
-    }
+    // A flush of a large table announces every element: room for bursts. If
+    // the buffer stays small, an overrun (ENOBUFS) still triggers a sweep.
+    let _ = sock.set_rx_buf_sz(4usize << 20);
     let own_pid = std::process::id();
     let mut transactions = Transactions::default();
     let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
