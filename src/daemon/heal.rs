@@ -262,6 +262,62 @@ mod tests {
     }
 
     #[test]
+    fn records_of_older_releases_are_restored_from_the_node_state() {
+        let state: NodeState = serde_json::from_value(serde_json::json!({
+            "node": "n", "generation": 1, "reconciledAt": "",
+            "portgroups": [
+                {"name": "web", "vlan": 100, "uplink": "eth1", "bridge": "b", "vlanInterface": "v",
+                 "mtu": null, "ready": true, "reason": null, "allowDhcpServer": true,
+                 "reservations": [{"mac": "02:00:00:00:00:01", "ips": ["10.0.0.9/24", "10.0.0.5/24"]}]},
+                {"name": "fw", "mode": "trunk", "trunk": "100", "uplink": "eth1", "bridge": "t",
+                 "vlanInterface": "", "mtu": null, "ready": true, "reason": null,
+                 "allowRouterAdvertisements": true}
+            ]
+        }))
+        .expect("state");
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        let mut r = record("old", None);
+        // (portgroup, state known, allowed IPs, RA, DHCP server, trunk)
+        let cases = [
+            (None, true, vec![ip("10.0.0.5")], false, false, false),
+            (
+                Some("web"),
+                true,
+                vec![ip("10.0.0.5"), ip("10.0.0.9")],
+                false,
+                true,
+                false,
+            ),
+            (
+                Some("web"),
+                false,
+                vec![ip("10.0.0.5")],
+                false,
+                false,
+                false,
+            ),
+            (Some("fw"), true, vec![], true, false, true),
+            (
+                Some("gone"),
+                true,
+                vec![ip("10.0.0.5")],
+                false,
+                false,
+                false,
+            ),
+        ];
+        for (portgroup, known, ips, ra, dhcp, trunk) in cases {
+            r.portgroup = portgroup.map(str::to_string);
+            let rules = legacy_rules(&r, known.then_some(&state));
+            let what = format!("{portgroup:?} known={known}");
+            assert_eq!(rules.ips, ips, "{what}");
+            assert_eq!(rules.allow_router_advertisements, ra, "{what}");
+            assert_eq!(rules.allow_dhcp_server, dhcp, "{what}");
+            assert_eq!(rules.trunk, trunk, "{what}");
+        }
+    }
+
+    #[test]
     fn file_names_give_their_port() {
         assert_eq!(
             pair_of_file_name("abc-net1.json"),

@@ -199,19 +199,41 @@ async fn dry_run(opts: &Options, source: &ConfigSource) -> Result<i32, String> {
 /// Changes other processes make to table bridge portgroup, as triggers: on a
 /// blocking socket on its own thread (a notification is a few hundred bytes and
 /// the thread does nothing else). The daemon's own repairs are not reported.
+/// Each (re)subscription is a trigger too: changes while unsubscribed were missed.
 fn monitor_nftables(tx: UnboundedSender<Trigger>) {
+    let mut backoff = Backoff::new(RETRY_MIN, Duration::from_secs(60));
+    let mut failures = 0u32;
     loop {
-        let result = crate::portsec::watch_changes(|| tx.send(Trigger::Nftables).is_ok());
-        if tx.is_closed() {
-            return;
+        match crate::portsec::watch_changes() {
+            Ok(watcher) => {
+                if failures > 0 {
+                    tracing::info!("subscribed to nf_tables notifications again");
+                }
+                failures = 0;
+                backoff.succeeded();
+                if tx.send(Trigger::Nftables).is_err() {
+                    return;
+                }
+                let result = watcher.run(|| tx.send(Trigger::Nftables).is_ok());
+                if tx.is_closed() {
+                    return;
+                }
+                if let Err(e) = result {
+                    tracing::warn!("{e}; resubscribing");
+                }
+            }
+            Err(e) => {
+                // Said once: without nf_tables the resync still verifies (and
+                // fails loudly where a port needs rules).
+                if failures == 0 {
+                    tracing::warn!(
+                        "{e}; port security is verified at each resync only until this works"
+                    );
+                }
+                failures += 1;
+            }
         }
-        if let Err(e) = result {
-            tracing::error!("{e}; resubscribing in 1 s");
-        }
-        if tx.send(Trigger::Nftables).is_err() {
-            return;
-        }
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(backoff.failed());
     }
 }
 

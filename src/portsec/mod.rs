@@ -108,7 +108,7 @@ use ruleset::*;
 
 pub use heal::{heal, Plan as HealPlan, TableState};
 pub use ruleset::TABLE;
-pub use watch::watch as watch_changes;
+pub use watch::{subscribe as watch_changes, Watcher};
 
 /// What one VM port may send.
 #[derive(Debug, Clone, PartialEq, Eq)]

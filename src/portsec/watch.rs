@@ -58,14 +58,17 @@ impl Transactions {
     }
 }
 
-/// Subscribes to nf_tables notifications in the caller's network namespace and
-/// calls `on_change` for every transaction another process made to our table,
-/// and when notifications were lost (ENOBUFS: something may have changed).
-/// Blocks; returns when `on_change` returns false, or on a socket error.
-pub fn watch(mut on_change: impl FnMut() -> bool) -> Result<(), Error> {
-    let fail = |what: &str, e: std::io::Error| {
-        Error::PortSecurity(format!("nf_tables notifications: {what}: {e}"))
-    };
+/// A subscription to nf_tables notifications in the caller's network namespace.
+pub struct Watcher {
+    sock: Socket,
+}
+
+fn fail(what: &str, e: std::io::Error) -> Error {
+    Error::PortSecurity(format!("nf_tables notifications: {what}: {e}"))
+}
+
+/// Subscribes to `NFNLGRP_NFTABLES`.
+pub fn subscribe() -> Result<Watcher, Error> {
     let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| fail("socket", e))?;
     sock.bind_auto().map_err(|e| fail("bind", e))?;
     sock.add_membership(NFNLGRP_NFTABLES)
@@ -73,41 +76,51 @@ pub fn watch(mut on_change: impl FnMut() -> bool) -> Result<(), Error> {
     // A flush of a large table announces every element: room for bursts. If
     // the buffer stays small, an overrun (ENOBUFS) still triggers a sweep.
     let _ = sock.set_rx_buf_sz(4usize << 20);
-    let own_pid = std::process::id();
-    let mut transactions = Transactions::default();
-    let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
-    loop {
-        buf.clear();
-        match sock.recv(&mut buf, 0) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                transactions = Transactions::default();
-                if !on_change() {
-                    return Ok(());
+    Ok(Watcher { sock })
+}
+
+impl Watcher {
+    /// Calls `on_change` for every transaction another process made to our
+    /// table, and when notifications were lost (ENOBUFS: something may have
+    /// changed). Blocks; returns when `on_change` returns false, or on a
+    /// socket error.
+    pub fn run(self, mut on_change: impl FnMut() -> bool) -> Result<(), Error> {
+        let own_pid = std::process::id();
+        let mut transactions = Transactions::default();
+        let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
+        loop {
+            buf.clear();
+            match self.sock.recv(&mut buf, 0) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    transactions = Transactions::default();
+                    if !on_change() {
+                        return Ok(());
+                    }
+                    continue;
                 }
-                continue;
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(fail("receiving", e)),
             }
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-            Err(e) => return Err(fail("receiving", e)),
-        }
-        let mut rest = &buf[..];
-        let mut changed = false;
-        while rest.len() >= 16 {
-            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            if len < 16 || len > rest.len() {
-                break;
+            let mut rest = &buf[..];
+            let mut changed = false;
+            while rest.len() >= 16 {
+                let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                if len < 16 || len > rest.len() {
+                    break;
+                }
+                let ty = u16::from_ne_bytes([rest[4], rest[5]]);
+                changed |= transactions.feed(ty, &rest[16..len], own_pid);
+                let next = (len + 3) & !3;
+                rest = if next >= rest.len() {
+                    &[]
+                } else {
+                    &rest[next..]
+                };
             }
-            let ty = u16::from_ne_bytes([rest[4], rest[5]]);
-            changed |= transactions.feed(ty, &rest[16..len], own_pid);
-            let next = (len + 3) & !3;
-            rest = if next >= rest.len() {
-                &[]
-            } else {
-                &rest[next..]
-            };
-        }
-        if changed && !on_change() {
-            return Ok(());
+            if changed && !on_change() {
+                return Ok(());
+            }
         }
     }
 }
