@@ -378,7 +378,8 @@ async fn serve(
             None
         } else {
             let outcome = reconciler.reconcile(&source, collect).await;
-            if batch.nftables && !collect {
+            // A reconcile that failed reading the links never reached its sweep.
+            if batch.nftables && !(collect && outcome.is_ok()) {
                 reconciler.heal();
             }
             Some(outcome)
