@@ -108,6 +108,14 @@ fn attach(lab: &DaemonLab, n: u8) -> Vm {
     let (code, out) = cni(lab, "ADD", &vm);
     assert_eq!(code, 0, "ADD: {out}");
     let host_veth = host_veth_name(&vm.id, "net1");
+    let record = Record::find(&lab.run_dir().join("attachments"), &vm.id, "net1")
+        .expect("read the record")
+        .expect("ADD wrote a record");
+    assert!(
+        record.port_security.is_some(),
+        "the record has no portSecurity: {} is older than this build (cargo build -p portgroup)",
+        plugin().display()
+    );
     Vm { host_veth, ..vm }
 }
 
