@@ -36,6 +36,42 @@ pub struct Record {
     /// The pod's namespace (K8S_POD_NAMESPACE), when the runtime sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The port-security rules ADD installed, written once it succeeded: what
+    /// portgroupd restores after an nftables flush. Absent while the ADD runs,
+    /// without port security, and in records of older releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_security: Option<RecordedPortSecurity>,
+}
+
+/// What a port's rules were installed with, besides its host veth and MAC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedPortSecurity {
+    /// Allowed source IPs (assigned and reserved); empty: MAC only.
+    #[serde(default)]
+    pub ips: Vec<std::net::IpAddr>,
+    #[serde(default)]
+    pub allow_router_advertisements: bool,
+    #[serde(default)]
+    pub allow_dhcp_server: bool,
+    #[serde(default)]
+    pub trunk: bool,
+}
+
+impl Record {
+    /// The rules the record says its port carries; None without port security
+    /// or before its ADD finished (see [`Record::port_security`]).
+    pub fn port_rules(&self) -> Option<crate::portsec::PortRules> {
+        let installed = self.port_security.as_ref().filter(|_| self.spoof_check)?;
+        Some(crate::portsec::PortRules {
+            host_veth: self.host_veth.clone(),
+            mac: self.mac,
+            ips: installed.ips.clone(),
+            allow_router_advertisements: installed.allow_router_advertisements,
+            allow_dhcp_server: installed.allow_dhcp_server,
+            trunk: installed.trunk,
+        })
+    }
 }
 
 /// Longest file name Linux accepts (NAME_MAX).
@@ -531,6 +567,7 @@ mod tests {
             cni_version: "1.1.0".into(),
             created_at: "2026-11-23T10:00:00Z".into(),
             namespace: None,
+            port_security: None,
         }
     }
 
@@ -620,6 +657,7 @@ mod tests {
             cni_version: "1.1.0".into(),
             created_at: "2026-11-23T10:00:00Z".into(),
             namespace: None,
+            port_security: None,
         };
         record.write(&dir).unwrap();
         assert_eq!(

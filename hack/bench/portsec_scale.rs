@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::libc;
-use portgroup::portsec;
+use portgroup::portsec::{self, PortRules};
 use portgroup_testkit::{numbered_port as port, Netns};
 
 /// The same elements as `install(port(i))`, in nft syntax.
@@ -256,4 +256,31 @@ fn main() {
     let removed = ns.run(|| portsec::remove_all_not_in(&[]).unwrap());
     assert_eq!(removed.len(), 1010 - 11 + 80);
     assert!(ns.run(|| portsec::ports().unwrap()).is_empty());
+
+    // portgroupd's sweep (portsec::heal) over 1000 recorded ports: restoring
+    // them all, verifying with nothing to do (what every nf_tables change by a
+    // plugin ADD or DEL costs the daemon), and restoring after the table was
+    // deleted (`nft flush ruleset`).
+    let heal = |what: &'static str| {
+        ns.run(move || {
+            let want: Vec<PortRules> = (0..1000).map(port).collect();
+            let keep = std::collections::HashSet::new();
+            let start = Instant::now();
+            let plan = portsec::heal(&want, &keep, &|_| false).unwrap();
+            let took = start.elapsed();
+            println!(
+                "heal, 1000 ports, {what}: {} ({} ports restored)",
+                ms(took),
+                plan.repaired_ports.len()
+            );
+            plan
+        })
+    };
+    assert_eq!(heal("all missing").repaired_ports.len(), 1000);
+    let quiet: Vec<portsec::HealPlan> = (0..5).map(|_| heal("nothing to do")).collect();
+    assert!(quiet.iter().all(portsec::HealPlan::is_empty));
+    ns.run(|| portsec::delete_table().unwrap());
+    let after_flush = heal("table deleted");
+    assert_eq!(after_flush.rebuild, Some(portsec::TableState::Missing));
+    assert_eq!(after_flush.repaired_ports.len(), 1000);
 }

@@ -73,6 +73,7 @@ pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
         cni_version: conf.cni_version.as_str().to_string(),
         created_at: rfc3339(std::time::SystemTime::now()),
         namespace: spec.namespace.clone(),
+        port_security: None,
     };
     // What the port may send before IPAM has answered: its declared addresses
     // and its reservation. Installed before the veth exists; IPAM's addresses
@@ -115,9 +116,17 @@ pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
     .await;
     match outcome {
         Ok((result, assigned)) => {
-            // IPAM may have added addresses the first write could not know.
-            if assigned != record.ips {
+            // IPAM may have added addresses the first write could not know; and
+            // the rules just installed are what portgroupd restores after a flush.
+            let port_security = spec.spoof_check.then(|| attachment::RecordedPortSecurity {
+                ips: spec.allowed_ips(&assigned),
+                allow_router_advertisements: spec.allow_router_advertisements,
+                allow_dhcp_server: spec.allow_dhcp_server,
+                trunk: spec.tagged,
+            });
+            if assigned != record.ips || port_security.is_some() {
                 record.ips = assigned;
+                record.port_security = port_security;
                 if let Some(owned) = node.owned.as_mut() {
                     if let Err(e) = owned.update(&record) {
                         tracing::warn!("updating the attachment record: {e}");

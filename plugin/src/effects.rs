@@ -291,6 +291,7 @@ mod tests {
 
     fn record() -> Record {
         Record {
+            port_security: None,
             container_id: "c1".into(),
             ifname: "net1".into(),
             network: "n".into(),

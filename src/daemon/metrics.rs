@@ -28,6 +28,16 @@ pub struct Metrics {
     pub portgroups_draining: AtomicU64,
     pub attachments: AtomicU64,
     pub gc_removed: AtomicU64,
+    /// Port-security repairs by what was missing: the table, its chains/rules, a port's elements.
+    pub portsec_repairs_table: AtomicU64,
+    pub portsec_repairs_rules: AtomicU64,
+    pub portsec_repairs_port: AtomicU64,
+    /// Ports whose elements were removed because no record owns them.
+    pub portsec_orphans_removed: AtomicU64,
+    /// Unreadable attachment records moved aside.
+    pub records_quarantined: AtomicU64,
+    /// Port-security sweeps run (resyncs and nf_tables changes).
+    pub portsec_sweeps: AtomicU64,
     pub errors: AtomicU64,
     pub config_generation: AtomicU64,
     duration: Mutex<Histogram>,
@@ -169,6 +179,38 @@ impl Metrics {
             "Stale attachments removed by the collector.",
             &self.gc_removed,
         );
+        {
+            let name = "portgroup_portsec_repairs_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Port-security repairs by what was missing or altered: the table, its chains and rules, one port's elements.\n# TYPE {name} counter"
+            );
+            for (what, v) in [
+                ("table", &self.portsec_repairs_table),
+                ("rules", &self.portsec_repairs_rules),
+                ("port", &self.portsec_repairs_port),
+            ] {
+                let _ = writeln!(out, "{name}{{what=\"{what}\"}} {}", v.load(Relaxed));
+            }
+        }
+        counter(
+            &mut out,
+            "portgroup_portsec_orphans_removed_total",
+            "Ports whose port-security elements were removed because no attachment record owns them.",
+            &self.portsec_orphans_removed,
+        );
+        counter(
+            &mut out,
+            "portgroupd_portsec_sweeps_total",
+            "Port-security verifications run (resyncs and nf_tables changes).",
+            &self.portsec_sweeps,
+        );
+        counter(
+            &mut out,
+            "portgroupd_records_quarantined_total",
+            "Unreadable attachment records moved aside.",
+            &self.records_quarantined,
+        );
         counter(
             &mut out,
             "portgroupd_errors_total",
@@ -250,6 +292,10 @@ mod tests {
             "portgroupd_portgroups{state=\"draining\"} 0",
             "portgroupd_attachments 0",
             "portgroupd_gc_removed_total 0",
+            "portgroup_portsec_repairs_total{what=\"table\"} 0",
+            "portgroup_portsec_repairs_total{what=\"port\"} 0",
+            "portgroup_portsec_orphans_removed_total 0",
+            "portgroupd_records_quarantined_total 0",
             "portgroupd_errors_total 0",
             "portgroupd_config_generation 0",
             "# TYPE portgroup_ready gauge",

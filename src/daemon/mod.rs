@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod config;
 pub mod deviceplugin;
 pub mod gc;
+pub mod heal;
 pub mod http;
 pub mod metrics;
 pub mod planner;

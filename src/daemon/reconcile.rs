@@ -10,6 +10,7 @@ use super::applier::{apply_holding, LinkError, Links};
 use super::backoff::Backoff;
 use super::config::ConfigSource;
 use super::gc;
+use super::heal;
 use super::metrics::Metrics;
 use super::planner::{plan, Plan};
 use crate::paths::{rfc3339, RunDir};
@@ -28,6 +29,10 @@ pub struct Reconciler<L> {
     /// When a young attachment record that looks dead comes of age: the main
     /// loop collects again then, not at the next resync.
     pub gc_due: Option<Instant>,
+    /// The FCFS IPv6 bindings as the last sweep found them. The kernel learns
+    /// them from the packet path, so nothing else could give them back after
+    /// the table is lost; restored when a sweep had to rebuild it.
+    fcfs_snapshot: Vec<crate::portsec::FcfsBinding>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +76,7 @@ impl<L: Links> Reconciler<L> {
             previous,
             held: HashMap::new(),
             gc_due: None,
+            fcfs_snapshot: Vec::new(),
         }
     }
 
@@ -95,6 +101,10 @@ impl<L: Links> Reconciler<L> {
         collect: bool,
     ) -> Result<Outcome, LinkError> {
         let Some(config) = source.good.as_ref() else {
+            // Running VMs keep their port security whatever the config says.
+            if collect {
+                self.heal();
+            }
             let state = self.publish_config_errors(source);
             return Ok(Outcome {
                 state,
@@ -191,6 +201,7 @@ impl<L: Links> Reconciler<L> {
                 .attachments
                 .store(report.remaining as u64, Relaxed);
             self.gc_due = report.next_due.map(|d| Instant::now() + d);
+            self.heal();
         }
         let (ready, draining) = (
             portgroups.iter().filter(|p| p.ready).count(),
@@ -212,6 +223,53 @@ impl<L: Links> Reconciler<L> {
             config.allowed_bridges.clone(),
         );
         Ok(outcome)
+    }
+
+    /// Verifies port security against the attachment records and repairs it
+    /// ([`heal::sweep`]); counts what it did. After the collector, on every
+    /// resync, and on its own when nf_tables reports a change to our table.
+    pub fn heal(&mut self) {
+        let report = heal::sweep(
+            &self.run_dir.attachments_dir(),
+            self.previous.as_ref(),
+            SystemTime::now(),
+        );
+        let m = &self.metrics;
+        m.portsec_sweeps.fetch_add(1, Relaxed);
+        match report.plan.rebuild {
+            Some(crate::portsec::TableState::Missing) => {
+                m.portsec_repairs_table.fetch_add(1, Relaxed);
+            }
+            Some(_) => {
+                m.portsec_repairs_rules.fetch_add(1, Relaxed);
+            }
+            None => {}
+        }
+        m.portsec_repairs_port
+            .fetch_add(report.plan.repaired_ports.len() as u64, Relaxed);
+        m.portsec_orphans_removed
+            .fetch_add(report.plan.orphans.len() as u64, Relaxed);
+        m.records_quarantined
+            .fetch_add(report.quarantined.len() as u64, Relaxed);
+        let mut errors = report.errors;
+        if report.plan.rebuild.is_some() && !self.fcfs_snapshot.is_empty() {
+            match crate::portsec::restore_fcfs_bindings(&self.fcfs_snapshot) {
+                Ok(n) => tracing::warn!(
+                    "port security: restored {n} FCFS IPv6 binding(s) the rebuilt table had lost"
+                ),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        // Not being able to list them (no table, a kernel without nf_tables for
+        // bridges) only means there is nothing newer to restore.
+        match crate::portsec::fcfs_bindings() {
+            Ok(bindings) => self.fcfs_snapshot = bindings,
+            Err(e) => tracing::debug!("port security: no FCFS snapshot this sweep: {e}"),
+        }
+        for e in &errors {
+            tracing::error!("port security: {e}");
+        }
+        m.errors.fetch_add(errors.len() as u64, Relaxed);
     }
 
     fn publish(

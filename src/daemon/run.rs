@@ -53,8 +53,12 @@ const RETRY_MIN: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy)]
 enum Trigger {
     Config,
-    Link { deleted: bool },
+    Link {
+        deleted: bool,
+    },
     Overrun,
+    /// Another process changed table bridge portgroup (or notifications were lost).
+    Nftables,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +70,8 @@ struct Batch {
     link_deleted: bool,
     /// A young attachment record came of age: collect garbage.
     gc_due: bool,
+    /// Port security may need repair: verify it, even with nothing else to do.
+    nftables: bool,
     /// When the first link event of the batch arrived: drift is timed from there.
     first_link: Option<Instant>,
 }
@@ -75,12 +81,18 @@ impl Batch {
         match t {
             Trigger::Config => self.config = true,
             Trigger::Overrun => self.overrun = true,
+            Trigger::Nftables => self.nftables = true,
             Trigger::Link { deleted } => {
                 self.link = true;
                 self.link_deleted |= deleted;
                 self.first_link.get_or_insert_with(Instant::now);
             }
         }
+    }
+
+    /// Only nf_tables changed: port security is verified, links are not.
+    fn only_nftables(&self) -> bool {
+        self.nftables && !(self.config || self.resync || self.overrun || self.link || self.gc_due)
     }
 }
 
@@ -184,6 +196,47 @@ async fn dry_run(opts: &Options, source: &ConfigSource) -> Result<i32, String> {
     Ok(0)
 }
 
+/// Changes other processes make to table bridge portgroup, as triggers: on a
+/// blocking socket on its own thread (a notification is a few hundred bytes and
+/// the thread does nothing else). The daemon's own repairs are not reported.
+/// Each (re)subscription is a trigger too: changes while unsubscribed were missed.
+fn monitor_nftables(tx: UnboundedSender<Trigger>) {
+    let mut backoff = Backoff::new(RETRY_MIN, Duration::from_secs(60));
+    let mut failures = 0u32;
+    loop {
+        match crate::portsec::watch_changes() {
+            Ok(watcher) => {
+                if failures > 0 {
+                    tracing::info!("subscribed to nf_tables notifications again");
+                }
+                failures = 0;
+                backoff.succeeded();
+                if tx.send(Trigger::Nftables).is_err() {
+                    return;
+                }
+                let result = watcher.run(|| tx.send(Trigger::Nftables).is_ok());
+                if tx.is_closed() {
+                    return;
+                }
+                if let Err(e) = result {
+                    tracing::warn!("{e}; resubscribing");
+                }
+            }
+            Err(e) => {
+                // Said once: without nf_tables the resync still verifies (and
+                // fails loudly where a port needs rules).
+                if failures == 0 {
+                    tracing::warn!(
+                        "{e}; port security is verified at each resync only until this works"
+                    );
+                }
+                failures += 1;
+            }
+        }
+        std::thread::sleep(backoff.failed());
+    }
+}
+
 /// Link events (RTNLGRP_LINK) as triggers, and address events (an untagged
 /// portgroup waits for its uplink to lose its addresses). Overruns become a
 /// trigger too: some events were lost, and only a full reconcile knows what they were.
@@ -275,6 +328,13 @@ async fn serve(
             }
         });
     }
+    {
+        let nft_events = tx.clone();
+        std::thread::Builder::new()
+            .name("nftables-events".into())
+            .spawn(move || monitor_nftables(nft_events))
+            .map_err(|e| format!("starting the nf_tables event thread: {e}"))?;
+    }
     tokio::spawn(monitor_links(tx));
     if source.good.is_some() {
         metrics.config_generation.store(source.generation, Relaxed);
@@ -311,8 +371,22 @@ async fn serve(
             }
         }
         let collect = batch.resync || batch.overrun || batch.link_deleted || batch.gc_due;
-        let retry = match reconciler.reconcile(&source, collect).await {
-            Ok(outcome) => {
+        // A pass that collects verifies port security too (Reconciler::heal); a
+        // change to the nf_tables table alone needs nothing else.
+        let outcome = if batch.only_nftables() {
+            reconciler.heal();
+            None
+        } else {
+            let outcome = reconciler.reconcile(&source, collect).await;
+            // A reconcile that failed reading the links never reached its sweep.
+            if batch.nftables && !(collect && outcome.is_ok()) {
+                reconciler.heal();
+            }
+            Some(outcome)
+        };
+        let retry = match outcome {
+            None => reconciler.next_retry().map(Instant::from_std),
+            Some(Ok(outcome)) => {
                 if source.good.is_some() {
                     metrics.ready.store(true, Relaxed);
                 }
@@ -358,7 +432,7 @@ async fn serve(
                 // Failed operations back off inside the reconciler; wake up when one may go again.
                 reconciler.next_retry().map(Instant::from_std)
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::error!("reconcile failed: reading the node's links: {e}");
                 Some(Instant::now() + reconcile_backoff.failed())
             }

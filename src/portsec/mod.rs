@@ -98,8 +98,13 @@
 //! total number of elements but only on DEL/CHECK; a port that is not installed
 //! is found with one GET and costs O(1).
 
+// What only portgroupd does: the plugin is built without them.
+#[cfg(feature = "daemon")]
+mod heal;
 mod nfnl;
 mod ruleset;
+#[cfg(feature = "daemon")]
+mod watch;
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -113,7 +118,11 @@ use nfnl::{attr, attr_str, attr_u64, attrs, Batch, Msg, Nfnl, NlError, NFPROTO_B
 use nfnl::{msg, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST};
 use ruleset::*;
 
+#[cfg(feature = "daemon")]
+pub use heal::{heal, Plan as HealPlan, TableState};
 pub use ruleset::TABLE;
+#[cfg(feature = "daemon")]
+pub use watch::{subscribe as watch_changes, Watcher};
 
 /// What one VM port may send.
 #[derive(Debug, Clone, PartialEq, Eq)]

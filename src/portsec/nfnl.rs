@@ -26,6 +26,8 @@ pub const NFPROTO_BRIDGE: u8 = 7;
 /// `enum nf_tables_msg_types`.
 pub mod msg {
     pub const NEWTABLE: u16 = 0;
+    #[cfg(feature = "daemon")]
+    pub const GETTABLE: u16 = 1;
     pub const DELTABLE: u16 = 2;
     pub const NEWCHAIN: u16 = 3;
     pub const NEWRULE: u16 = 6;

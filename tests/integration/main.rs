@@ -15,6 +15,7 @@ mod kubelet;
 mod daemon_basic;
 mod daemon_deviceplugin;
 mod daemon_gc_uninstall;
+mod daemon_portsec_heal;
 mod daemon_untagged;
 mod daemon_vlan;
 mod portsec_netns;

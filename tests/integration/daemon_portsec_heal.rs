@@ -1,0 +1,513 @@
+//! portgroupd keeps port security in place: after `nft flush ruleset`, a deleted
+//! chain or element, it restores the rules of every running VM; it sweeps the
+//! elements of ports no record owns, moves aside records that stay unreadable,
+//! and collects a `bridge:` mode attachment whose DEL never comes, rules and all.
+//! VMs are attached by the real plugin, in `bridge:` mode, inside the lab's node
+//! namespace; frames are real. Root only.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{age_file, http_get, DaemonLab, Netns, BIN};
+use portgroup::attachment::Record;
+use portgroup::mac::MacAddr;
+use portgroup::naming::host_veth_name;
+use portgroup::portsec::{self, PortRules};
+use portgroup_testkit::frame::{eth, ipv4, udp};
+use portgroup_testkit::PacketSocket;
+
+const NO_PORTGROUPS: &str = r#"{"uplink": "eth1", "portgroups": []}"#;
+const PEER_MAC: [u8; 6] = [0x02, 0x50, 0x56, 0, 0, 0x03];
+const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
+const FORGED_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 99);
+
+/// The plugin, built next to portgroupd (`cargo build -p portgroup`; the
+/// workspace's test run builds both).
+fn plugin() -> PathBuf {
+    let path = Path::new(BIN).with_file_name("portgroup");
+    assert!(
+        path.exists(),
+        "the plugin binary {} is missing: cargo build -p portgroup",
+        path.display()
+    );
+    path
+}
+
+struct Vm {
+    ns: Netns,
+    id: String,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+    host_veth: String,
+}
+
+fn conf(vm: &Vm) -> String {
+    serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": "lab",
+        "type": "portgroup",
+        "bridge": "br0",
+        "conflictProbe": false,
+        "runtimeConfig": {
+            "mac": MacAddr(vm.mac).to_string(),
+            "ips": [format!("{}/24", vm.ip)],
+        },
+    })
+    .to_string()
+}
+
+/// Runs the plugin in the lab's node namespace, as a runtime would.
+fn cni(lab: &DaemonLab, command: &str, vm: &Vm) -> (i32, String) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &lab.node.name])
+        .arg(plugin())
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("PORTGROUP_RUN_DIR", lab.run_dir())
+        .env("PORTGROUP_LOG_DIR", lab.dir.0.join("log"))
+        .env("CNI_PATH", "/usr/lib/cni")
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", &vm.id)
+        .env("CNI_NETNS", vm.ns.path_str())
+        .env("CNI_IFNAME", "net1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the plugin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(conf(vm).as_bytes())
+        .expect("write the config");
+    let out = child.wait_with_output().expect("plugin output");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A VM attached to br0 in `bridge:` mode by the plugin, its net1 up.
+fn attach(lab: &DaemonLab, n: u8) -> Vm {
+    let vm = Vm {
+        ns: Netns::new("vm"),
+        id: format!("vm{n}-{}", portgroup_testkit::tag()),
+        mac: [0x02, 0x50, 0x56, 0, 1, n],
+        ip: Ipv4Addr::new(10, 0, 0, 10 + n),
+        host_veth: String::new(),
+    };
+    let (code, out) = cni(lab, "ADD", &vm);
+    assert_eq!(code, 0, "ADD: {out}");
+    let host_veth = host_veth_name(&vm.id, "net1");
+    let record = Record::find(&lab.run_dir().join("attachments"), &vm.id, "net1")
+        .expect("read the record")
+        .expect("ADD wrote a record");
+    assert!(
+        record.port_security.is_some(),
+        "the record has no portSecurity: {} is older than this build (cargo build -p portgroup)",
+        plugin().display()
+    );
+    Vm { host_veth, ..vm }
+}
+
+/// The lab: br0 in the node namespace with a peer (no port security) on it,
+/// the daemon running with `extra` arguments.
+fn bridge_lab() -> (DaemonLab, Netns) {
+    let lab = DaemonLab::new();
+    lab.write_config(NO_PORTGROUPS);
+    lab.node.ip_line("link add br0 type bridge");
+    lab.node.ip_line("link set br0 up");
+    let peer = Netns::new("peer");
+    lab.node.ip_line(&format!(
+        "link add pp1 type veth peer name eth0 netns {}",
+        peer.name
+    ));
+    lab.node.ip_line("link set pp1 master br0 up");
+    peer.ip_line(&format!("link set eth0 address {}", MacAddr(PEER_MAC)));
+    peer.ip_line("link set eth0 up");
+    (lab, peer)
+}
+
+fn nft(lab: &DaemonLab, line: &str) {
+    let mut args = vec!["nft"];
+    args.extend(line.split_whitespace());
+    let out = lab.node.exec(&args);
+    assert!(
+        out.status.success(),
+        "nft {line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn udp_frame(vm: &Vm, src: Ipv4Addr, marker: u8) -> Vec<u8> {
+    eth(
+        PEER_MAC,
+        vm.mac,
+        0x0800,
+        &ipv4(
+            src,
+            PEER_IP,
+            17,
+            &udp(40000, 40000, &[b'P', b'G', b'H', marker]),
+        ),
+    )
+}
+
+/// Sends a frame from the VM's own address and one from a forged address;
+/// returns (own arrived, forged arrived) at the peer.
+fn probe(vm: &Vm, peer: &Netns) -> (bool, bool) {
+    let rx = PacketSocket::open(peer, "eth0");
+    let tx = PacketSocket::open(&vm.ns, "net1");
+    let _ = rx.drain();
+    tx.send(&udp_frame(vm, vm.ip, 1));
+    tx.send(&udp_frame(vm, FORGED_IP, 2));
+    let seen: HashSet<u8> = rx
+        .listen(Duration::from_millis(300))
+        .iter()
+        .filter_map(|f| {
+            let pos = f.windows(3).position(|w| w == b"PGH")?;
+            f.get(pos + 3).copied()
+        })
+        .collect();
+    (seen.contains(&1), seen.contains(&2))
+}
+
+/// Polls until the VM's forged frame is dropped again while its own passes;
+/// returns how long that took (for the report, not asserted beyond `timeout`).
+fn wait_until_spoof_dropped(vm: &Vm, peer: &Netns, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let (own, forged) = probe(vm, peer);
+        if own && !forged {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{}: forged frames still pass (own passes: {own}) after {timeout:?}",
+            vm.host_veth
+        );
+    }
+}
+
+fn metric(lab: &DaemonLab, port: u16, series: &str) -> u64 {
+    let (_, body) = http_get(&lab.node, port, "/metrics").expect("/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing from\n{body}"))
+}
+
+fn wait_for(what: &str, timeout: Duration, ok: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ports(lab: &DaemonLab) -> Vec<String> {
+    lab.node.run(portsec::ports).expect("list secured ports")
+}
+
+fn started(lab: &DaemonLab, port: u16, extra: &[&str]) -> crate::common::Daemon {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["--listen", listen.as_str()];
+    args.extend_from_slice(extra);
+    let daemon = lab.start(&args);
+    lab.wait_state(Duration::from_secs(30), "first reconcile", |s| {
+        s.generation >= 1
+    });
+    wait_for("the metrics endpoint", Duration::from_secs(30), || {
+        http_get(&lab.node, port, "/metrics").is_some()
+    });
+    daemon
+}
+
+#[test]
+fn a_flushed_ruleset_is_restored_for_every_running_vm() {
+    let (lab, peer) = bridge_lab();
+    let vms = [attach(&lab, 1), attach(&lab, 2)];
+    let daemon = started(&lab, 9771, &["--resync", "3600"]);
+    for vm in &vms {
+        assert_eq!(probe(vm, &peer), (true, false), "{}: secured", vm.host_veth);
+    }
+    let table = r#"portgroup_portsec_repairs_total{what="table"}"#;
+    let port = r#"portgroup_portsec_repairs_total{what="port"}"#;
+    assert_eq!(metric(&lab, 9771, table), 0);
+
+    // What `systemctl restart nftables` does first on Debian.
+    nft(&lab, "flush ruleset");
+    for vm in &vms {
+        let took = wait_until_spoof_dropped(vm, &peer, Duration::from_secs(10));
+        println!(
+            "{}: forged frames dropped again {took:?} after the flush",
+            vm.host_veth
+        );
+    }
+    let mut secured = ports(&lab);
+    secured.sort();
+    let mut want: Vec<String> = vms.iter().map(|v| v.host_veth.clone()).collect();
+    want.sort();
+    assert_eq!(secured, want);
+    assert_eq!(metric(&lab, 9771, table), 1);
+    assert_eq!(metric(&lab, 9771, port), 2);
+    let log = daemon.log();
+    assert!(
+        log.contains("table bridge portgroup was missing; recreated it"),
+        "{log}"
+    );
+    assert!(log.contains("restored the rules of 2 port(s)"), "{log}");
+    // Its own repair does not wake it again: one repair, then quiet.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(metric(&lab, 9771, table), 1);
+    let sweeps = metric(&lab, 9771, "portgroupd_portsec_sweeps_total");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        metric(&lab, 9771, "portgroupd_portsec_sweeps_total"),
+        sweeps,
+        "no repair loop"
+    );
+
+    // The restored rules are exactly what ADD installed: CHECK agrees.
+    for vm in &vms {
+        let r = PortRules {
+            host_veth: vm.host_veth.clone(),
+            mac: MacAddr(vm.mac),
+            ips: vec![vm.ip.into()],
+            allow_router_advertisements: false,
+            allow_dhcp_server: false,
+            trunk: false,
+        };
+        lab.node
+            .run(move || portsec::verify(&r))
+            .expect("verified after the repair");
+        let (code, out) = cni(&lab, "DEL", vm);
+        assert_eq!(code, 0, "DEL: {out}");
+    }
+    assert!(ports(&lab).is_empty());
+}
+
+#[test]
+fn a_deleted_chain_or_element_is_restored() {
+    let (lab, peer) = bridge_lab();
+    let vm = attach(&lab, 1);
+    let daemon = started(&lab, 9772, &["--resync", "3600"]);
+    assert_eq!(probe(&vm, &peer), (true, false));
+
+    // The base chain: without it nothing is filtered.
+    nft(
+        &lab,
+        "flush chain bridge portgroup prerouting ; delete chain bridge portgroup prerouting",
+    );
+    let took = wait_until_spoof_dropped(&vm, &peer, Duration::from_secs(10));
+    println!("chain deleted: forged frames dropped again after {took:?}");
+    nft(&lab, "list chain bridge portgroup prerouting");
+    wait_for(
+        "the rules repair to be counted",
+        Duration::from_secs(10),
+        || {
+            metric(
+                &lab,
+                9772,
+                r#"portgroup_portsec_repairs_total{what="rules"}"#,
+            ) == 1
+        },
+    );
+
+    // One element: the port's address.
+    nft(
+        &lab,
+        &format!(
+            "delete element bridge portgroup port_ip4 {{ \"{}\" . {} }}",
+            vm.host_veth, vm.ip
+        ),
+    );
+    wait_for(
+        "the element repair to be counted",
+        Duration::from_secs(10),
+        || {
+            metric(
+                &lab,
+                9772,
+                r#"portgroup_portsec_repairs_total{what="port"}"#,
+            ) == 1
+        },
+    );
+    let took = wait_until_spoof_dropped(&vm, &peer, Duration::from_secs(10));
+    println!("element deleted: own traffic passes again after {took:?}");
+    let log = daemon.log();
+    assert!(
+        log.contains("were missing or not this version's; rebuilt them"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "restored the rules of 1 port(s): {}",
+            vm.host_veth
+        )),
+        "{log}"
+    );
+}
+
+/// A port's rules put in by hand, as a leak would leave them.
+fn install_rules(lab: &DaemonLab, host_veth: &str, last: u8) {
+    let rules = PortRules {
+        host_veth: host_veth.into(),
+        mac: MacAddr([2, 0, 0, 0, 9, last]),
+        ips: vec![Ipv4Addr::new(10, 9, 0, last).into()],
+        allow_router_advertisements: false,
+        allow_dhcp_server: false,
+        trunk: false,
+    };
+    lab.node
+        .run(move || portsec::install(&rules))
+        .expect("install");
+}
+
+#[test]
+fn orphan_elements_are_swept_and_live_ones_kept() {
+    let (lab, _peer) = bridge_lab();
+    let vm = attach(&lab, 1);
+    let daemon = started(&lab, 9773, &["--resync", "3600"]);
+    // No record, no interface: an orphan. No record, but its interface exists
+    // (a veth someone else made): kept, a live port never loses its rules.
+    lab.node
+        .ip_line("link add pgkeep0 type veth peer name pgkeep1");
+    install_rules(&lab, "pgkeep0", 1);
+    install_rules(&lab, "pgorphan0", 2);
+    wait_for("the orphan to be swept", Duration::from_secs(10), || {
+        !ports(&lab).contains(&"pgorphan0".to_string())
+    });
+    let mut left = ports(&lab);
+    left.sort();
+    let mut want = vec![vm.host_veth.clone(), "pgkeep0".to_string()];
+    want.sort();
+    assert_eq!(left, want);
+    assert_eq!(
+        metric(&lab, 9773, "portgroup_portsec_orphans_removed_total"),
+        1
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("removed the rules of 1 port(s) no attachment record owns: pgorphan0"),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn an_unreadable_record_is_moved_aside_after_its_age_and_its_rules_swept() {
+    let (lab, _peer) = bridge_lab();
+    let attachments = lab.run_dir().join("attachments");
+    std::fs::create_dir_all(&attachments).expect("dir");
+    let (old, young) = (
+        host_veth_name("old", "net1"),
+        host_veth_name("young", "net1"),
+    );
+    std::fs::write(attachments.join("old-net1.json"), b"{\"containerId\": ").expect("write");
+    age_file(&attachments.join("old-net1.json"), Duration::from_secs(120));
+    std::fs::write(attachments.join("young-net1.json"), b"{").expect("write");
+    install_rules(&lab, &old, 1);
+    install_rules(&lab, &young, 2);
+
+    let daemon = started(&lab, 9774, &["--resync", "2"]);
+    let aside = attachments.join("quarantine").join("old-net1.json");
+    wait_for(
+        "the old record to be moved aside",
+        Duration::from_secs(10),
+        || aside.exists(),
+    );
+    wait_for("its rules to be swept", Duration::from_secs(10), || {
+        !ports(&lab).contains(&old)
+    });
+    assert!(!attachments.join("old-net1.json").exists());
+    // Perhaps being written: left alone, and so are its rules.
+    assert!(attachments.join("young-net1.json").exists());
+    assert_eq!(ports(&lab), vec![young.clone()]);
+    assert_eq!(
+        metric(&lab, 9774, "portgroupd_records_quarantined_total"),
+        1
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("moved aside an attachment record unreadable"),
+        "{log}"
+    );
+
+    // Once it is old enough, it goes the same way (at the next resync).
+    age_file(
+        &attachments.join("young-net1.json"),
+        Duration::from_secs(120),
+    );
+    wait_for(
+        "the young record to be moved aside",
+        Duration::from_secs(15),
+        || {
+            attachments
+                .join("quarantine")
+                .join("young-net1.json")
+                .exists()
+        },
+    );
+    wait_for("its rules to be swept", Duration::from_secs(10), || {
+        ports(&lab).is_empty()
+    });
+    assert_eq!(
+        metric(&lab, 9774, "portgroupd_records_quarantined_total"),
+        2
+    );
+}
+
+#[test]
+fn a_bridge_mode_attachment_whose_del_never_comes_is_collected_with_its_rules() {
+    let (lab, peer) = bridge_lab();
+    let (leaked, kept) = (attach(&lab, 1), attach(&lab, 2));
+    let attachments = lab.run_dir().join("attachments");
+    for vm in [&leaked, &kept] {
+        let record = Record::find(&attachments, &vm.id, "net1")
+            .expect("read")
+            .expect("a record");
+        assert_eq!(record.portgroup, None, "bridge: mode");
+        assert!(record.port_security.is_some(), "{record:?}");
+        // Past the collector's minimum age.
+        age_file(&record.path(&attachments), Duration::from_secs(120));
+    }
+    let daemon = started(&lab, 9775, &["--resync", "3600"]);
+    assert_eq!(ports(&lab).len(), 2);
+
+    // Multus lost the pod: its netns goes, the veth with it, and no DEL comes.
+    let Vm {
+        ns, host_veth, id, ..
+    } = leaked;
+    drop(ns);
+    wait_for("the leak to be collected", Duration::from_secs(30), || {
+        Record::find(&attachments, &id, "net1")
+            .expect("read")
+            .is_none()
+    });
+    wait_for("its rules to go", Duration::from_secs(10), || {
+        !ports(&lab).contains(&host_veth)
+    });
+    assert_eq!(ports(&lab), vec![kept.host_veth.clone()]);
+    assert_eq!(
+        probe(&kept, &peer),
+        (true, false),
+        "the other VM keeps its rules"
+    );
+    wait_for(
+        "the collection to be logged",
+        Duration::from_secs(10),
+        || daemon.log().contains("collected stale attachment"),
+    );
+    assert!(daemon.log().contains(&format!("attachment={id}/net1")));
+    assert_eq!(metric(&lab, 9775, "portgroupd_gc_removed_total"), 1);
+}
