@@ -12,6 +12,8 @@ use nix::libc;
 
 use super::nfnl::{msg, Batch, Msg, Nfnl, NlError, NFPROTO_BRIDGE, NLM_F_REQUEST};
 use super::ruleset::{bootstrap, expected_comments, IFNAMSIZ, NFTA_TABLE_NAME, SETS, TABLE};
+use super::ruleset::{SET_FCFS_BINDINGS, SET_FCFS_CLAIMED};
+use super::{claimed_addrs, claims_to_release, declared_ip6, ip6_holders, ip6_tail};
 use super::{dump_set, ifname_key, name_of, push_elems, rule_comments, with_retries};
 use super::{PortElems, PortRules};
 use crate::error::Error;
@@ -189,7 +191,10 @@ pub fn heal(
             Err(e) if want.is_empty() && unsupported(&e) => return Ok(Plan::default()),
             Err(e) => return Err(e),
         };
-        let p = plan(&installed, want, keep, exists);
+        let mut p = plan(&installed, want, keep, exists);
+        let (release, claim) = fcfs_follow(nl, &installed, want, &p.orphans)?;
+        p.delete.extend(release);
+        p.add.extend(claim);
         if p.rebuild.is_some() {
             let mut batch = Batch::new();
             bootstrap(&mut batch);
@@ -209,6 +214,57 @@ pub fn heal(
         }
         Ok(p)
     })
+}
+
+/// What the FCFS sets need after the per-port repair: (deletions, additions).
+/// Orphans' DAD bindings go and the addresses only they held are released;
+/// every wanted port's declared IPv6 addresses are claimed (a rebuilt table
+/// starts with none, and no DAD will come for them).
+fn fcfs_follow(
+    nl: &mut Nfnl,
+    installed: &Installed,
+    want: &[PortRules],
+    orphans: &[String],
+) -> Result<(Vec<Element>, Vec<Element>), NlError> {
+    let declared: BTreeSet<[u8; 16]> = want
+        .iter()
+        .flat_map(|r| declared_ip6(&PortElems::wanted(r)))
+        .collect();
+    if installed.table == TableState::Missing || (declared.is_empty() && orphans.is_empty()) {
+        // A missing table is rebuilt empty: every declared address is free.
+        let claim = declared
+            .iter()
+            .map(|a| (SET_FCFS_CLAIMED, a.to_vec()))
+            .collect();
+        return Ok((Vec::new(), claim));
+    }
+    let claimed = claimed_addrs(nl)?;
+    let mut release = Vec::new();
+    if !orphans.is_empty() {
+        let orphaned = |key: &[u8]| orphans.iter().any(|o| *o == port_of(key));
+        let holders = ip6_holders(nl)?;
+        release.extend(
+            holders
+                .iter()
+                .filter(|(set, key)| *set == SET_FCFS_BINDINGS && orphaned(key))
+                .cloned(),
+        );
+        let (gone, staying): (Vec<_>, Vec<_>) = holders.iter().partition(|(_, key)| orphaned(key));
+        release.extend(claims_to_release(
+            gone.iter().filter_map(|(_, key)| ip6_tail(key)),
+            staying
+                .iter()
+                .filter_map(|(_, key)| ip6_tail(key))
+                .chain(declared.iter().copied()),
+            &claimed,
+        ));
+    }
+    let claim = declared
+        .iter()
+        .filter(|a| !claimed.contains(*a))
+        .map(|a| (SET_FCFS_CLAIMED, a.to_vec()))
+        .collect();
+    Ok((release, claim))
 }
 
 #[cfg(test)]
