@@ -201,29 +201,28 @@ impl Attempt<'_> {
             host_name: &spec.host_veth,
             host_mac,
             host_mtu: spec.bridge_mtu,
-            bridge_index: self.target.bridge.index,
             pod_name: ifname,
             pod_mac: spec.mac,
             pod_mtu: spec.pod_mtu,
             pod_netns: self.pod_ns,
+            pod_up: !conf.link_down,
         };
         if let Err(e) = nl.create_veth(&veth).await {
             return Err(self.explain_create_failure(e).await);
         }
         undo.steps.push(Undo::Veth);
-        fault::point("veth-created");
-
-        let pod = Netlink::connect_in(self.pod_ns)
-            .map_err(|e| Error::system("opening netlink in the pod netns", e))?;
-        let peer = pod
-            .link_by_name(ifname)
+        nl.attach_host_end(&spec.host_veth, self.target.bridge.index)
             .await
-            .map_err(|e| Error::netlink(format!("looking up {ifname} in the pod"), e))?
-            .ok_or_else(|| {
-                Error::CheckFailed(format!(
-                    "{ifname} vanished from the pod right after ADD made it"
-                ))
+            .map_err(|e| {
+                Error::netlink(
+                    format!(
+                        "putting {} on bridge {}",
+                        spec.host_veth, self.target.bridge.name
+                    ),
+                    e,
+                )
             })?;
+        fault::point("veth-created");
 
         let (ips, routes, dns) = match &spec.addresses {
             Addresses::Declared(ips) => (
@@ -255,35 +254,21 @@ impl Attempt<'_> {
         let assigned: Vec<IpNetwork> = ips.iter().map(|ip| ip.address).collect();
         spec.admit(&assigned)?;
 
-        for ip in &ips {
-            pod.add_address(peer.index, ip.address.ip(), ip.address.prefix())
-                .await
-                .map_err(|e| Error::netlink(format!("adding {} to {ifname}", ip.address), e))?;
+        // A plain L2 port (the VM configures its own addresses) is done here: the
+        // pod end was made up, in the pod. Addresses and routes are set from
+        // inside the pod's namespace, on a socket made there.
+        if conf.link_down && !routes.is_empty() {
+            // A down link has no connected routes for a gateway to resolve through.
+            tracing::warn!(
+                "linkDown: {} IPAM route(s) not installed on {ifname}",
+                routes.len()
+            );
+        }
+        let routes_to_install: &[Route] = if conf.link_down { &[] } else { &routes };
+        if !ips.is_empty() || !routes_to_install.is_empty() {
+            self.configure_pod(&ips, routes_to_install).await?;
         }
         fault::point("addresses-added");
-        if conf.link_down {
-            if !routes.is_empty() {
-                // A down link has no connected routes for a gateway to resolve through.
-                tracing::warn!(
-                    "linkDown: {} IPAM route(s) not installed on {ifname}",
-                    routes.len()
-                );
-            }
-        } else {
-            pod.set_up(peer.index)
-                .await
-                .map_err(|e| Error::netlink(format!("bringing {ifname} up"), e))?;
-            for route in &routes {
-                let gateway = route.gw.or_else(|| {
-                    ips.iter()
-                        .find(|ip| ip.address.is_ipv4() == route.dst.is_ipv4())
-                        .and_then(|ip| ip.gateway)
-                });
-                pod.add_route(peer.index, Some(route.dst), gateway)
-                    .await
-                    .map_err(|e| Error::netlink(format!("adding route to {}", route.dst), e))?;
-            }
-        }
 
         let allowed = spec.allowed_ips(&assigned);
         if spec.spoof_check {
@@ -338,6 +323,38 @@ impl Attempt<'_> {
         fault::point("probed");
         let result = self.result(host_mac, ips, routes, dns);
         Ok((result.to_json(conf.cni_version), assigned))
+    }
+
+    /// Adds the addresses and routes to the pod end, from inside the pod's namespace.
+    async fn configure_pod(&self, ips: &[IpConfig], routes: &[Route]) -> Result<(), Error> {
+        let ifname = self.call.ifname.as_str();
+        let pod = Netlink::connect_in(self.pod_ns)
+            .map_err(|e| Error::system("opening netlink in the pod netns", e))?;
+        let peer = pod
+            .link_by_name(ifname)
+            .await
+            .map_err(|e| Error::netlink(format!("looking up {ifname} in the pod"), e))?
+            .ok_or_else(|| {
+                Error::CheckFailed(format!(
+                    "{ifname} vanished from the pod right after ADD made it"
+                ))
+            })?;
+        for ip in ips {
+            pod.add_address(peer.index, ip.address.ip(), ip.address.prefix())
+                .await
+                .map_err(|e| Error::netlink(format!("adding {} to {ifname}", ip.address), e))?;
+        }
+        for route in routes {
+            let gateway = route.gw.or_else(|| {
+                ips.iter()
+                    .find(|ip| ip.address.is_ipv4() == route.dst.is_ipv4())
+                    .and_then(|ip| ip.gateway)
+            });
+            pod.add_route(peer.index, Some(route.dst), gateway)
+                .await
+                .map_err(|e| Error::netlink(format!("adding route to {}", route.dst), e))?;
+        }
+        Ok(())
     }
 
     /// Another attachment on this node with this MAC, of another namespace. A record

@@ -17,6 +17,7 @@ mod cni_lifecycle;
 mod cni_port_security;
 mod cni_reference_bridge;
 mod cni_tenancy;
+mod cni_work_budget;
 mod install_cli;
 mod podman_e2e;
 mod probe_netns;
