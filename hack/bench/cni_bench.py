@@ -137,6 +137,9 @@ def make_contenders(a):
                            base_conf(**l2), {"PORTGROUP_RUN_DIR": os.path.join(a.run_dir, "cmp")}, 9))
         c.append(Contender("cmp-static", "cni", f"pg-static with another build: {a.compare}", a.compare,
                            base_conf(**l2, ipam=STATIC_IPAM), {"PORTGROUP_RUN_DIR": os.path.join(a.run_dir, "cmp")}, 10))
+        c.append(Contender("cmp-portsec", "cni", f"pg-portsec with another build: {a.compare}", a.compare,
+                           base_conf(bridge=a.bridge, conflictProbe=False, spoofCheck=True),
+                           {"PORTGROUP_RUN_DIR": os.path.join(a.run_dir, "cmp")}, 12))
     if not a.portgroup and a.synthetic_state:
         a.portgroup, a.portgroup_run_dir = "bench", os.path.join(a.run_dir, "pgmode")
         write_synthetic_state(a)

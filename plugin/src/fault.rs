@@ -1,4 +1,5 @@
-//! Crash points for the "ADD killed at any point, then DEL" tests: with
+//! Crash points for the "ADD killed at any point, then DEL" tests (and the DEL
+//! killed between its rules and its veth): with
 //! PORTGROUP_TEST_EXIT_AT=<stage> the process exits there at once, running no
 //! rollback, as SIGKILL would. One environment lookup per stage when unset.
 
@@ -8,6 +9,7 @@ pub const STAGES: &[&str] = &[
     "addresses-added",
     "port-security-installed",
     "probed",
+    "del-port-down-rules-removed",
 ];
 
 pub fn point(stage: &'static str) {

@@ -636,12 +636,21 @@ fn too_busy() -> NlError {
 /// needs afresh, so a retry sees what the other writer did.
 fn with_retries<T>(
     context: &str,
-    mut attempt: impl FnMut(&mut Nfnl) -> Result<T, NlError>,
+    attempt: impl FnMut(&mut Nfnl) -> Result<T, NlError>,
 ) -> Result<T, Error> {
     let mut nl = open(context)?;
+    retrying(context, &mut nl, attempt)
+}
+
+/// [`with_retries`] on a socket the caller opened.
+fn retrying<T>(
+    context: &str,
+    nl: &mut Nfnl,
+    mut attempt: impl FnMut(&mut Nfnl) -> Result<T, NlError>,
+) -> Result<T, Error> {
     let mut last = None;
     for _ in 0..ATTEMPTS {
-        match attempt(&mut nl) {
+        match attempt(nl) {
             Ok(value) => return Ok(value),
             Err(e) if retryable(&e) => last = Some(e),
             Err(e) => return Err(err(context, e)),
@@ -701,9 +710,25 @@ pub fn install(rules: &PortRules) -> Result<(), Error> {
 
 /// Removes every rule for one port; a port with no rules is fine.
 pub fn remove(host_veth: &str) -> Result<(), Error> {
+    remove_then_close_later(host_veth).map(drop)
+}
+
+/// The socket a removal was committed on, still open: see
+/// [`remove_then_close_later`]. Dropping it closes it.
+pub struct OpenSocket(#[allow(dead_code)] Nfnl);
+
+/// [`remove`], returning its socket open, for the caller to drop after its own
+/// slow work. Why: the kernel frees deleted elements after an RCU grace period
+/// (~15 ms), on a worker; closing any nf_tables socket waits for that worker,
+/// holding the nf_tables commit lock. Closed at once, every DEL pays a grace
+/// period, and concurrent DELs pay theirs one after the other (100 DELs: over a
+/// second). Kept open across the veth's deletion, which waits for grace periods
+/// of its own, the worker is done by the time the socket closes.
+pub fn remove_then_close_later(host_veth: &str) -> Result<OpenSocket, Error> {
     let ifkey = ifname_key(host_veth)?;
     let context = format!("removing port security for {host_veth}");
-    with_retries(&context, |nl| {
+    let mut nl = open(&context)?;
+    retrying(&context, &mut nl, |nl| {
         if !has_elem(nl, SET_PORTS, &ifkey)? {
             return Ok(());
         }
@@ -711,7 +736,8 @@ pub fn remove(host_veth: &str) -> Result<(), Error> {
         let mut batch = Batch::new();
         push_elems(&mut batch, msg::DELSETELEM, &have.keys(&ifkey), "deleting");
         nl.commit(batch)
-    })
+    })?;
+    Ok(OpenSocket(nl))
 }
 
 /// Garbage collection: removes the elements of every port not named in `keep`

@@ -318,8 +318,9 @@ fn add_and_del_stay_within_their_budget() {
         &del,
         &Budget {
             threads: 0,
-            // host veth lookup (it must be a veth), delete.
-            route: 2,
+            // host veth lookup (it must be a veth), down (so its rules can go
+            // before it does, overlapping the kernel's waits), delete.
+            route: 3,
             // element GETs for the port's flags, one batch; see DEL_NETFILTER.
             netfilter: DEL_NETFILTER,
             dumps: DEL_DUMPS,
