@@ -64,9 +64,12 @@
 //! every mainstream distribution kernel since 4.x; concatenated set keys need
 //! 4.1+), and CAP_NET_ADMIN in the host network namespace (the plugin runs as
 //! root there; the DaemonSet is privileged with hostNetwork). The image needs
-//! nothing extra. Removing a port's elements takes ~15 ms of wall-clock time at
-//! any scale: the kernel waits for an RCU grace period when committing element
-//! deletions (`nft delete element` shows the same); it is not CPU time.
+//! nothing extra. Removing a port's elements costs ~15 ms of wall-clock time at
+//! any scale, not at the commit but when the socket closes: the kernel frees
+//! deleted elements after an RCU grace period, and closing an nf_tables socket
+//! waits for that under the commit lock (`nft delete element` shows the same);
+//! it is not CPU time. [`remove_then_close_later`] lets DEL overlap it with the
+//! veth's deletion.
 //!
 //! # Concurrency
 //!
