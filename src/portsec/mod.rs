@@ -53,7 +53,7 @@
 //! no libnftables1 in the DaemonSet image or the plugin's host, no dlopen, no
 //! version skew with whatever nft the node has), errors come back per message
 //! with the kernel's errno, and we control exactly which kernel requests each
-//! call makes (one GET and one batch for an ADD, which a generic nft front-end
+//! call makes (one rule listing and one batch for an ADD, which a generic nft front-end
 //! cannot promise as its cache rules change between versions). The cost: we
 //! own the encoding of ~45 rules; `nft list table bridge portgroup` on a node
 //! decodes them back (with comments), and the tests check them with real frames.
@@ -85,8 +85,9 @@
 //!
 //! # Costs
 //!
-//! install of a new port: one rule dump of the fixed chains, one element GET, one
-//! batch of element adds: O(1) in the number of ports. Re-install of an existing
+//! install of a new port: one rule dump of the fixed chains, one batch of element
+//! adds (its `ports` element exclusive: a port installed already fails it, and
+//! only then is it read): O(1) in the number of ports. Re-install of an existing
 //! port, remove and verify read the port's MAC/IP elements with a set dump
 //! (netlink has no prefix lookup on a concatenated key), which is linear in the
 //! total number of elements but only on DEL/CHECK; a port that is not installed
@@ -104,7 +105,7 @@ use crate::error::Error;
 use crate::mac::MacAddr;
 
 use nfnl::{attr, attr_str, attr_u64, attrs, Batch, Msg, Nfnl, NlError, NFPROTO_BRIDGE};
-use nfnl::{msg, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST};
+use nfnl::{msg, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST};
 use ruleset::*;
 
 pub use ruleset::TABLE;
@@ -408,12 +409,24 @@ fn element_bytes(key: &[u8]) -> usize {
 /// Adds element messages for `keys` to `batch`: per set, as many messages as it
 /// takes, all in the one transaction. Split, never truncated.
 fn push_elems(batch: &mut Batch, kind: u16, keys: &[(&'static str, Vec<u8>)], what: &str) {
-    let flags = if kind == msg::NEWSETELEM {
-        NLM_F_REQUEST | NLM_F_CREATE
-    } else {
-        NLM_F_REQUEST
-    };
+    push_elems_exclusive(batch, kind, keys, what, None)
+}
+
+/// [`push_elems`], adding the elements of set `exclusive` with NLM_F_EXCL: the
+/// whole transaction fails with EEXIST if one of them exists already.
+fn push_elems_exclusive(
+    batch: &mut Batch,
+    kind: u16,
+    keys: &[(&'static str, Vec<u8>)],
+    what: &str,
+    exclusive: Option<&str>,
+) {
     for (set, _, _) in SETS {
+        let flags = match kind {
+            msg::NEWSETELEM if exclusive == Some(set) => NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL,
+            msg::NEWSETELEM => NLM_F_REQUEST | NLM_F_CREATE,
+            _ => NLM_F_REQUEST,
+        };
         let mut chunk: Vec<&[u8]> = Vec::new();
         let mut bytes = 0;
         let in_set = keys.iter().filter(|(s, _)| *s == set).map(|(_, k)| k);
@@ -681,8 +694,22 @@ pub fn install(rules: &PortRules) -> Result<(), Error> {
             nl.commit(batch)?;
             backfill_derived(nl)?;
         }
+        // A new port (the ADD path) is one batch: its `ports` element is added
+        // exclusively, so a port installed already fails it whole (EEXIST, nothing
+        // changed), and only then are its elements read and replaced.
         let mut batch = Batch::new();
-        // A new port (the ADD path) is one GET; only a re-install reads the sets.
+        push_elems_exclusive(
+            &mut batch,
+            msg::NEWSETELEM,
+            &want.keys(&ifkey),
+            "adding an element",
+            Some(SET_PORTS),
+        );
+        match nl.commit(batch) {
+            Err(e) if e.errno == libc::EEXIST => {}
+            done => return done,
+        }
+        let mut batch = Batch::new();
         let have = if has_elem(nl, SET_PORTS, &ifkey)? {
             port_elems(nl, &ifkey)?
         } else {

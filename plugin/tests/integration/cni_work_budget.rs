@@ -305,8 +305,9 @@ fn add_and_del_stay_within_their_budget() {
             threads: 0,
             // bridge lookup, veth (pod end up in the pod), host end on the bridge and up.
             route: 3,
-            // rule check (fixed-size dump), element GET, one batch.
-            netfilter: 3,
+            // rule check (fixed-size dump), one batch (the port's `ports`
+            // element exclusive: a port installed already is read only then).
+            netfilter: 2,
             dumps: &[(NETLINK_NETFILTER, NFT_GETRULE)],
         },
     );
