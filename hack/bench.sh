@@ -5,7 +5,9 @@
 #   hack/bench.sh --quick         smoke run (30 cycles, 1 burst round, 1/100 ports)
 #   hack/bench.sh --cycles N      sequential cycles per contender (default 200)
 #   hack/bench.sh --sections S    comma list of seq,burst,profile,portsec (default all)
-#   hack/bench.sh --no-build      use target/release/portgroup and portgroupd as they are
+#   hack/bench.sh --no-build      use the plugin and portgroupd as built (the plugin:
+#                                 target/<host>/release/portgroup, static as shipped, else
+#                                 target/release/portgroup)
 #   hack/bench.sh --no-daemon     skip the portgroupd section
 #   hack/bench.sh --plan          only the planner: portgroupctl plan on a generated RVTools
 #                                 export of 10,000 VMs / 25,000 NICs / 500 port groups, as
@@ -147,11 +149,16 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 # --- dependencies -------------------------------------------------------------
 "$repo/hack/install-deps.sh" --bench >&2
 
+host=$(rustc -vV | sed -n 's/^host: //p')
 if [[ $build -eq 1 ]]; then
     # One package per build: a workspace build unifies features and would link
     # the daemon's dependencies into the plugin.
-    step "cargo build --release -p portgroup; cargo build --release -p portgroupd"
-    cargo build --release -q -p portgroup
+    # The plugin as the image ships it (hack/image.sh): static, so no dynamic
+    # loader or relocations at each exec. An explicit --target keeps build
+    # scripts and proc macros dynamic.
+    step "cargo build --release --target $host -p portgroup (static, as shipped); cargo build --release -p portgroupd"
+    env "CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$host")_RUSTFLAGS=-C target-feature=+crt-static" \
+        cargo build --release -q --target "$host" -p portgroup
     cargo build --release -q -p portgroupd
     if [[ ,$sections, == *,profile,* ]]; then
         step "cargo build --profile profiling -p portgroup (release code with symbols, for callgrind)"
@@ -159,7 +166,8 @@ if [[ $build -eq 1 ]]; then
     fi
 fi
 target=${CARGO_TARGET_DIR:-$repo/target}
-plugin=$target/release/portgroup
+plugin=$target/$host/release/portgroup
+[[ -x $plugin ]] || plugin=$target/release/portgroup   # --no-build with only a dynamic build
 [[ -x $plugin ]] || { echo "$plugin is missing (cargo build --release -p portgroup)" >&2; exit 1; }
 
 # --- throwaway namespaces -----------------------------------------------------

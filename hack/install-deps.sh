@@ -46,9 +46,9 @@ have tcpdump || want tcpdump "packet captures in the labs"
 have readelf || want binutils "hack/image.sh checks the image's binaries are static"
 have qemu-system-x86_64 || want qemu-system-x86 "the VLAN test VM, for kernels without 802.1Q"
 compgen -G '/boot/vmlinuz-*' >/dev/null || want linux-image-amd64 "the VLAN test VM's kernel"
+have strace || want strace "counting the plugin's syscalls and netlink requests (the work-budget test)"
 have chromium || want chromium "portgroupctl's report.html rendered in a real browser (headless)"
 if ((bench)); then
-    have strace || want strace "benchmarks: syscall profile of one ADD"
     have valgrind || want valgrind "benchmarks: instruction counts (callgrind)"
 fi
 

@@ -137,6 +137,9 @@ def make_contenders(a):
                            base_conf(**l2), {"PORTGROUP_RUN_DIR": os.path.join(a.run_dir, "cmp")}, 9))
         c.append(Contender("cmp-static", "cni", f"pg-static with another build: {a.compare}", a.compare,
                            base_conf(**l2, ipam=STATIC_IPAM), {"PORTGROUP_RUN_DIR": os.path.join(a.run_dir, "cmp")}, 10))
+        c.append(Contender("cmp-portsec", "cni", f"pg-portsec with another build: {a.compare}", a.compare,
+                           base_conf(bridge=a.bridge, conflictProbe=False, spoofCheck=True),
+                           {"PORTGROUP_RUN_DIR": os.path.join(a.run_dir, "cmp")}, 12))
     if not a.portgroup and a.synthetic_state:
         a.portgroup, a.portgroup_run_dir = "bench", os.path.join(a.run_dir, "pgmode")
         write_synthetic_state(a)
@@ -688,6 +691,23 @@ def callgrind(a, by, pod, tmp):
         res["pg_add"] = annotate(f)
     else:
         res["pg_add_error"] = r.stderr.decode(errors="replace")[-400:]
+    # One ADD with port security, of the benched binary itself (static when hack/bench.sh
+    # built it: no dynamic loader); the table already exists, earlier sections made it.
+    ps = by["pg-portsec"]
+    cid, mac = ps.next_cid("cg"), mac_for(ps.slot, 0xF300)
+    f, r = vg("portsec", [ps.binary], ps._cni_env("ADD", cid, f"/run/netns/{pod}", "net1", a.cni_path),
+              ps._stdin(mac))
+    ps.delete(a, cid, pod, "net1", mac)
+    if f:
+        res["pg_portsec_add"] = annotate(f, top=0)
+    if "cmp-portsec" in by:
+        c = by["cmp-portsec"]
+        cid, mac = c.next_cid("cg"), mac_for(c.slot, 0xF300)
+        f, r = vg("cmp-portsec", [c.binary], c._cni_env("ADD", cid, f"/run/netns/{pod}", "net1", a.cni_path),
+                  c._stdin(mac))
+        c.delete(a, cid, pod, "net1", mac)
+        if f:
+            res["cmp_portsec_add"] = annotate(f, top=0)
     f, _ = vg("ver", [binary], pg._cni_env("VERSION", None, None, None, a.cni_path), b'{"cniVersion":"1.0.0"}')
     if f:
         res["pg_version"] = annotate(f, top=0)

@@ -63,6 +63,8 @@ def build(cni, daemon, calib_host=None):
             "pg-l2/floor": ratio(p50(seq, "pg-l2", key), p50(seq, "floor", key)),
             "ref-l2/floor": ratio(p50(seq, "ref-l2", key), p50(seq, "floor", key)),
             "pg-portsec/pg-l2": ratio(p50(seq, "pg-portsec", key), p50(seq, "pg-l2", key)),
+            "pg-portsec/ref-l2": ratio(p50(seq, "pg-portsec", key), p50(seq, "ref-l2", key)),
+            "pg-portsec/floor": ratio(p50(seq, "pg-portsec", key), p50(seq, "floor", key)),
         }
         if "pg-l2-disk" in seq:
             r[key]["pg-l2-disk/pg-l2"] = ratio(p50(seq, "pg-l2-disk", key), p50(seq, "pg-l2", key))
@@ -71,6 +73,9 @@ def build(cni, daemon, calib_host=None):
             r[key]["cmp-static/pg-static"] = ratio(p50(seq, "cmp-static", key), p50(seq, "pg-static", key))
             r[key]["cmp-l2/floor"] = ratio(p50(seq, "cmp-l2", key), p50(seq, "floor", key))
             r[key]["cmp-l2/ref-l2"] = ratio(p50(seq, "cmp-l2", key), p50(seq, "ref-l2", key))
+        if "cmp-portsec" in seq:
+            r[key]["cmp-portsec/pg-portsec"] = ratio(p50(seq, "cmp-portsec", key), p50(seq, "pg-portsec", key))
+            r[key]["cmp-portsec/ref-l2"] = ratio(p50(seq, "cmp-portsec", key), p50(seq, "ref-l2", key))
         if "pg-portgroup" in seq:
             r[key]["pg-portgroup/ref-l2"] = ratio(p50(seq, "pg-portgroup", key), p50(seq, "ref-l2", key))
             r[key]["pg-portgroup/pg-l2"] = ratio(p50(seq, "pg-portgroup", key), p50(seq, "pg-l2", key))
@@ -85,6 +90,22 @@ def build(cni, daemon, calib_host=None):
                                               "verdict": verdict(None if a is None else a <= 0.25)}
     a = r["addel"]["pg-l2/floor"]
     targets["addel_p50 <= 2x ip -batch floor"] = {"value": a, "verdict": verdict(None if a is None else a <= 2)}
+    a = r["add"]["pg-portsec/ref-l2"]
+    targets["ADD p50 with port security <= 0.50x reference"] = {
+        "value": a, "verdict": verdict(None if a is None else a <= 0.50),
+        "note": "pg-portsec ADD / ref-l2 ADD (the reference without macspoofchk), whole process"}
+    a = r["add"]["pg-portsec/floor"]
+    targets["ADD p50 with port security <= 1.10x ip floor"] = {
+        "value": a, "plain_l2": r["add"]["pg-l2/floor"], "verdict": verdict(None if a is None else a <= 1.10),
+        "note": "pg-portsec ADD / the ip -batch floor's ADD (plain_l2: pg-l2 / floor)"}
+    b_sec, b_l2 = burst.get("pg-portsec", {}), burst.get("pg-l2", {})
+    if b_sec and b_l2:
+        a = ratio(b_sec.get("del_wall_ms_p50"), b_l2.get("del_wall_ms_p50"))
+        rounds = [ratio(x["del"]["wall_ms"], y["del"]["wall_ms"])
+                  for x, y in zip(b_sec.get("rounds", []), b_l2.get("rounds", []))]
+        targets["burst of 100 DELs with port security <= 1.2x without"] = {
+            "value": a, "per_round": rounds, "portsec_ms": b_sec.get("del_wall_ms_p50"),
+            "plain_ms": b_l2.get("del_wall_ms_p50"), "verdict": verdict(None if a is None else a <= 1.2)}
     if pg_burst:
         fails = sum(v["failures"] for v in pg_burst.values())
         ports_ok = all(v["ok_ports_every_round"] for v in pg_burst.values())
@@ -193,6 +214,10 @@ def print_tables(res):
                   f", pg VERSION {(cg.get('pg_version') or {}).get('instructions') or 0:,}"
                   f", ip -batch floor ADD {(cg.get('floor_add') or {}).get('instructions') or 0:,}"
                   f", /bin/true {(cg.get('true') or {}).get('instructions') or 0:,}")
+        if cg.get("pg_portsec_add"):
+            cmp = (cg.get("cmp_portsec_add") or {}).get("instructions")
+            print(f"  one ADD with port security (the benched binary): {cg['pg_portsec_add']['instructions']:,}"
+                  + (f"; the --compare build: {cmp:,}" if cmp else ""))
         for name in ("pg-l2", "pg-static"):
             tl = prof.get(f"timeline_{name}")
             if tl and tl.get("steps"):

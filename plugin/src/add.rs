@@ -89,6 +89,9 @@ pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
         pod_mac: spec.mac,
         pod_mtu: spec.pod_mtu,
         pod_netns: &pod_ns,
+        // A pod end that gets addresses comes up only once it holds them
+        // (configure_pod); a plain L2 port's comes up as it is made.
+        pod_up: !conf.link_down && matches!(spec.addresses, Addresses::None),
     };
     let mut node = Node {
         nl: &nl,
@@ -183,18 +186,6 @@ impl Attempt<'_> {
     ) -> Result<(Value, Vec<IpNetwork>), Error> {
         let (conf, spec) = (self.conf, self.spec);
         let ifname = self.call.ifname.as_str();
-        let pod = Netlink::connect_in(self.pod_ns)
-            .map_err(|e| Error::system("opening netlink in the pod netns", e))?;
-        let peer = pod
-            .link_by_name(ifname)
-            .await
-            .map_err(|e| Error::netlink(format!("looking up {ifname} in the pod"), e))?
-            .ok_or_else(|| {
-                Error::CheckFailed(format!(
-                    "{ifname} vanished from the pod right after ADD made it"
-                ))
-            })?;
-
         let (ips, routes, dns) = match &spec.addresses {
             Addresses::Declared(ips) => (
                 ips.iter()
@@ -227,41 +218,29 @@ impl Attempt<'_> {
 
         let allowed = spec.allowed_ips(&assigned);
         if let Some(rules) = rules.filter(|r| r.ips != allowed) {
-            // Still before the pod end is up: it has sent nothing yet.
+            // Before the pod end holds IPAM's addresses: it has sent from none of them.
             node.install_port_security(&portsec::PortRules {
                 ips: allowed.clone(),
                 ..rules.clone()
             })?;
         }
 
-        for ip in &ips {
-            pod.add_address(peer.index, ip.address.ip(), ip.address.prefix())
-                .await
-                .map_err(|e| Error::netlink(format!("adding {} to {ifname}", ip.address), e))?;
+        // A plain L2 port (the VM configures its own addresses) is done here: the
+        // pod end was made up, in the pod. Addresses and routes are set from
+        // inside the pod's namespace, on a socket made there.
+        if conf.link_down && !routes.is_empty() {
+            // A down link has no connected routes for a gateway to resolve through.
+            tracing::warn!(
+                "linkDown: {} IPAM route(s) not installed on {ifname}",
+                routes.len()
+            );
         }
-        fault::point("addresses-added");
-        if conf.link_down {
-            if !routes.is_empty() {
-                // A down link has no connected routes for a gateway to resolve through.
-                tracing::warn!(
-                    "linkDown: {} IPAM route(s) not installed on {ifname}",
-                    routes.len()
-                );
-            }
+        let routes_to_install: &[Route] = if conf.link_down { &[] } else { &routes };
+        if !ips.is_empty() || !routes_to_install.is_empty() {
+            self.configure_pod(&ips, routes_to_install, !conf.link_down)
+                .await?;
         } else {
-            pod.set_up(peer.index)
-                .await
-                .map_err(|e| Error::netlink(format!("bringing {ifname} up"), e))?;
-            for route in &routes {
-                let gateway = route.gw.or_else(|| {
-                    ips.iter()
-                        .find(|ip| ip.address.is_ipv4() == route.dst.is_ipv4())
-                        .and_then(|ip| ip.gateway)
-                });
-                pod.add_route(peer.index, Some(route.dst), gateway)
-                    .await
-                    .map_err(|e| Error::netlink(format!("adding route to {}", route.dst), e))?;
-            }
+            fault::point("addresses-added");
         }
         if let Some(settings) = spec.probe.as_ref().filter(|_| !allowed.is_empty()) {
             let answers = probe::probe(&self.target.bridge.name, spec.mac, &allowed, settings)?;
@@ -303,6 +282,51 @@ impl Attempt<'_> {
         fault::point("probed");
         let result = self.result(host_mac, ips, routes, dns);
         Ok((result.to_json(conf.cni_version), assigned))
+    }
+
+    /// Adds the addresses and routes to the pod end, from inside the pod's
+    /// namespace, bringing it up (`up`) once it holds its addresses and before
+    /// the routes, which need it up.
+    async fn configure_pod(
+        &self,
+        ips: &[IpConfig],
+        routes: &[Route],
+        up: bool,
+    ) -> Result<(), Error> {
+        let ifname = self.call.ifname.as_str();
+        let pod = Netlink::connect_in(self.pod_ns)
+            .map_err(|e| Error::system("opening netlink in the pod netns", e))?;
+        let peer = pod
+            .link_by_name(ifname)
+            .await
+            .map_err(|e| Error::netlink(format!("looking up {ifname} in the pod"), e))?
+            .ok_or_else(|| {
+                Error::CheckFailed(format!(
+                    "{ifname} vanished from the pod right after ADD made it"
+                ))
+            })?;
+        for ip in ips {
+            pod.add_address(peer.index, ip.address.ip(), ip.address.prefix())
+                .await
+                .map_err(|e| Error::netlink(format!("adding {} to {ifname}", ip.address), e))?;
+        }
+        fault::point("addresses-added");
+        if up {
+            pod.set_up(peer.index)
+                .await
+                .map_err(|e| Error::netlink(format!("bringing {ifname} up"), e))?;
+        }
+        for route in routes {
+            let gateway = route.gw.or_else(|| {
+                ips.iter()
+                    .find(|ip| ip.address.is_ipv4() == route.dst.is_ipv4())
+                    .and_then(|ip| ip.gateway)
+            });
+            pod.add_route(peer.index, Some(route.dst), gateway)
+                .await
+                .map_err(|e| Error::netlink(format!("adding route to {}", route.dst), e))?;
+        }
+        Ok(())
     }
 
     /// Another attachment on this node with this MAC, of another namespace. A record

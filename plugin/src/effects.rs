@@ -192,7 +192,25 @@ impl NodeEffects for Node<'_> {
 
     async fn create_veth(&mut self, veth: &VethSpec<'_>) -> Result<(), Error> {
         let Err(e) = self.nl.create_veth(veth).await else {
-            return Ok(());
+            // Made: the host end joins its bridge and comes up (a failure here
+            // is undone with the veth, which the caller records next).
+            let attached = self
+                .nl
+                .attach_host_end(veth.host_name, veth.bridge_index)
+                .await;
+            return match attached {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    // Not yet in the undo log: the half-made port goes here.
+                    if let Err(del) = delete_host_veth(self.nl, veth.host_name).await {
+                        tracing::warn!("removing {} after a failed attach: {del}", veth.host_name);
+                    }
+                    Err(Error::netlink(
+                        format!("putting {} on its bridge", veth.host_name),
+                        e,
+                    ))
+                }
+            };
         };
         let host_veth = veth.host_name;
         if !is_exists(&e) {
@@ -334,6 +352,7 @@ mod tests {
             pod_mac: "00:50:56:aa:bb:01".parse().unwrap(),
             pod_mtu: 1500,
             pod_netns: &netns,
+            pod_up: true,
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()

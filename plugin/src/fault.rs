@@ -1,7 +1,8 @@
 //! Test hooks, inert unless their variable is set. Crash points for the "ADD
-//! killed at any point, then DEL" tests: with PORTGROUP_TEST_EXIT_AT=<stage> the
-//! process exits there at once, running no rollback, as SIGKILL would. One
-//! environment lookup per stage when unset.
+//! killed at any point, then DEL" tests (and the DEL killed between its rules
+//! and its veth): with PORTGROUP_TEST_EXIT_AT=<stage> the process exits there
+//! at once, running no rollback, as SIGKILL would. One environment lookup per
+//! stage when unset.
 
 pub const STAGES: &[&str] = &[
     "record-written",
@@ -9,6 +10,7 @@ pub const STAGES: &[&str] = &[
     "veth-created",
     "addresses-added",
     "probed",
+    "del-port-down-rules-removed",
 ];
 
 pub fn point(stage: &'static str) {

@@ -21,11 +21,14 @@ pub struct VethSpec<'a> {
     pub host_mac: MacAddr,
     /// The bridge's MTU: a port below it would pull the bridge down with it.
     pub host_mtu: u32,
+    /// The bridge the host end joins ([`PodNetlink::attach_host_end`]).
     pub bridge_index: u32,
     pub pod_name: &'a str,
     pub pod_mac: MacAddr,
     pub pod_mtu: u32,
     pub pod_netns: &'a OwnedFd,
+    /// Whether the pod end comes up (the config's `linkDown` keeps it down).
+    pub pod_up: bool,
 }
 
 /// The plugin's requests on a [`Netlink`] connection. The plugin runs a
@@ -37,13 +40,21 @@ pub trait PodNetlink: Sized {
 
     async fn link_by_index(&self, index: u32) -> Result<Option<LinkSummary>, rtnetlink::Error>;
 
-    /// Creates a veth pair in one request: the host end on its bridge, up, at the
-    /// bridge's MTU (so the bridge's own MTU never moves); the pod end made directly
-    /// inside the pod's netns, with its MAC and MTU. Nothing ever exists half-made in
-    /// the wrong namespace. The pod end stays down: the kernel refuses to open a veth
-    /// end before its peer is linked (ENOTCONN), so the caller brings it up with
-    /// [`PodNetlink::set_up`] from inside the pod netns.
+    /// Creates a veth pair in one request from the node's namespace: the pod end
+    /// is the request's own link, made directly inside the pod's netns with its
+    /// MAC and MTU, and up (unless `pod_up` is false); the host end is its peer,
+    /// in this namespace at the bridge's MTU (so the bridge's own MTU never
+    /// moves), down and on no bridge until [`PodNetlink::attach_host_end`].
+    /// Nothing ever exists half-made in the wrong namespace, and the pod's side
+    /// needs no socket of its own. (The kernel opens the request's link after
+    /// linking the pair, but refuses to open the peer then, with ENOTCONN: so
+    /// the pod end is the one made up here, and the host end gets a request of
+    /// its own, in this namespace.)
     async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), rtnetlink::Error>;
+
+    /// Puts the host end of a veth [`PodNetlink::create_veth`] made on its bridge,
+    /// up: one request, by name.
+    async fn attach_host_end(&self, name: &str, bridge_index: u32) -> Result<(), rtnetlink::Error>;
 
     async fn set_up(&self, index: u32) -> Result<(), rtnetlink::Error>;
 
@@ -88,20 +99,31 @@ impl PodNetlink for Netlink {
     }
 
     async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), rtnetlink::Error> {
-        let peer_builder = LinkMessageBuilder::<LinkUnspec>::new()
+        let host_end = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(spec.host_name.to_string())
+            .mtu(spec.host_mtu)
+            .address(spec.host_mac.0.to_vec());
+        let mut pod_end = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
             .name(spec.pod_name.to_string())
             .mtu(spec.pod_mtu)
             .address(spec.pod_mac.0.to_vec())
             .setns_by_fd(spec.pod_netns.as_raw_fd());
-        let message = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
-            .name(spec.host_name.to_string())
-            .mtu(spec.host_mtu)
-            .address(spec.host_mac.0.to_vec())
-            .controller(spec.bridge_index)
-            .up()
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_builder.build())))
+        if spec.pod_up {
+            pod_end = pod_end.up();
+        }
+        let message = pod_end
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(host_end.build())))
             .build();
         self.handle.link().add(message).execute().await
+    }
+
+    async fn attach_host_end(&self, name: &str, bridge_index: u32) -> Result<(), rtnetlink::Error> {
+        let message = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(name.to_string())
+            .controller(bridge_index)
+            .up()
+            .build();
+        self.set_link(message).await
     }
 
     async fn set_up(&self, index: u32) -> Result<(), rtnetlink::Error> {

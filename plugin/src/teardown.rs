@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use portgroup::attachment;
 use portgroup::naming::host_veth_name;
-use portgroup::netlink::Netlink;
+use portgroup::netlink::{link_change, Netlink};
 use portgroup::paths::RunDir;
 use portgroup::{portsec, Error};
 use serde_json::Value;
@@ -26,22 +26,35 @@ pub struct Teardown<'a> {
 /// Deletes our host veth (and so its pod end, in whatever netns it is); a missing
 /// one is fine, anything that is not a veth is left alone.
 pub async fn delete_host_veth(nl: &Netlink, host_veth: &str) -> Result<(), Error> {
+    match find_host_veth(nl, host_veth).await? {
+        Some(index) => delete_link(nl, host_veth, index).await,
+        None => Ok(()),
+    }
+}
+
+/// The index of our host veth; None when there is none, or when something that
+/// is not a veth has its name (left alone, with a warning).
+async fn find_host_veth(nl: &Netlink, host_veth: &str) -> Result<Option<u32>, Error> {
     match nl.link_by_name(host_veth).await {
-        Ok(Some(link)) if link.is_kind("veth") => match nl.delete_link(link.index).await {
-            Err(e) if !portgroup::netlink::is_not_found(&e) => {
-                Err(Error::netlink(format!("deleting {host_veth}"), e))
-            }
-            _ => Ok(()),
-        },
+        Ok(Some(link)) if link.is_kind("veth") => Ok(Some(link.index)),
         Ok(Some(link)) => {
             tracing::warn!(
                 "{host_veth} exists but is a {:?} interface, not our veth; left alone",
                 link.kind
             );
-            Ok(())
+            Ok(None)
         }
-        Ok(None) => Ok(()),
+        Ok(None) => Ok(None),
         Err(e) => Err(Error::netlink(format!("looking up {host_veth}"), e)),
+    }
+}
+
+async fn delete_link(nl: &Netlink, host_veth: &str, index: u32) -> Result<(), Error> {
+    match nl.delete_link(index).await {
+        Err(e) if !portgroup::netlink::is_not_found(&e) => {
+            Err(Error::netlink(format!("deleting {host_veth}"), e))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -70,12 +83,48 @@ impl Teardown<'_> {
                 None
             });
 
-        if let Err(e) = delete_host_veth(nl, &host_veth).await {
-            errors.push(e);
+        // The port goes down first: a down port sends nothing into the bridge (the
+        // kernel drops what its pod end sends, and the bridge disables the port),
+        // so its rules can go before the veth does. Their socket stays open until
+        // the veth is deleted: the grace period the kernel waits for before
+        // freeing deleted rules then runs during the veth's deletion, which waits
+        // for its own, instead of after it (see portsec::remove_then_close_later).
+        let veth = find_host_veth(nl, &host_veth).await;
+        let unusable = match &veth {
+            Ok(Some(index)) => match nl.set_link(link_change(*index).down().build()).await {
+                Ok(()) => true,
+                Err(e) if portgroup::netlink::is_not_found(&e) => true,
+                Err(e) => {
+                    tracing::warn!("taking {host_veth} down: {e}; its rules go after it");
+                    false
+                }
+            },
+            Ok(None) => true,
+            // Unknown: the port may still be up, its rules stay until it is gone.
+            Err(_) => false,
+        };
+        let mut rules_socket = None;
+        if unusable {
+            match portsec::remove_then_close_later(&host_veth) {
+                Ok(socket) => rules_socket = Some(socket),
+                Err(e) => errors.push(e),
+            }
         }
-        if let Err(e) = portsec::remove(&host_veth) {
-            errors.push(e);
+        crate::fault::point("del-port-down-rules-removed");
+        match veth {
+            Ok(Some(index)) => {
+                if let Err(e) = delete_link(nl, &host_veth, index).await {
+                    errors.push(e);
+                } else if !unusable {
+                    if let Err(e) = portsec::remove(&host_veth) {
+                        errors.push(e);
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(e),
         }
+        drop(rules_socket);
         if let Some(section) = self.ipam {
             if let Err(e) = self.release_ipam(section) {
                 errors.push(e);

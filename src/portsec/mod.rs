@@ -62,7 +62,7 @@
 //! no libnftables1 in the DaemonSet image or the plugin's host, no dlopen, no
 //! version skew with whatever nft the node has), errors come back per message
 //! with the kernel's errno, and we control exactly which kernel requests each
-//! call makes (one GET and one batch for an ADD, which a generic nft front-end
+//! call makes (one rule listing and one batch for an ADD, which a generic nft front-end
 //! cannot promise as its cache rules change between versions). The cost: we
 //! own the encoding of ~60 rules; `nft list table bridge portgroup` on a node
 //! decodes them back (with comments), and the tests check them with real frames.
@@ -73,9 +73,12 @@
 //! every mainstream distribution kernel since 4.x; concatenated set keys need
 //! 4.1+), and CAP_NET_ADMIN in the host network namespace (the plugin runs as
 //! root there; the DaemonSet is privileged with hostNetwork). The image needs
-//! nothing extra. Removing a port's elements takes ~15 ms of wall-clock time at
-//! any scale: the kernel waits for an RCU grace period when committing element
-//! deletions (`nft delete element` shows the same); it is not CPU time.
+//! nothing extra. Removing a port's elements costs ~15 ms of wall-clock time at
+//! any scale, not at the commit but when the socket closes: the kernel frees
+//! deleted elements after an RCU grace period, and closing an nf_tables socket
+//! waits for that under the commit lock (`nft delete element` shows the same);
+//! it is not CPU time. [`remove_then_close_later`] lets DEL overlap it with the
+//! veth's deletion.
 //!
 //! # Concurrency
 //!
@@ -91,8 +94,9 @@
 //!
 //! # Costs
 //!
-//! install of a new port: one rule dump of the fixed chains, one element GET, one
-//! batch of element adds: O(1) in the number of ports. Re-install of an existing
+//! install of a new port: one rule dump of the fixed chains, one batch of element
+//! adds (its `ports` element exclusive: a port installed already fails it, and
+//! only then is it read): O(1) in the number of ports. Re-install of an existing
 //! port, remove and verify read the port's MAC/IP elements with a set dump
 //! (netlink has no prefix lookup on a concatenated key), which is linear in the
 //! total number of elements but only on DEL/CHECK; a port that is not installed
@@ -115,7 +119,7 @@ use crate::error::Error;
 use crate::mac::MacAddr;
 
 use nfnl::{attr, attr_str, attr_u64, attrs, Batch, Msg, Nfnl, NlError, NFPROTO_BRIDGE};
-use nfnl::{msg, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST};
+use nfnl::{msg, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST};
 use ruleset::*;
 
 #[cfg(feature = "daemon")]
@@ -428,13 +432,27 @@ fn element_bytes(key: &[u8]) -> usize {
 /// Adds element messages for `keys` to `batch`: per set, as many messages as it
 /// takes, all in the one transaction. Split, never truncated.
 fn push_elems(batch: &mut Batch, kind: u16, keys: &[(&'static str, Vec<u8>)], what: &str) {
-    let flags = if kind == msg::NEWSETELEM {
-        NLM_F_REQUEST | NLM_F_CREATE
-    } else {
-        NLM_F_REQUEST
-    };
+    push_elems_exclusive(batch, kind, keys, what, &[])
+}
+
+/// [`push_elems`], adding the elements of the sets `exclusive` with NLM_F_EXCL:
+/// the whole transaction fails with EEXIST if one of them exists already.
+fn push_elems_exclusive(
+    batch: &mut Batch,
+    kind: u16,
+    keys: &[(&'static str, Vec<u8>)],
+    what: &str,
+    exclusive: &[&str],
+) {
     for (set, _, _) in SETS.iter().chain(FCFS_SETS.iter()) {
         let set = *set;
+        let flags = match kind {
+            msg::NEWSETELEM if exclusive.contains(&set) => {
+                NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL
+            }
+            msg::NEWSETELEM => NLM_F_REQUEST | NLM_F_CREATE,
+            _ => NLM_F_REQUEST,
+        };
         let mut chunk: Vec<&[u8]> = Vec::new();
         let mut bytes = 0;
         let in_set = keys.iter().filter(|(s, _)| *s == set).map(|(_, k)| k);
@@ -810,12 +828,21 @@ fn too_busy() -> NlError {
 /// needs afresh, so a retry sees what the other writer did.
 fn with_retries<T>(
     context: &str,
-    mut attempt: impl FnMut(&mut Nfnl) -> Result<T, NlError>,
+    attempt: impl FnMut(&mut Nfnl) -> Result<T, NlError>,
 ) -> Result<T, Error> {
     let mut nl = open(context)?;
+    retrying(context, &mut nl, attempt)
+}
+
+/// [`with_retries`] on a socket the caller opened.
+fn retrying<T>(
+    context: &str,
+    nl: &mut Nfnl,
+    mut attempt: impl FnMut(&mut Nfnl) -> Result<T, NlError>,
+) -> Result<T, Error> {
     let mut last = None;
     for _ in 0..ATTEMPTS {
-        match attempt(&mut nl) {
+        match attempt(nl) {
             Ok(value) => return Ok(value),
             Err(e) if retryable(&e) => last = Some(e),
             Err(e) => return Err(err(context, e)),
@@ -843,8 +870,31 @@ pub fn install(rules: &PortRules) -> Result<(), Error> {
             nl.commit(batch)?;
             backfill_derived(nl)?;
         }
+        // A new port (the ADD path) is one batch: its `ports` element and its
+        // claims on its declared IPv6 addresses are added exclusively, so a port
+        // installed already, or an address some port holds already (declared, or
+        // claimed through DAD before this reservation was known), fails it whole
+        // (EEXIST, nothing changed); only then are the elements read and replaced
+        // and the claims sorted out one by one.
+        let mut keys = want.keys(&ifkey);
+        keys.extend(
+            declared_ip6(&want)
+                .into_iter()
+                .map(|a| (SET_FCFS_CLAIMED, a.to_vec())),
+        );
         let mut batch = Batch::new();
-        // A new port (the ADD path) is one GET; only a re-install reads the sets.
+        push_elems_exclusive(
+            &mut batch,
+            msg::NEWSETELEM,
+            &keys,
+            "adding an element",
+            &[SET_PORTS, SET_FCFS_CLAIMED],
+        );
+        match nl.commit(batch) {
+            Err(e) if e.errno == libc::EEXIST => {}
+            done => return done,
+        }
+        let mut batch = Batch::new();
         let have = if has_elem(nl, SET_PORTS, &ifkey)? {
             port_elems(nl, &ifkey)?
         } else {
@@ -878,9 +928,25 @@ pub fn install(rules: &PortRules) -> Result<(), Error> {
 
 /// Removes every rule for one port; a port with no rules is fine.
 pub fn remove(host_veth: &str) -> Result<(), Error> {
+    remove_then_close_later(host_veth).map(drop)
+}
+
+/// The socket a removal was committed on, still open: see
+/// [`remove_then_close_later`]. Dropping it closes it.
+pub struct OpenSocket(#[allow(dead_code)] Nfnl);
+
+/// [`remove`], returning its socket open, for the caller to drop after its own
+/// slow work. Why: the kernel frees deleted elements after an RCU grace period
+/// (~15 ms), on a worker; closing any nf_tables socket waits for that worker,
+/// holding the nf_tables commit lock. Closed at once, every DEL pays a grace
+/// period, and concurrent DELs pay theirs one after the other (100 DELs: over a
+/// second). Kept open across the veth's deletion, which waits for grace periods
+/// of its own, the worker is done by the time the socket closes.
+pub fn remove_then_close_later(host_veth: &str) -> Result<OpenSocket, Error> {
     let ifkey = ifname_key(host_veth)?;
     let context = format!("removing port security for {host_veth}");
-    with_retries(&context, |nl| {
+    let mut nl = open(&context)?;
+    retrying(&context, &mut nl, |nl| {
         if !has_elem(nl, SET_PORTS, &ifkey)? {
             return Ok(());
         }
@@ -905,7 +971,8 @@ pub fn remove(host_veth: &str) -> Result<(), Error> {
         let mut batch = Batch::new();
         push_elems(&mut batch, msg::DELSETELEM, &gone, "deleting");
         nl.commit(batch)
-    })
+    })?;
+    Ok(OpenSocket(nl))
 }
 
 /// Garbage collection: removes the elements of every port not named in `keep`

@@ -807,7 +807,57 @@ fn rules() -> Vec<(&'static str, Vec<Expr>)> {
 
 /// The comments `verify` expects, in chain order.
 pub fn expected_comments() -> Vec<(String, String)> {
-    comments(layout())
+    precomputed_comments(LAYOUT_TAG, RULES_PER_CHAIN)
+}
+
+/// [`layout`] and the number of rules in each chain, as this build computes
+/// them, written down: every ADD checks the table's rules against them, and
+/// computing them encodes the whole ruleset (~0.8 M instructions, more than
+/// half of an ADD's own). `precomputed_layout_is_this_builds` fails, with the
+/// values to write here, when the rules change.
+const LAYOUT_TAG: &str = "pg6a6035a3";
+const RULES_PER_CHAIN: &[(&str, usize)] = &[
+    ("prerouting", 1),
+    ("port_in", 20),
+    ("arp_sha", 2),
+    ("ip4_guard", 1),
+    ("ip6_guard", 5),
+    ("ip4_in", 4),
+    ("arp_in", 4),
+    ("ip6_in", 8),
+    ("nd_in", 8),
+    ("fcfs_dad", 6),
+    ("fcfs_src", 2),
+];
+
+fn precomputed_comments(tag: &str, counts: &[(&str, usize)]) -> Vec<(String, String)> {
+    counts
+        .iter()
+        .flat_map(|(chain, n)| {
+            (1..=*n).map(move |i| (chain.to_string(), format!("{tag}:{chain}:{i}")))
+        })
+        .collect()
+}
+
+/// What [`LAYOUT_TAG`] and [`RULES_PER_CHAIN`] must say (Rust source).
+#[cfg(test)]
+fn precomputed_source() -> String {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for (chain, _) in comments(layout()) {
+        match counts.iter_mut().find(|(c, _)| *c == chain) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((chain, 1)),
+        }
+    }
+    let counts: Vec<String> = counts
+        .iter()
+        .map(|(c, n)| format!("(\"{c}\", {n})"))
+        .collect();
+    format!(
+        "const LAYOUT_TAG: &str = \"{}\";\nconst RULES_PER_CHAIN: &[(&str, usize)] = &[{}];",
+        layout(),
+        counts.join(", ")
+    )
 }
 
 /// The comment carried by each rule, in chain order: layout tag, chain and
@@ -1056,6 +1106,19 @@ mod tests {
             have == want,
             "the port-security layout changed; if that is meant, rerun with \
              PORTGROUP_UPDATE_GOLDEN=1 and commit {GOLDEN}\n--- now:\n{have}"
+        );
+    }
+
+    #[test]
+    fn precomputed_layout_is_this_builds() {
+        let mut have = expected_comments();
+        let mut want = comments(layout());
+        have.sort();
+        want.sort();
+        assert!(
+            have == want,
+            "the rules changed: write this in ruleset.rs\n{}",
+            precomputed_source()
         );
     }
 

@@ -108,8 +108,21 @@ impl Lab {
     }
 
     pub fn cni_raw(&self, command: &str, stdin: &[u8], env: &[(&str, &str)]) -> Output {
+        self.cni_wrapped(&[], command, stdin, env)
+    }
+
+    /// As [`Lab::cni_raw`], with the plugin started through `wrapper` (a tracer
+    /// such as `strace -o FILE`), still inside the node namespace.
+    pub fn cni_wrapped(
+        &self,
+        wrapper: &[&str],
+        command: &str,
+        stdin: &[u8],
+        env: &[(&str, &str)],
+    ) -> Output {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.node])
+            .args(wrapper)
             .arg(plugin_binary())
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")

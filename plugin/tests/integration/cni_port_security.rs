@@ -260,3 +260,74 @@ fn trunk_port_locks_the_mac_only() {
     assert_eq!(lab.cni("DEL", &c, &env).code, 0);
     lab.assert_clean(&["br0", "peer0"]);
 }
+
+/// DEL takes the port down before removing its rules (so the removal's grace
+/// period overlaps the veth's deletion): killed between the two, the port has
+/// no rules and still exists, and must not pass a frame its rules would drop.
+#[test]
+fn a_port_whose_rules_are_gone_sends_nothing_before_its_veth_goes() {
+    let mut lab = Lab::new();
+    let peer = lab.pod();
+    lab.node_ip(&[
+        "link", "add", "peer0", "type", "veth", "peer", "name", "eth0", "netns", &peer,
+    ]);
+    lab.node_ip(&["link", "set", "peer0", "master", "br0", "up"]);
+    lab.pod_ip(&peer, &["link", "set", "eth0", "up"]);
+    lab.pod_ip(&peer, &["addr", "add", "10.10.7.1/24", "dev", "eth0"]);
+    let vm = lab.pod();
+    let path = Lab::netns_path(&vm);
+    let env = Lab::attach_env("vm1", &path, "net1");
+    let c = conf(
+        "1.0.0",
+        json!({"runtimeConfig": {"mac": VM_MAC, "ips": ["10.10.7.21/24"]}}),
+    );
+    let add = lab.cni("ADD", &c, &env);
+    assert_eq!(add.code, 0, "{}", add.stdout);
+    let host = add.json["interfaces"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ping = |vm: &str| {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                vm,
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "10.10.7.1",
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(ping(&vm), "the port's own address passes");
+    // The guest takes an address that is not its own: the rules drop it.
+    lab.pod_ip(&vm, &["addr", "flush", "dev", "net1"]);
+    lab.pod_ip(&vm, &["addr", "add", "10.10.7.50/24", "dev", "net1"]);
+    assert!(!ping(&vm), "a foreign source address is dropped");
+
+    let mut killed = env.clone();
+    killed.push(("PORTGROUP_TEST_EXIT_AT", "del-port-down-rules-removed"));
+    assert_eq!(lab.cni("DEL", &c, &killed).code, 137);
+    assert_eq!(lab.secured_ports(), Vec::<String>::new(), "rules removed");
+    assert!(lab.node_links().contains(&host), "the veth is still there");
+    assert!(
+        !ping(&vm),
+        "a port without rules must not send while it exists"
+    );
+    // Up again, the same port passes the same frames: the test can fail.
+    lab.node_ip(&["link", "set", &host, "up"]);
+    assert!(
+        ping(&vm),
+        "up and without rules, the foreign address passes"
+    );
+
+    // The runtime's retry finishes the DEL.
+    assert_eq!(lab.cni("DEL", &c, &env).code, 0);
+    lab.assert_clean(&["br0", "peer0"]);
+}

@@ -18,6 +18,7 @@ mod cni_port_security;
 mod cni_records;
 mod cni_reference_bridge;
 mod cni_tenancy;
+mod cni_work_budget;
 mod install_cli;
 mod podman_e2e;
 mod probe_netns;
