@@ -89,8 +89,11 @@
 //! total number of elements but only on DEL/CHECK; a port that is not installed
 //! is found with one GET and costs O(1).
 
+mod handover;
 mod nfnl;
 mod ruleset;
+
+pub use handover::{awaiting_handover, handover_state, held_frames, hold, HandoverState, Hold};
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -410,7 +413,7 @@ fn push_elems(batch: &mut Batch, kind: u16, keys: &[(&'static str, Vec<u8>)], wh
     } else {
         NLM_F_REQUEST
     };
-    for (set, _, _) in SETS {
+    for (set, _, _) in all_sets() {
         let mut chunk: Vec<&[u8]> = Vec::new();
         let mut bytes = 0;
         let in_set = keys.iter().filter(|(s, _)| *s == set).map(|(_, k)| k);
@@ -699,17 +702,25 @@ pub fn install(rules: &PortRules) -> Result<(), Error> {
     })
 }
 
-/// Removes every rule for one port; a port with no rules is fine.
+/// Removes every rule for one port, its handover hold included; a port with
+/// no rules is fine.
 pub fn remove(host_veth: &str) -> Result<(), Error> {
     let ifkey = ifname_key(host_veth)?;
     let context = format!("removing port security for {host_veth}");
     with_retries(&context, |nl| {
-        if !has_elem(nl, SET_PORTS, &ifkey)? {
+        let mut keys = if has_elem(nl, SET_PORTS, &ifkey)? {
+            port_elems(nl, &ifkey)?.keys(&ifkey)
+        } else {
+            Vec::new()
+        };
+        // A migration target's hold goes with the port, whether or not it was
+        // secured: two GETs when it had none.
+        keys.extend(handover::port_keys(nl, &ifkey)?);
+        if keys.is_empty() {
             return Ok(());
         }
-        let have = port_elems(nl, &ifkey)?;
         let mut batch = Batch::new();
-        push_elems(&mut batch, msg::DELSETELEM, &have.keys(&ifkey), "deleting");
+        push_elems(&mut batch, msg::DELSETELEM, &keys, "deleting");
         nl.commit(batch)
     })
 }
@@ -724,7 +735,7 @@ pub fn remove_all_not_in(keep: &[String]) -> Result<Vec<String>, Error> {
     let keep: HashSet<&str> = keep.iter().map(String::as_str).collect();
     with_retries(context, |nl| {
         let mut all: Vec<(&'static str, Vec<u8>)> = Vec::new();
-        for (set, _, _) in SETS {
+        for (set, _, _) in all_sets() {
             for key in dump_set(nl, set)? {
                 all.push((set, key));
             }
@@ -884,7 +895,17 @@ fn list(items: impl Iterator<Item = String>) -> String {
 
 /// Reads the drop counters (all zero when the table does not exist yet).
 pub fn counters() -> Result<DropCounters, Error> {
-    let context = "reading the port-security drop counters";
+    let mut c = DropCounters::default();
+    for (name, packets) in counter_packets("reading the port-security drop counters")? {
+        if let Some(slot) = name.strip_prefix("drop_").and_then(|r| c.slot(r)) {
+            *slot = packets;
+        }
+    }
+    Ok(c)
+}
+
+/// (name, packets) of every named counter of the table (none before it exists).
+fn counter_packets(context: &str) -> Result<Vec<(String, u64)>, Error> {
     let mut nl = open(context)?;
     let mut m = Msg::new(msg::GETOBJ, NLM_F_REQUEST | NLM_F_DUMP, NFPROTO_BRIDGE);
     m.str(NFTA_OBJ_TABLE, TABLE)
@@ -894,20 +915,16 @@ pub fn counters() -> Result<DropCounters, Error> {
         Err(e) if e.errno == libc::ENOENT => Vec::new(),
         Err(e) => return Err(err(context, e)),
     };
-    let mut c = DropCounters::default();
-    for body in &bodies {
-        if attr_str(body, NFTA_OBJ_TABLE).as_deref() != Some(TABLE) {
-            continue;
-        }
-        let packets = attr(body, NFTA_OBJ_DATA)
-            .and_then(|d| attr_u64(d, NFTA_COUNTER_PACKETS))
-            .unwrap_or(0);
-        let name = attr_str(body, NFTA_OBJ_NAME).unwrap_or_default();
-        if let Some(slot) = name.strip_prefix("drop_").and_then(|r| c.slot(r)) {
-            *slot = packets;
-        }
-    }
-    Ok(c)
+    Ok(bodies
+        .iter()
+        .filter(|body| attr_str(body, NFTA_OBJ_TABLE).as_deref() == Some(TABLE))
+        .map(|body| {
+            let packets = attr(body, NFTA_OBJ_DATA)
+                .and_then(|d| attr_u64(d, NFTA_COUNTER_PACKETS))
+                .unwrap_or(0);
+            (attr_str(body, NFTA_OBJ_NAME).unwrap_or_default(), packets)
+        })
+        .collect())
 }
 
 #[cfg(test)]

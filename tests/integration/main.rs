@@ -17,5 +17,6 @@ mod daemon_deviceplugin;
 mod daemon_gc_uninstall;
 mod daemon_untagged;
 mod daemon_vlan;
+mod handover_netns;
 mod portsec_netns;
 mod release_versions;
