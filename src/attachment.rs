@@ -36,6 +36,22 @@ pub struct Record {
     /// The pod's namespace (K8S_POD_NAMESPACE), when the runtime sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Set when ADD heard the VM's MAC answer elsewhere on the VLAN: this is a
+    /// live migration's target, and its port was held until the guest announces
+    /// itself (the kernel opens it; `portsec::handover_state` says whether it
+    /// still waits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<Handover>,
+}
+
+/// A migration target's hold, as ADD made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Handover {
+    /// When ADD held the port (RFC 3339).
+    pub held_at: String,
+    /// The addresses the VM's MAC answered the conflict probe for.
+    pub answered: Vec<std::net::IpAddr>,
 }
 
 /// Longest file name Linux accepts (NAME_MAX).
@@ -318,6 +334,7 @@ mod tests {
             cni_version: "1.1.0".into(),
             created_at: "2026-11-23T10:00:00Z".into(),
             namespace: None,
+            handover: None,
         }
     }
 
@@ -340,6 +357,7 @@ mod tests {
             cni_version: "1.1.0".into(),
             created_at: "2026-11-23T10:00:00Z".into(),
             namespace: None,
+            handover: None,
         };
         record.write(&dir).unwrap();
         assert_eq!(

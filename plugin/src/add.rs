@@ -5,7 +5,7 @@
 use std::os::fd::OwnedFd;
 
 use ipnetwork::IpNetwork;
-use portgroup::attachment::{self, Record};
+use portgroup::attachment::{self, Handover, Record};
 use portgroup::mac::MacAddr;
 use portgroup::netlink::{is_exists, Netlink};
 use portgroup::paths::{rfc3339, RunDir};
@@ -79,6 +79,7 @@ pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
         cni_version: conf.cni_version.as_str().to_string(),
         created_at: rfc3339(std::time::SystemTime::now()),
         namespace: spec.namespace.clone(),
+        handover: None,
     };
     let mut undo = UndoLog {
         call,
@@ -107,10 +108,12 @@ pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
         spec: &spec,
     };
     match attempt.build(&mut undo).await {
-        Ok((result, assigned)) => {
-            // IPAM may have added addresses the first write could not know.
-            if assigned != record.ips {
+        Ok((result, assigned, handover)) => {
+            // IPAM may have added addresses the first write could not know; a
+            // migration target's hold is known only after the probe.
+            if assigned != record.ips || handover.is_some() {
                 record.ips = assigned;
+                record.handover = handover;
                 if let Err(e) = record.write(&records) {
                     tracing::warn!("updating the attachment record: {e}");
                 }
@@ -139,6 +142,8 @@ enum Undo {
     Ipam(Value),
     /// Logged before installing: a half-installed set of rules goes too.
     PortSecurity,
+    /// A migration target's hold (removed with the port's other elements).
+    Hold,
 }
 
 struct UndoLog<'a> {
@@ -155,7 +160,7 @@ impl UndoLog<'_> {
     async fn run(&mut self) {
         while let Some(step) = self.steps.pop() {
             let result = match step {
-                Undo::PortSecurity => portsec::remove(&self.host_veth),
+                Undo::PortSecurity | Undo::Hold => portsec::remove(&self.host_veth),
                 Undo::Ipam(section) => Teardown {
                     container_id: &self.call.container_id,
                     ifname: &self.call.ifname,
@@ -192,8 +197,17 @@ struct Attempt<'a> {
 }
 
 impl Attempt<'_> {
-    /// Makes the attachment; returns the result and the addresses it was given.
-    async fn build(&self, undo: &mut UndoLog<'_>) -> Result<(Value, Vec<IpNetwork>), Error> {
+    /// Makes the attachment; returns the result, the addresses it was given and,
+    /// for a live migration's target, its hold.
+    ///
+    /// The pod's interface comes up last, after the probe: while it is down its
+    /// host veth has no carrier, so nothing the pod sends reaches the bridge
+    /// before we know whether the port must wait for the guest's announcement
+    /// (and the pod cannot answer the probe for its own addresses).
+    async fn build(
+        &self,
+        undo: &mut UndoLog<'_>,
+    ) -> Result<(Value, Vec<IpNetwork>, Option<Handover>), Error> {
         let (conf, nl, spec) = (self.conf, self.nl, self.spec);
         let ifname = self.call.ifname.as_str();
         let host_mac = host_side_mac();
@@ -261,30 +275,6 @@ impl Attempt<'_> {
                 .map_err(|e| Error::netlink(format!("adding {} to {ifname}", ip.address), e))?;
         }
         fault::point("addresses-added");
-        if conf.link_down {
-            if !routes.is_empty() {
-                // A down link has no connected routes for a gateway to resolve through.
-                tracing::warn!(
-                    "linkDown: {} IPAM route(s) not installed on {ifname}",
-                    routes.len()
-                );
-            }
-        } else {
-            pod.set_up(peer.index)
-                .await
-                .map_err(|e| Error::netlink(format!("bringing {ifname} up"), e))?;
-            for route in &routes {
-                let gateway = route.gw.or_else(|| {
-                    ips.iter()
-                        .find(|ip| ip.address.is_ipv4() == route.dst.is_ipv4())
-                        .and_then(|ip| ip.gateway)
-                });
-                pod.add_route(peer.index, Some(route.dst), gateway)
-                    .await
-                    .map_err(|e| Error::netlink(format!("adding route to {}", route.dst), e))?;
-            }
-        }
-
         let allowed = spec.allowed_ips(&assigned);
         if spec.spoof_check {
             undo.steps.push(Undo::PortSecurity);
@@ -298,6 +288,7 @@ impl Attempt<'_> {
             })?;
             fault::point("port-security-installed");
         }
+        let mut handover = None;
         if let Some(settings) = spec.probe.as_ref().filter(|_| !allowed.is_empty()) {
             let answers = probe::probe(&self.target.bridge.name, spec.mac, &allowed, settings)?;
             if let Some(conflict) = answers.iter().find(|a| a.mac != spec.mac) {
@@ -328,16 +319,53 @@ impl Attempt<'_> {
                     });
                 }
                 tracing::info!(
-                    "{} answered from the VM's own MAC {}: live migration in progress, going on",
+                    "{} answered from the VM's own MAC {}: live migration in progress; \
+                     holding {} until the guest announces itself",
                     own.ip,
-                    own.mac
+                    own.mac,
+                    spec.host_veth
                 );
+                undo.steps.push(Undo::Hold);
+                portsec::hold(&portsec::Hold {
+                    host_veth: spec.host_veth.clone(),
+                    mac: spec.mac,
+                    ips: allowed.clone(),
+                })?;
+                fault::point("held");
+                handover = Some(Handover {
+                    held_at: rfc3339(std::time::SystemTime::now()),
+                    answered: answers.iter().map(|a| a.ip).collect(),
+                });
             }
         }
 
         fault::point("probed");
+        if conf.link_down {
+            if !routes.is_empty() {
+                // A down link has no connected routes for a gateway to resolve through.
+                tracing::warn!(
+                    "linkDown: {} IPAM route(s) not installed on {ifname}",
+                    routes.len()
+                );
+            }
+        } else {
+            pod.set_up(peer.index)
+                .await
+                .map_err(|e| Error::netlink(format!("bringing {ifname} up"), e))?;
+            for route in &routes {
+                let gateway = route.gw.or_else(|| {
+                    ips.iter()
+                        .find(|ip| ip.address.is_ipv4() == route.dst.is_ipv4())
+                        .and_then(|ip| ip.gateway)
+                });
+                pod.add_route(peer.index, Some(route.dst), gateway)
+                    .await
+                    .map_err(|e| Error::netlink(format!("adding route to {}", route.dst), e))?;
+            }
+        }
+
         let result = self.result(host_mac, ips, routes, dns);
-        Ok((result.to_json(conf.cni_version), assigned))
+        Ok((result.to_json(conf.cni_version), assigned, handover))
     }
 
     /// Another attachment on this node with this MAC, of another namespace. A record

@@ -7,6 +7,7 @@ pub const STAGES: &[&str] = &[
     "veth-created",
     "addresses-added",
     "port-security-installed",
+    "held",
     "probed",
 ];
 

@@ -357,3 +357,24 @@ fn removing_a_held_port_clears_the_hold() {
         "elements of pv1 left"
     );
 }
+
+#[test]
+fn the_collector_removes_the_hold_of_a_gone_port() {
+    let lab = lab();
+    lab.node.run(|| portsec::hold(&hold())).expect("hold");
+    let gone = Hold {
+        host_veth: "pvgone".into(),
+        ..hold()
+    };
+    lab.node.run(move || portsec::hold(&gone)).expect("hold");
+    let removed = lab
+        .node
+        .run(|| portsec::remove_all_not_in(&[]))
+        .expect("collect");
+    // pv1 still exists: never collected; pvgone has no interface.
+    assert_eq!(removed, ["pvgone".to_string()]);
+    assert_eq!(
+        lab.node.run(portsec::awaiting_handover).unwrap(),
+        ["pv1".to_string()]
+    );
+}
