@@ -82,7 +82,7 @@ fn own_mac_answering_is_a_live_migration_whose_port_is_held() {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(lab.held_ports(), [host_veth.clone()]);
+    assert_eq!(lab.held_ports(), [host_veth]);
     let record: serde_json::Value = serde_json::from_slice(
         &std::fs::read(lab.run_dir.join("attachments").join("vm1-net1.json")).unwrap(),
     )
