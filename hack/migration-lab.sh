@@ -51,6 +51,7 @@ VM_IP6=2001:db8:100::21
 # QEMU's announce-self defaults: 5 rounds, 50 ms initial, +100 ms a round, at most 550 ms.
 QEMU_ANNOUNCE_GAPS_MS="50 150 250 350"
 fail() { echo "FAIL: $*"; exit 1; }
+step() { echo "--- $*"; }
 pass() { echo "PASS: $*"; }
 
 # VLAN 200 must stay unreachable from the db VM.
@@ -63,7 +64,7 @@ isolated() {
 
 # The switch port the VM's MAC is learned on now.
 switch_port() {
-    ip netns exec pgl-sw bridge fdb show br vlan100 | awk -v mac="$VM_MAC" '$1 == mac {print $3; exit}'
+    ip netns exec pgl-sw bridge fdb show br vlan100 | awk -v mac="$VM_MAC" '$1 == mac && !found {print $3; found = 1}'
 }
 
 # metric NODE NAME: one series of a node's portgroupd.
@@ -155,6 +156,7 @@ migrate() {
     sleep 0.5
 
     # The target pod on node B, attached while node A still runs the VM.
+    step "attaching the target on node B while node A runs the VM"
     lab_vm web b
     out=$(lab_cni b ADD web net1 "$target_conf" 2>&1) || fail "ADD on node B during the migration: $out"
     TARGET_LOG=$out
@@ -162,6 +164,7 @@ migrate() {
     HELD_WHILE_CHATTERING=$(metric b portgroup_ports_awaiting_handover)
     HELD_FRAMES=$(metric b portgroup_handover_held_frames_total)
 
+    step "the source goes; the target's guest announces itself"
     # The source goes; the target's guest announces itself as QEMU does.
     kill "$source_talk" 2>/dev/null || true
     lab_cni a DEL web net1 "$web_conf" || fail "DEL on node A"
@@ -181,7 +184,7 @@ after = [t for t in times if t >= rarp]
 print(outage, round((after[0] - rarp) * 1000, 1) if after else -1)
 PY
 )
-    tail -n 20 "$ping_log" | grep -q "bytes from" || fail "the neighbour does not reach the VM after the handover"
+    grep -q "bytes from" <(tail -n 20 "$ping_log") || fail "the neighbour does not reach the VM after the handover"
     ip netns exec pgl-vm-web-b ping -c 2 -i 0.2 -W 1 10.10.100.1 >/dev/null || fail "VM on node B cannot reach its neighbour"
 }
 
@@ -206,6 +209,7 @@ lab_cni a ADD db net1 "$db_conf" >/dev/null || fail "ADD db VM"
 isolated before
 
 # 2. The failure: the target is not held.
+step "a migration whose target is not held"
 unheld_conf=$(lab_netconf prod-web "$VM_MAC" "$VM_IP/24" '"conflictProbe":false')
 migrate "$unheld_conf"
 [[ $HELD_WHILE_CHATTERING == 0 ]] || fail "a target with the probe off was held ($HELD_WHILE_CHATTERING)"
@@ -215,6 +219,7 @@ echo "unheld handover: $MOVES moves, outage ${OUTAGE_MS} ms"
 reset_web "$unheld_conf"
 
 # 3. The fix: the probe hears the VM's own MAC, the target is held.
+step "a migration whose target is held"
 held_conf=$(lab_netconf prod-web "$VM_MAC" "$VM_IP/24" '"logLevel":"info"')
 migrate "$held_conf"
 grep -q "live migration" <<<"$TARGET_LOG" || fail "node B's probe did not hear the VM's own MAC: $TARGET_LOG"
