@@ -131,9 +131,9 @@ fn run(lab: &Lab, held: bool) -> (Vec<f64>, Vec<f64>) {
         let start = Instant::now();
         lab.vm.send(&rarp(i));
         let heard = wait_for(&lab.peer, b'H', i).expect("the RARP never reached the neighbour");
-        let mut reply = eth(VM_MAC, PEER_MAC, 0x88b5, &[b'P', b'G', b'U']);
-        reply.extend_from_slice(&i.to_be_bytes());
-        lab.peer.send(&reply);
+        let [hi, lo] = i.to_be_bytes();
+        lab.peer
+            .send(&eth(VM_MAC, PEER_MAC, 0x88b5, &[b'P', b'G', b'U', hi, lo]));
         let got = wait_for(&lab.vm, b'U', i)
             .expect("the neighbour's frame to the VM's MAC did not reach the target");
         announced.push((heard - start).as_secs_f64() * 1e3);
