@@ -170,7 +170,10 @@ migrate() {
     lab_cni a DEL web net1 "$web_conf" || fail "DEL on node A"
     first_rarp=$(announce web-b)
     sleep 1.5
-    kill -INT "$pinger" "$isolation_pinger" "$monitor" 2>/dev/null || true
+    # ping prints its summary on SIGINT; bridge monitor, started in the
+    # background of a script, ignores SIGINT: it gets SIGTERM.
+    kill -INT "$pinger" "$isolation_pinger" 2>/dev/null || true
+    kill "$monitor" 2>/dev/null || true
     wait "$pinger" "$isolation_pinger" "$monitor" 2>/dev/null || true
     grep -q "bytes from" "$LAB_DIR/during.ping" && fail "during: the VLAN 200 VM reached VLAN 100"
 
