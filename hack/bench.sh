@@ -18,6 +18,8 @@
 #   hack/bench.sh --portsec-mechanisms   also time port security at 1000 ports and what
 #                                 each alternative mechanism (nft -f, nft -j, libnftables)
 #                                 costs per port (hack/bench/portsec_scale.rs, printed only)
+#   hack/bench.sh --handover      also the migration handover: RARP to forwarding, held and
+#                                 not held, 100 handovers each (hack/bench/handover_bench.rs)
 #   hack/bench.sh --compare BIN   also bench another portgroup build (rows cmp-l2, cmp-static,
 #                                 interleaved with the rest): to measure a fix before merging
 #   hack/bench.sh --state-portgroups N   size of the node state (state.json plus one
@@ -54,7 +56,7 @@ repo=$PWD
 export PYTHONDONTWRITEBYTECODE=1
 argv="$*"
 
-plan_only=0 quick=0 build=1 daemon=1 deviceplugin=1 flaps="" mechanisms=0 cycles="" sections="seq,burst,profile,portsec" state_pgs=100 compare="" out=$repo/bench-results
+plan_only=0 quick=0 build=1 daemon=1 deviceplugin=1 flaps="" mechanisms=0 handover=0 cycles="" sections="seq,burst,profile,portsec" state_pgs=100 compare="" out=$repo/bench-results
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) quick=1 ;;
@@ -63,6 +65,7 @@ while [[ $# -gt 0 ]]; do
         --no-build) build=0 ;;
         --no-daemon) daemon=0 ;;
         --portsec-mechanisms) mechanisms=1 ;;
+        --handover) handover=1 ;;
         --plan) plan_only=1 ;;
         --no-deviceplugin) deviceplugin=0 ;;
         --flaps) flaps=$2; shift ;;
@@ -220,6 +223,12 @@ ip netns exec "$node" python3 "$repo/hack/bench/cni_bench.py" "${extra[@]}" \
 if [[ $mechanisms -eq 1 ]]; then
     step "port security at 1000 ports and the alternative mechanisms (cargo bench --bench portsec_scale)"
     cargo bench -q -p portgroupd --bench portsec_scale | tee "$out/portsec-mechanisms.txt" >&2
+fi
+
+# --- the migration handover -----------------------------------------------------
+if [[ $handover -eq 1 ]]; then
+    step "the migration handover, 100 handovers (cargo bench --bench handover_bench)"
+    cargo bench -q -p portgroupd --bench handover_bench | tee "$out/handover.txt" >&2
 fi
 
 # --- portgroupd ---------------------------------------------------------------

@@ -41,6 +41,22 @@ pub struct Record {
     /// without port security, and in records of older releases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_security: Option<RecordedPortSecurity>,
+    /// Set when ADD heard the VM's MAC answer elsewhere on the VLAN: this is a
+    /// live migration's target, and its port was held until the guest announces
+    /// itself (the kernel opens it; `portsec::handover_state` says whether it
+    /// still waits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<Handover>,
+}
+
+/// A migration target's hold, as ADD made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Handover {
+    /// When ADD held the port (RFC 3339).
+    pub held_at: String,
+    /// The addresses the VM's MAC answered the conflict probe for.
+    pub answered: Vec<std::net::IpAddr>,
 }
 
 /// What a port's rules were installed with, besides its host veth and MAC.
@@ -568,6 +584,7 @@ mod tests {
             created_at: "2026-11-23T10:00:00Z".into(),
             namespace: None,
             port_security: None,
+            handover: None,
         }
     }
 
@@ -658,6 +675,7 @@ mod tests {
             created_at: "2026-11-23T10:00:00Z".into(),
             namespace: None,
             port_security: None,
+            handover: None,
         };
         record.write(&dir).unwrap();
         assert_eq!(

@@ -46,6 +46,16 @@ pub fn attachment_tag(container_id: &str, ifname: &str) -> String {
     )
 }
 
+/// The MAC a portgroup bridge is pinned to: locally administered, unicast, and
+/// the same for the same bridge on the same node across restarts and reboots.
+/// Pinned, a bridge never takes another MAC as ports come and go (a Linux
+/// bridge otherwise follows its lowest port's MAC); the node name keeps two
+/// nodes' bridges on one VLAN apart (the conflict probe sends from this MAC).
+pub fn bridge_mac(node: &str, bridge: &str) -> crate::mac::MacAddr {
+    let h = stable_hash(&[b"portgroup bridge", node.as_bytes(), bridge.as_bytes()]).to_be_bytes();
+    crate::mac::MacAddr([(h[0] & 0xfc) | 0x02, h[1], h[2], h[3], h[4], h[5]])
+}
+
 fn uplink_tag(uplink: &str) -> String {
     format!("{:04x}", stable_hash(&[uplink.as_bytes()]) >> 48)
 }

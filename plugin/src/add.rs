@@ -8,7 +8,7 @@
 use std::os::fd::OwnedFd;
 
 use ipnetwork::IpNetwork;
-use portgroup::attachment::{self, Record};
+use portgroup::attachment::{self, Handover, Record};
 use portgroup::mac::MacAddr;
 use portgroup::netlink::Netlink;
 use portgroup::paths::{rfc3339, RunDir};
@@ -74,6 +74,7 @@ pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
         created_at: rfc3339(std::time::SystemTime::now()),
         namespace: spec.namespace.clone(),
         port_security: None,
+        handover: None,
     };
     // What the port may send before IPAM has answered: its declared addresses
     // and its reservation. Installed before the veth exists; IPAM's addresses
@@ -118,18 +119,20 @@ pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
     }
     .await;
     match outcome {
-        Ok((result, assigned)) => {
-            // IPAM may have added addresses the first write could not know; and
-            // the rules just installed are what portgroupd restores after a flush.
+        Ok((result, assigned, handover)) => {
+            // IPAM may have added addresses the first write could not know; the
+            // rules just installed are what portgroupd restores after a flush; a
+            // migration target's hold is known only after the probe.
             let port_security = spec.spoof_check.then(|| attachment::RecordedPortSecurity {
                 ips: spec.allowed_ips(&assigned),
                 allow_router_advertisements: spec.allow_router_advertisements,
                 allow_dhcp_server: spec.allow_dhcp_server,
                 trunk: spec.tagged,
             });
-            if assigned != record.ips || port_security.is_some() {
+            if assigned != record.ips || port_security.is_some() || handover.is_some() {
                 record.ips = assigned;
                 record.port_security = port_security;
+                record.handover = handover;
                 if let Some(owned) = node.owned.as_mut() {
                     if let Err(e) = owned.update(&record) {
                         tracing::warn!("updating the attachment record: {e}");
@@ -175,15 +178,21 @@ struct Attempt<'a> {
 impl Attempt<'_> {
     /// Configures the pod end of the port [`effects::make_port`] made: addresses
     /// (declared or from IPAM, and the port's rules widened to IPAM's before the
-    /// pod end comes up), routes, conflict probe. Returns the result and the
-    /// addresses the port was given.
+    /// pod end comes up), routes, conflict probe, a migration target's hold, and
+    /// last the host end on its bridge. Returns the result, the addresses the
+    /// port was given and, for a live migration's target, its hold.
+    ///
+    /// The host end joins its bridge and comes up last: until then the port has
+    /// no carrier and is on no bridge, so nothing the pod sends reaches the VLAN
+    /// before we know whether the port must wait for the guest's announcement
+    /// (nor can the pod answer the probe for its own addresses).
     async fn configure(
         &self,
         node: &mut Node<'_>,
         undo: &mut UndoLog,
         rules: Option<&portsec::PortRules>,
         host_mac: MacAddr,
-    ) -> Result<(Value, Vec<IpNetwork>), Error> {
+    ) -> Result<(Value, Vec<IpNetwork>, Option<Handover>), Error> {
         let (conf, spec) = (self.conf, self.spec);
         let ifname = self.call.ifname.as_str();
         let (ips, routes, dns) = match &spec.addresses {
@@ -242,6 +251,7 @@ impl Attempt<'_> {
         } else {
             fault::point("addresses-added");
         }
+        let mut handover = None;
         if let Some(settings) = spec.probe.as_ref().filter(|_| !allowed.is_empty()) {
             let answers = probe::probe(&self.target.bridge.name, spec.mac, &allowed, settings)?;
             if let Some(conflict) = answers.iter().find(|a| a.mac != spec.mac) {
@@ -272,16 +282,33 @@ impl Attempt<'_> {
                     });
                 }
                 tracing::info!(
-                    "{} answered from the VM's own MAC {}: live migration in progress, going on",
+                    "{} answered from the VM's own MAC {}: live migration in progress; \
+                     holding {} until the guest announces itself",
                     own.ip,
-                    own.mac
+                    own.mac,
+                    spec.host_veth
                 );
+                // Removed with the port's other elements.
+                undo.push(Undo::PortSecurity);
+                portsec::hold(&portsec::Hold {
+                    host_veth: spec.host_veth.clone(),
+                    mac: spec.mac,
+                    ips: allowed.clone(),
+                })?;
+                fault::point("held");
+                handover = Some(Handover {
+                    held_at: rfc3339(std::time::SystemTime::now()),
+                    answered: answers.iter().map(|a| a.ip).collect(),
+                });
             }
         }
 
         fault::point("probed");
+        node.attach_host_end(&spec.host_veth, self.target.bridge.index)
+            .await?;
+
         let result = self.result(host_mac, ips, routes, dns);
-        Ok((result.to_json(conf.cni_version), assigned))
+        Ok((result.to_json(conf.cni_version), assigned, handover))
     }
 
     /// Adds the addresses and routes to the pod end, from inside the pod's

@@ -136,6 +136,24 @@ pub async fn check(cmd: &Call<'_, Pod, NetConf>) -> Result<(), Error> {
         })?;
     }
 
+    // A migration target waiting for its guest is healthy however long it waits
+    // (large VMs migrate for many minutes): say so, never fail.
+    if let Some(handover) = &record.handover {
+        match portsec::handover_state(&host_veth)? {
+            portsec::HandoverState::Waiting => tracing::info!(
+                "{host_veth} is healthy and waits for the migration handover: held since {} \
+                 until the guest announces itself",
+                handover.held_at
+            ),
+            portsec::HandoverState::Announced => {
+                tracing::debug!("{host_veth}: the guest announced itself, the port is open")
+            }
+            portsec::HandoverState::NotHeld => {
+                tracing::debug!("{host_veth}: no handover hold left, the port is open")
+            }
+        }
+    }
+
     if let Some(section) = &conf.ipam {
         ipam::Call {
             command: "CHECK",

@@ -34,7 +34,10 @@ pub trait NodeEffects {
     /// Installs (or replaces) a port's elements, by its host veth's name.
     fn install_port_security(&mut self, rules: &portsec::PortRules) -> Result<(), Error>;
     fn remove_port_security(&mut self, host_veth: &str) -> Result<(), Error>;
+    /// Makes the veth: the pod end in the pod, the host end down and on no bridge.
     async fn create_veth(&mut self, veth: &VethSpec<'_>) -> Result<(), Error>;
+    /// Puts the host end on its bridge and up: the port forwards from here on.
+    async fn attach_host_end(&mut self, host_veth: &str, bridge_index: u32) -> Result<(), Error>;
     async fn delete_veth(&mut self, host_veth: &str) -> Result<(), Error>;
     /// Releases what a delegated IPAM plugin may have allocated.
     fn release_ipam(&mut self, section: &Value) -> Result<(), Error>;
@@ -192,25 +195,7 @@ impl NodeEffects for Node<'_> {
 
     async fn create_veth(&mut self, veth: &VethSpec<'_>) -> Result<(), Error> {
         let Err(e) = self.nl.create_veth(veth).await else {
-            // Made: the host end joins its bridge and comes up (a failure here
-            // is undone with the veth, which the caller records next).
-            let attached = self
-                .nl
-                .attach_host_end(veth.host_name, veth.bridge_index)
-                .await;
-            return match attached {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    // Not yet in the undo log: the half-made port goes here.
-                    if let Err(del) = delete_host_veth(self.nl, veth.host_name).await {
-                        tracing::warn!("removing {} after a failed attach: {del}", veth.host_name);
-                    }
-                    Err(Error::netlink(
-                        format!("putting {} on its bridge", veth.host_name),
-                        e,
-                    ))
-                }
-            };
+            return Ok(());
         };
         let host_veth = veth.host_name;
         if !is_exists(&e) {
@@ -228,6 +213,13 @@ impl NodeEffects for Node<'_> {
                 veth.pod_name
             )),
         })
+    }
+
+    async fn attach_host_end(&mut self, host_veth: &str, bridge_index: u32) -> Result<(), Error> {
+        self.nl
+            .attach_host_end(host_veth, bridge_index)
+            .await
+            .map_err(|e| Error::netlink(format!("putting {host_veth} on its bridge"), e))
     }
 
     async fn delete_veth(&mut self, host_veth: &str) -> Result<(), Error> {
@@ -299,6 +291,9 @@ mod tests {
         async fn create_veth(&mut self, veth: &VethSpec<'_>) -> Result<(), Error> {
             self.call("create_veth", veth.host_name)
         }
+        async fn attach_host_end(&mut self, host_veth: &str, _bridge: u32) -> Result<(), Error> {
+            self.call("attach_host_end", host_veth)
+        }
         async fn delete_veth(&mut self, host_veth: &str) -> Result<(), Error> {
             self.call("delete_veth", host_veth)
         }
@@ -309,6 +304,7 @@ mod tests {
 
     fn record() -> Record {
         Record {
+            handover: None,
             port_security: None,
             container_id: "c1".into(),
             ifname: "net1".into(),

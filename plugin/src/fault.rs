@@ -9,6 +9,7 @@ pub const STAGES: &[&str] = &[
     "port-security-installed",
     "veth-created",
     "addresses-added",
+    "held",
     "probed",
     "del-port-down-rules-removed",
 ];

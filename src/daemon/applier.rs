@@ -2,6 +2,7 @@
 //! portgroup that cannot be made must not hold up the others, and the failures
 //! end up in the reasons of the portgroups they belong to.
 
+use crate::mac::MacAddr;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -43,13 +44,15 @@ pub trait Links {
         mtu: u32,
     ) -> Result<(), LinkError>;
     /// Created down, in [`super::planner::LINK_GROUP`].
-    async fn create_bridge(&self, name: &str, mtu: u32) -> Result<(), LinkError>;
+    /// Created with `mac` as its address: pinned, whatever ports come and go.
+    async fn create_bridge(&self, name: &str, mtu: u32, mac: MacAddr) -> Result<(), LinkError>;
     /// Both ends in this namespace, created down, in [`super::planner::LINK_GROUP`].
     async fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(), LinkError>;
     /// Takes the link out of its bridge.
     async fn release_controller(&self, index: u32) -> Result<(), LinkError>;
     async fn set_alias(&self, index: u32, alias: &str) -> Result<(), LinkError>;
     async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), LinkError>;
+    async fn set_address(&self, index: u32, mac: MacAddr) -> Result<(), LinkError>;
     async fn set_controller(&self, index: u32, controller: u32) -> Result<(), LinkError>;
     async fn set_up(&self, index: u32) -> Result<(), LinkError>;
     async fn delete(&self, index: u32) -> Result<(), LinkError>;
@@ -188,8 +191,13 @@ async fn apply_one(links: &impl Links, indexes: &Indexes, op: &Operation) -> Res
             links.set_alias(index(peer).await?, peer_alias).await
         }
         Operation::ReleaseController { name } => links.release_controller(index(name).await?).await,
-        Operation::CreateBridge { name, mtu, alias } => {
-            links.create_bridge(name, *mtu).await?;
+        Operation::CreateBridge {
+            name,
+            mtu,
+            mac,
+            alias,
+        } => {
+            links.create_bridge(name, *mtu, *mac).await?;
             links.set_alias(index(name).await?, alias).await
         }
         Operation::SetController { name, controller } => {
@@ -198,6 +206,7 @@ async fn apply_one(links: &impl Links, indexes: &Indexes, op: &Operation) -> Res
         }
         Operation::SetMtu { name, mtu } => links.set_mtu(index(name).await?, *mtu).await,
         Operation::SetAlias { name, alias } => links.set_alias(index(name).await?, alias).await,
+        Operation::SetAddress { name, mac } => links.set_address(index(name).await?, *mac).await,
         Operation::Delete { index, .. } => {
             // A veth's peer and a parent's VLANs go with it: forget them all.
             indexes.0.borrow_mut().clear();

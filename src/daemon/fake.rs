@@ -1,6 +1,7 @@
 //! An in-memory kernel link table for unit tests: enough of rtnetlink's behaviour
 //! (indexes, ports, VLAN parents, "no 802.1Q") to drive the planner and the loop.
 
+use crate::mac::MacAddr;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 
@@ -144,13 +145,14 @@ impl Links for FakeLinks {
         })
     }
 
-    async fn create_bridge(&self, name: &str, mtu: u32) -> Result<(), LinkError> {
+    async fn create_bridge(&self, name: &str, mtu: u32, mac: MacAddr) -> Result<(), LinkError> {
         let mut k = self.0.borrow_mut();
         k.calls.push(format!("create_bridge {name}"));
         k.add(LinkSummary {
             name: name.into(),
             kind: Some("bridge".into()),
             mtu,
+            mac: Some(mac),
             ..Default::default()
         })
     }
@@ -191,6 +193,13 @@ impl Links for FakeLinks {
         let mut k = self.0.borrow_mut();
         k.calls.push(format!("set_mtu {index} {mtu}"));
         k.by_index(index)?.mtu = mtu;
+        Ok(())
+    }
+
+    async fn set_address(&self, index: u32, mac: MacAddr) -> Result<(), LinkError> {
+        let mut k = self.0.borrow_mut();
+        k.calls.push(format!("set_address {index} {mac}"));
+        k.by_index(index)?.mac = Some(mac);
         Ok(())
     }
 

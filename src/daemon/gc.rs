@@ -151,6 +151,7 @@ mod tests {
             created_at: "2026-11-23T10:00:00Z".into(),
             namespace: None,
             port_security: None,
+            handover: None,
         }
     }
 

@@ -245,6 +245,7 @@ mod tests {
 
     fn record(cid: &str, installed: Option<RecordedPortSecurity>) -> Record {
         Record {
+            handover: None,
             container_id: cid.into(),
             ifname: "net1".into(),
             network: "lab".into(),

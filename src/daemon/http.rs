@@ -71,6 +71,7 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
     let (status, content_type, mut body) = respond(method, path, metrics);
     if status == 200 && path.split('?').next() == Some("/metrics") {
         body.push_str(&portsec_drops());
+        body.push_str(&handover_metrics());
     }
     let reason = match status {
         200 => "OK",
@@ -103,6 +104,32 @@ fn portsec_drops() -> String {
     }
 }
 
+/// Migration targets still waiting for their guest's announcement, and the
+/// frames they sent meanwhile, read from the kernel at scrape time. A long wait
+/// is not an error: large VMs migrate for many minutes.
+fn handover_metrics() -> String {
+    let waiting = crate::portsec::awaiting_handover();
+    let held = crate::portsec::held_frames();
+    match (waiting, held) {
+        (Ok(waiting), Ok(held)) => render_handover(waiting.len(), held),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!("metrics: {e}");
+            String::new()
+        }
+    }
+}
+
+fn render_handover(waiting: usize, held_frames: u64) -> String {
+    let gauge = "portgroup_ports_awaiting_handover";
+    let counter = "portgroup_handover_held_frames_total";
+    format!(
+        "# HELP {gauge} Ports of live-migration targets held until the guest announces itself.\n\
+         # TYPE {gauge} gauge\n{gauge} {waiting}\n\
+         # HELP {counter} Frames held ports sent before the guest's announcement (dropped).\n\
+         # TYPE {counter} counter\n{counter} {held_frames}\n"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +148,20 @@ mod tests {
         assert!(respond("GET", "/metrics", &m)
             .2
             .contains("portgroupd_reconciles_total"));
+    }
+
+    #[test]
+    fn handover_series() {
+        let text = render_handover(2, 17);
+        assert!(
+            text.contains("\nportgroup_ports_awaiting_handover 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE portgroup_ports_awaiting_handover gauge"));
+        assert!(
+            text.contains("\nportgroup_handover_held_frames_total 17\n"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 6);
     }
 }

@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 
+use crate::mac::MacAddr;
 use crate::naming::{
     self, bridge_name, owner_alias, parse_mark, trunk_bridge_name, trunk_feed_name,
     trunk_port_name, trunk_vlan_name, untagged_bridge_name, vlan_interface_name,
@@ -88,9 +89,11 @@ pub enum Operation {
         mtu: u32,
         alias: String,
     },
+    /// Created with its MAC pinned (see `naming::bridge_mac`).
     CreateBridge {
         name: String,
         mtu: u32,
+        mac: MacAddr,
         alias: String,
     },
     /// A veth pair, both ends created down in [`LINK_GROUP`], then marked.
@@ -117,6 +120,11 @@ pub enum Operation {
         name: String,
         alias: String,
     },
+    /// Puts a bridge's MAC back where it was pinned.
+    SetAddress {
+        name: String,
+        mac: MacAddr,
+    },
     /// By index: the name may already be taken again by the time this runs.
     Delete {
         index: u32,
@@ -136,6 +144,7 @@ impl Operation {
             | Operation::ReleaseController { name }
             | Operation::SetMtu { name, .. }
             | Operation::SetAlias { name, .. }
+            | Operation::SetAddress { name, .. }
             | Operation::Delete { name, .. } => name,
         }
     }
@@ -176,8 +185,8 @@ impl fmt::Display for Operation {
                 f,
                 "create VLAN interface {name} on {parent} vid {vid} mtu {mtu}"
             ),
-            Operation::CreateBridge { name, mtu, .. } => {
-                write!(f, "create bridge {name} mtu {mtu}")
+            Operation::CreateBridge { name, mtu, mac, .. } => {
+                write!(f, "create bridge {name} mtu {mtu} address {mac}")
             }
             Operation::CreateVeth {
                 name, peer, mtu, ..
@@ -188,6 +197,7 @@ impl fmt::Display for Operation {
             Operation::ReleaseController { name } => write!(f, "detach {name} from its bridge"),
             Operation::SetMtu { name, mtu } => write!(f, "set {name} mtu {mtu}"),
             Operation::SetAlias { name, alias } => write!(f, "set {name} alias {alias:?}"),
+            Operation::SetAddress { name, mac } => write!(f, "set {name} address {mac}"),
             Operation::Delete { index, name } => write!(f, "delete {name} (index {index})"),
         }
     }
@@ -233,10 +243,12 @@ struct View<'a> {
     /// VLAN interfaces in this namespace by (parent index, VID).
     vlans: HashMap<(u32, u16), Vec<&'a LinkSummary>>,
     observed: &'a Observed,
+    /// This node's name: part of every bridge's pinned MAC.
+    node: &'a str,
 }
 
 impl<'a> View<'a> {
-    fn new(observed: &'a Observed) -> Self {
+    fn new(observed: &'a Observed, node: &'a str) -> Self {
         View {
             by_name: observed
                 .links
@@ -254,6 +266,7 @@ impl<'a> View<'a> {
                     map
                 }),
             observed,
+            node,
         }
     }
 
@@ -328,7 +341,7 @@ pub fn plan(
     previous: Option<&NodeState>,
     observed: &Observed,
 ) -> Plan {
-    let view = View::new(observed);
+    let view = View::new(observed, node);
     let mut plan = Plan::default();
     let placed: Vec<Placed> = config
         .portgroups
@@ -725,13 +738,23 @@ impl<'a> Ensure<'_, 'a> {
     }
 
     fn make_bridge(&mut self, bridge: Option<&LinkSummary>, name: &str, mtu: u32, alias: String) {
+        let mac = naming::bridge_mac(self.view.node, name);
         match bridge {
             None => self.step(Operation::CreateBridge {
                 name: name.to_string(),
                 mtu,
+                mac,
                 alias,
             }),
-            Some(l) => self.tend(l, &alias, mtu),
+            Some(l) => {
+                self.tend(l, &alias, mtu);
+                if l.mac != Some(mac) {
+                    self.step(Operation::SetAddress {
+                        name: l.name.clone(),
+                        mac,
+                    });
+                }
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 //! [`Links`] over rtnetlink, in the daemon's own network namespace.
 
+use crate::mac::MacAddr;
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
@@ -125,9 +126,10 @@ impl Links for RtLinks {
         self.add(message).await
     }
 
-    async fn create_bridge(&self, name: &str, mtu: u32) -> Result<(), LinkError> {
+    async fn create_bridge(&self, name: &str, mtu: u32, mac: MacAddr) -> Result<(), LinkError> {
         let message = LinkBridge::new(name)
             .mtu(mtu)
+            .address(mac.0.to_vec())
             .link_group(LINK_GROUP)
             .build();
         self.add(message).await?;
@@ -176,6 +178,11 @@ impl Links for RtLinks {
         self.netlink.set_link(message).await.map_err(link_error)
     }
 
+    async fn set_address(&self, index: u32, mac: MacAddr) -> Result<(), LinkError> {
+        let message = link_change(index).address(mac.0.to_vec()).build();
+        self.netlink.set_link(message).await.map_err(link_error)
+    }
+
     async fn set_controller(&self, index: u32, controller: u32) -> Result<(), LinkError> {
         let message = link_change(index).controller(controller).build();
         self.netlink.set_link(message).await.map_err(link_error)
@@ -212,12 +219,25 @@ mod tests {
                 let links = RtLinks {
                     netlink: Netlink::connect().expect("netlink"),
                 };
+                let pinned = MacAddr([0x02, 0, 0, 0, 0, 0x42]);
                 links
-                    .create_bridge("pgbrtest.1", 1500)
+                    .create_bridge("pgbrtest.1", 1500, pinned)
                     .await
                     .expect("bridge");
+                // A port with a lower MAC: an unpinned bridge would take it.
                 ip(&[
-                    "link", "add", "va", "mtu", "1400", "type", "veth", "peer", "name", "vb",
+                    "link",
+                    "add",
+                    "va",
+                    "mtu",
+                    "1400",
+                    "address",
+                    "02:00:00:00:00:01",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "vb",
                 ]);
                 ip(&["link", "set", "va", "master", "pgbrtest.1"]);
                 let bridge = links
@@ -227,6 +247,20 @@ mod tests {
                     .expect("lookup")
                     .expect("bridge exists");
                 assert_eq!(bridge.mtu, 1500, "the bridge followed its smaller port");
+                assert_eq!(bridge.mac, Some(pinned), "the bridge took its port's MAC");
+                // Drift (someone set another MAC) is put back.
+                ip(&["link", "set", "pgbrtest.1", "address", "02:00:00:00:00:99"]);
+                links
+                    .set_address(bridge.index, pinned)
+                    .await
+                    .expect("set address");
+                let bridge = links
+                    .netlink
+                    .link_by_name("pgbrtest.1")
+                    .await
+                    .expect("lookup")
+                    .expect("bridge exists");
+                assert_eq!(bridge.mac, Some(pinned));
             });
         })
         .join()

@@ -103,12 +103,15 @@
 //! is found with one GET and costs O(1).
 
 // What only portgroupd does: the plugin is built without them.
+mod handover;
 #[cfg(feature = "daemon")]
 mod heal;
 mod nfnl;
 mod ruleset;
 #[cfg(feature = "daemon")]
 mod watch;
+
+pub use handover::{awaiting_handover, handover_state, held_frames, hold, HandoverState, Hold};
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -444,8 +447,7 @@ fn push_elems_exclusive(
     what: &str,
     exclusive: &[&str],
 ) {
-    for (set, _, _) in SETS.iter().chain(FCFS_SETS.iter()) {
-        let set = *set;
+    for (set, _, _) in all_sets() {
         let flags = match kind {
             msg::NEWSETELEM if exclusive.contains(&set) => {
                 NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL
@@ -926,7 +928,28 @@ pub fn install(rules: &PortRules) -> Result<(), Error> {
     })
 }
 
-/// Removes every rule for one port; a port with no rules is fine.
+/// What a secured port holds in the FCFS sets, to delete with it: what it
+/// claimed through DAD, its claims on addresses no other port holds, its meter.
+fn fcfs_held_by(nl: &mut Nfnl, ifkey: &[u8]) -> Result<Vec<(&'static str, Vec<u8>)>, NlError> {
+    let (mine, others): (Vec<_>, Vec<_>) = ip6_holders(nl)?
+        .into_iter()
+        .partition(|(_, key)| key.starts_with(ifkey));
+    let released = mine.iter().filter_map(|(_, key)| ip6_tail(key));
+    let remaining = others.iter().filter_map(|(_, key)| ip6_tail(key));
+    let release = claims_to_release(released, remaining, &claimed_addrs(nl)?);
+    let mut gone: Vec<(&'static str, Vec<u8>)> = mine
+        .into_iter()
+        .filter(|(set, _)| *set == SET_FCFS_BINDINGS)
+        .collect();
+    gone.extend(release);
+    if has_elem(nl, SET_FCFS_RATE, ifkey)? {
+        gone.push((SET_FCFS_RATE, ifkey.to_vec()));
+    }
+    Ok(gone)
+}
+
+/// Removes every rule for one port, its handover hold included; a port with
+/// no rules is fine.
 pub fn remove(host_veth: &str) -> Result<(), Error> {
     remove_then_close_later(host_veth).map(drop)
 }
@@ -947,26 +970,16 @@ pub fn remove_then_close_later(host_veth: &str) -> Result<OpenSocket, Error> {
     let context = format!("removing port security for {host_veth}");
     let mut nl = open(&context)?;
     retrying(&context, &mut nl, |nl| {
-        if !has_elem(nl, SET_PORTS, &ifkey)? {
-            return Ok(());
+        let mut gone = Vec::new();
+        if has_elem(nl, SET_PORTS, &ifkey)? {
+            gone.extend(port_elems(nl, &ifkey)?.keys(&ifkey));
+            gone.extend(fcfs_held_by(nl, &ifkey)?);
         }
-        let have = port_elems(nl, &ifkey)?;
-        let mut gone = have.keys(&ifkey);
-        // What it claimed through DAD goes with it, and so do its claims on
-        // addresses no other port holds.
-        let (mine, others): (Vec<_>, Vec<_>) = ip6_holders(nl)?
-            .into_iter()
-            .partition(|(_, key)| key.starts_with(&ifkey));
-        let released = mine.iter().filter_map(|(_, key)| ip6_tail(key));
-        let remaining = others.iter().filter_map(|(_, key)| ip6_tail(key));
-        let release = claims_to_release(released, remaining, &claimed_addrs(nl)?);
-        gone.extend(
-            mine.into_iter()
-                .filter(|(set, _)| *set == SET_FCFS_BINDINGS),
-        );
-        gone.extend(release);
-        if has_elem(nl, SET_FCFS_RATE, &ifkey)? {
-            gone.push((SET_FCFS_RATE, ifkey.to_vec()));
+        // A migration target's hold goes with the port, whether or not it was
+        // secured: two GETs when it had none.
+        gone.extend(handover::port_keys(nl, &ifkey)?);
+        if gone.is_empty() {
+            return Ok(());
         }
         let mut batch = Batch::new();
         push_elems(&mut batch, msg::DELSETELEM, &gone, "deleting");
@@ -986,12 +999,13 @@ pub fn remove_all_not_in(keep: &[String]) -> Result<Vec<String>, Error> {
     with_retries(context, |nl| {
         let mut all: Vec<(&'static str, Vec<u8>)> = Vec::new();
         // Every set keyed by port: the FCFS bindings and claim meter too (not
-        // fcfs_claimed).
-        for set in SETS
+        // fcfs_claimed, keyed by address), and the handover's.
+        let by_port = SETS
             .iter()
             .map(|(s, _, _)| *s)
             .chain([SET_FCFS_BINDINGS, SET_FCFS_RATE])
-        {
+            .chain(HANDOVER_SETS.iter().map(|(s, _, _)| *s));
+        for set in by_port {
             for key in dump_set(nl, set)? {
                 all.push((set, key));
             }
@@ -1300,7 +1314,17 @@ fn setelem_timeout_msg(set: &str, elems: &[(&[u8], u64)]) -> Msg {
 
 /// Reads the drop counters (all zero when the table does not exist yet).
 pub fn counters() -> Result<DropCounters, Error> {
-    let context = "reading the port-security drop counters";
+    let mut c = DropCounters::default();
+    for (name, packets) in counter_packets("reading the port-security drop counters")? {
+        if let Some(slot) = name.strip_prefix("drop_").and_then(|r| c.slot(r)) {
+            *slot = packets;
+        }
+    }
+    Ok(c)
+}
+
+/// (name, packets) of every named counter of the table (none before it exists).
+fn counter_packets(context: &str) -> Result<Vec<(String, u64)>, Error> {
     let mut nl = open(context)?;
     let mut m = Msg::new(msg::GETOBJ, NLM_F_REQUEST | NLM_F_DUMP, NFPROTO_BRIDGE);
     m.str(NFTA_OBJ_TABLE, TABLE)
@@ -1310,20 +1334,16 @@ pub fn counters() -> Result<DropCounters, Error> {
         Err(e) if e.errno == libc::ENOENT => Vec::new(),
         Err(e) => return Err(err(context, e)),
     };
-    let mut c = DropCounters::default();
-    for body in &bodies {
-        if attr_str(body, NFTA_OBJ_TABLE).as_deref() != Some(TABLE) {
-            continue;
-        }
-        let packets = attr(body, NFTA_OBJ_DATA)
-            .and_then(|d| attr_u64(d, NFTA_COUNTER_PACKETS))
-            .unwrap_or(0);
-        let name = attr_str(body, NFTA_OBJ_NAME).unwrap_or_default();
-        if let Some(slot) = name.strip_prefix("drop_").and_then(|r| c.slot(r)) {
-            *slot = packets;
-        }
-    }
-    Ok(c)
+    Ok(bodies
+        .iter()
+        .filter(|body| attr_str(body, NFTA_OBJ_TABLE).as_deref() == Some(TABLE))
+        .map(|body| {
+            let packets = attr(body, NFTA_OBJ_DATA)
+                .and_then(|d| attr_u64(d, NFTA_COUNTER_PACKETS))
+                .unwrap_or(0);
+            (attr_str(body, NFTA_OBJ_NAME).unwrap_or_default(), packets)
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -276,6 +276,8 @@ enum Expr {
         /// the element's rate is exceeded (a meter).
         over: Option<Rate>,
     },
+    /// Adds the key in register 1 to a set from the packet path (dynset).
+    AddToSet(&'static str),
     Verdict(Verdict),
 }
 
@@ -430,7 +432,8 @@ fn udp_sport(port: u16) -> Vec<Expr> {
 /// addresses, tags, ARP sender MAC, router/DHCP-server guards), then the
 /// per-family source checks of IP-locked ports, then the ethertype allowlist.
 fn rules() -> Vec<(&'static str, Vec<Expr>)> {
-    let mut rules = vec![
+    let mut rules = handover_rules();
+    rules.extend([
         // Only frames from our ports are looked at; the uplink and other ports pass.
         rule(BASE_CHAIN, vec![port_in(SET_PORTS), jump("port_in")]),
         // The Ethernet source must be the port's MAC.
@@ -456,7 +459,7 @@ fn rules() -> Vec<(&'static str, Vec<Expr>)> {
                 drop_counted("drop_bpdu").into(),
             ],
         ),
-    ];
+    ]);
     // A tag would hide the inner addresses from every check below; the kernel
     // shows an offloaded outer tag at offset 12 (and the ethertype after it at
     // 16) as if it were inline. Access ports carry no tag at all; trunk ports
@@ -815,9 +818,10 @@ pub fn expected_comments() -> Vec<(String, String)> {
 /// computing them encodes the whole ruleset (~0.8 M instructions, more than
 /// half of an ADD's own). `precomputed_layout_is_this_builds` fails, with the
 /// values to write here, when the rules change.
-const LAYOUT_TAG: &str = "pg6a6035a3";
+const LAYOUT_TAG: &str = "pg2488dd97";
 const RULES_PER_CHAIN: &[(&str, usize)] = &[
-    ("prerouting", 1),
+    ("prerouting", 2),
+    ("handover", 5),
     ("port_in", 20),
     ("arp_sha", 2),
     ("ip4_guard", 1),
@@ -964,6 +968,13 @@ fn encode_expr(m: &mut Msg, e: &Expr) {
                 m.end().end();
             }
         }
+        AddToSet(set) => {
+            // `add @set { <register 1> }`: no timeout, for sets without one.
+            m.str(NFTA_EXPR_NAME, "dynset").begin(NFTA_EXPR_DATA);
+            m.str(NFTA_DYNSET_SET_NAME, set)
+                .u32(NFTA_DYNSET_OP, NFT_DYNSET_OP_ADD)
+                .u32(NFTA_DYNSET_SREG_KEY, REG_1);
+        }
         Verdict(v) => {
             m.str(NFTA_EXPR_NAME, "immediate").begin(NFTA_EXPR_DATA);
             m.u32(1, REG_VERDICT).begin(2).begin(NFTA_DATA_VERDICT);
@@ -999,21 +1010,14 @@ fn add_layout(batch: &mut super::nfnl::Batch, tag: Option<&str>) {
     m.str(NFTA_TABLE_NAME, TABLE);
     batch.push(m, format!("creating table bridge {TABLE}"));
 
-    let fcfs = FCFS_SETS.iter().map(|s| (s, true));
-    for (i, ((name, key_type, key_len), dynamic)) in
-        SETS.iter().map(|s| (s, false)).chain(fcfs).enumerate()
-    {
-        let flags = if dynamic {
-            NFT_SET_EVAL | NFT_SET_TIMEOUT
-        } else {
-            0
-        };
+    for (i, (name, key_type, key_len)) in all_sets().enumerate() {
+        let dynamic = FCFS_SETS.iter().any(|(fcfs, _, _)| *fcfs == name);
         let mut m = Msg::new(msg::NEWSET, create, NFPROTO_BRIDGE);
         m.str(NFTA_SET_TABLE, TABLE)
             .str(NFTA_SET_NAME, name)
-            .u32(NFTA_SET_FLAGS, flags)
-            .u32(NFTA_SET_KEY_TYPE, *key_type)
-            .u32(NFTA_SET_KEY_LEN, *key_len)
+            .u32(NFTA_SET_FLAGS, set_flags(name))
+            .u32(NFTA_SET_KEY_TYPE, key_type)
+            .u32(NFTA_SET_KEY_LEN, key_len)
             .u32(NFTA_SET_ID, i as u32 + 1);
         if dynamic {
             m.begin(NFTA_SET_DESC)
@@ -1021,12 +1025,12 @@ fn add_layout(batch: &mut super::nfnl::Batch, tag: Option<&str>) {
                 .end();
         }
         // NFTNL_UDATA_SET_KEYBYTEORDER: host order for ifname keys (so nft prints strings).
-        if *key_type == TYPE_IFNAME {
+        if key_type == TYPE_IFNAME {
             m.bytes(NFTA_SET_USERDATA, &[0, 4, 1, 0, 0, 0]);
         }
         batch.push(m, format!("creating set {name}"));
     }
-    for name in COUNTERS {
+    for name in COUNTERS.into_iter().chain([HANDOVER_COUNTER]) {
         let mut m = Msg::new(msg::NEWOBJ, create, NFPROTO_BRIDGE);
         m.str(NFTA_OBJ_TABLE, TABLE)
             .str(NFTA_OBJ_NAME, name)
@@ -1037,7 +1041,7 @@ fn add_layout(batch: &mut super::nfnl::Batch, tag: Option<&str>) {
             .end();
         batch.push(m, format!("creating counter {name}"));
     }
-    for chain in CHAINS.iter() {
+    for chain in CHAINS.iter().chain(HANDOVER_CHAINS.iter()) {
         let mut m = Msg::new(msg::NEWCHAIN, create, NFPROTO_BRIDGE);
         m.str(NFTA_CHAIN_TABLE, TABLE).str(NFTA_CHAIN_NAME, chain);
         if *chain == BASE_CHAIN {
@@ -1070,6 +1074,169 @@ fn add_layout(batch: &mut super::nfnl::Batch, tag: Option<&str>) {
             None => batch.push(m, format!("adding rule {} of {chain}", i + 1)),
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Live-migration handover: a migration target's port is held (nothing from it
+// reaches the bridge, so nothing is learned or forwarded) until the guest
+// announces itself from the VM's MAC; the announcement opens the port from the
+// packet path (a dynset add to `handover_announced`) and goes out itself.
+
+/// Ports held until the guest announces itself: migration targets.
+pub const SET_HANDOVER_HELD: &str = "handover_held";
+/// Held ports the guest has announced itself on: filled by the kernel from the
+/// packet path, never by us. Held = in `handover_held` and not in here.
+pub const SET_HANDOVER_ANNOUNCED: &str = "handover_announced";
+/// A held port's VM MAC: the only source an announcement may come from.
+pub const SET_HANDOVER_MAC: &str = "handover_mac";
+/// A held port's IPv4 addresses as `ifname . addr . addr`: a gratuitous ARP
+/// has sender IP = target IP = one of them.
+pub const SET_HANDOVER_GARP: &str = "handover_garp";
+/// A held port's IPv6 addresses and the link-local of its MAC: an unsolicited
+/// neighbour advertisement's target is one of them.
+pub const SET_HANDOVER_NA: &str = "handover_na";
+/// Frames a held port sent before its announcement (dropped).
+pub const HANDOVER_COUNTER: &str = "held_for_handover";
+
+pub const HANDOVER_SETS: [(&str, u32, u32); 5] = [
+    (SET_HANDOVER_HELD, TYPE_IFNAME, 16),
+    (SET_HANDOVER_ANNOUNCED, TYPE_IFNAME, 16),
+    (
+        SET_HANDOVER_MAC,
+        (TYPE_IFNAME << TYPE_BITS) | TYPE_ETHERADDR,
+        16 + 8,
+    ),
+    (
+        SET_HANDOVER_GARP,
+        (((TYPE_IFNAME << TYPE_BITS) | TYPE_IPADDR) << TYPE_BITS) | TYPE_IPADDR,
+        16 + 4 + 4,
+    ),
+    (
+        SET_HANDOVER_NA,
+        (TYPE_IFNAME << TYPE_BITS) | TYPE_IP6ADDR,
+        16 + 16,
+    ),
+];
+
+const HANDOVER_CHAINS: [&str; 1] = ["handover"];
+
+/// Every set of the table: port security's, then the handover's.
+pub fn all_sets() -> impl Iterator<Item = (&'static str, u32, u32)> {
+    SETS.into_iter().chain(FCFS_SETS).chain(HANDOVER_SETS)
+}
+
+/// The FCFS sets are filled from the packet path and lapse; the handover's
+/// `announced` is filled from the packet path and lasts as long as its port;
+/// the others are the control plane's.
+fn set_flags(name: &str) -> u32 {
+    if FCFS_SETS.iter().any(|(fcfs, _, _)| *fcfs == name) {
+        NFT_SET_EVAL | NFT_SET_TIMEOUT
+    } else if name == SET_HANDOVER_ANNOUNCED {
+        NFT_SET_EVAL
+    } else {
+        0
+    }
+}
+
+/// NFT_REG32_05: the 32-bit register after `REG_2`'s first word, for the third
+/// field of an `ifname . ipv4 . ipv4` key.
+const REG32_05: u32 = 13;
+/// ff02::1, where unsolicited neighbour advertisements go (RFC 4861, 7.2.6).
+const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+/// QEMU's announcement (qemu_announce_self): RARP "request reverse" (op 3),
+/// Ethernet/IPv4, sender and target hardware address the VM's MAC.
+const RARP_REQUEST_REVERSE: [u8; 8] = [0, 1, 8, 0, 6, 4, 0, 3];
+/// An ARP header for Ethernet/IPv4 (any opcode: a gratuitous ARP is a request or a reply).
+const ARP_ETHER_IP4: [u8; 6] = [0, 1, 8, 0, 6, 4];
+
+/// Opens the port (from the packet path) and lets the announcement go on to the
+/// port-security checks.
+fn announce() -> Vec<Expr> {
+    vec![
+        iifname(),
+        AddToSet(SET_HANDOVER_ANNOUNCED),
+        Verdict(Verdict::Return),
+    ]
+}
+
+/// The handover's rules: first in `prerouting`, so a held port's frames are
+/// dropped before the bridge learns their source (learning happens after the
+/// bridge family's prerouting hook) and before port security looks at them.
+fn handover_rules() -> Vec<(&'static str, Vec<Expr>)> {
+    vec![
+        rule(
+            BASE_CHAIN,
+            vec![
+                port_in(SET_HANDOVER_HELD),
+                vec![not_in_set(SET_HANDOVER_ANNOUNCED)],
+                jump("handover"),
+            ],
+        ),
+        // Only the VM's MAC can announce the VM.
+        rule(
+            "handover",
+            vec![
+                vec![
+                    iifname(),
+                    load2(BASE_LL, 6, 6),
+                    not_in_set(SET_HANDOVER_MAC),
+                ],
+                drop_counted(HANDOVER_COUNTER).into(),
+            ],
+        ),
+        // RARP as QEMU sends it after a migration, for the VM's MAC.
+        rule(
+            "handover",
+            vec![
+                ether_type(ETH_RARP).into(),
+                vec![load(BASE_NH, 0, 8), eq(&RARP_REQUEST_REVERSE)],
+                vec![iifname(), load2(BASE_NH, 8, 6), in_set(SET_HANDOVER_MAC)],
+                announce(),
+            ],
+        ),
+        // Gratuitous ARP: sender IP = target IP = one of the port's addresses.
+        rule(
+            "handover",
+            vec![
+                ether_type(ETH_ARP).into(),
+                vec![load(BASE_NH, 0, 6), eq(&ARP_ETHER_IP4)],
+                vec![
+                    iifname(),
+                    load2(BASE_NH, 14, 4),
+                    Payload {
+                        base: BASE_NH,
+                        off: 24,
+                        len: 4,
+                        dreg: REG32_05,
+                    },
+                    in_set(SET_HANDOVER_GARP),
+                ],
+                announce(),
+            ],
+        ),
+        // Unsolicited neighbour advertisement: to all nodes, solicited flag
+        // clear, for one of the port's IPv6 addresses or its link-local.
+        rule(
+            "handover",
+            vec![
+                ether_type(ETH_IP6).into(),
+                icmpv6_type(ICMPV6_NEIGHBOR_ADVERT),
+                vec![load(BASE_NH, 24, 16), eq(&ALL_NODES)],
+                vec![
+                    load(BASE_TH, 4, 1),
+                    Bitwise {
+                        len: 1,
+                        mask: vec![0x40],
+                    },
+                    eq(&[0]),
+                ],
+                vec![iifname(), load2(BASE_TH, 8, 16), in_set(SET_HANDOVER_NA)],
+                announce(),
+            ],
+        ),
+        // Anything else waits: the source VM still owns the MAC on the VLAN.
+        rule("handover", vec![drop_counted(HANDOVER_COUNTER).into()]),
+    ]
 }
 
 #[cfg(test)]
@@ -1240,8 +1407,14 @@ mod tests {
         for chain in CHAINS.iter().skip(1) {
             assert!(jumped.contains(chain), "{chain} is never jumped to");
         }
+        for chain in HANDOVER_CHAINS {
+            assert!(jumped.contains(chain), "{chain} is never jumped to");
+        }
         for to in jumped {
-            assert!(CHAINS.contains(&to), "a jump to {to}, which is not created");
+            assert!(
+                CHAINS.contains(&to) || HANDOVER_CHAINS.contains(&to),
+                "a jump to {to}, which is not created"
+            );
         }
     }
 

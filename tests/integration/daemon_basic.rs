@@ -192,9 +192,30 @@ fn http_endpoints_and_sigterm_leaves_topology() {
         "portgroupd_config_generation 1",
         "portgroup_portsec_drops_total{reason=\"bpdu\"} 0",
         "portgroup_portsec_drops_total{reason=\"ra\"} 0",
+        "\nportgroup_ports_awaiting_handover 0\n",
+        "\nportgroup_handover_held_frames_total 0\n",
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
+    // A migration target waiting for its guest shows in the gauge, read from
+    // the kernel at scrape time.
+    lab.node
+        .run(|| {
+            portgroup::portsec::hold(&portgroup::portsec::Hold {
+                host_veth: "pgheld0".into(),
+                mac: "00:50:56:aa:bb:01".parse().expect("mac"),
+                ips: vec!["10.0.0.2".parse().expect("ip")],
+            })
+        })
+        .expect("hold");
+    let (_, metrics) = get("/metrics");
+    assert!(
+        metrics.contains("\nportgroup_ports_awaiting_handover 1\n"),
+        "{metrics}"
+    );
+    lab.node
+        .run(|| portgroup::portsec::remove("pgheld0"))
+        .expect("remove");
 
     // The bridge needs no 802.1Q: it is made, marked and up on any kernel.
     let bridge = bridge_name("eth1", 100);
@@ -305,6 +326,7 @@ fn gc_removes_attachments_whose_host_veth_is_gone() {
         created_at: "2026-11-23T10:00:00Z".into(),
         namespace: None,
         port_security: None,
+        handover: None,
     };
     // live: veth into a namespace that stays. dead: veth into a namespace that is
     // deleted (the kernel takes the veth along). gone: the record's namespace is

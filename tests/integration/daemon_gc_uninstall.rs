@@ -26,6 +26,7 @@ fn record(cid: &str, netns: &Netns, bridge: &str) -> Record {
         ipam: None,
         namespace: None,
         port_security: None,
+        handover: None,
         cni_version: "1.1.0".into(),
         created_at: "2026-11-23T10:00:00Z".into(),
     }

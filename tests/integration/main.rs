@@ -18,5 +18,6 @@ mod daemon_gc_uninstall;
 mod daemon_portsec_heal;
 mod daemon_untagged;
 mod daemon_vlan;
+mod handover_netns;
 mod portsec_netns;
 mod release_versions;

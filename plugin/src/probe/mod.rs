@@ -27,7 +27,8 @@
 //! # Why the probes do not carry the VM's MAC
 //!
 //! The probes' Ethernet source, and the ARP sender hardware address, are the bridge
-//! device's own MAC, never `vm_mac`. During a live migration the source VM, with
+//! device's own MAC (which portgroupd pins, so it never changes as ports come and
+//! go), never `vm_mac`. During a live migration the source VM, with
 //! that very MAC, is still running on another node; a frame sent from here with its
 //! MAC as source would make the physical switches (and every bridge on the way)
 //! learn the MAC on this node's port, and the running VM's traffic would be

@@ -201,13 +201,28 @@ impl Lab {
             Vec::<String>::new(),
             "port-security elements left"
         );
+        assert_eq!(
+            self.held_ports(),
+            Vec::<String>::new(),
+            "handover holds left"
+        );
     }
 
     /// Ports with port-security rules in the node's nftables (set `ports`).
     pub fn secured_ports(&self) -> Vec<String> {
+        self.port_set("ports")
+    }
+
+    /// Ports held for a migration handover (set `handover_held`).
+    pub fn held_ports(&self) -> Vec<String> {
+        self.port_set("handover_held")
+    }
+
+    /// The port names in one of the table's `ifname` sets.
+    pub fn port_set(&self, set: &str) -> Vec<String> {
         let out = self
             .node_ns
-            .exec(&["nft", "-j", "list", "set", "bridge", "portgroup", "ports"]);
+            .exec(&["nft", "-j", "list", "set", "bridge", "portgroup", set]);
         if !out.status.success() {
             return Vec::new(); // no table yet: nothing installed
         }

@@ -61,7 +61,7 @@ fn ip_held_by_another_mac_fails_add() {
 }
 
 #[test]
-fn own_mac_answering_is_a_live_migration() {
+fn own_mac_answering_is_a_live_migration_whose_port_is_held() {
     let mut lab = Lab::new();
     legacy_host(
         &mut lab,
@@ -72,12 +72,100 @@ fn own_mac_answering_is_a_live_migration() {
     let path = Lab::netns_path(&pod);
     let env = Lab::attach_env("vm1", &path, "net1");
     let mut c = probing(&["10.10.100.21/24", "2001:db8:100::21/64"], VM_MAC);
-    c["linkDown"] = true.into();
     c["logLevel"] = "info".into();
     let add = lab.cni("ADD", &c, &env);
     assert_eq!(add.code, 0, "{} {}", add.stdout, add.stderr);
     assert!(add.stderr.contains("live migration"), "{}", add.stderr);
+    // The target's port is held, whether or not port security is on; the
+    // record says so.
+    let host_veth = add.json["interfaces"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(lab.held_ports(), [host_veth]);
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(lab.run_dir.join("attachments").join("vm1-net1.json")).unwrap(),
+    )
+    .unwrap();
+    let answered = record["handover"]["answered"].as_array().unwrap();
+    assert_eq!(answered.len(), 2, "{record}");
+    assert!(record["handover"]["heldAt"].is_string(), "{record}");
+    // The pod's interface is up (no linkDown needed).
+    assert!(sh(&["ip", "-n", &pod, "link", "show", "net1"]).contains("UP"));
+
+    // CHECK: healthy, and says it waits for the handover.
+    let mut check = c.clone();
+    check["prevResult"] = add.json.clone();
+    let out = lab.cni("CHECK", &check, &env);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("waits for the migration handover"),
+        "{}",
+        out.stderr
+    );
+
+    // DEL (the migration finished, or failed): the hold goes with the port.
     assert_eq!(lab.cni("DEL", &c, &env).code, 0);
+    lab.assert_clean(&["br0", "legacy0"]);
+}
+
+#[test]
+fn add_killed_while_holding_then_del_leaves_nothing() {
+    let mut lab = Lab::new();
+    legacy_host(&mut lab, VM_MAC, &["10.10.100.21/24"]);
+    let pod = lab.pod();
+    let path = Lab::netns_path(&pod);
+    let mut env = Lab::attach_env("vm1", &path, "net1");
+    let c = probing(&["10.10.100.21/24"], VM_MAC);
+    env.push(("PORTGROUP_TEST_EXIT_AT", "held"));
+    assert_eq!(lab.cni("ADD", &c, &env).code, 137);
+    assert_eq!(lab.held_ports().len(), 1, "the ADD died holding the port");
+    env.pop();
+    assert_eq!(lab.cni("DEL", &c, &env).code, 0);
+    lab.assert_clean(&["br0", "legacy0"]);
+}
+
+#[test]
+fn a_fresh_vm_is_never_held() {
+    let mut lab = Lab::new();
+    let legacy = legacy_host(&mut lab, LEGACY_MAC, &["10.10.100.21/24"]);
+    let pod = lab.pod();
+    let path = Lab::netns_path(&pod);
+    let env = Lab::attach_env("vm1", &path, "net1");
+    // Nobody answers for its addresses; its own pod does not either (its
+    // interface comes up after the probe).
+    let c = probing(&["10.10.100.99/24", "2001:db8:100::99/64"], VM_MAC);
+    let add = lab.cni("ADD", &c, &env);
+    assert_eq!(add.code, 0, "{} {}", add.stdout, add.stderr);
+    assert_eq!(lab.held_ports(), Vec::<String>::new());
+    let record =
+        std::fs::read_to_string(lab.run_dir.join("attachments").join("vm1-net1.json")).unwrap();
+    assert!(!record.contains("handover"), "{record}");
+    // It talks at once: the legacy host reaches it.
+    assert!(
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &legacy,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "10.10.100.99"
+        ])
+        .contains("1 received"),
+        "a fresh VM did not answer at once"
+    );
+    assert_eq!(lab.cni("DEL", &c, &env).code, 0);
+    // conflictProbe off: never held either, even with its MAC live elsewhere.
+    let mut unprobed = probing(&["10.10.100.21/24"], LEGACY_MAC);
+    unprobed["conflictProbe"] = false.into();
+    assert_eq!(lab.cni("ADD", &unprobed, &env).code, 0);
+    assert_eq!(lab.held_ports(), Vec::<String>::new());
+    assert_eq!(lab.cni("DEL", &unprobed, &env).code, 0);
+    lab.assert_clean(&["br0", "legacy0"]);
 }
 
 #[test]

@@ -258,8 +258,8 @@ fn the_port_has_its_elements_before_its_veth_appears() {
     lab.assert_clean(&["br0", "peer0"]);
 
     // The moment the veth exists (nothing else done after it), so do its
-    // elements, and they hold: brought up by hand, the port reaches the
-    // neighbour from its own address only.
+    // elements, and they hold: put on the bridge and brought up by hand (ADD
+    // does that last), the port reaches the neighbour from its own address only.
     killed_at(&lab, &declared, &env, "veth-created");
     assert!(lab.node_links().contains(&host));
     assert!(
@@ -267,6 +267,7 @@ fn the_port_has_its_elements_before_its_veth_appears() {
         "{:?}",
         elements_of(&lab, &host)
     );
+    lab.node_ip(&["link", "set", &host, "master", "br0", "up"]);
     lab.pod_ip(&pod, &["link", "set", "net1", "up"]);
     lab.pod_ip(&pod, &["addr", "add", "10.0.0.50/24", "dev", "net1"]);
     assert!(!pings(&pod, "10.0.0.1"), "a foreign source passed");

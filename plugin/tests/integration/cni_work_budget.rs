@@ -336,8 +336,9 @@ fn add_and_del_stay_within_their_budget() {
 /// A DEL reads the port's elements (one GET per flag set, a dump of the four
 /// address sets: netlink has no prefix lookup on a concatenated key), what it
 /// holds of the FCFS sets (the IPv6 holders and the claims, to release only
-/// addresses no other port holds; its DAD meter) and deletes them in one batch.
-const DEL_NETFILTER: usize = 18;
+/// addresses no other port holds; its DAD meter), whether it is a migration
+/// target still held (two GETs) and deletes them in one batch.
+const DEL_NETFILTER: usize = 20;
 const DEL_DUMPS: &[(u32, u16)] = &[(NETLINK_NETFILTER, 0x0a0d)];
 
 /// With declared addresses the pod's side needs its own socket (addresses are

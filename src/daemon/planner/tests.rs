@@ -83,6 +83,7 @@ fn kinds(p: &Plan) -> Vec<&'static str> {
             Operation::ReleaseController { .. } => "release",
             Operation::SetMtu { .. } => "mtu",
             Operation::SetAlias { .. } => "alias",
+            Operation::SetAddress { .. } => "address",
             Operation::Delete { .. } => "delete",
         })
         .collect()
@@ -964,4 +965,35 @@ fn applying_a_trunk_looks_each_link_up_once() {
         p.steps.len() + 303,
         "one request per step, plus the alias of each link made"
     );
+}
+
+#[test]
+fn bridge_macs_are_pinned_and_drift_is_put_back() {
+    let links = host();
+    let cfg = two_pgs();
+    let (_, last) = converge(&links, &cfg);
+    assert!(last.steps.is_empty());
+    let name = bridge_name("eth1", 100);
+    let pinned = naming::bridge_mac(NODE, &name);
+    assert_eq!(link(&links, &name).mac, Some(pinned));
+    assert!(
+        !pinned.is_multicast() && pinned.0[0] & 0x02 == 0x02,
+        "{pinned}"
+    );
+    // Another node's bridge of the same name has another MAC.
+    assert_ne!(naming::bridge_mac("other-node", &name), pinned);
+    // Drift: the bridge took another MAC; one step puts it back.
+    links
+        .0
+        .borrow_mut()
+        .links
+        .iter_mut()
+        .find(|l| l.name == name)
+        .expect("bridge")
+        .mac = Some(MacAddr([0x02, 0, 0, 0, 0, 1]));
+    let repair = plan_on(&links, &cfg, None);
+    assert_eq!(ops(&repair), [format!("set {name} address {pinned}")]);
+    let (passes, _) = converge(&links, &cfg);
+    assert_eq!(passes, 1);
+    assert_eq!(link(&links, &name).mac, Some(pinned));
 }
