@@ -79,6 +79,7 @@ pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
         cni_version: conf.cni_version.as_str().to_string(),
         created_at: rfc3339(std::time::SystemTime::now()),
         namespace: spec.namespace.clone(),
+        device_id: conf.device_id.clone(),
     };
     let mut undo = UndoLog {
         call,

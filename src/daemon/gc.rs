@@ -150,6 +150,7 @@ mod tests {
             cni_version: "1.1.0".into(),
             created_at: "2026-11-23T10:00:00Z".into(),
             namespace: None,
+            device_id: None,
         }
     }
 

@@ -304,6 +304,7 @@ fn gc_removes_attachments_whose_host_veth_is_gone() {
         cni_version: "1.1.0".into(),
         created_at: "2026-11-23T10:00:00Z".into(),
         namespace: None,
+        device_id: None,
     };
     // live: veth into a namespace that stays. dead: veth into a namespace that is
     // deleted (the kernel takes the veth along). gone: the record's namespace is

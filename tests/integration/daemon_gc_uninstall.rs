@@ -25,6 +25,7 @@ fn record(cid: &str, netns: &Netns, bridge: &str) -> Record {
         spoof_check: false,
         ipam: None,
         namespace: None,
+        device_id: None,
         cni_version: "1.1.0".into(),
         created_at: "2026-11-23T10:00:00Z".into(),
     }
