@@ -2,8 +2,9 @@
 //! real protocol over unix sockets in a temp dir: registration per portgroup,
 //! 1000 devices, Unhealthy while the portgroup is not ready, Allocate, kubelet
 //! restart, portgroupd restart, portgroups added and removed by a config change.
-//! No 802.1Q here, so no portgroup becomes ready: Healthy when the uplink works
-//! is tested in tests/daemon_vlan.rs (run in the VM). Root only; links live in
+//! VLAN portgroups need 802.1Q to become ready (their Healthy flips are tested
+//! in daemon_vlan.rs, run in the VM); an untagged portgroup is ready on any
+//! kernel, and flips here with its uplink's carrier. Root only; links live in
 //! namespaces the tests make and delete.
 
 use std::path::PathBuf;
