@@ -1,19 +1,30 @@
 //! Health-flip latency of portgroupd's device plugin: from the kernel's link
-//! event (the uplink losing or regaining its carrier) to the kubelet receiving
-//! the ListAndWatch update that flips every device of the portgroup.
+//! event on the uplink to the kubelet receiving the ListAndWatch update that
+//! flips every device of the portgroup.
 //!
-//! A portgroup is ready only with its VLAN interface, so this needs 802.1Q:
-//! hack/bench.sh runs it in the test VM when this kernel lacks it. Root only;
-//! every link lives in namespaces made here (tests/common) and deleted on exit.
+//! Root only; every link lives in namespaces made here (tests/common) and
+//! deleted on exit. The portgroup is untagged by default: a bridge on the raw
+//! uplink, ready on any kernel. `--vlan` times an access portgroup (VLAN 100)
+//! instead, which needs 802.1Q (hack/bench.sh runs that variant in the test VM).
 //!
-//!   deviceplugin_flip [--flaps N] [--out FILE.json]
+//!   deviceplugin_flip [--flaps N] [--kind carrier|recreate] [--vlan] [--out FILE.json]
 //!
-//! One flap: the switch end of the uplink veth goes down (the uplink loses its
-//! carrier: Unhealthy), then up again (Healthy). The kernel event is timed where
-//! a netlink listener in the node namespace receives it (RTM_NEWLINK for the
-//! uplink with LOWER_UP changed), the update where the fake kubelet receives it,
-//! both on this process's monotonic clock. Also given: the time from just
-//! before the `ip link set` request, which includes starting `ip`.
+//! `--kind carrier` (default), one flap: the switch end of the uplink veth goes
+//! down (the uplink loses its carrier: Unhealthy), then up again (Healthy). The
+//! kernel event is the uplink's RTM_NEWLINK with LOWER_UP changed.
+//!
+//! `--kind recreate`, one flap: the uplink veth is deleted (Unhealthy; the
+//! event is the uplink's RTM_DELLINK), then made anew, down and unenslaved as a
+//! new NIC or bond comes (Healthy; the event is the new uplink's first
+//! RTM_NEWLINK, so the time includes portgroupd bringing it up and making it
+//! the bridge's port again).
+//!
+//! Each event is timed where a netlink listener in the node namespace receives
+//! it, the update where the fake kubelet receives it, both on this process's
+//! monotonic clock (on a loaded machine the listener thread can be scheduled
+//! after the daemon has already acted: such flips count 0 ms and are reported
+//! as `listener_late`). Also given: the time from just before the `ip` request,
+//! which includes starting `ip`, and the daemon's own figure from its log.
 
 // A benchmark fails by panicking, like a test: unwrap and expect are its way to fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -37,34 +48,67 @@ const RESOURCE: &str = "portgroup.io/bench";
 const RTMGRP_LINK: u32 = 1;
 const WAIT: Duration = Duration::from_secs(60);
 
-/// (when received, lower_up) of every uplink event.
-type Events = Arc<Mutex<Vec<(Instant, bool)>>>;
+/// What the node's netlink listener saw of the uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UplinkEvent {
+    /// RTM_NEWLINK, with its LOWER_UP.
+    New { lower_up: bool },
+    /// RTM_DELLINK.
+    Deleted,
+}
+
+/// (when received, what) of every uplink event.
+type Events = Arc<Mutex<Vec<(Instant, UplinkEvent)>>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Carrier,
+    Recreate,
+}
 
 fn main() {
     let mut flaps = 100usize;
     let mut out = None;
+    let mut vlan = false;
+    let mut kind = Kind::Carrier;
+    let usage =
+        "usage: deviceplugin_flip [--flaps N] [--kind carrier|recreate] [--vlan] [--out FILE]";
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--flaps" => flaps = args.next().and_then(|n| n.parse().ok()).unwrap_or(flaps),
             "--out" => out = args.next(),
+            "--vlan" => vlan = true,
+            "--kind" => {
+                kind = match args.next().as_deref() {
+                    Some("carrier") => Kind::Carrier,
+                    Some("recreate") => Kind::Recreate,
+                    other => {
+                        eprintln!("--kind {other:?}: carrier or recreate; {usage}");
+                        std::process::exit(2);
+                    }
+                }
+            }
             // cargo bench passes --bench
             "--bench" => {}
             other => {
-                eprintln!(
-                    "unknown argument {other}; usage: deviceplugin_flip [--flaps N] [--out FILE]"
-                );
+                eprintln!("unknown argument {other}; {usage}");
                 std::process::exit(2);
             }
         }
     }
-    if !portgroup_testkit::has_8021q() {
-        eprintln!("deviceplugin_flip: this kernel has no 802.1Q, so no portgroup can be ready; run it in the VM (hack/bench.sh does)");
+    if vlan && !portgroup_testkit::has_8021q() {
+        eprintln!("deviceplugin_flip --vlan: this kernel has no 802.1Q, so no VLAN portgroup can be ready; run it in the VM (hack/bench.sh --deviceplugin-vlan does), or drop --vlan for an untagged portgroup");
         std::process::exit(3);
     }
+    let load_before = loadavg();
 
     let lab = DaemonLab::new();
-    lab.write_config(r#"{"uplink": "eth1", "portgroups": [{"name": "bench", "vlan": 100}]}"#);
+    lab.write_config(if vlan {
+        r#"{"uplink": "eth1", "portgroups": [{"name": "bench", "vlan": 100}]}"#
+    } else {
+        r#"{"uplink": "eth1", "portgroups": [{"name": "bench", "untagged": true}]}"#
+    });
     let dir = lab.dir.0.join("device-plugins");
     let kubelet = FakeKubelet::start(&dir);
     let events: Events = Arc::new(Mutex::new(Vec::new()));
@@ -84,28 +128,72 @@ fn main() {
     let mut up = Vec::new();
     let mut down_req = Vec::new();
     let mut up_req = Vec::new();
+    // Flips whose kernel event the listener received only after the update
+    // (counted as 0 ms: the listener, not the daemon, was late).
+    let mut listener_late = 0usize;
+    let started = Instant::now();
     for _ in 0..flaps {
-        for (state, want, lower_up, from_event, from_request) in [
-            ("down", "Unhealthy", false, &mut down, &mut down_req),
-            ("up", "Healthy", true, &mut up, &mut up_req),
+        for (going_down, want, from_event, from_request) in [
+            (true, "Unhealthy", &mut down, &mut down_req),
+            (false, "Healthy", &mut up, &mut up_req),
         ] {
             let lists = kubelet.list_count(RESOURCE);
             let requested = Instant::now();
-            lab.switch.ip(&["link", "set", "sw0", state]);
+            match (kind, going_down) {
+                (Kind::Carrier, true) => {
+                    lab.switch.ip(&["link", "set", "sw0", "down"]);
+                }
+                (Kind::Carrier, false) => {
+                    lab.switch.ip(&["link", "set", "sw0", "up"]);
+                }
+                (Kind::Recreate, true) => {
+                    lab.switch.ip(&["link", "del", "sw0"]);
+                }
+                (Kind::Recreate, false) => lab.add_uplink(),
+            }
             let received = kubelet.wait_then(
                 WAIT,
                 want,
                 |s| s.lists.get(RESOURCE).map_or(0, Vec::len) > lists && healthy(s, want),
                 |s| s.latest(RESOURCE).map_or(requested, |l| l.at),
             );
-            let event = events
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .find(|(at, l)| *at >= requested && *l == lower_up)
-                .map(|(at, _)| *at);
+            let wanted_event = |e: &UplinkEvent| match (kind, going_down) {
+                (Kind::Carrier, _) => {
+                    *e == UplinkEvent::New {
+                        lower_up: !going_down,
+                    }
+                }
+                (Kind::Recreate, true) => *e == UplinkEvent::Deleted,
+                (Kind::Recreate, false) => matches!(e, UplinkEvent::New { .. }),
+            };
+            // The listener thread may be scheduled after the daemon and the
+            // fake kubelet on a loaded machine: wait for it to report.
+            let find = || {
+                events
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .find(|(at, e)| *at >= requested && wanted_event(e))
+                    .map(|(at, _)| *at)
+            };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut event = find();
+            while event.is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+                event = find();
+            }
+            if event.is_some_and(|at| at > received) {
+                listener_late += 1;
+            }
             let Some(event) = event else {
-                panic!("no uplink event with LOWER_UP={lower_up} seen after the request");
+                let seen = events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let recent: Vec<_> = seen
+                    .iter()
+                    .rev()
+                    .take(6)
+                    .map(|(at, e)| (at.saturating_duration_since(requested), e))
+                    .collect();
+                panic!("no uplink event for {want} ({kind:?}) seen after the request; the last ones (time after the request): {recent:?}");
             };
             from_event.push(ms(received.saturating_duration_since(event)));
             from_request.push(ms(received - requested));
@@ -113,6 +201,7 @@ fn main() {
             std::thread::sleep(Duration::from_millis(30));
         }
     }
+    let wall = started.elapsed();
     let log = daemon.log();
     let failures = log.matches(" ERROR ").count();
     // The daemon's own figure: first link event of the batch -> the reconcile
@@ -125,6 +214,8 @@ fn main() {
     let mut all: Vec<f64> = down.iter().chain(up.iter()).copied().collect();
     let report = serde_json::json!({
         "flaps": flaps,
+        "portgroup": if vlan { "access, VLAN 100 (802.1Q)" } else { "untagged (bridge on the raw uplink)" },
+        "kind": match kind { Kind::Carrier => "carrier", Kind::Recreate => "recreate" },
         "unit": "ms",
         "event_to_update": {
             "all": summary(&mut all),
@@ -137,13 +228,25 @@ fn main() {
         },
         "daemon_event_to_offer": summary(&mut daemon_side),
         "daemon_errors": failures,
+        "listener_late": listener_late,
         "registrations": kubelet.wait_then(WAIT, "", |_| true, |s| s.registrations_of(RESOURCE)),
+        "wall_s": (wall.as_secs_f64() * 10.0).round() / 10.0,
+        "machine": {
+            "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+            "loadavg_before": load_before,
+            "loadavg_after": loadavg(),
+        },
     });
     println!(
-        "device-plugin health flip over {flaps} uplink flaps (kernel event -> ListAndWatch update): p50 {} ms, p99 {} ms, max {} ms",
+        "device-plugin health flip over {flaps} uplink flaps ({}, {}; kernel event -> ListAndWatch update): p50 {} ms, p99 {} ms, max {} ms; daemon's own p50 {} ms, p99 {} ms",
+        report["portgroup"].as_str().unwrap_or_default(),
+        report["kind"].as_str().unwrap_or_default(),
         report["event_to_update"]["all"]["p50"],
         report["event_to_update"]["all"]["p99"],
-        report["event_to_update"]["all"]["max"]
+        report["event_to_update"]["all"]["max"],
+        report["daemon_event_to_offer"]["p50"],
+        report["daemon_event_to_offer"]["p99"],
     );
     println!(
         "{}",
@@ -155,6 +258,16 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn loadavg() -> Vec<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .filter_map(|v| v.parse().ok())
+        .collect()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -181,8 +294,8 @@ fn summary(samples: &mut [f64]) -> serde_json::Value {
     })
 }
 
-/// Records every RTM_NEWLINK of the uplink in the node namespace, with the time
-/// it was received.
+/// Records every RTM_NEWLINK and RTM_DELLINK of the uplink in the node
+/// namespace, with the time it was received.
 fn monitor_uplink(lab: &DaemonLab, events: Events) {
     let ns = portgroup::netns::open(&lab.node.path()).unwrap_or_else(|e| panic!("netns: {e}"));
     let socket = portgroup::netns::run_in(&ns, || {
@@ -192,8 +305,15 @@ fn monitor_uplink(lab: &DaemonLab, events: Events) {
     })
     .unwrap_or_else(|e| panic!("netlink monitor: {e}"));
     std::thread::spawn(move || loop {
-        let Ok((buf, _)) = socket.recv_from_full() else {
-            return;
+        let buf = match socket.recv_from_full() {
+            Ok((buf, _)) => buf,
+            // The socket overflowed (ENOBUFS): events were lost, but the next
+            // ones still count; a flap whose event was lost fails the bench.
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {
+                eprintln!("netlink monitor: {e}; events lost");
+                continue;
+            }
+            Err(e) => panic!("netlink monitor: {e}"),
         };
         let at = Instant::now();
         let mut offset = 0;
@@ -210,16 +330,24 @@ fn monitor_uplink(lab: &DaemonLab, events: Events) {
             if let Ok(msg) =
                 NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..offset + len])
             {
-                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) =
-                    msg.payload
-                {
-                    let link = LinkSummary::from_message(&link);
-                    if link.name == "eth1" {
-                        events
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push((at, link.lower_up));
+                let seen = match msg.payload {
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
+                        let link = LinkSummary::from_message(&link);
+                        (link.name == "eth1").then_some(UplinkEvent::New {
+                            lower_up: link.lower_up,
+                        })
                     }
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
+                        (LinkSummary::from_message(&link).name == "eth1")
+                            .then_some(UplinkEvent::Deleted)
+                    }
+                    _ => None,
+                };
+                if let Some(seen) = seen {
+                    events
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((at, seen));
                 }
             }
             offset += (len + 3) & !3;

@@ -13,6 +13,11 @@
 #                                 export of 10,000 VMs / 25,000 NICs / 500 port groups, as
 #                                 xlsx and as CSV; wall time and peak RSS (no root needed)
 #   hack/bench.sh --no-deviceplugin  skip the device-plugin health-flip section
+#   hack/bench.sh --only-deviceplugin  only the device-plugin health-flip section (on this
+#                                 host, untagged portgroup: 100 carrier flaps and 100 uplink
+#                                 re-creations, a few minutes with the build), then the report
+#   hack/bench.sh --deviceplugin-vlan  also time a VLAN portgroup's flips (needs 802.1Q: in
+#                                 the test VM when this kernel lacks it)
 #   hack/bench.sh --flaps N       uplink flaps for the device-plugin section (default 100, --quick 20)
 #   hack/bench.sh --out DIR       results directory (default bench-results)
 #   hack/bench.sh --portsec-mechanisms   also time port security at 1000 ports and what
@@ -56,7 +61,7 @@ repo=$PWD
 export PYTHONDONTWRITEBYTECODE=1
 argv="$*"
 
-plan_only=0 quick=0 build=1 daemon=1 deviceplugin=1 flaps="" mechanisms=0 handover=0 cycles="" sections="seq,burst,profile,portsec" state_pgs=100 compare="" out=$repo/bench-results
+plan_only=0 quick=0 build=1 daemon=1 deviceplugin=1 only_deviceplugin=0 deviceplugin_vlan=0 flaps="" mechanisms=0 handover=0 cycles="" sections="seq,burst,profile,portsec" state_pgs=100 compare="" out=$repo/bench-results
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) quick=1 ;;
@@ -68,6 +73,8 @@ while [[ $# -gt 0 ]]; do
         --handover) handover=1 ;;
         --plan) plan_only=1 ;;
         --no-deviceplugin) deviceplugin=0 ;;
+        --only-deviceplugin) only_deviceplugin=1 ;;
+        --deviceplugin-vlan) deviceplugin_vlan=1 ;;
         --flaps) flaps=$2; shift ;;
         --state-portgroups) state_pgs=$2; shift ;;
         --compare) compare=$(realpath "$2"); shift ;;
@@ -153,6 +160,10 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 "$repo/hack/install-deps.sh" --bench >&2
 
 host=$(rustc -vV | sed -n 's/^host: //p')
+if [[ $only_deviceplugin -eq 1 ]]; then
+    ((deviceplugin == 1)) || { echo "--only-deviceplugin and --no-deviceplugin exclude each other" >&2; exit 2; }
+    build=0
+fi
 if [[ $build -eq 1 ]]; then
     # One package per build: a workspace build unifies features and would link
     # the daemon's dependencies into the plugin.
@@ -171,13 +182,14 @@ fi
 target=${CARGO_TARGET_DIR:-$repo/target}
 plugin=$target/$host/release/portgroup
 [[ -x $plugin ]] || plugin=$target/release/portgroup   # --no-build with only a dynamic build
+mkdir -p "$out"
+if [[ $only_deviceplugin -eq 0 ]]; then
 [[ -x $plugin ]] || { echo "$plugin is missing (cargo build --release -p portgroup)" >&2; exit 1; }
 
 # --- throwaway namespaces -----------------------------------------------------
 tag="pgb-$$"
 node="$tag-node"
 npods=$((burst + 12))
-mkdir -p "$out"
 run_dir=/dev/shm/$tag-run          # tmpfs, like /run on a node
 disk_run_dir=$out/.$tag-run-disk   # ext4: shows what the record's fsync costs
 scratch=/dev/shm/$tag-scratch
@@ -257,13 +269,17 @@ else
             "python3 hack/bench/daemon_bench.py --daemon $daemon_bin --plugin $plugin --tag pgbvm --out $out/daemon.json --in-vm --parts calibrate,converge,daemon,cni $dq 2>&1"
     fi
 fi
+fi # not --only-deviceplugin
 
 # --- device plugin: health-flip latency -----------------------------------------
-# From the kernel's link event (the uplink losing or regaining its carrier) to
-# the ListAndWatch update a fake kubelet receives, over $flaps flaps
-# (benches/deviceplugin_flip.rs). A portgroup is ready only with its VLAN
-# interface, so without 802.1Q no flap changes readiness: the bench runs in the
-# test VM then (absolute times there are TCG-inflated upper bounds).
+# From the kernel's link event on the uplink to the ListAndWatch update a fake
+# kubelet receives, over $flaps flaps (benches/deviceplugin_flip.rs), on this
+# host: an untagged portgroup (a bridge on the raw uplink, ready without
+# 802.1Q), its uplink losing and regaining carrier (deviceplugin.json), then
+# deleted and made anew (deviceplugin-recreate.json). --deviceplugin-vlan also
+# times a VLAN portgroup (deviceplugin-vlan.json), in the test VM when this
+# kernel has no 802.1Q (absolute times there are TCG-inflated upper bounds).
+rm -f "$out"/deviceplugin*.json
 if [[ $deviceplugin -eq 0 ]]; then
     echo '{"skipped": "--no-deviceplugin"}' >"$out/deviceplugin.json"
 else
@@ -275,19 +291,32 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "deviceplugin_flip" and m.get("executable"):
         print(m["executable"])')
     [[ -x $flip_bin ]] || { echo "could not build the deviceplugin_flip bench" >&2; exit 1; }
-    if hack/vm.sh --has-8021q; then
-        step "device-plugin health flip: $flaps uplink flaps"
-        "$flip_bin" --flaps "$flaps" --out "$out/deviceplugin.json"
-    else
-        step "device-plugin health flip: $flaps uplink flaps inside the test VM (no 802.1Q here)"
-        hack/vm.sh --ensure
-        PORTGROUP_VM_RWDIRS="$out${PORTGROUP_VM_RWDIRS:+:$PORTGROUP_VM_RWDIRS}" \
-            PORTGROUP_VM_TIMEOUT=${PORTGROUP_VM_TIMEOUT:-1800} hack/vm.sh \
-            "$flip_bin --flaps $flaps --out $out/deviceplugin.json 2>&1"
+    step "device-plugin health flip: untagged portgroup, $flaps carrier flaps (load $(cut -d' ' -f1-3 /proc/loadavg))"
+    "$flip_bin" --flaps "$flaps" --kind carrier --out "$out/deviceplugin.json"
+    step "device-plugin health flip: untagged portgroup, $flaps uplink re-creations (load $(cut -d' ' -f1-3 /proc/loadavg))"
+    "$flip_bin" --flaps "$flaps" --kind recreate --out "$out/deviceplugin-recreate.json"
+    if [[ $deviceplugin_vlan -eq 1 ]]; then
+        if hack/vm.sh --has-8021q; then
+            step "device-plugin health flip: VLAN portgroup, $flaps carrier flaps"
+            "$flip_bin" --vlan --flaps "$flaps" --out "$out/deviceplugin-vlan.json"
+        else
+            step "device-plugin health flip: VLAN portgroup, $flaps carrier flaps inside the test VM (no 802.1Q here)"
+            hack/vm.sh --ensure
+            PORTGROUP_VM_RWDIRS="$out${PORTGROUP_VM_RWDIRS:+:$PORTGROUP_VM_RWDIRS}" \
+                PORTGROUP_VM_TIMEOUT=${PORTGROUP_VM_TIMEOUT:-1800} hack/vm.sh \
+                "$flip_bin --vlan --flaps $flaps --out $out/deviceplugin-vlan.json 2>&1"
+        fi
     fi
 fi
 
 # --- report -------------------------------------------------------------------
+if [[ $only_deviceplugin -eq 1 ]]; then
+    # This section's runs replace their part of bench.json; the rest of an
+    # earlier full run stays as it was.
+    python3 "$repo/hack/bench/report.py" --cni "$out/cni.json" --deviceplugin-dir "$out" \
+        --deviceplugin-only --out "$out/bench.json"
+    exit 0
+fi
 python3 "$repo/hack/bench/report.py" --cni "$out/cni.json" --daemon "$out/daemon.json" \
-    --calibrate-host "$out/calibrate-host.json" \
+    --calibrate-host "$out/calibrate-host.json" --deviceplugin-dir "$out" \
     --out "$out/bench.json" --argv="$argv" --quick "$quick"

@@ -2,7 +2,10 @@
 # The DaemonSet's pod, run for real: the image hack/image.sh builds (nothing
 # pulled), the pod template of manifests/daemonset.yaml turned into the Pod the
 # kubelet would run (hack/daemonset_pod.py) and played by podman 4.3
-# (`podman kube play --configmap manifests/configmap.yaml`), in a lab of its own.
+# (`podman kube play --configmap`), in a lab of its own. The ConfigMap is
+# manifests/configmap.yaml plus one portgroup of the lab's: `vm-network`,
+# untagged on the lab's uplink eth2 (no 802.1Q needed, so it can be ready on
+# any kernel).
 #
 #   hack/daemonset-e2e.sh
 #   PORTGROUP_BIN_DIR=DIR hack/daemonset-e2e.sh     static binaries from DIR, no cargo build
@@ -14,19 +17,25 @@
 # are the manifest's own hostPaths without touching this machine's, and podman's
 # storage (image, containers, volumes) vanishes with the namespace.
 #
+# The lab node: eth0 with the node IP (its peer in lab-peer), eth1 the
+# manifest's VLAN uplink (its peer in lab-switch), eth2 an uplink with no
+# address whose peer is a legacy host (namespace lab-legacy, 198.51.100.1/24)
+# on the untagged network.
+#
 # Checks: the init container installs the plugin into /opt/cni/bin; portgroupd
 # runs with exactly the manifest's args (after $(VAR) expansion), env, volumes,
 # read-only root, the single capability NET_ADMIN, not privileged, in the
 # node's network namespace; /healthz and /readyz answer where the probes look
 # (the pod IP, which for hostNetwork is the node's); the ConfigMap is read and a
-# change made through its mounted volume is picked up; the installed plugin
-# attaches a pod to a portgroup bridge portgroupd made. Without 802.1Q (this
-# machine's kernel) no portgroup can be ready, so the plugin's ADD must fail
-# with portgroupd's not-ready reason, read from the shared /run/portgroup; with
-# 802.1Q the ADD must succeed. (The test VM, hack/vm.sh, has 802.1Q but its
-# runc cannot start containers there: "error reopening /dev/null inside
-# container: operation not permitted" under its cgroup v2 device filter; runc
-# has no cgroup-less mode.) Prints PASS/FAIL lines.
+# change made through its mounted volume is picked up; vm-network becomes ready
+# (node state, portgroup_ready metric) on a bridge portgroupd made with eth2 as
+# its port. Then the plugin the init container installed is run as a runtime
+# runs it (CNI_* env, the NAD's config on stdin, from /opt/cni/bin): ADD puts a
+# pod namespace on vm-network (the CNI result, the MAC, the pod reaching the
+# legacy host through portgroupd's bridge, port security dropping a spoofed
+# source), CHECK, DEL, and nothing is left. A portgroup that cannot be ready on
+# any kernel (untagged on eth0, which holds the node IP) gets ADD refused with
+# code 11 and portgroupd's reason. Prints PASS/FAIL lines.
 set -euo pipefail
 
 MARKER=PORTGROUP_DAEMONSET_E2E_INNER
@@ -141,7 +150,16 @@ ip link add eth1 type veth peer name sw0 netns lab-switch
 ip -n lab-switch link set sw0 up
 has_8021q=0
 ip link add link eth1 name probe.5 type vlan id 5 2>/dev/null && { has_8021q=1; ip link del probe.5; }
-pass "lab node $NODE: $NODE_IP on eth0, uplink eth1 (802.1Q: $has_8021q)"
+# The untagged network: eth2, no address (an untagged portgroup's uplink must
+# hold none), the legacy host at its other end.
+LEGACY_IP=198.51.100.1
+ip netns add lab-legacy
+ip link add eth2 type veth peer name eth0 netns lab-legacy
+ip link set eth2 up
+ip -n lab-legacy link set lo up
+ip -n lab-legacy addr add "$LEGACY_IP/24" dev eth0
+ip -n lab-legacy link set eth0 up
+pass "lab node $NODE: $NODE_IP on eth0, uplink eth1 (802.1Q: $has_8021q), untagged uplink eth2 to the legacy host $LEGACY_IP"
 
 # --- the image
 image_log=$W/image.log
@@ -192,10 +210,20 @@ for c in $(x '.containers | keys[]'); do
 done
 ((fails == 0)) || die "the manifest and the image disagree"
 
+# --- the ConfigMap: the manifest's, plus the lab's untagged portgroup
+python3 - "$REPO/manifests/configmap.yaml" "$W/configmap.yaml" <<'EOF' || die "could not extend the ConfigMap"
+import json, sys, yaml
+cm = yaml.safe_load(open(sys.argv[1]))
+config = json.loads(cm["data"]["config.json"])
+config["portgroups"].append({"name": "vm-network", "untagged": True, "uplink": "eth2"})
+cm["data"]["config.json"] = json.dumps(config, indent=2) + "\n"
+yaml.safe_dump(cm, open(sys.argv[2], "w"), sort_keys=False)
+EOF
+
 # --- play it
 echo "--- podman kube play"
 play_rc=0
-podman kube play --configmap "$REPO/manifests/configmap.yaml" "$W/pod.yaml" 2>&1 | tee "$W/play.log" || play_rc=$?
+podman kube play --configmap "$W/configmap.yaml" "$W/pod.yaml" 2>&1 | tee "$W/play.log" || play_rc=$?
 echo "---"
 ((play_rc == 0)) || die "podman kube play failed ($play_rc)"
 pod_id=$(podman pod inspect --format '{{.Id}}' "$POD")
@@ -299,7 +327,7 @@ wait_state() { # jq-condition what
 }
 want_pgs=$(python3 -c 'import json,sys,yaml
 cm = yaml.safe_load(open(sys.argv[1]))
-print(" ".join(p["name"] for p in json.loads(cm["data"]["config.json"])["portgroups"]))' "$REPO/manifests/configmap.yaml")
+print(" ".join(p["name"] for p in json.loads(cm["data"]["config.json"])["portgroups"]))' "$W/configmap.yaml")
 if wait_state ".node == \"$NODE\" and ([.portgroups[].name] | join(\" \")) == \"$want_pgs\""; then
     pass "ConfigMap read: node $NODE, portgroups $want_pgs in $state_file"
 else
@@ -310,46 +338,146 @@ bridge=$(jq -r '.portgroups[] | select(.name == "prod-web") | .bridge' "$state_f
 alias=$(ip -o link show dev "$bridge" 2>/dev/null | grep -o 'alias portgroup:.*' || true)
 [[ -n $alias ]] && pass "portgroupd made bridge $bridge ($alias)" || fail "no marked bridge $bridge"
 
-# --- a config change through the mounted volume
+# --- the untagged portgroup: ready, on a bridge portgroupd made
+pg_field() { jq -r --arg p "$1" ".portgroups[] | select(.name == \$p) | .$2" "$state_file"; }
+if wait_state '.portgroups[] | select(.name == "vm-network") | .ready'; then
+    pass "vm-network ready in the node state ($(jq -c '.portgroups[] | select(.name == "vm-network") | {mode, uplink, bridge, ready}' "$state_file"))"
+else
+    fail "vm-network not ready: $(jq -c '.portgroups[] | select(.name == "vm-network")' "$state_file" 2>/dev/null)"
+fi
+vm_bridge=$(pg_field vm-network bridge)
+vm_alias=$(ip -o link show dev "$vm_bridge" 2>/dev/null | grep -o 'alias portgroup:.*' || true)
+eth2_master=$(ip -j link show dev eth2 | jq -r '.[0].master // empty' || true)
+if [[ -n $vm_alias && $eth2_master == "$vm_bridge" ]]; then
+    pass "portgroupd made bridge $vm_bridge ($vm_alias) with the uplink eth2 as its port"
+else
+    fail "vm-network's bridge '$vm_bridge': alias '$vm_alias', eth2's master '$eth2_master'"
+fi
+metrics=$(http "$NODE_IP" 9750 /metrics)
+if grep -qx 'portgroup_ready{portgroup="vm-network"} 1' <<<"$metrics"; then
+    pass "metrics: $(grep '^portgroup_ready{' <<<"$metrics" | tr '\n' ' ')"
+else
+    fail "metrics: no portgroup_ready{portgroup=\"vm-network\"} 1 in: $(grep '^portgroup_ready' <<<"$metrics" | tr '\n' ' ')"
+fi
+
+# --- a config change through the mounted volume: a portgroup that can never be
+# ready (untagged on eth0, which holds the node's own address)
 cfg_dir=$(podman inspect --format '{{range .Mounts}}{{if eq .Destination "/etc/portgroup"}}{{.Source}}{{end}}{{end}}' "$daemon")
 [[ -f $cfg_dir/config.json ]] || die "no config.json in the ConfigMap volume $cfg_dir"
-jq '.portgroups += [{"name": "lab-extra", "vlan": 300}]' "$cfg_dir/config.json" >"$cfg_dir/.config.json.new"
+jq '.portgroups += [{"name": "lab-extra", "untagged": true, "uplink": "eth0"}]' "$cfg_dir/config.json" >"$cfg_dir/.config.json.new"
 mv "$cfg_dir/.config.json.new" "$cfg_dir/config.json"
-if wait_state '[.portgroups[].name] | index("lab-extra")'; then
-    pass "config change through the volume picked up: lab-extra in the state"
+if wait_state '.portgroups[] | select(.name == "lab-extra") | .reason != null'; then
+    pass "config change through the volume picked up: lab-extra in the state, not ready: $(pg_field lab-extra reason)"
 else
-    fail "config change not picked up: $(jq -c '[.portgroups[].name]' $state_file)"
+    fail "config change not picked up: $(jq -c '[.portgroups[] | {name, ready}]' $state_file)"
 fi
 gen=$(http "$NODE_IP" 9750 /metrics | grep -o '^portgroupd_config_generation [0-9]*' || true)
 [[ $gen == "portgroupd_config_generation 2" ]] && pass "metrics: $gen" || fail "metrics: '$gen', want generation 2"
+[[ -z $(ip -j addr show dev eth0 | jq -r '.[0].master // empty') ]] && ip -j addr show dev eth0 | jq -e --arg a "$NODE_IP" '.[0].addr_info | map(.local) | index($a)' >/dev/null &&
+    pass "eth0 untouched: still the node's ($NODE_IP), no bridge port" || fail "eth0 changed: $(ip -br addr show dev eth0)"
 
-# --- the installed plugin attaches a pod to the portgroup
+# --- the installed plugin, run as a runtime runs it
+# The NAD's config as Multus hands it over: the portgroup, port security, the
+# pod's MAC and IP from its network-selection annotation (runtimeConfig), and
+# the device the kubelet allocated for the NAD's resourceName (deviceID).
+POD_MAC=00:50:56:aa:bb:21
+POD_IP=198.51.100.21
 ip netns add lab-vm
-conf='{"cniVersion": "1.0.0", "name": "prod-web", "type": "portgroup", "portgroup": "prod-web",
-       "spoofCheck": true, "conflictProbe": false}'
-cni() { # command
-    printf '%s' "$conf" | CNI_COMMAND=$1 CNI_CONTAINERID=lab-vm-1 CNI_NETNS=/run/netns/lab-vm \
-        CNI_IFNAME=net1 CNI_PATH=/opt/cni/bin CNI_ARGS="MAC=00:50:56:aa:bb:01" /opt/cni/bin/portgroup
+ip netns add lab-vm2
+nad() { # portgroup -> the NAD's config, as the runtime sends it
+    jq -n --arg pg "$1" --arg mac "$POD_MAC" --arg ip "$POD_IP/24" '{
+        cniVersion: "1.0.0", name: $pg, type: "portgroup", portgroup: $pg,
+        spoofCheck: true, deviceID: ($pg + "-0"),
+        runtimeConfig: {mac: $mac, ips: [$ip]}}'
 }
+cni() { # command netns containerid < config
+    CNI_COMMAND=$1 CNI_CONTAINERID=$3 CNI_NETNS=/run/netns/$2 CNI_IFNAME=net1 CNI_PATH=/opt/cni/bin \
+        CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=vms;K8S_POD_NAME=virt-launcher-legacy-app-x7k2p;K8S_POD_INFRA_CONTAINER_ID=$3" \
+        /opt/cni/bin/portgroup
+}
+records=/run/portgroup/attachments
 add_rc=0
-add_out=$(cni ADD 2>"$W/add.err") || add_rc=$?
-if ((has_8021q)); then
-    if ((add_rc == 0)) && ip -n lab-vm link show net1 | grep -q 00:50:56:aa:bb:01; then
-        pass "plugin ADD attached lab-vm to $bridge: $add_out"
-    else
-        fail "plugin ADD: exit $add_rc: $add_out $(cat "$W/add.err")"
-    fi
-    cni DEL >/dev/null && pass "plugin DEL" || fail "plugin DEL"
+add_out=$(nad vm-network | cni ADD lab-vm lab-vm-1 2>"$W/add.err") || add_rc=$?
+echo "ADD result: $add_out"
+if ((add_rc == 0)) && jq -e --arg mac "$POD_MAC" --arg ip "$POD_IP/24" '
+    .cniVersion == "1.0.0"
+    and (.interfaces | map(select(.name == "net1" and .mac == $mac and .sandbox == "/run/netns/lab-vm")) | length) == 1
+    and (.ips | length) == 1 and .ips[0].address == $ip
+    and .interfaces[.ips[0].interface].name == "net1"' <<<"$add_out" >/dev/null; then
+    pass "ADD vm-network (exit 0): net1 $POD_MAC with $POD_IP/24 in the result"
 else
-    reason=$(jq -r '.portgroups[] | select(.name == "prod-web") | .reason' "$state_file")
-    if ((add_rc != 0)) && jq -e ".code == 11" <<<"$add_out" >/dev/null && [[ $add_out == *"not ready on node $NODE"* ]]; then
-        pass "plugin ADD refused as portgroupd's state says (no 802.1Q here: $reason): $(jq -c '{code, msg}' <<<"$add_out")"
-    else
-        fail "plugin ADD without a ready portgroup: exit $add_rc: $add_out"
-    fi
-    echo "NOTE: attaching needs 802.1Q; run this script in the VM (hack/vm.sh) for the ADD that succeeds"
+    fail "ADD vm-network: exit $add_rc: $add_out $(cat "$W/add.err")"
 fi
+pod_link=$(ip -n lab-vm -j addr show dev net1 2>/dev/null || echo '[]')
+jq -e --arg mac "$POD_MAC" --arg ip "$POD_IP" '.[0].address == $mac and (.[0].addr_info | map(.local) | index($ip))' <<<"$pod_link" >/dev/null &&
+    pass "pod's net1: MAC $POD_MAC, address $POD_IP" || fail "pod's net1: $pod_link"
+record=$(find "$records" -name '*.json' 2>/dev/null | head -n 1 || true)
+host_veth=$([[ -n $record ]] && jq -r .hostVeth "$record" || true)
+veth_master=$(ip -j link show dev "${host_veth:-none}" 2>/dev/null | jq -r '.[0].master // empty' || true)
+record_device=$([[ -n $record ]] && jq -r '.deviceID // empty' "$record" || true)
+[[ $record_device == vm-network-0 ]] && pass "the attachment record keeps Multus's deviceID ($record_device)" ||
+    fail "the attachment record's deviceID: '$record_device', want vm-network-0"
+[[ -n $host_veth && $veth_master == "$vm_bridge" ]] &&
+    pass "host veth $host_veth is a port of $vm_bridge (record $(basename "$record"))" ||
+    fail "host veth '$host_veth' on '$veth_master', want $vm_bridge; records: $(ls "$records" 2>&1)"
+reached=0
+if ip netns exec lab-vm ping -c 3 -i 0.2 -W 2 "$LEGACY_IP" >"$W/ping.log" 2>&1; then
+    reached=1
+    pass "pod reaches the legacy host through $vm_bridge: $(grep -o '[0-9]* received' "$W/ping.log")"
+else
+    fail "pod cannot reach the legacy host $LEGACY_IP: $(tail -n 2 "$W/ping.log" | tr '\n' ' ')"
+fi
+legacy_neigh=$(ip -n lab-legacy neigh show "$POD_IP" dev eth0 || true)
+[[ $legacy_neigh == *"lladdr $POD_MAC"* ]] &&
+    pass "the legacy host knows the pod by its MAC: $legacy_neigh" || fail "legacy host's neighbour entry: '$legacy_neigh'"
+ip netns exec lab-legacy ping -c 1 -W 2 "$POD_IP" >/dev/null 2>&1 &&
+    pass "the legacy host reaches the pod" || fail "the legacy host cannot reach the pod"
+# Port security is on (spoofCheck): a source the pod was not given gets nowhere.
+ip -n lab-vm addr add 198.51.100.99/24 dev net1 || true
+if ip netns exec lab-vm ping -c 2 -i 0.2 -W 1 -I 198.51.100.99 "$LEGACY_IP" >/dev/null 2>&1; then
+    fail "a spoofed source (198.51.100.99) got through: port security is not in force"
+elif ((!reached)); then
+    fail "port security: untested, the pod's own address got nowhere either"
+else
+    pass "port security: a spoofed source (198.51.100.99) gets no answer"
+fi
+ip -n lab-vm addr del 198.51.100.99/24 dev net1 2>/dev/null || true
+
+check_rc=0
+check_out=$(nad vm-network | jq --argjson r "${add_out:-null}" '. + {prevResult: $r}' | cni CHECK lab-vm lab-vm-1 2>&1) || check_rc=$?
+((check_rc == 0)) && pass "CHECK (prevResult = ADD's result): exit 0" || fail "CHECK: exit $check_rc: $check_out"
+
+del_rc=0
+del_out=$(nad vm-network | cni DEL lab-vm lab-vm-1 2>&1) || del_rc=$?
+((del_rc == 0)) && pass "DEL: exit 0" || fail "DEL: exit $del_rc: $del_out"
+left=()
+ip -n lab-vm link show net1 >/dev/null 2>&1 && left+=("net1 in the pod")
+[[ -n $host_veth ]] && ip link show dev "$host_veth" >/dev/null 2>&1 && left+=("host veth $host_veth")
+[[ -n $(find "$records" -name '*.json' 2>/dev/null) ]] && left+=("records: $(ls "$records")")
+ports=$(ip -j link show master "$vm_bridge" 2>/dev/null | jq -r 'map(.ifname) | join(" ")' || true)
+[[ $ports == eth2 ]] || left+=("ports of $vm_bridge: $ports")
+nft list table bridge portgroup 2>/dev/null | grep -qi -e "$POD_MAC" -e "$POD_IP" -e "${host_veth:-none}" &&
+    left+=("port-security rules for the pod in table bridge portgroup")
+((${#left[@]} == 0)) && pass "after DEL nothing is left (pod link, host veth, record, bridge port, port-security elements); $vm_bridge keeps eth2" ||
+    fail "left after DEL: ${left[*]}"
+del_again=0
+nad vm-network | cni DEL lab-vm lab-vm-1 >/dev/null 2>&1 || del_again=$?
+((del_again == 0)) && pass "DEL again: exit 0 (nothing to do)" || fail "a second DEL: exit $del_again"
+
+# A portgroup that is not ready: ADD refused, with portgroupd's reason, nothing made.
+add_rc=0
+add_out=$(nad lab-extra | cni ADD lab-vm2 lab-vm-2 2>/dev/null) || add_rc=$?
+reason=$(pg_field lab-extra reason)
+if ((add_rc != 0)) && jq -e '.code == 11' <<<"$add_out" >/dev/null &&
+    [[ $add_out == *"not ready on node $NODE"* && $add_out == *"holds IP addresses"* ]]; then
+    pass "ADD on lab-extra refused as portgroupd's state says: $(jq -c '{code, msg, details}' <<<"$add_out")"
+else
+    fail "ADD on a portgroup that is not ready: exit $add_rc: $add_out (state's reason: $reason)"
+fi
+[[ -z $(find "$records" -name '*.json' 2>/dev/null) ]] && ! ip -n lab-vm2 link show net1 >/dev/null 2>&1 &&
+    pass "the refused ADD left nothing" || fail "the refused ADD left something: $(ls "$records" 2>&1)"
 ip netns del lab-vm
+ip netns del lab-vm2
 
 echo "--- portgroupd log (last lines)"
 podman logs "$daemon" 2>&1 | tail -n 12

@@ -47,6 +47,11 @@ pub struct Record {
     /// still waits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handover: Option<Handover>,
+    /// The device the kubelet allocated to the pod for the NAD's resourceName
+    /// (portgroupd's `portgroup.io/<portgroup>`), as Multus passes it: which
+    /// of the portgroup's devices this attachment holds.
+    #[serde(rename = "deviceID", default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
 }
 
 /// A migration target's hold, as ADD made it.
@@ -585,6 +590,7 @@ mod tests {
             namespace: None,
             port_security: None,
             handover: None,
+            device_id: None,
         }
     }
 
@@ -676,12 +682,36 @@ mod tests {
             namespace: None,
             port_security: None,
             handover: None,
+            device_id: None,
         };
         record.write(&dir).unwrap();
         assert_eq!(
             Record::find(&dir, "abc", "net1").unwrap(),
             Some(record.clone())
         );
+        // The device Multus passed is kept under the key it came with; a
+        // record written before it was kept reads as no device.
+        let with_device = Record {
+            ifname: "net2".into(),
+            device_id: Some("prod-web-17".into()),
+            ..record.clone()
+        };
+        let text = serde_json::to_value(&with_device).unwrap();
+        assert_eq!(text["deviceID"], "prod-web-17");
+        assert!(serde_json::to_value(&record)
+            .unwrap()
+            .get("deviceID")
+            .is_none());
+        let mut older = text.clone();
+        older.as_object_mut().unwrap().remove("deviceID");
+        let older: Record = serde_json::from_value(older).unwrap();
+        assert_eq!(older.device_id, None);
+        with_device.write(&dir).unwrap();
+        assert_eq!(
+            Record::find(&dir, "abc", "net2").unwrap(),
+            Some(with_device)
+        );
+        remove(&dir, "abc", "net2").unwrap();
         std::fs::write(dir.join("broken-net1.json"), b"{").unwrap();
         let (records, broken) = list(&dir);
         assert_eq!(records, vec![record]);

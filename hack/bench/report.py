@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Merges bench-results/cni.json and daemon.json into bench.json, adds the machine,
+"""Merges bench-results/cni.json, daemon.json and deviceplugin*.json into bench.json, adds the machine,
 the ratios and the target verdicts (reported, never asserted), prints the tables."""
 
 from __future__ import annotations
@@ -85,19 +85,20 @@ def build(cni, daemon, calib_host=None):
     pg_burst = {k: v for k, v in burst.items() if k.startswith("pg-")}
     ps = cni.get("portsec", {}).get("flatness", {})
     targets = {}
-    a = r["addel"]["pg-l2/ref-l2"]
-    targets["addel_p50 <= 0.25x reference"] = {"value": a, "static_ipam": r["addel"]["pg-static/ref-static"],
-                                              "verdict": verdict(None if a is None else a <= 0.25)}
-    a = r["addel"]["pg-l2/floor"]
-    targets["addel_p50 <= 2x ip -batch floor"] = {"value": a, "verdict": verdict(None if a is None else a <= 2)}
-    a = r["add"]["pg-portsec/ref-l2"]
-    targets["ADD p50 with port security <= 0.50x reference"] = {
-        "value": a, "verdict": verdict(None if a is None else a <= 0.50),
-        "note": "pg-portsec ADD / ref-l2 ADD (the reference without macspoofchk), whole process"}
-    a = r["add"]["pg-portsec/floor"]
-    targets["ADD p50 with port security <= 1.10x ip floor"] = {
-        "value": a, "plain_l2": r["add"]["pg-l2/floor"], "verdict": verdict(None if a is None else a <= 1.10),
-        "note": "pg-portsec ADD / the ip -batch floor's ADD (plain_l2: pg-l2 / floor)"}
+    if seq:
+        a = r["addel"]["pg-l2/ref-l2"]
+        targets["addel_p50 <= 0.25x reference"] = {"value": a, "static_ipam": r["addel"]["pg-static/ref-static"],
+                                                  "verdict": verdict(None if a is None else a <= 0.25)}
+        a = r["addel"]["pg-l2/floor"]
+        targets["addel_p50 <= 2x ip -batch floor"] = {"value": a, "verdict": verdict(None if a is None else a <= 2)}
+        a = r["add"]["pg-portsec/ref-l2"]
+        targets["ADD p50 with port security <= 0.50x reference"] = {
+            "value": a, "verdict": verdict(None if a is None else a <= 0.50),
+            "note": "pg-portsec ADD / ref-l2 ADD (the reference without macspoofchk), whole process"}
+        a = r["add"]["pg-portsec/floor"]
+        targets["ADD p50 with port security <= 1.10x ip floor"] = {
+            "value": a, "plain_l2": r["add"]["pg-l2/floor"], "verdict": verdict(None if a is None else a <= 1.10),
+            "note": "pg-portsec ADD / the ip -batch floor's ADD (plain_l2: pg-l2 / floor)"}
     b_sec, b_l2 = burst.get("pg-portsec", {}), burst.get("pg-l2", {})
     if b_sec and b_l2:
         a = ratio(b_sec.get("del_wall_ms_p50"), b_l2.get("del_wall_ms_p50"))
@@ -141,6 +142,59 @@ def build(cni, daemon, calib_host=None):
         for k, v in d.get("targets", {}).items():
             targets[k] = v
     return r, targets
+
+
+# deviceplugin*.json, as hack/bench.sh names them: what each run timed.
+DEVICEPLUGIN_RUNS = {
+    "carrier": "deviceplugin.json",
+    "recreate": "deviceplugin-recreate.json",
+    "vlan": "deviceplugin-vlan.json",
+}
+
+
+def deviceplugin_runs(directory):
+    runs = {}
+    for name, file in DEVICEPLUGIN_RUNS.items():
+        path = os.path.join(directory, file)
+        if os.path.exists(path):
+            runs[name] = json.load(open(path))
+    return runs
+
+
+def deviceplugin_target(runs):
+    """Health flip p99 < 100 ms, kernel event -> ListAndWatch update: judged on the
+    carrier flaps (the event the target names); the other runs are reported."""
+    run = runs.get("carrier") or {}
+    if run.get("skipped") or not run.get("event_to_update"):
+        return {"verdict": "pending", "why": run.get("skipped", "not run")}
+    all_ = run["event_to_update"]["all"]
+    return {"p50_ms": all_["p50"], "p99_ms": all_["p99"], "n": all_["n"],
+            "daemon_p99_ms": run.get("daemon_event_to_offer", {}).get("p99"),
+            "loadavg_before": run.get("machine", {}).get("loadavg_before"),
+            "verdict": verdict(all_["p99"] < 100)}
+
+
+def print_deviceplugin(runs):
+    if not runs:
+        return
+    print("\nDevice plugin: health flip, kernel event -> ListAndWatch update (ms)")
+    print(f"{'run':<10}{'portgroup':<38}{'flips':>6}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}"
+          f"{'daemon p50':>11}{'daemon p99':>11}  load before/after")
+    for name, run in runs.items():
+        if run.get("skipped"):
+            print(f"{name:<10}SKIPPED ({run['skipped']})")
+            continue
+        e, d = run["event_to_update"]["all"], run.get("daemon_event_to_offer", {})
+        m = run.get("machine", {})
+        print(f"{name:<10}{run.get('portgroup', 'access, VLAN 100')[:37]:<38}{e['n']:>6}{fmt(e['p50'])}"
+              f"{fmt(e['p90'])}{fmt(e['p99'])}{fmt(e['max'])}{fmt(d.get('p50'), 11)}{fmt(d.get('p99'), 11)}"
+              f"  {m.get('loadavg_before')} / {m.get('loadavg_after')}")
+        for which in ("to_unhealthy", "to_healthy"):
+            x = run["event_to_update"][which]
+            print(f"  {which:<46}{x['n']:>6}{fmt(x['p50'])}{fmt(x['p90'])}{fmt(x['p99'])}{fmt(x['max'])}")
+        if run.get("daemon_errors") or run.get("listener_late"):
+            print(f"  daemon errors {run.get('daemon_errors')}, flips whose event the listener saw late "
+                  f"{run.get('listener_late')}")
 
 
 def fmt(v, w=8):
@@ -225,6 +279,7 @@ def print_tables(res):
                       f"traced total p50 {tl['traced_total_p50_ms']} ms):")
                 for s in tl["steps"]:
                     print(f"    {s['p50_ms']:>7.3f} ms  {s['step']}")
+    print_deviceplugin(res.get("deviceplugin") or {})
     d = res.get("daemon") or {}
     if d.get("skipped"):
         print(f"\nportgroupd: SKIPPED ({d['skipped']})")
@@ -259,14 +314,34 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--argv", default="")
     p.add_argument("--quick", default="0")
+    p.add_argument("--deviceplugin-dir", help="where hack/bench.sh wrote deviceplugin*.json")
+    p.add_argument("--deviceplugin-only", action="store_true",
+                   help="merge only the device-plugin runs into --out (kept from an earlier full run, "
+                        "if any) and print only them")
     a = p.parse_args()
+    if a.deviceplugin_only:
+        res = json.load(open(a.out)) if os.path.exists(a.out) else {"machine": machine(), "targets": {}}
+        dp = deviceplugin_runs(a.deviceplugin_dir)
+        res["deviceplugin"] = dp
+        res.setdefault("targets", {})["device-plugin health flip p99 < 100 ms"] = deviceplugin_target(dp)
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+        print_deviceplugin(dp)
+        t = res["targets"]["device-plugin health flip p99 < 100 ms"]
+        print(f"\ntarget device-plugin health flip p99 < 100 ms: {t.get('verdict')}  "
+              + json.dumps({k: v for k, v in t.items() if k != 'verdict'}))
+        print(f"\nJSON: {a.out} (device-plugin runs merged in)")
+        return
     cni = json.load(open(a.cni)) if os.path.exists(a.cni) else {}
     daemon = json.load(open(a.daemon)) if a.daemon and os.path.exists(a.daemon) else None
     calib_host = (json.load(open(a.calibrate_host))
                   if a.calibrate_host and os.path.exists(a.calibrate_host) else None)
     ratios, targets = build(cni, daemon, calib_host)
+    dp = deviceplugin_runs(a.deviceplugin_dir) if a.deviceplugin_dir else {}
+    if dp:
+        targets["device-plugin health flip p99 < 100 ms"] = deviceplugin_target(dp)
     res = {"machine": machine(), "args": a.argv, "quick": a.quick == "1", "ratios": ratios,
-           "targets": targets, "cni": cni, "daemon": daemon}
+           "targets": targets, "cni": cni, "daemon": daemon, "deviceplugin": dp}
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
     print_tables(res)

@@ -75,6 +75,7 @@ pub async fn add(cmd: &Call<'_, Pod, NetConf>) -> Result<Value, Error> {
         namespace: spec.namespace.clone(),
         port_security: None,
         handover: None,
+        device_id: conf.device_id.clone(),
     };
     // What the port may send before IPAM has answered: its declared addresses
     // and its reservation. Installed before the veth exists; IPAM's addresses

@@ -304,6 +304,7 @@ mod tests {
 
     fn record() -> Record {
         Record {
+            device_id: None,
             handover: None,
             port_security: None,
             container_id: "c1".into(),

@@ -152,6 +152,7 @@ mod tests {
             namespace: None,
             port_security: None,
             handover: None,
+            device_id: None,
         }
     }
 

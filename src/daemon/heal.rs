@@ -245,6 +245,7 @@ mod tests {
 
     fn record(cid: &str, installed: Option<RecordedPortSecurity>) -> Record {
         Record {
+            device_id: None,
             handover: None,
             container_id: cid.into(),
             ifname: "net1".into(),

@@ -66,6 +66,11 @@ pub struct Seen {
     pub ended: HashMap<String, usize>,
     /// Register calls refused (bad version, endpoint or resource name; plugin unreachable).
     pub refused: Vec<String>,
+    /// Every Register call received, by resource, when it arrived.
+    pub register_calls: Vec<(String, Instant)>,
+    /// Register calls the plugin gave up on (closed the call) before this
+    /// kubelet answered, by resource, when.
+    pub abandoned: Vec<(String, Instant)>,
 }
 
 impl Seen {
@@ -87,6 +92,8 @@ struct Shared {
     /// The plugin connection of each registered resource (the newest wins, as
     /// in the kubelet).
     clients: Mutex<HashMap<String, DevicePluginClient<Channel>>>,
+    /// Resources whose Register calls hang (no answer) until released.
+    hung: tokio::sync::watch::Sender<std::collections::HashSet<String>>,
 }
 
 impl Shared {
@@ -132,6 +139,7 @@ impl FakeKubelet {
                 seen: Mutex::new(Seen::default()),
                 changed: Condvar::new(),
                 clients: Mutex::new(HashMap::new()),
+                hung: tokio::sync::watch::channel(Default::default()).0,
             }),
             runtime,
             _thread: thread,
@@ -198,6 +206,21 @@ impl FakeKubelet {
     /// Starts serving again after [`stop`], without touching plugin sockets.
     pub fn start_again(&mut self) {
         self.serve();
+    }
+
+    /// A kubelet hung on this resource: its Register calls get no answer
+    /// until [`release_register`](Self::release_register).
+    pub fn hang_register(&self, resource: &str) {
+        self.shared.hung.send_modify(|h| {
+            h.insert(resource.to_string());
+        });
+    }
+
+    /// Answers the resource's Register calls again, the hanging ones included.
+    pub fn release_register(&self, resource: &str) {
+        self.shared.hung.send_modify(|h| {
+            h.remove(resource);
+        });
     }
 
     /// How many device lists the resource has sent.
@@ -341,6 +364,18 @@ impl Kubelet {
 impl Registration for Kubelet {
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<Empty>, Status> {
         let r = request.into_inner();
+        let resource = r.resource_name.clone();
+        self.shared
+            .update(|s| s.register_calls.push((resource.clone(), Instant::now())));
+        // A hung kubelet: no answer while the resource is hung. The guard sees
+        // the plugin give up (the call's future is dropped when it does).
+        let mut guard = Abandoned {
+            shared: self.shared.clone(),
+            resource: Some(resource.clone()),
+        };
+        let mut hung = self.shared.hung.subscribe();
+        let _ = hung.wait_for(|h| !h.contains(&resource)).await;
+        guard.resource = None;
         // The checks the kubelet's device manager makes.
         if r.version != "v1beta1" {
             return Err(self.refuse(format!("unsupported version {:?}", r.version)));
@@ -398,5 +433,20 @@ impl Registration for Kubelet {
             shared.update(|s| *s.ended.entry(resource.clone()).or_default() += 1);
         });
         Ok(Response::new(Empty {}))
+    }
+}
+
+/// Records a Register call the plugin abandoned before it was answered.
+struct Abandoned {
+    shared: Arc<Shared>,
+    resource: Option<String>,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some(resource) = self.resource.take() {
+            self.shared
+                .update(|s| s.abandoned.push((resource, Instant::now())));
+        }
     }
 }

@@ -327,6 +327,7 @@ fn gc_removes_attachments_whose_host_veth_is_gone() {
         namespace: None,
         port_security: None,
         handover: None,
+        device_id: None,
     };
     // live: veth into a namespace that stays. dead: veth into a namespace that is
     // deleted (the kernel takes the veth along). gone: the record's namespace is

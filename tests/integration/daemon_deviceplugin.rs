@@ -2,8 +2,9 @@
 //! real protocol over unix sockets in a temp dir: registration per portgroup,
 //! 1000 devices, Unhealthy while the portgroup is not ready, Allocate, kubelet
 //! restart, portgroupd restart, portgroups added and removed by a config change.
-//! No 802.1Q here, so no portgroup becomes ready: Healthy when the uplink works
-//! is tested in tests/daemon_vlan.rs (run in the VM). Root only; links live in
+//! VLAN portgroups need 802.1Q to become ready (their Healthy flips are tested
+//! in daemon_vlan.rs, run in the VM); an untagged portgroup is ready on any
+//! kernel, and flips here with its uplink's carrier. Root only; links live in
 //! namespaces the tests make and delete.
 
 use std::path::PathBuf;
@@ -212,8 +213,13 @@ fn portgroupd_restart_registers_again_and_sigterm_removes_its_sockets() {
     lab.write_config(TWO_PGS);
     let kubelet = FakeKubelet::start(&plugin_dir(&lab));
     let mut daemon = start(&lab, 9772, &[]);
-    kubelet.wait(WAIT, "first registration", |s| {
-        s.registrations_of(WEB) == 1 && s.registrations_of(DB) == 1
+    // Registered, and the first list read (the resources register on their own
+    // tasks, so the stop below may otherwise come between the two).
+    kubelet.wait(WAIT, "first registration and list", |s| {
+        s.registrations_of(WEB) == 1
+            && s.registrations_of(DB) == 1
+            && offers(s, WEB, 1000, "Unhealthy")
+            && offers(s, DB, 1000, "Unhealthy")
     });
 
     daemon.signal(Signal::SIGTERM);
@@ -360,4 +366,79 @@ fn device_plugin_off_with_an_empty_directory() {
         "no resource served:\n{text}"
     );
     assert!(!daemon.log().contains("device plugin"), "{}", daemon.log());
+}
+
+/// Each resource registers on its own: a kubelet that never answers one
+/// resource's Register (here `app`'s) holds up neither another resource's
+/// registration nor its health flips. An untagged portgroup (`vm-network`)
+/// becomes ready without 802.1Q, so its uplink's carrier flips its health.
+/// Ordering, not timing: a plugin that registered one resource after the other
+/// could not even register `vm-network` before it gave up on `app`'s call
+/// (10 s), so every `vm-network` list below would come after that.
+#[test]
+fn a_register_hung_for_one_resource_holds_up_no_other() {
+    const APP: &str = "portgroup.io/app";
+    const VM_NETWORK: &str = "portgroup.io/vm-network";
+    let lab = DaemonLab::new();
+    lab.write_config(
+        r#"{"uplink": "eth1", "portgroups": [
+            {"name": "app", "vlan": 100}, {"name": "vm-network", "untagged": true}]}"#,
+    );
+    let kubelet = FakeKubelet::start(&plugin_dir(&lab));
+    kubelet.hang_register(APP);
+    let daemon = start(&lab, 9776, &[]);
+
+    kubelet.wait(WAIT, "vm-network registered and Healthy", |s| {
+        s.registrations_of(VM_NETWORK) == 1 && offers(s, VM_NETWORK, 1000, "Healthy")
+    });
+    // The uplink loses its carrier, then gets it back.
+    lab.switch.ip(&["link", "set", "sw0", "down"]);
+    kubelet.wait(WAIT, "vm-network Unhealthy", |s| {
+        offers(s, VM_NETWORK, 1000, "Unhealthy")
+    });
+    lab.switch.ip(&["link", "set", "sw0", "up"]);
+    let seen = kubelet.wait(WAIT, "vm-network Healthy again", |s| {
+        offers(s, VM_NETWORK, 1000, "Healthy") && s.lists.get(VM_NETWORK).map_or(0, Vec::len) >= 3
+    });
+    let app_calls: Vec<_> = seen
+        .register_calls
+        .iter()
+        .filter(|(r, _)| r == APP)
+        .collect();
+    assert!(!app_calls.is_empty(), "app's Register was called");
+    assert_eq!(seen.registrations_of(APP), 0, "app's Register hangs");
+    let first_app_call = app_calls[0].1;
+    let app_given_up = seen
+        .abandoned
+        .iter()
+        .find(|(r, _)| r == APP)
+        .map(|(_, at)| *at);
+    let vm_lists = &seen.lists[VM_NETWORK];
+    let last_flip = vm_lists.last().map(|l| l.at).expect("lists");
+    if let Some(given_up) = app_given_up {
+        assert!(
+            last_flip < given_up,
+            "vm-network's updates waited for app's hung Register: last flip {:?} after app's call began, the call abandoned {:?} after",
+            last_flip - first_app_call,
+            given_up - first_app_call
+        );
+    }
+
+    // The kubelet answers again: app registers too, Unhealthy (no 802.1Q here
+    // for VLAN 100, or 802.1Q and no carrier issue: either way it comes).
+    kubelet.release_register(APP);
+    let seen = kubelet.wait(WAIT, "app registered once released", |s| {
+        s.registrations_of(APP) >= 1 && s.latest(APP).is_some_and(|l| l.devices.len() == 1000)
+    });
+    assert_eq!(
+        seen.registrations_of(VM_NETWORK),
+        1,
+        "vm-network registered once"
+    );
+    let body = metrics(&lab, 9776);
+    assert!(
+        body.contains("portgroupd_device_plugin_registered{portgroup=\"app\"} 1"),
+        "{body}"
+    );
+    drop(daemon);
 }

@@ -27,6 +27,7 @@ fn record(cid: &str, netns: &Netns, bridge: &str) -> Record {
         namespace: None,
         port_security: None,
         handover: None,
+        device_id: None,
         cni_version: "1.1.0".into(),
         created_at: "2026-11-23T10:00:00Z".into(),
     }

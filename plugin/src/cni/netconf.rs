@@ -58,6 +58,9 @@ pub struct NetConf {
     /// directory, never where the config says (see [`log_file_name`]).
     pub log_file: Option<String>,
     pub log_level: Option<String>,
+    /// `deviceID`: the device the kubelet allocated for the NAD's resourceName,
+    /// added by Multus; kept in the attachment record.
+    pub device_id: Option<String>,
 }
 
 /// Just enough of the config to take an attachment down: DEL must succeed even when
@@ -182,8 +185,35 @@ impl NetConf {
                 .map(|path| log_file_name(&path))
                 .transpose()?,
             log_level: get.opt_str("logLevel")?,
+            device_id: device_id(get.opt_str("deviceID")?)?,
         })
     }
+}
+
+/// Longest `deviceID` taken: the kubelet's own IDs (portgroupd's
+/// `<portgroup>-<n>`) stay within 63 characters; other device plugins' (PCI
+/// addresses, UUIDs, paths) fit this bound with room to spare.
+const DEVICE_ID_MAX: usize = 255;
+
+/// `deviceID` as it is recorded: any printable text of bounded length; an
+/// empty one is no device.
+fn device_id(id: Option<String>) -> Result<Option<String>, Error> {
+    let Some(id) = id.filter(|id| !id.is_empty()) else {
+        return Ok(None);
+    };
+    if id.len() > DEVICE_ID_MAX {
+        return Err(Error::invalid_config(
+            "deviceID",
+            format!("must be at most {DEVICE_ID_MAX} bytes, got {}", id.len()),
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(Error::invalid_config(
+            "deviceID",
+            format!("must hold no control characters, got {id:?}"),
+        ));
+    }
+    Ok(Some(id))
 }
 
 impl TeardownConf {
@@ -777,9 +807,34 @@ mod tests {
         let conf = with(json!({"deviceID": "prod-web-17"}));
         let parsed = NetConf::parse(&conf).expect("deviceID accepted");
         assert_eq!(parsed.target, Target::Portgroup("prod-web".into()));
+        assert_eq!(parsed.device_id.as_deref(), Some("prod-web-17"));
         assert!(TeardownConf::parse(&conf).is_ok());
         // Whatever shape another device plugin's ID takes.
-        assert!(NetConf::parse(&with(json!({"deviceID": "0000:3b:00.1"}))).is_ok());
+        let pci = NetConf::parse(&with(json!({"deviceID": "0000:3b:00.1"}))).unwrap();
+        assert_eq!(pci.device_id.as_deref(), Some("0000:3b:00.1"));
+        // None given, or an empty one: no device.
+        assert_eq!(NetConf::parse(&with(json!({}))).unwrap().device_id, None);
+        assert_eq!(
+            NetConf::parse(&with(json!({"deviceID": ""})))
+                .unwrap()
+                .device_id,
+            None
+        );
+    }
+
+    #[test]
+    fn bad_device_id_is_refused_naming_the_field() {
+        for (bad, why) in [
+            (json!(17), "must be a string"),
+            (json!("x".repeat(256)), "at most 255 bytes"),
+            (json!("prod-web-1\n"), "control characters"),
+        ] {
+            let err = NetConf::parse(&with(json!({ "deviceID": bad }))).unwrap_err();
+            let shown = format!("{err}");
+            assert!(shown.contains("deviceID") && shown.contains(why), "{shown}");
+        }
+        // DEL takes the config as it comes.
+        assert!(TeardownConf::parse(&with(json!({"deviceID": 17}))).is_ok());
     }
 
     #[test]

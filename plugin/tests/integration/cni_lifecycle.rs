@@ -448,8 +448,20 @@ fn portgroup_mode_resolves_through_node_state() {
     assert_eq!(lab.cni("ADD", &other, &env).cni_code(), 11);
 
     lab.write_state(&state(true, None, false));
+    // As Multus sends it: the device the kubelet allocated for the NAD's
+    // resourceName, kept in the attachment record.
+    let mut c = c;
+    crate::common::merge(&mut c, json!({"deviceID": "prod-web-17"}));
     let add = lab.cni("ADD", &c, &env);
     assert_eq!(add.code, 0, "{}", add.stdout);
+    let records = lab.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(lab.run_dir.join("attachments").join(&records[0])).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["deviceID"], "prod-web-17", "{record}");
+    assert_eq!(record["portgroup"], "prod-web");
     let check = lab.cni("CHECK", &with_prev(&c, &add.json), &env);
     assert_eq!(check.code, 0, "{}", check.stdout);
     assert_eq!(lab.cni("DEL", &c, &env).code, 0);

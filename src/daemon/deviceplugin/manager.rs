@@ -83,9 +83,38 @@ pub fn start(settings: Settings, metrics: Arc<Metrics>) -> Handle {
 struct Running {
     offer: watch::Sender<Offer>,
     server: Option<Server>,
+    /// Counts the servers made for this resource: a Register outcome counts
+    /// only for the server it registered.
+    server_generation: u64,
     registered_with: Option<FileId>,
+    /// The Register call running on its own task, and the kubelet socket it
+    /// was made to.
+    registering: Option<Registering>,
     retry_at: Option<Instant>,
     retry_wait: Duration,
+}
+
+impl Running {
+    /// Drops a Register call still running (the server it was for is gone, or
+    /// the kubelet it was made to).
+    fn cancel_registration(&mut self) {
+        if let Some(r) = self.registering.take() {
+            r.task.abort();
+        }
+    }
+}
+
+struct Registering {
+    kubelet: Option<FileId>,
+    task: JoinHandle<()>,
+}
+
+/// What a Register task reports back to the manager.
+struct Registered {
+    portgroup: String,
+    server_generation: u64,
+    kubelet: Option<FileId>,
+    result: Result<(), String>,
 }
 
 struct Server {
@@ -120,6 +149,8 @@ struct Manager {
     wanted: Option<BTreeMap<String, Offer>>,
     running: BTreeMap<String, Running>,
     kubelet_seen: Option<FileId>,
+    /// Where Register tasks report (set when the manager runs).
+    registered_tx: Option<mpsc::UnboundedSender<Registered>>,
 }
 
 impl Manager {
@@ -130,6 +161,7 @@ impl Manager {
             wanted: None,
             running: BTreeMap::new(),
             kubelet_seen: None,
+            registered_tx: None,
         }
     }
 
@@ -138,6 +170,8 @@ impl Manager {
     }
 
     async fn run(mut self, mut updates: mpsc::UnboundedReceiver<Update>) {
+        let (registered_tx, mut registered_rx) = mpsc::unbounded_channel::<Registered>();
+        self.registered_tx = Some(registered_tx);
         let (dir_tx, mut dir_rx) = mpsc::unbounded_channel::<()>();
         let dir = self.settings.dir.clone();
         let watcher = tokio::spawn(async move { watch_dir(&dir, dir_tx).await });
@@ -149,7 +183,7 @@ impl Manager {
             "device plugin: serving portgroup.io/<portgroup> resources to the kubelet"
         );
         loop {
-            self.converge().await;
+            self.converge();
             let retry_at = self.running.values().filter_map(|r| r.retry_at).min();
             tokio::select! {
                 update = updates.recv() => match update {
@@ -157,7 +191,11 @@ impl Manager {
                     Some(Update::Shutdown) | None => break,
                 },
                 event = dir_rx.recv() => if event.is_none() { break },
+                Some(outcome) = registered_rx.recv() => self.registered(outcome),
                 _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
+            }
+            while let Ok(outcome) = registered_rx.try_recv() {
+                self.registered(outcome);
             }
             // One pass for a burst of events (a kubelet restart is several).
             while let Ok(update) = updates.try_recv() {
@@ -176,7 +214,8 @@ impl Manager {
 
     fn shutdown(&mut self, watcher: JoinHandle<()>) {
         watcher.abort();
-        for (name, running) in std::mem::take(&mut self.running) {
+        for (name, mut running) in std::mem::take(&mut self.running) {
+            running.cancel_registration();
             if let Some(server) = running.server {
                 tracing::info!(portgroup = %name, "device plugin: stopping");
                 server.stop();
@@ -202,7 +241,7 @@ impl Manager {
         self.wanted = Some(offers);
     }
 
-    async fn converge(&mut self) {
+    fn converge(&mut self) {
         // Nothing is offered before the first node state: its health is unknown.
         let Some(wanted) = self.wanted.clone() else {
             return;
@@ -240,6 +279,7 @@ impl Manager {
                     Serving {
                         socket_intact,
                         registered_with: r.registered_with,
+                        registering_with: r.registering.as_ref().and_then(|g| g.kubelet),
                         retry_at: r.retry_at.map(Instant::into_std),
                     },
                 )
@@ -253,7 +293,7 @@ impl Manager {
                     let offer = wanted.get(&name).copied().unwrap_or(Offer::Unhealthy);
                     self.serve(&name, offer);
                 }
-                Step::Register => self.register(&name, kubelet).await,
+                Step::Register => self.register(&name, kubelet),
             }
         }
         self.publish_registered();
@@ -274,9 +314,10 @@ impl Manager {
     }
 
     fn withdraw(&mut self, name: &str) {
-        let Some(running) = self.running.remove(name) else {
+        let Some(mut running) = self.running.remove(name) else {
             return;
         };
+        running.cancel_registration();
         tracing::info!(
             portgroup = %name,
             "device plugin: portgroup gone: withdrawing {} (empty device list, then the socket goes)",
@@ -301,7 +342,9 @@ impl Manager {
             .or_insert_with(|| Running {
                 offer: watch::channel(offer).0,
                 server: None,
+                server_generation: 0,
                 registered_with: None,
+                registering: None,
                 retry_at: None,
                 retry_wait: RETRY_MIN,
             });
@@ -309,7 +352,10 @@ impl Manager {
             tracing::info!(portgroup = %name, socket = %socket.display(), "device plugin: socket removed under us; serving again");
             old.stop();
         }
-        // The registration is with this server's socket: whatever was registered before is gone.
+        // The registration is with this server's socket: whatever was registered
+        // before, or is being registered, is gone.
+        running.cancel_registration();
+        running.server_generation += 1;
         running.registered_with = None;
         running.retry_at = None;
         running.retry_wait = RETRY_MIN;
@@ -356,39 +402,76 @@ impl Manager {
         }
     }
 
-    async fn register(&mut self, name: &str, kubelet: Option<FileId>) {
+    /// Starts the resource's Register call on a task of its own; its outcome
+    /// comes back through `registered_tx`. The manager goes on meanwhile: other
+    /// resources register, and health flips reach the streams.
+    fn register(&mut self, name: &str, kubelet: Option<FileId>) {
+        let Some(tx) = self.registered_tx.clone() else {
+            return;
+        };
+        let kubelet_socket = self.settings.dir.join(KUBELET_SOCKET);
         let Some(running) = self.running.get_mut(name) else {
             return;
         };
         if running.server.is_none() {
             return;
         }
+        running.cancel_registration();
         let request = RegisterRequest {
             version: API_VERSION.to_string(),
             endpoint: socket_name(name),
             resource_name: resource_name(name),
             options: Some(options()),
         };
-        let kubelet_socket = self.settings.dir.join(KUBELET_SOCKET);
-        match tokio::time::timeout(REGISTER_TIMEOUT, register(&kubelet_socket, request)).await {
-            Ok(Ok(())) => {
+        let portgroup = name.to_string();
+        let server_generation = running.server_generation;
+        let task = tokio::spawn(async move {
+            let result =
+                match tokio::time::timeout(REGISTER_TIMEOUT, register(&kubelet_socket, request))
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("no answer within {} s", REGISTER_TIMEOUT.as_secs())),
+                };
+            let _ = tx.send(Registered {
+                portgroup,
+                server_generation,
+                kubelet,
+                result,
+            });
+        });
+        running.registering = Some(Registering { kubelet, task });
+    }
+
+    /// A Register task's outcome, for the server and kubelet it was made for;
+    /// an outcome for a server or kubelet since replaced is dropped.
+    fn registered(&mut self, outcome: Registered) {
+        let name = outcome.portgroup.as_str();
+        let Some(running) = self.running.get_mut(name) else {
+            return;
+        };
+        if running.server_generation != outcome.server_generation
+            || running.registering.as_ref().map(|r| r.kubelet) != Some(outcome.kubelet)
+        {
+            return;
+        }
+        running.registering = None;
+        match outcome.result {
+            Ok(()) => {
                 tracing::info!(
                     portgroup = %name,
                     resource = %resource_name(name),
                     offer = ?*running.offer.borrow(),
                     "device plugin: registered with the kubelet"
                 );
-                running.registered_with = kubelet;
+                running.registered_with = outcome.kubelet;
                 running.retry_at = None;
                 running.retry_wait = RETRY_MIN;
                 self.metrics.count_registration();
             }
-            Ok(Err(e)) => self.failed(name, &e),
-            Err(_) => self.failed(
-                name,
-                &format!("no answer within {} s", REGISTER_TIMEOUT.as_secs()),
-            ),
+            Err(e) => self.failed(name, &e),
         }
+        self.publish_registered();
     }
 
     fn failed(&mut self, name: &str, why: &str) {

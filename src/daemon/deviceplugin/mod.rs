@@ -146,6 +146,10 @@ pub struct Serving {
     pub socket_intact: bool,
     /// The kubelet socket we last registered with successfully.
     pub registered_with: Option<FileId>,
+    /// The kubelet socket a Register call still running was made to. Each
+    /// resource registers on its own task: a kubelet that hangs on one
+    /// resource's Register holds up no other resource.
+    pub registering_with: Option<FileId>,
     /// A failed registration waits until then.
     pub retry_at: Option<Instant>,
 }
@@ -154,7 +158,8 @@ pub struct Serving {
 pub enum Step {
     /// Bind a fresh socket (removing a stale file of ours) and serve on it.
     Serve,
-    /// Call Register on the kubelet socket.
+    /// Call Register on the kubelet socket (on a task of its own; a call still
+    /// running for this resource is dropped first).
     Register,
     /// Send an empty device list, end the streams, stop serving, remove the socket.
     Withdraw,
@@ -178,7 +183,9 @@ pub fn decide(
         let register_due = |s: Option<&Serving>| {
             kubelet.is_some()
                 && s.is_none_or(|s| {
-                    s.registered_with != kubelet && s.retry_at.is_none_or(|at| at <= now)
+                    s.registered_with != kubelet
+                        && s.registering_with != kubelet
+                        && s.retry_at.is_none_or(|at| at <= now)
                 })
         };
         match serving.get(name) {
@@ -297,7 +304,15 @@ mod tests {
         Serving {
             socket_intact: intact,
             registered_with,
+            registering_with: None,
             retry_at: None,
+        }
+    }
+
+    fn registering(with: Option<FileId>) -> Serving {
+        Serving {
+            registering_with: with,
+            ..serving(true, None)
         }
     }
 
@@ -341,6 +356,37 @@ mod tests {
             steps(&["web"], &[("web", serving(false, k1))], None),
             ["web:Serve"]
         );
+        // A Register still running with this kubelet: not a second one, and
+        // the other resources go on regardless.
+        assert_eq!(
+            steps(
+                &["db", "web"],
+                &[("db", serving(true, None)), ("web", registering(k1))],
+                k1
+            ),
+            ["db:Register"]
+        );
+        // ... but one running with a kubelet that has since restarted is
+        // replaced by a call to the new one.
+        assert_eq!(
+            steps(&["web"], &[("web", registering(k1))], k2),
+            ["web:Register"]
+        );
+        // Our socket removed while a Register runs: serve and register anew.
+        assert_eq!(
+            steps(
+                &["web"],
+                &[(
+                    "web",
+                    Serving {
+                        socket_intact: false,
+                        ..registering(k1)
+                    }
+                )],
+                k1
+            ),
+            ["web:Serve", "web:Register"]
+        );
         // A new portgroup with the kubelet up, an old one gone.
         assert_eq!(
             steps(&["db", "web"], &[("old", serving(true, k1))], k1),
@@ -364,6 +410,7 @@ mod tests {
             Serving {
                 socket_intact: true,
                 registered_with: None,
+                registering_with: None,
                 retry_at: Some(now + Duration::from_secs(2)),
             },
         );
