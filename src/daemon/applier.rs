@@ -53,6 +53,9 @@ pub trait Links {
     async fn set_controller(&self, index: u32, controller: u32) -> Result<(), LinkError>;
     async fn set_up(&self, index: u32) -> Result<(), LinkError>;
     async fn delete(&self, index: u32) -> Result<(), LinkError>;
+    /// Puts the native-VLAN guard of trunk portgroups in place
+    /// ([`crate::portsec::ensure_native_guard`]); Ok(true) when it had to be made.
+    async fn ensure_native_guard(&self) -> Result<bool, LinkError>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

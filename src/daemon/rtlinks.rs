@@ -189,6 +189,14 @@ impl Links for RtLinks {
     async fn delete(&self, index: u32) -> Result<(), LinkError> {
         self.netlink.delete_link(index).await.map_err(link_error)
     }
+
+    async fn ensure_native_guard(&self) -> Result<bool, LinkError> {
+        // nf_tables, not rtnetlink: a short blocking exchange on its own socket.
+        crate::portsec::ensure_native_guard().map_err(|e| LinkError {
+            errno: None,
+            message: e.to_string(),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -298,10 +298,13 @@ fn device_plugin_health_follows_the_uplink() {
 
 /// A switch namespace trunking VLANs 100, 110, 200 and 300 to the node (each
 /// VLAN has a host on the switch side), an access portgroup on 100 and a trunk
-/// portgroup `100-110,200`. A firewall on the trunk tags its own VLANs and
-/// reaches the host on each listed one but not on 300; an access VM on 100
-/// reaches the firewall's VLAN 100 address; one VID's sub-interface deleted
-/// comes back, and the trunk's readiness follows a VID that cannot be made.
+/// portgroup `100-110,200` with native VLAN 300. A firewall on the trunk tags
+/// its own VLANs and reaches the host on each listed one; its untagged frames
+/// are VLAN 300's, and a frame it tags 300 (not in the list) reaches nobody,
+/// not even double-tagged on VLAN 300; a QinQ frame from the wire on VLAN 300
+/// never reaches it as VLAN 100; an access VM on 100 reaches the firewall's
+/// VLAN 100 address; one VID's sub-interface deleted comes back, and the
+/// trunk's readiness follows a VID that cannot be made.
 #[test]
 #[ignore = "needs 802.1Q: hack/test.sh runs it in the test VM"]
 fn trunk_portgroup_carries_exactly_its_vlans() {
@@ -337,7 +340,7 @@ fn trunk_portgroup_carries_exactly_its_vlans() {
     lab.write_config(
         r#"{"uplink": "eth1", "portgroups": [
             {"name": "web", "vlan": 100},
-            {"name": "fw", "trunk": "100-110,200"}]}"#,
+            {"name": "fw", "trunk": "100-110,200", "nativeVlan": 300}]}"#,
     );
     let daemon = lab.start(&["--listen", "127.0.0.1:9764"]);
     let state = lab.wait_state(Duration::from_secs(120), "all ready", all_ready);
@@ -389,16 +392,73 @@ fn trunk_portgroup_carries_exactly_its_vlans() {
     for host in ["10.100.0.1", "10.110.0.1", "10.200.0.1"] {
         assert!(reaches(&firewall, host), "the firewall reaches {host}");
     }
-    let before = rx_packets(&lab.switch, "sw0.300");
+    // VLAN 300 is the trunk's native VLAN, not in its list: a frame the
+    // firewall tags 300 reaches nobody, and never leaves double-tagged on
+    // VLAN 300 (which sw0.300 would count).
+    let guard_drops = || {
+        lab.node
+            .run(portgroup::portsec::native_guard_drops)
+            .expect("guard counter")
+    };
+    let (before, dropped) = (rx_packets(&lab.switch, "sw0.300"), guard_drops());
     assert!(
         !pings(&firewall, "10.30.0.1"),
-        "VLAN 300 is not in the trunk: nothing passes"
+        "VLAN 300 is not in the trunk: nothing tagged 300 passes"
     );
     assert_eq!(
         rx_packets(&lab.switch, "sw0.300"),
         before,
-        "no frame tagged 300 left the node"
+        "no frame tagged 300 left the node, not even inside VLAN 300"
     );
+    assert!(
+        guard_drops() > dropped,
+        "the native VLAN's guard dropped them"
+    );
+    // Untagged frames of the firewall are VLAN 300's.
+    firewall.ip(&["link", "del", "net1.300"]);
+    firewall.ip(&["addr", "add", "10.30.0.5/24", "dev", "net1"]);
+    assert!(
+        reaches(&firewall, "10.30.0.1"),
+        "untagged = the native VLAN 300"
+    );
+    // A QinQ frame from the wire on VLAN 300 (VLAN 100 inside) never reaches
+    // the firewall as VLAN 100: it would learn the sender's address.
+    lab.switch.ip(&[
+        "link",
+        "add",
+        "link",
+        "sw0.300",
+        "name",
+        "sw0.300.100",
+        "type",
+        "vlan",
+        "id",
+        "100",
+    ]);
+    lab.switch
+        .ip(&["addr", "add", "10.100.0.77/32", "dev", "sw0.300.100"]);
+    lab.switch.ip(&["link", "set", "sw0.300.100", "up"]);
+    // Only this probe goes that way; the link's removal takes the route along.
+    lab.switch
+        .ip(&["route", "add", "10.100.0.5/32", "dev", "sw0.300.100"]);
+    let dropped = guard_drops();
+    let _ = lab.switch.exec(&[
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "1",
+        "-I",
+        "sw0.300.100",
+        "10.100.0.5",
+    ]);
+    assert!(guard_drops() > dropped, "the guard dropped the QinQ frames");
+    let neigh = firewall.ip(&["neigh", "show", "10.100.0.77"]);
+    assert!(
+        neigh.trim().is_empty(),
+        "the firewall heard VLAN 300's QinQ as VLAN 100: {neigh}"
+    );
+    lab.switch.ip(&["link", "del", "sw0.300.100"]);
 
     // QinQ from the firewall (VLAN 300 inside its VLAN 100) is dropped at its port.
     firewall.ip(&[

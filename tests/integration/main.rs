@@ -19,3 +19,4 @@ mod daemon_untagged;
 mod daemon_vlan;
 mod portsec_netns;
 mod release_versions;
+mod trunk_native_guard;

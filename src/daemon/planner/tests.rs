@@ -965,3 +965,48 @@ fn applying_a_trunk_looks_each_link_up_once() {
         "one request per step, plus the alias of each link made"
     );
 }
+
+/// The feed joins the native VLAN's bridge only behind the guard that keeps
+/// tagged frames off it: without the guard the feed leaves that bridge (or never
+/// joins it) and the trunk says why; with it back, the feed joins again.
+#[test]
+fn native_vlan_waits_for_the_guard() {
+    let links = host();
+    let native = config(
+        r#"{"uplink": "eth1", "portgroups": [
+            {"name": "fw", "trunk": "100,200", "nativeVlan": 300}]}"#,
+    );
+    converge(&links, &native);
+    let feed = trunk_feed_name("eth1", "fw");
+    let native_bridge = link(&links, &bridge_name("eth1", 300)).index;
+    assert_eq!(link(&links, &feed).controller, Some(native_bridge));
+
+    let unguarded = |links: &FakeLinks| {
+        let mut observed = links.0.borrow().observed();
+        observed.native_guard_failure = Some("no nf_tables bridge family".into());
+        plan(&native, NODE, None, &observed)
+    };
+    let p = unguarded(&links);
+    assert_eq!(ops(&p), vec![format!("detach {feed} from its bridge")]);
+    let fw = status(&p, "fw");
+    assert!(!fw.ready);
+    assert_eq!(
+        fw.reason.as_deref(),
+        Some("nativeVlan 300: untagged frames are not carried until tagged ones can be kept off VLAN 300's bridge: no nf_tables bridge family")
+    );
+    block_on(apply(&links, &p.steps));
+    let p = unguarded(&links);
+    assert!(p.steps.is_empty(), "{:?}", ops(&p));
+    assert_eq!(link(&links, &feed).controller, None);
+    // The VIDs' paths and sub-interfaces stay: tagged traffic is not concerned.
+    assert_trunk_whole(&links, "fw", &[100, 200]);
+
+    let p = plan_on(&links, &native, None);
+    assert_eq!(
+        ops(&p),
+        vec![format!(
+            "attach {feed} to bridge {}",
+            bridge_name("eth1", 300)
+        )]
+    );
+}
