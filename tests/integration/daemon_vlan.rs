@@ -434,20 +434,34 @@ fn trunk_portgroup_carries_exactly_its_vlans() {
         assert!(reaches(&firewall, host), "the firewall reaches {host}");
     }
     // VLAN 300 is the trunk's native VLAN, not in its list: a frame the
-    // firewall tags 300 reaches nobody, and never leaves double-tagged on
-    // VLAN 300 (which sw0.300 would count).
+    // firewall tags 300 reaches nobody, and never leaves double-tagged inside
+    // VLAN 300, where the switch's QinQ sub-interface sw0.300.300 would take it
+    // (VLAN 300 itself now carries the firewall's untagged frames).
     let guard_drops = || {
         lab.node
             .run(portgroup::portsec::native_guard_drops)
             .expect("guard counter")
     };
-    let (before, dropped) = (rx_packets(&lab.switch, "sw0.300"), guard_drops());
+    lab.switch.ip(&[
+        "link",
+        "add",
+        "link",
+        "sw0.300",
+        "name",
+        "sw0.300.300",
+        "type",
+        "vlan",
+        "id",
+        "300",
+    ]);
+    lab.switch.ip(&["link", "set", "sw0.300.300", "up"]);
+    let (before, dropped) = (rx_packets(&lab.switch, "sw0.300.300"), guard_drops());
     assert!(
         !pings(&firewall, "10.30.0.1"),
         "VLAN 300 is not in the trunk: nothing tagged 300 passes"
     );
     assert_eq!(
-        rx_packets(&lab.switch, "sw0.300"),
+        rx_packets(&lab.switch, "sw0.300.300"),
         before,
         "no frame tagged 300 left the node, not even inside VLAN 300"
     );
