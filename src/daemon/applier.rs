@@ -42,7 +42,8 @@ pub trait Links {
         vid: u16,
         mtu: u32,
     ) -> Result<(), LinkError>;
-    /// Created down, in [`super::planner::LINK_GROUP`].
+    /// Created down, in [`super::planner::LINK_GROUP`], at `mtu`; until its MTU
+    /// is set again it follows its smallest port's.
     async fn create_bridge(&self, name: &str, mtu: u32) -> Result<(), LinkError>;
     /// Both ends in this namespace, created down, in [`super::planner::LINK_GROUP`].
     async fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(), LinkError>;
@@ -192,8 +193,20 @@ async fn apply_one(links: &impl Links, indexes: &Indexes, op: &Operation) -> Res
         }
         Operation::ReleaseController { name } => links.release_controller(index(name).await?).await,
         Operation::CreateBridge { name, mtu, alias } => {
-            links.create_bridge(name, *mtu).await?;
-            links.set_alias(index(name).await?, alias).await
+            // A bridge's MTU given at creation follows its smallest port's; one
+            // set afterwards stays whatever ports join. Setting the value it
+            // has is a no-op to the kernel, so it is made at a neighbour of its
+            // MTU and set once: once, because every MTU change walks the
+            // namespace's whole IPv6 routing table (rt6_mtu_change).
+            let neighbour = if *mtu > crate::nodeconfig::MTU_MIN {
+                mtu - 1
+            } else {
+                mtu + 1
+            };
+            links.create_bridge(name, neighbour).await?;
+            let bridge = index(name).await?;
+            links.set_mtu(bridge, *mtu).await?;
+            links.set_alias(bridge, alias).await
         }
         Operation::SetController { name, controller } => {
             let controller = index(controller).await?;

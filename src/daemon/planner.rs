@@ -514,6 +514,7 @@ pub fn plan(
         }
         plan.portgroups.push(status);
     }
+    bring_up_last(&mut plan.steps, &uplinks_up);
     for d in draining {
         if plan.portgroups.iter().any(|p| p.name == d.name) {
             // The same portgroup moved (a new uplink): its new bridge is the one the
@@ -523,6 +524,19 @@ pub fn plan(
         plan.portgroups.push(d);
     }
     plan
+}
+
+/// Moves the steps that bring our links up after every other step (the
+/// uplinks', first, stay first). A link that is up gets IPv6 routes, and every
+/// MTU change in the namespace walks all of them (rt6_mtu_change): made and
+/// set while down, a trunk of N VIDs costs O(N) instead of O(N²) in the kernel.
+/// Nothing needs a link up before it is attached or marked.
+fn bring_up_last(steps: &mut Vec<Step>, uplinks: &HashSet<&str>) {
+    let (ups, rest): (Vec<Step>, Vec<Step>) = std::mem::take(steps).into_iter().partition(
+        |s| matches!(&s.op, Operation::SetUp { name } if !uplinks.contains(name.as_str())),
+    );
+    *steps = rest;
+    steps.extend(ups);
 }
 
 fn not_ready_unplaced(pg: &PortgroupConfig, node: &str) -> PortgroupState {

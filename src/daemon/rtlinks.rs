@@ -130,20 +130,7 @@ impl Links for RtLinks {
             .mtu(mtu)
             .link_group(LINK_GROUP)
             .build();
-        self.add(message).await?;
-        // An MTU given at creation follows the smallest port's; one set on the bridge
-        // is kept whatever ports join. Setting the value it already has is a no-op
-        // to the kernel, so it goes through a neighbour first.
-        let Some(index) = self.index_of(name).await? else {
-            return Ok(());
-        };
-        let neighbour = if mtu > crate::nodeconfig::MTU_MIN {
-            mtu - 1
-        } else {
-            mtu + 1
-        };
-        self.set_mtu(index, neighbour).await?;
-        self.set_mtu(index, mtu).await
+        self.add(message).await
     }
 
     async fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(), LinkError> {
@@ -220,10 +207,16 @@ mod tests {
                 let links = RtLinks {
                     netlink: Netlink::connect().expect("netlink"),
                 };
-                links
-                    .create_bridge("pgbrtest.1", 1500)
-                    .await
-                    .expect("bridge");
+                let make = super::super::planner::Step {
+                    portgroup: "test".into(),
+                    op: super::super::planner::Operation::CreateBridge {
+                        name: "pgbrtest.1".into(),
+                        mtu: 1500,
+                        alias: "test".into(),
+                    },
+                };
+                let applied = super::super::applier::apply(&links, &[make]).await;
+                assert!(applied.failures.is_empty(), "{:?}", applied.failures);
                 ip(&[
                     "link", "add", "va", "mtu", "1400", "type", "veth", "peer", "name", "vb",
                 ]);

@@ -98,14 +98,14 @@ fn create_from_nothing_then_idempotent() {
         [
             "create-vlan",
             "create-bridge",
-            "controller",
-            "up",
-            "up", // prod-web
+            "controller", // prod-web
             "create-vlan",
             "create-bridge",
-            "controller",
+            "controller", // db
             "up",
-            "up", // db
+            "up",
+            "up",
+            "up", // every link up last
         ]
     );
     assert!(first.portgroups.iter().all(|s| !s.ready));
@@ -636,7 +636,7 @@ fn trunk_drift_of_one_vid_is_repaired_and_readiness_follows() {
         (
             "the bridge of VID 107 (the trunk's sub-interface is freed)",
             bridge_name("eth1", 107),
-            &["create-bridge", "controller", "up", "controller"],
+            &["create-bridge", "controller", "controller", "up"],
         ),
     ];
     for (what, name, want) in cases {
@@ -959,10 +959,16 @@ fn applying_a_trunk_looks_each_link_up_once() {
     // each named by several steps, looked up once.
     assert_eq!(lookups, 303);
     let requests = k.calls.len() - lookups;
+    let bridges = p
+        .steps
+        .iter()
+        .filter(|s| matches!(s.op, Operation::CreateBridge { .. }))
+        .count();
+    assert_eq!(bridges, 101);
     assert_eq!(
         requests,
-        p.steps.len() + 303,
-        "one request per step, plus the alias of each link made"
+        p.steps.len() + 303 + bridges,
+        "one request per step, plus the alias of each link made and the MTU of each bridge made"
     );
 }
 
