@@ -96,10 +96,14 @@ pub fn trunk_port_name(uplink: &str, portgroup: &str) -> String {
     format!("pgtp{}", trunk_tag(uplink, portgroup))
 }
 
+/// What every trunk feed's name starts with: the native-VLAN guard
+/// (`portsec::ensure_native_guard`) matches feeds by it.
+pub const TRUNK_FEED_PREFIX: &str = "pgtq";
+
 /// `pgtq<7 hex>` (11 bytes): the other end, parent of one VLAN sub-interface per
 /// VID of the trunk.
 pub fn trunk_feed_name(uplink: &str, portgroup: &str) -> String {
-    format!("pgtq{}", trunk_tag(uplink, portgroup))
+    format!("{TRUNK_FEED_PREFIX}{}", trunk_tag(uplink, portgroup))
 }
 
 /// `pgq<7 hex>.<vid>` (at most 3 + 7 + 1 + 4 = 15 bytes): the trunk's sub-interface

@@ -54,6 +54,11 @@ struct PlanArgs {
     /// The node interface that carries the VLAN trunk.
     #[arg(long, default_value = "eth1")]
     uplink: String,
+    /// The node interface of the untagged portgroup (vSphere's VLAN 0), when it
+    /// is not --uplink. portgroupd makes that uplink a bridge port and refuses
+    /// while it holds IP addresses: give untagged traffic a NIC of its own.
+    #[arg(long, value_name = "IFACE")]
+    untagged_uplink: Option<String>,
     /// Reports to write: any of md, html, json (comma separated), or all.
     #[arg(long, default_value = "all")]
     format: String,
@@ -107,6 +112,10 @@ fn run_plan(args: &PlanArgs) -> Result<String, String> {
     }
     let formats = ReportFormats::parse(&args.format).map_err(|e| format!("--format: {e}"))?;
     portgroup::naming::validate_ifname(&args.uplink).map_err(|e| format!("--uplink: {e}"))?;
+    if let Some(uplink) = &args.untagged_uplink {
+        portgroup::naming::validate_ifname(uplink)
+            .map_err(|e| format!("--untagged-uplink: {e}"))?;
+    }
     for (flag, ns) in [
         ("--namespace", &args.namespace),
         ("--config-namespace", &args.config_namespace),
@@ -118,6 +127,7 @@ fn run_plan(args: &PlanArgs) -> Result<String, String> {
     let options = Options {
         namespace: args.namespace.clone(),
         uplink: args.uplink.clone(),
+        untagged_uplink: args.untagged_uplink.clone(),
         config_namespace: args.config_namespace.clone(),
         forklift_namespace: args.forklift_namespace.clone(),
         source_provider: args.source_provider.clone(),

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use portgroup::mac::MacAddr;
+use portgroup::nodeconfig::{Segment, VidSet};
 
 use crate::model::{Inventory, NetworkObservation, Nic, Vm};
 use crate::names::{dns_label, with_suffix};
@@ -16,6 +17,9 @@ pub struct Options {
     pub namespace: String,
     /// The node uplink that carries the VLAN trunk.
     pub uplink: String,
+    /// The uplink of the untagged portgroup (vSphere's VLAN 0), when it is not
+    /// `uplink`: untagged traffic usually has a NIC of its own.
+    pub untagged_uplink: Option<String>,
     /// Namespace of portgroup's ConfigMap (where the daemon runs).
     pub config_namespace: String,
     /// Namespace of Forklift's NetworkMap and its providers.
@@ -33,6 +37,7 @@ impl Default for Options {
         Options {
             namespace: "default".into(),
             uplink: "eth1".into(),
+            untagged_uplink: None,
             config_namespace: "portgroup-system".into(),
             forklift_namespace: "openshift-mtv".into(),
             source_provider: "vsphere".into(),
@@ -55,10 +60,11 @@ pub enum FindingKind {
     UnsupportedPortgroup,
     InsecurePortgroup,
     InconsistentVlan,
+    TrunkVlans,
 }
 
 impl FindingKind {
-    pub const ALL: [FindingKind; 11] = [
+    pub const ALL: [FindingKind; 12] = [
         FindingKind::DuplicateMac,
         FindingKind::DuplicateIp,
         FindingKind::NoIp,
@@ -70,6 +76,7 @@ impl FindingKind {
         FindingKind::UnsupportedPortgroup,
         FindingKind::InsecurePortgroup,
         FindingKind::InconsistentVlan,
+        FindingKind::TrunkVlans,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +92,7 @@ impl FindingKind {
             FindingKind::UnsupportedPortgroup => "unsupported-portgroup",
             FindingKind::InsecurePortgroup => "insecure-portgroup",
             FindingKind::InconsistentVlan => "inconsistent-vlan",
+            FindingKind::TrunkVlans => "trunk-vlans",
         }
     }
 
@@ -102,6 +110,7 @@ impl FindingKind {
             FindingKind::UnsupportedPortgroup => "Port groups this release does not plan",
             FindingKind::InsecurePortgroup => "Port groups with a relaxed security policy",
             FindingKind::InconsistentVlan => "Standard port groups with different VLANs per host",
+            FindingKind::TrunkVlans => "Trunks whose VLAN list the network team must confirm",
         }
     }
 
@@ -118,7 +127,8 @@ impl FindingKind {
             | FindingKind::NicWithoutNetwork => &[Field::Vm, Field::Nic, Field::Mac],
             FindingKind::UnsupportedPortgroup
             | FindingKind::InsecurePortgroup
-            | FindingKind::InconsistentVlan => &[Field::Portgroup],
+            | FindingKind::InconsistentVlan
+            | FindingKind::TrunkVlans => &[Field::Portgroup],
         }
     }
 
@@ -205,7 +215,12 @@ pub struct Reservation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedPortgroup {
     pub name: String,
-    pub vlan: u16,
+    /// What its VM ports carry, in the node config's own terms: an access VLAN,
+    /// a trunk (`trunk: "100-110,200"`) or the uplink's untagged traffic.
+    pub segment: Segment,
+    /// Its own uplink (`--untagged-uplink` for the untagged portgroup); None:
+    /// the node's.
+    pub uplink: Option<String>,
     /// The vSphere port groups it stands for (one VLAN may carry several).
     pub vsphere: Vec<String>,
     /// False when a vSphere port group it stands for accepted forged
@@ -213,6 +228,42 @@ pub struct PlannedPortgroup {
     pub spoof_check: bool,
     pub reservations: Vec<Reservation>,
     pub nics: usize,
+}
+
+impl PlannedPortgroup {
+    /// The access VLAN, for an access portgroup.
+    pub fn vlan(&self) -> Option<u16> {
+        match self.segment {
+            Segment::Access(vid) => Some(vid),
+            _ => None,
+        }
+    }
+
+    /// The tagged VLANs its ports carry (what the nodes' uplink must trunk).
+    pub fn vids(&self) -> Vec<u16> {
+        match &self.segment {
+            Segment::Access(vid) => vec![*vid],
+            Segment::Trunk { vids, native } => vids.vids().iter().copied().chain(*native).collect(),
+            Segment::Untagged => Vec::new(),
+        }
+    }
+
+    /// "VLAN 100", "trunk 100-110,200", "untagged", as the reports say it.
+    pub fn describe(&self) -> String {
+        match &self.segment {
+            Segment::Access(vid) => format!("VLAN {vid}"),
+            Segment::Trunk { vids, .. } => format!("trunk {vids}"),
+            Segment::Untagged => "untagged".into(),
+        }
+    }
+
+    /// The short form for table cells: "100", "trunk 100-110,200", "untagged".
+    pub fn vlan_cell(&self) -> String {
+        match &self.segment {
+            Segment::Access(vid) => vid.to_string(),
+            _ => self.describe(),
+        }
+    }
 }
 
 /// A vSphere port group (one entry per VLAN setting it has) and its fate.
@@ -274,8 +325,11 @@ pub struct Plan {
     pub network_map: Vec<MapPair>,
     /// Used vSphere networks the NetworkMap leaves out (not planned).
     pub unmapped: Vec<String>,
-    /// vSphere cluster -> VLAN -> planned NICs.
+    /// vSphere cluster -> tagged VLAN -> planned NICs on it (a trunk NIC counts
+    /// on each of its VLANs).
     pub clusters: BTreeMap<String, BTreeMap<u16, usize>>,
+    /// vSphere cluster -> planned NICs on tagged VLANs (access and trunk).
+    pub cluster_nics: BTreeMap<String, usize>,
     pub findings: Vec<Finding>,
     pub govc_guest_overrides: Vec<String>,
     pub srm_placeholders: Vec<String>,
@@ -417,14 +471,12 @@ fn unsupported_reason(vlan: &Vlan, uplink: bool) -> String {
         return "is a distributed switch's uplink port group (a trunk of all VLANs): VMs do not belong on it; move the VM's NIC to an access port group on vSphere or plan it by hand".into();
     }
     match vlan {
-        Vlan::None => "has VLAN 0 (untagged): portgroup plans access VLANs 1-4094 only; give the network a VLAN, or attach these NICs to an untagged network (bridge) by hand".into(),
-        Vlan::Trunk(spec) if spec == "4095" => "has VLAN 4095 (the guest tags its own VLANs): VLAN trunks to VMs are not planned by this release; these NICs need a trunk attachment, planned by hand".into(),
-        Vlan::Trunk(spec) => format!("is a VLAN trunk ({spec}): VLAN trunks to VMs are not planned by this release; these NICs need a trunk attachment, planned by hand"),
         Vlan::Pvlan(id) => format!("is a private VLAN (secondary {id}): private VLAN isolation has no equivalent in portgroup; plan these NICs by hand (for example as an access VLAN with its own port security)"),
         Vlan::Unknown(text) if text == PER_HOST => "has different VLANs on different hosts and none is known for these VMs' hosts (no vPort row): plan these NICs by hand with the VLAN their host really uses".into(),
         Vlan::Unknown(text) if text.is_empty() => "has no VLAN information (no vPort or dvPort row, or an NSX network): add the port group's rows to the export or plan it by hand".into(),
         Vlan::Unknown(text) => format!("has a VLAN setting this release cannot read ({text:?}): plan it by hand"),
-        Vlan::Access(_) => String::new(),
+        // Planned, or refused with plan_trunk's reason.
+        Vlan::Access(_) | Vlan::None | Vlan::Trunk(_) => String::new(),
     }
 }
 
@@ -536,20 +588,64 @@ pub fn plan(inventory: &Inventory, options: &Options) -> Plan {
         }
     }
 
-    // Planned portgroups: one per access VLAN in use.
-    let mut by_vlan: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
+    // How each used network is planned: an access VLAN as an access portgroup,
+    // VLAN 0 as the untagged one, trunk ranges and 4095 as trunks. Networks
+    // that share a segment share its portgroup.
+    let mut segment_of: BTreeMap<NetKey, SegKey> = BTreeMap::new();
+    let mut not_planned: BTreeMap<NetKey, String> = BTreeMap::new();
+    // Trunks whose list is the planner's guess or drops VLAN 0: (network, its
+    // segment, what happened), worded once the portgroup has a name.
+    let mut trunk_notes: Vec<(String, SegKey, String)> = Vec::new();
     for key in used.keys() {
-        if let (Vlan::Access(v), false) = (&key.vlan, uplink_names.contains(&key.name)) {
-            by_vlan.entry(*v).or_default().insert(key.name.clone());
+        if uplink_names.contains(&key.name) {
+            continue;
         }
+        let segment = match &key.vlan {
+            Vlan::Access(v) => SegKey::Access(*v),
+            Vlan::None => SegKey::Untagged,
+            Vlan::Trunk(spec) => match plan_trunk(&index, &key.name, spec) {
+                Ok((segment, note)) => {
+                    if let Some(note) = note {
+                        trunk_notes.push((key.name.clone(), segment.clone(), note));
+                    }
+                    segment
+                }
+                Err(why) => {
+                    not_planned.insert(key.clone(), why);
+                    continue;
+                }
+            },
+            Vlan::Pvlan(_) | Vlan::Unknown(_) => continue,
+        };
+        segment_of.insert(key.clone(), segment);
     }
-    let names = assign_names(&by_vlan);
+    let mut by_segment: BTreeMap<SegKey, BTreeSet<String>> = BTreeMap::new();
+    for (key, segment) in &segment_of {
+        by_segment
+            .entry(segment.clone())
+            .or_default()
+            .insert(key.name.clone());
+    }
+    let names = assign_names(&by_segment);
     let planned_name = |key: &NetKey| -> Option<String> {
-        match (&key.vlan, uplink_names.contains(&key.name)) {
-            (Vlan::Access(v), false) => names.get(v).cloned(),
-            _ => None,
-        }
+        segment_of.get(key).and_then(|s| names.get(s)).cloned()
     };
+    let is_trunk = |key: &NetKey| matches!(segment_of.get(key), Some(SegKey::Trunk(_)));
+    let reason_for = |key: &NetKey| -> String {
+        not_planned
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| unsupported_reason(&key.vlan, uplink_names.contains(&key.name)))
+    };
+    for (network, segment, note) in &trunk_notes {
+        let pg = names.get(segment).cloned().unwrap_or_default();
+        let mut f = Finding::new(
+            FindingKind::TrunkVlans,
+            format!("{network} {note}; planned as trunk portgroup {pg} (trunk: \"{}\" in node-config.json)", segment.describe_vids()),
+        );
+        f.portgroup = Some(network.clone());
+        findings.push(f);
+    }
 
     // Security policy per vSphere name.
     let mut insecure: BTreeMap<String, (bool, bool, bool)> = BTreeMap::new();
@@ -672,7 +768,10 @@ pub fn plan(inventory: &Inventory, options: &Options) -> Plan {
     // no-ip: VMs with planned NICs but no address on any of them.
     let mut planned_nics_by_vm: BTreeMap<(String, String), Vec<&NicRef>> = BTreeMap::new();
     for n in &nics {
-        if n.net.as_ref().and_then(&planned_name).is_some() {
+        if n.net
+            .as_ref()
+            .is_some_and(|k| planned_name(k).is_some() && !is_trunk(k))
+        {
             planned_nics_by_vm
                 .entry((n.vm.name.clone(), n.vm.vcenter.clone()))
                 .or_default()
@@ -703,13 +802,12 @@ pub fn plan(inventory: &Inventory, options: &Options) -> Plan {
     let used_names: BTreeSet<String> = used.keys().map(|k| k.name.clone()).collect();
     for (key, count) in &used {
         if planned_name(key).is_none() {
-            let uplink = uplink_names.contains(&key.name);
             let mut f = Finding::new(
                 FindingKind::UnsupportedPortgroup,
                 format!(
                     "{} {}; {count} NIC(s) use it and are left out of the plan",
                     key.name,
-                    unsupported_reason(&key.vlan, uplink)
+                    reason_for(key)
                 ),
             );
             f.portgroup = Some(key.name.clone());
@@ -779,19 +877,22 @@ pub fn plan(inventory: &Inventory, options: &Options) -> Plan {
         if dup_macs.contains(&n.nic.mac) {
             continue;
         }
+        // A trunk port reserves its MAC only: the guest's addresses are on
+        // its VLANs, inside tagged frames.
+        let trunk = n.net.as_ref().is_some_and(is_trunk);
         let addrs = usable_addrs(n.nic)
             .into_iter()
-            .filter(|a| !dup_ips.contains(&a.ip))
+            .filter(|a| !trunk && !dup_ips.contains(&a.ip))
             .collect();
         reservations.entry(pg).or_default().push(Reservation {
             mac: n.nic.mac,
             addrs,
         });
     }
-    let mut portgroups: Vec<PlannedPortgroup> = by_vlan
+    let mut portgroups: Vec<PlannedPortgroup> = by_segment
         .iter()
-        .filter_map(|(vlan, members)| {
-            let name = names.get(vlan)?.clone();
+        .filter_map(|(segment, members)| {
+            let name = names.get(segment)?.clone();
             let spoof_check = !members
                 .iter()
                 .any(|m| insecure.get(m).is_some_and(|s| s.1 || s.2));
@@ -800,7 +901,11 @@ pub fn plan(inventory: &Inventory, options: &Options) -> Plan {
             Some(PlannedPortgroup {
                 nics: planned_counts.get(&name).copied().unwrap_or(0),
                 name,
-                vlan: *vlan,
+                segment: segment.to_segment(),
+                uplink: match segment {
+                    SegKey::Untagged => options.untagged_uplink.clone(),
+                    _ => None,
+                },
                 vsphere: members.iter().cloned().collect(),
                 spoof_check,
                 reservations: res,
@@ -825,16 +930,12 @@ pub fn plan(inventory: &Inventory, options: &Options) -> Plan {
         let uplink = uplink_names.contains(&key.name);
         let planned = planned_name(&key);
         let count = used.get(&key).copied().unwrap_or(0);
-        let fate = match (&planned, count) {
-            (Some(pg), _) => format!(
-                "planned as portgroup {pg} (VLAN {})",
-                match key.vlan {
-                    Vlan::Access(v) => v,
-                    _ => 0,
-                }
-            ),
-            (None, 0) => "not used by a VM in scope".to_string(),
-            (None, _) => format!("not planned: {}", unsupported_reason(&key.vlan, uplink)),
+        let fate = match (&planned, segment_of.get(&key), count) {
+            (Some(pg), Some(segment), _) => {
+                format!("planned as portgroup {pg} ({})", segment.describe())
+            }
+            (_, _, 0) => "not used by a VM in scope".to_string(),
+            _ => format!("not planned: {}", reason_for(&key)),
         };
         let (vlan, vlans) = match &key.vlan {
             Vlan::Access(v) => (Some(*v), None),
@@ -862,6 +963,7 @@ pub fn plan(inventory: &Inventory, options: &Options) -> Plan {
     let mut pairs: BTreeMap<MapSource, (String, BTreeSet<String>)> = BTreeMap::new();
     let mut unmapped: BTreeSet<String> = BTreeSet::new();
     let mut clusters: BTreeMap<String, BTreeMap<u16, usize>> = BTreeMap::new();
+    let mut cluster_nics: BTreeMap<String, usize> = BTreeMap::new();
     for (vm, range) in in_scope.iter().zip(&vm_nics) {
         let mut interfaces = Vec::new();
         let mut skipped = Vec::new();
@@ -882,8 +984,18 @@ pub fn plan(inventory: &Inventory, options: &Options) -> Plan {
                     } else {
                         vm.cluster.clone()
                     };
-                    if let Some(Vlan::Access(v)) = n.net.as_ref().map(|k| &k.vlan) {
-                        *clusters.entry(cluster).or_default().entry(*v).or_default() += 1;
+                    let vids = n
+                        .net
+                        .as_ref()
+                        .and_then(|k| segment_of.get(k))
+                        .map(SegKey::tagged)
+                        .unwrap_or_default();
+                    if !vids.is_empty() {
+                        *cluster_nics.entry(cluster.clone()).or_default() += 1;
+                        let counts = clusters.entry(cluster).or_default();
+                        for vid in vids {
+                            *counts.entry(vid).or_default() += 1;
+                        }
                     }
                     interfaces.push(PlannedInterface {
                         name: format!("net-{}", n.index),
@@ -957,28 +1069,197 @@ pub fn plan(inventory: &Inventory, options: &Options) -> Plan {
         network_map,
         unmapped: unmapped.into_iter().collect(),
         clusters,
+        cluster_nics,
         findings,
         govc_guest_overrides,
         srm_placeholders,
     }
 }
 
-/// Portgroup names: a DNS label from the (first) vSphere name on each VLAN;
-/// names that normalise alike (`Prod-Web`, `Prod Web`) all get their VLAN as a
-/// suffix, so no name depends on which of them was read first.
-fn assign_names(by_vlan: &BTreeMap<u16, BTreeSet<String>>) -> BTreeMap<u16, String> {
-    let mut candidates: BTreeMap<u16, String> = BTreeMap::new();
-    for (vlan, members) in by_vlan {
+/// How a used network is planned; networks with the same one share a portgroup.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum SegKey {
+    Access(u16),
+    Untagged,
+    /// The VIDs, ascending, each once.
+    Trunk(Vec<u16>),
+}
+
+impl SegKey {
+    fn to_segment(&self) -> Segment {
+        match self {
+            SegKey::Access(vid) => Segment::Access(*vid),
+            SegKey::Untagged => Segment::Untagged,
+            SegKey::Trunk(vids) => Segment::Trunk {
+                vids: vids.iter().copied().collect(),
+                native: None,
+            },
+        }
+    }
+
+    /// The tagged VLANs a port of this segment carries.
+    fn tagged(&self) -> Vec<u16> {
+        match self {
+            SegKey::Access(vid) => vec![*vid],
+            SegKey::Untagged => Vec::new(),
+            SegKey::Trunk(vids) => vids.clone(),
+        }
+    }
+
+    /// The trunk spec as node-config.json writes it (the validator's own form).
+    fn describe_vids(&self) -> String {
+        self.tagged().into_iter().collect::<VidSet>().to_string()
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            SegKey::Access(vid) => format!("VLAN {vid}"),
+            SegKey::Untagged => "untagged".into(),
+            SegKey::Trunk(_) => format!("trunk {}", self.describe_vids()),
+        }
+    }
+}
+
+/// A vSphere trunk (`4095`, or ranges like `0-10,100-199`) as a trunk
+/// portgroup: its VIDs, and what the network team must confirm (None: the
+/// ranges are planned as vSphere has them). Err: why it cannot be planned.
+///
+/// portgroup passes only listed VLANs. 4095 (and a range of every VLAN) lists
+/// none, so the plan lists the access VLANs the inventory knows on the same
+/// switch: what the guests can have been using, to be confirmed. VLAN 0 in a
+/// range is untagged traffic, which a trunk portgroup carries only as a tagged
+/// native VLAN: it is left out, and said so.
+fn plan_trunk(
+    index: &NetworkIndex,
+    network: &str,
+    spec: &str,
+) -> Result<(SegKey, Option<String>), String> {
+    let guest_tagging = spec == "4095";
+    let (vids, with_zero) = if guest_tagging {
+        (VidSet::default(), false)
+    } else {
+        trunk_ranges(spec).ok_or_else(|| {
+            format!("has a VLAN trunk this release cannot read ({spec:?}): plan it by hand")
+        })?
+    };
+    let everything = guest_tagging || vids.len() == usize::from(portgroup::nodeconfig::VID_MAX);
+    let what = if guest_tagging {
+        "has VLAN 4095 (the guest tags its own VLANs)".to_string()
+    } else {
+        format!("is a VLAN trunk of every VLAN ({spec})")
+    };
+    if everything {
+        let (known, switches) = known_vids(index, network);
+        if known.is_empty() {
+            return Err(format!(
+                "{what}, and no access VLAN is known on its switch ({}): portgroup passes only listed VLANs; list the VLANs its guests use by hand (a portgroup with trunk: \"...\")",
+                switches.join(", ")
+            ));
+        }
+        let segment = SegKey::Trunk(known);
+        let note = format!(
+            "{what}: portgroup passes only the VLANs a trunk lists, so the plan lists the access VLANs the inventory knows on its switch ({}): {}. Ask the network team to confirm the VLANs its guests really tag (and that the nodes' uplink trunks them), then edit the list; untagged frames from these guests are not carried",
+            switches.join(", "),
+            segment.describe_vids()
+        );
+        return Ok((segment, Some(note)));
+    }
+    if vids.is_empty() {
+        // A "trunk" of VLAN 0 alone: untagged traffic.
+        return Ok((SegKey::Untagged, None));
+    }
+    let note = with_zero.then(|| {
+        "is a VLAN trunk that includes VLAN 0 (untagged): a trunk portgroup carries untagged frames only as a tagged native VLAN (nativeVlan), so untagged frames from these guests are not carried; ask the network team which VLAN the guests' untagged traffic belongs to and set nativeVlan, or confirm it is unused".to_string()
+    });
+    Ok((SegKey::Trunk(vids.vids().to_vec()), note))
+}
+
+/// A normalised trunk spec (`a-b,c`, from [`crate::values::parse_vlan`]) as the
+/// node config's VID set, and whether it included VLAN 0.
+fn trunk_ranges(spec: &str) -> Option<(VidSet, bool)> {
+    let mut with_zero = false;
+    let mut items = Vec::new();
+    for item in spec.split(',') {
+        let (a, b) = item.split_once('-').unwrap_or((item, item));
+        let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        match (a, b) {
+            (0, 0) => with_zero = true,
+            (0, b) => {
+                with_zero = true;
+                items.push(format!("1-{b}"));
+            }
+            (a, b) => items.push(format!("{a}-{b}")),
+        }
+    }
+    if items.is_empty() {
+        return Some((VidSet::default(), with_zero));
+    }
+    VidSet::parse(&items.join(",")).ok().map(|v| (v, with_zero))
+}
+
+/// The access VLANs of the port groups on the same switch as `network` (for a
+/// standard switch: on the hosts that have `network`), and the switches' names.
+fn known_vids(index: &NetworkIndex, network: &str) -> (Vec<u16>, Vec<String>) {
+    let own = index.by_name.get(network).cloned().unwrap_or_default();
+    let places: BTreeSet<(&str, bool)> = own
+        .iter()
+        .map(|o| (o.switch.as_str(), o.distributed))
+        .collect();
+    let hosts: BTreeSet<Option<&str>> = own.iter().map(|o| o.host.as_deref()).collect();
+    let mut vids = BTreeSet::new();
+    for obs in index.by_name.values().flatten() {
+        let same_switch =
+            !obs.switch.is_empty() && places.contains(&(obs.switch.as_str(), obs.distributed));
+        let same_host = obs.distributed
+            || obs.host.is_none()
+            || hosts.contains(&None)
+            || hosts.contains(&obs.host.as_deref());
+        if let (Vlan::Access(v), true, true, false) =
+            (&obs.vlan, same_switch, same_host, obs.uplink)
+        {
+            vids.insert(*v);
+        }
+    }
+    let switches = places
+        .iter()
+        .map(|(s, _)| {
+            if s.is_empty() {
+                "unknown".to_string()
+            } else {
+                s.to_string()
+            }
+        })
+        .collect();
+    (vids.into_iter().collect(), switches)
+}
+
+/// Portgroup names: a DNS label from the (first) vSphere name of each segment;
+/// names that normalise alike (`Prod-Web`, `Prod Web`) all get a suffix (their
+/// VLAN, `untagged`, `trunk<n>`), so no name depends on which was read first.
+fn assign_names(by_segment: &BTreeMap<SegKey, BTreeSet<String>>) -> BTreeMap<SegKey, String> {
+    let mut candidates: BTreeMap<SegKey, String> = BTreeMap::new();
+    let mut suffixes: BTreeMap<SegKey, String> = BTreeMap::new();
+    let mut trunks = 0;
+    for (segment, members) in by_segment {
+        let suffix = match segment {
+            SegKey::Access(vlan) => format!("v{vlan}"),
+            SegKey::Untagged => "untagged".into(),
+            SegKey::Trunk(_) => {
+                trunks += 1;
+                format!("trunk{trunks}")
+            }
+        };
         let first = members.iter().next().map(String::as_str).unwrap_or("");
         let base = dns_label(first, 63);
         candidates.insert(
-            *vlan,
-            if base.is_empty() {
-                format!("vlan{vlan}")
-            } else {
-                base
+            segment.clone(),
+            match (base.is_empty(), segment) {
+                (false, _) => base,
+                (true, SegKey::Access(vlan)) => format!("vlan{vlan}"),
+                (true, _) => suffix.clone(),
             },
         );
+        suffixes.insert(segment.clone(), suffix);
     }
     // Suffix every member of a clash; repeat in case a suffixed name meets an
     // existing one (a vSphere port group literally called "prod-web-v100").
@@ -995,9 +1276,9 @@ fn assign_names(by_vlan: &BTreeMap<u16, BTreeSet<String>>) -> BTreeMap<u16, Stri
         if clashing.is_empty() {
             break;
         }
-        for (vlan, name) in candidates.iter_mut() {
+        for (segment, name) in candidates.iter_mut() {
             if clashing.contains(name) {
-                *name = with_suffix(name, &format!("v{vlan}"));
+                *name = with_suffix(name, &suffixes[segment]);
             }
         }
     }
@@ -1011,20 +1292,26 @@ mod tests {
     #[test]
     fn names_that_normalise_alike_get_their_vlan() {
         let mut by_vlan = BTreeMap::new();
-        by_vlan.insert(100, BTreeSet::from(["Prod-Web".to_string()]));
-        by_vlan.insert(101, BTreeSet::from(["Prod Web".to_string()]));
-        by_vlan.insert(
-            200,
-            BTreeSet::from(["DB".to_string(), "db-old".to_string()]),
-        );
-        by_vlan.insert(300, BTreeSet::from(["prod-web-v100".to_string()]));
-        by_vlan.insert(301, BTreeSet::from(["###".to_string()]));
+        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+        by_vlan.insert(SegKey::Access(100), set(&["Prod-Web"]));
+        by_vlan.insert(SegKey::Access(101), set(&["Prod Web"]));
+        by_vlan.insert(SegKey::Access(200), set(&["DB", "db-old"]));
+        by_vlan.insert(SegKey::Access(300), set(&["prod-web-v100"]));
+        by_vlan.insert(SegKey::Access(301), set(&["###"]));
+        by_vlan.insert(SegKey::Untagged, set(&["Prod_Web"]));
+        by_vlan.insert(SegKey::Trunk(vec![100, 200]), set(&["FW"]));
+        by_vlan.insert(SegKey::Trunk(vec![300]), set(&["fw"]));
+        by_vlan.insert(SegKey::Trunk(vec![301]), set(&["@@"]));
         let names = assign_names(&by_vlan);
         let unique: BTreeSet<&String> = names.values().collect();
         assert_eq!(unique.len(), names.len(), "{names:?}");
-        assert_eq!(names[&101], "prod-web-v101");
-        assert_eq!(names[&200], "db");
-        assert_eq!(names[&301], "vlan301");
+        assert_eq!(names[&SegKey::Access(101)], "prod-web-v101");
+        assert_eq!(names[&SegKey::Untagged], "prod-web-untagged");
+        assert_eq!(names[&SegKey::Access(200)], "db");
+        assert_eq!(names[&SegKey::Access(301)], "vlan301");
+        assert_eq!(names[&SegKey::Trunk(vec![100, 200])], "fw-trunk1");
+        assert_eq!(names[&SegKey::Trunk(vec![300])], "fw-trunk2");
+        assert_eq!(names[&SegKey::Trunk(vec![301])], "trunk3");
         for name in names.values() {
             assert!(
                 portgroup::nodeconfig::validate_portgroup_name(name).is_ok(),
@@ -1169,7 +1456,7 @@ mod decisions {
         let vlans: Vec<(String, u16)> = plan
             .portgroups
             .iter()
-            .map(|p| (p.name.clone(), p.vlan))
+            .map(|p| (p.name.clone(), p.vlan().unwrap_or(0)))
             .collect();
         assert_eq!(
             vlans,
@@ -1260,5 +1547,177 @@ mod decisions {
             .find(|p| p.vsphere == "DVS-DVUplinks-1")
             .unwrap();
         assert_eq!((uplink_row.kind, uplink_row.nics), (Some("uplink"), 1));
+    }
+
+    /// How each vSphere VLAN setting is planned, as a table: the network's
+    /// setting (and its switch's access port groups) in, the planned segment
+    /// and the findings out. Every rendered node config passes the daemon's
+    /// validation.
+    #[test]
+    fn untagged_trunks_and_guest_tagging() {
+        let on = |name: &str, host: Option<&str>, switch: &str, vlan: Vlan| {
+            let mut o = obs(name, host, vlan);
+            o.switch = switch.into();
+            o
+        };
+        // The access port groups the switches know: vSwitch0 on h1 has 100 and
+        // 300, on h2 110; vSwitch1 on h1 has 500; dvs-a has 200 and 210.
+        let known = vec![
+            on("A100", Some("h1"), "vSwitch0", Vlan::Access(100)),
+            on("A300", Some("h1"), "vSwitch0", Vlan::Access(300)),
+            on("A110", Some("h2"), "vSwitch0", Vlan::Access(110)),
+            on("A500", Some("h1"), "vSwitch1", Vlan::Access(500)),
+            on("D200", None, "dvs-a", Vlan::Access(200)),
+            on("D210", None, "dvs-a", Vlan::Access(210)),
+        ];
+        type Want = (&'static str, &'static str, &'static [&'static str]);
+        let cases: Vec<(NetworkObservation, Want)> = vec![
+            (
+                on("VM Network", Some("h1"), "vSwitch0", Vlan::None),
+                ("vm-network", "untagged", &[]),
+            ),
+            (
+                on("Trunk", None, "dvs-a", Vlan::Trunk("100-110,200".into())),
+                ("trunk", "trunk 100-110,200", &[]),
+            ),
+            // 4095 on a standard switch: the access VLANs of that switch on its hosts.
+            (
+                on("VGT", Some("h1"), "vSwitch0", Vlan::Trunk("4095".into())),
+                ("vgt", "trunk 100,300", &["trunk-vlans"]),
+            ),
+            // Every VLAN of a distributed switch: the same, on that switch.
+            (
+                on("All", None, "dvs-a", Vlan::Trunk("0-4094".into())),
+                ("all", "trunk 200,210", &["trunk-vlans"]),
+            ),
+            // VLAN 0 in a range: left out, said so.
+            (
+                on("Zero", None, "dvs-a", Vlan::Trunk("0,5-6".into())),
+                ("zero", "trunk 5-6", &["trunk-vlans"]),
+            ),
+            (
+                on("OnlyZero", None, "dvs-a", Vlan::Trunk("0".into())),
+                ("onlyzero", "untagged", &[]),
+            ),
+            // 4095 where nothing is known: not planned, with the reason.
+            (
+                on("Lonely", Some("h9"), "vSwitch9", Vlan::Trunk("4095".into())),
+                ("", "", &["unsupported-portgroup"]),
+            ),
+            (
+                on("PV", None, "dvs-a", Vlan::Pvlan(7)),
+                ("", "", &["unsupported-portgroup"]),
+            ),
+        ];
+        for (network, (want_name, want_segment, want_findings)) in cases {
+            let name = network.name.clone().unwrap();
+            let mut networks = known.clone();
+            networks.push(network);
+            let inventory = Inventory {
+                vms: vec![vm(
+                    "a",
+                    "h1",
+                    vec![nic(&name, "00:50:56:00:00:01", "10.0.0.1")],
+                )],
+                networks,
+                govc_guest_overrides: vec![],
+            };
+            let plan = plan(&inventory, &Options::default());
+            let got_findings: Vec<&str> = plan.findings.iter().map(|f| f.kind.as_str()).collect();
+            assert_eq!(got_findings, *want_findings, "{name}: {:?}", plan.findings);
+            let files = crate::render::render(&plan, crate::render::ReportFormats::default());
+            let config = portgroup::nodeconfig::NodeConfig::parse(&files["node-config.json"])
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            if want_name.is_empty() {
+                assert!(plan.portgroups.is_empty(), "{name}: {:?}", plan.portgroups);
+                assert!(config.portgroups.is_empty());
+                let why = &plan.findings[0].message;
+                assert!(why.contains("; 1 NIC(s) use it"), "{why}");
+                continue;
+            }
+            assert_eq!(plan.portgroups.len(), 1, "{name}");
+            let pg = &plan.portgroups[0];
+            assert_eq!(
+                (pg.name.as_str(), pg.describe()),
+                (want_name, want_segment.to_string()),
+                "{name}"
+            );
+            assert_eq!(config.portgroups[0].segment, pg.segment, "{name}");
+            // A trunk reserves the MAC only, and its VM is no no-ip case.
+            let ips = pg.reservations[0].addrs.len();
+            assert_eq!(
+                ips,
+                usize::from(!want_segment.starts_with("trunk")),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn vlan_zero_networks_share_one_untagged_portgroup_on_its_own_uplink() {
+        let inventory = Inventory {
+            vms: vec![
+                vm(
+                    "a",
+                    "h1",
+                    vec![nic("VM Network", "00:50:56:00:00:01", "10.0.0.1")],
+                ),
+                vm(
+                    "b",
+                    "h1",
+                    vec![nic("Backup LAN", "00:50:56:00:00:02", "10.0.0.2")],
+                ),
+                vm("c", "h1", vec![nic("Web", "00:50:56:00:00:03", "10.0.1.3")]),
+            ],
+            networks: vec![
+                obs("VM Network", Some("h1"), Vlan::None),
+                obs("Backup LAN", None, Vlan::None),
+                obs("Web", Some("h1"), Vlan::Access(5)),
+            ],
+            govc_guest_overrides: vec![],
+        };
+        let options = Options {
+            untagged_uplink: Some("eth2".into()),
+            ..Options::default()
+        };
+        let plan = plan(&inventory, &options);
+        let untagged: Vec<&PlannedPortgroup> = plan
+            .portgroups
+            .iter()
+            .filter(|p| p.segment == Segment::Untagged)
+            .collect();
+        assert_eq!(untagged.len(), 1, "{:?}", plan.portgroups);
+        assert_eq!(untagged[0].vsphere, vec!["Backup LAN", "VM Network"]);
+        assert_eq!(untagged[0].uplink.as_deref(), Some("eth2"));
+        let files = crate::render::render(&plan, crate::render::ReportFormats::default());
+        let config =
+            portgroup::nodeconfig::NodeConfig::parse(&files["node-config.json"]).expect("valid");
+        let pg = config
+            .portgroups
+            .iter()
+            .find(|p| p.segment == Segment::Untagged)
+            .expect("untagged");
+        assert_eq!(config.uplink_of(pg, "worker-1"), Some("eth2"));
+        assert_eq!(
+            plan.clusters["C"].keys().copied().collect::<Vec<_>>(),
+            vec![5],
+            "untagged needs no VLAN"
+        );
+    }
+
+    #[test]
+    fn trunk_specs_from_vsphere() {
+        let cases: &[(&str, Option<(&str, bool)>)] = &[
+            ("100-110,200", Some(("100-110,200", false))),
+            ("0-4094", Some(("1-4094", true))),
+            ("0,5-6", Some(("5-6", true))),
+            ("0", Some(("", true))),
+            ("7-7", Some(("7", false))),
+            ("5-x", None),
+        ];
+        for (spec, want) in cases {
+            let got = trunk_ranges(spec).map(|(v, zero)| (v.to_string(), zero));
+            assert_eq!(got, want.map(|(v, z)| (v.to_string(), z)), "{spec}");
+        }
     }
 }

@@ -72,8 +72,8 @@ fn planned_manifests_pass_the_manifest_validation() {
         1,
         "{out}"
     );
-    assert_eq!(oks("(NetworkAttachmentDefinition: schemas/"), 8, "{out}");
-    assert_eq!(oks("(VirtualMachine: schemas/"), 48, "{out}");
+    assert_eq!(oks("(NetworkAttachmentDefinition: schemas/"), 11, "{out}");
+    assert_eq!(oks("(VirtualMachine: schemas/"), 51, "{out}");
     assert_eq!(oks("configmap.yaml (ConfigMap"), 1, "{out}");
 
     // The validation can fail: each broken copy is refused, naming the file.
@@ -206,8 +206,9 @@ fn report_html_renders_in_a_real_browser() {
             "matrix lacks VLAN {vlan}"
         );
     }
-    // VLAN 100 is Prod only: 14 NICs there, an empty DMZ cell.
-    assert!(matrix.contains("<th class=\"vlan\">100</th><td class=\"mono\">prod-web-v100</td><td></td><td class=\"on\">14</td>"), "{matrix}");
+    // VLAN 100 is Prod only: 14 access NICs and the two trunk NICs (trunk01,
+    // vgt01) there, an empty DMZ cell; the trunks are listed with its portgroup.
+    assert!(matrix.contains("<th class=\"vlan\">100</th><td class=\"mono\">dv-trunk, guest-trunk, prod-web-v100</td><td></td><td class=\"on\">16</td>"), "{matrix}");
 
     // One table per finding kind, one row per finding (as report.json counts them).
     let report: serde_json::Value =
@@ -218,7 +219,7 @@ fn report_html_renders_in_a_real_browser() {
             .entry(f["kind"].as_str().unwrap().to_string())
             .or_default() += 1;
     }
-    assert_eq!(kinds.len(), 11);
+    assert_eq!(kinds.len(), 12);
     for (kind, count) in &kinds {
         let start = dom
             .find(&format!("data-kind=\"{kind}\""))

@@ -53,15 +53,39 @@ fn vm_info() -> Value {
             ] } },
             "guest": { "net": [ guest(4000, "DV-App", "00:50:56:82:00:01", &[("10.1.200.250", 24)]) ] },
             "runtime": { "powerState": "poweredOn", "host": { "type": "HostSystem", "value": "host-22" } }
+        },
+        {
+            "name": "fw01",
+            "config": { "name": "fw01", "template": false, "hardware": { "device": [
+                nic(4000, "Network adapter 1", "00:50:56:82:00:11", dv_backing("dvportgroup-103"), true),
+                nic(4001, "Network adapter 2", "00:50:56:82:00:12", std_backing("Guest-Trunk", "network-13"), true),
+                nic(4002, "Network adapter 3", "00:50:56:82:00:13", std_backing("VM Network", "network-14"), true),
+                nic(4003, "Network adapter 4", "00:50:56:82:00:14", dv_backing("dvportgroup-106"), true)
+            ] } },
+            "guest": { "net": [
+                guest(4000, "DV-Trunk", "00:50:56:82:00:11", &[("10.41.0.1", 24)]),
+                guest(4002, "VM Network", "00:50:56:82:00:13", &[("192.168.1.1", 24)]),
+                guest(4003, "DV-Zero", "00:50:56:82:00:14", &[])
+            ] },
+            "runtime": { "powerState": "poweredOn", "host": { "type": "HostSystem", "value": "host-22" } }
         }
     ] })
+}
+
+fn dv_backing(key: &str) -> Value {
+    json!({ "port": { "switchUuid": "50 2a", "portgroupKey": key, "portKey": "77" } })
+}
+
+fn std_backing(name: &str, id: &str) -> Value {
+    json!({ "deviceName": name, "network": { "type": "Network", "value": id } })
 }
 
 fn host_portgroups() -> Value {
     json!({ "portgroup": [
         { "spec": { "name": "Prod-Web", "vlanId": 100, "vswitchName": "vSwitch0", "policy": { "security": {} } },
           "computedPolicy": { "security": { "allowPromiscuous": false, "macChanges": false, "forgedTransmits": false } } },
-        { "spec": { "name": "Guest-Trunk", "vlanId": 4095, "vswitchName": "vSwitch0", "policy": {} } }
+        { "spec": { "name": "Guest-Trunk", "vlanId": 4095, "vswitchName": "vSwitch0", "policy": {} } },
+        { "spec": { "name": "VM Network", "vlanId": 0, "vswitchName": "vSwitch0", "policy": {} } }
     ] })
 }
 
@@ -75,7 +99,9 @@ fn dv_ports() -> Value {
         { "key": "40", "portgroupKey": "dvportgroup-103", "dvsUuid": "50 2a",
           "config": { "setting": { "vlan": { "vlanId": [ { "start": 100, "end": 199 }, { "start": 300, "end": 300 } ] } } } },
         { "key": "50", "portgroupKey": "dvportgroup-104", "dvsUuid": "50 2a",
-          "config": { "setting": { "vlan": { "pvlanId": 500 } } } }
+          "config": { "setting": { "vlan": { "pvlanId": 500 } } } },
+        { "key": "60", "portgroupKey": "dvportgroup-106", "dvsUuid": "50 2a",
+          "config": { "setting": { "vlan": { "vlanId": [ { "start": 0, "end": 0 }, { "start": 200, "end": 210 } ] } } } }
     ] })
 }
 
@@ -145,6 +171,63 @@ fn govc_alone_plans_with_prefix_lengths() {
     );
     let stanza = std::fs::read_to_string(out.join("vms/govc01.yaml")).unwrap();
     assert!(stanza.contains("state: down"), "{stanza}");
+
+    // fw01's NICs: a distributed trunk, a standard 4095, VLAN 0, and a trunk
+    // with VLAN 0 in its ranges.
+    let portgroup = |name: &str| -> Value {
+        c["portgroups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no portgroup {name}: {c}"))
+    };
+    let fw = |mac: &str| reservation(&c, mac).unwrap_or_else(|| panic!("{mac} not reserved"));
+    assert_eq!(
+        fw("00:50:56:82:00:11"),
+        json!({"mac": "00:50:56:82:00:11", "portgroup": "dv-trunk"}),
+        "MAC only"
+    );
+    assert_eq!(portgroup("dv-trunk")["trunk"], "100-199,300");
+    assert_eq!(fw("00:50:56:82:00:12")["portgroup"], "guest-trunk");
+    // 4095: the access VLANs on its vSwitch (Prod-Web's 100).
+    assert_eq!(portgroup("guest-trunk")["trunk"], "100");
+    assert_eq!(fw("00:50:56:82:00:13")["portgroup"], "vm-network");
+    assert_eq!(portgroup("vm-network")["untagged"], true);
+    assert_eq!(fw("00:50:56:82:00:13")["ips"], json!(["192.168.1.1/24"]));
+    assert_eq!(fw("00:50:56:82:00:14")["portgroup"], "dv-zero");
+    assert_eq!(portgroup("dv-zero")["trunk"], "200-210");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let confirm: Vec<(&str, &str)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "trunk-vlans")
+        .map(|f| {
+            (
+                f["portgroup"].as_str().unwrap(),
+                f["message"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(confirm.len(), 2, "{confirm:?}");
+    assert_eq!(confirm[0].0, "DV-Zero");
+    assert!(confirm[0].1.contains("includes VLAN 0"), "{confirm:?}");
+    assert_eq!(confirm[1].0, "Guest-Trunk");
+    assert!(
+        confirm[1].1.contains("Ask the network team to confirm"),
+        "{confirm:?}"
+    );
+    assert!(
+        !report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "unsupported-portgroup"),
+        "{report}"
+    );
     let map = std::fs::read_to_string(out.join("networkmap.yaml")).unwrap();
     assert!(
         map.contains("id: \"dvportgroup-101\"") && map.contains("id: \"network-12\""),

@@ -44,6 +44,19 @@ fn json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
+/// The reservations of portgroup `name` in a node config.
+fn reservation_in(config: &Value, name: &str) -> Vec<Value> {
+    config["portgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no portgroup {name}"))["reservations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
 #[test]
 fn xlsx_and_csv_exports_give_byte_identical_plans() {
     let scratch = Scratch::new("same-plan");
@@ -111,7 +124,7 @@ fn every_planted_finding_and_nothing_else() {
     );
     // Every kind the planner knows is exercised by this estate.
     let kinds: BTreeSet<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(kinds.len(), 11, "{kinds:?}");
+    assert_eq!(kinds.len(), 12, "{kinds:?}");
 
     assert_eq!(
         report["vms"], 53,
@@ -128,10 +141,26 @@ fn every_planted_finding_and_nothing_else() {
     assert_eq!(find("Prod Web", None)["name"], "prod-web-v101");
     assert_eq!(find("DV-Trunk", None)["kind"], "trunk");
     assert_eq!(find("DV-Trunk", None)["vlans"], "100-199,300");
-    assert_eq!(find("DV-Trunk", None)["name"], Value::Null);
+    assert_eq!(find("DV-Trunk", None)["name"], "dv-trunk");
     assert_eq!(find("Guest-Trunk", None)["kind"], "trunk");
+    assert_eq!(find("Guest-Trunk", None)["name"], "guest-trunk");
     assert_eq!(find("DV-PVLAN", None)["kind"], "pvlan");
+    assert_eq!(find("DV-PVLAN", None)["name"], Value::Null);
     assert_eq!(find("VM Network", None)["kind"], "untagged");
+    assert_eq!(find("VM Network", None)["name"], "vm-network");
+    // 4095 lists the access VLANs known on its switch on its hosts (vSwitch0
+    // on the Prod hosts: Prod-Web and Legacy-App's two), to be confirmed.
+    let confirm = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "trunk-vlans")
+        .unwrap();
+    let message = confirm["message"].as_str().unwrap();
+    assert!(
+        message.contains("vSwitch0): 100,300-301. Ask the network team to confirm"),
+        "{message}"
+    );
     assert_eq!(find("dvSwitch-Prod-DVUplinks-11", None)["kind"], "uplink");
     assert_eq!(find("dvSwitch-Prod-DVUplinks-11", None)["nics"], 0);
     assert_eq!(find("Legacy-App", Some(300))["name"], "legacy-app-v300");
@@ -153,25 +182,48 @@ fn node_config_passes_the_daemons_validation_and_holds_the_reservations() {
 
     let bytes = std::fs::read(&config_path).unwrap();
     let config = portgroup::nodeconfig::NodeConfig::parse(&bytes).expect("daemon validation");
-    let names: Vec<(&str, u16)> = config
+    let raw = json(&config_path);
+    use portgroup::nodeconfig::Segment;
+    let names: Vec<(&str, String)> = config
         .portgroups
         .iter()
-        .map(|p| (p.name.as_str(), p.vlan().expect("an access portgroup")))
+        .map(|p| {
+            let segment = match &p.segment {
+                Segment::Access(vid) => vid.to_string(),
+                Segment::Trunk { vids, native } => format!("trunk {vids} native {native:?}"),
+                Segment::Untagged => "untagged".into(),
+            };
+            (p.name.as_str(), segment)
+        })
         .collect();
+    let want: Vec<(&str, &str)> = vec![
+        ("dmz-vrrp", "120"),
+        ("dv-app", "200"),
+        ("dv-db", "210"),
+        ("dv-promisc", "220"),
+        ("dv-trunk", "trunk 100-199,300 native None"),
+        ("guest-trunk", "trunk 100,300-301 native None"),
+        ("legacy-app-v300", "300"),
+        ("legacy-app-v301", "301"),
+        ("prod-web-v100", "100"),
+        ("prod-web-v101", "101"),
+        ("vm-network", "untagged"),
+    ];
     assert_eq!(
         names,
-        vec![
-            ("dmz-vrrp", 120),
-            ("dv-app", 200),
-            ("dv-db", 210),
-            ("dv-promisc", 220),
-            ("legacy-app-v300", 300),
-            ("legacy-app-v301", 301),
-            ("prod-web-v100", 100),
-            ("prod-web-v101", 101),
-        ]
+        want.into_iter()
+            .map(|(n, s)| (n, s.to_string()))
+            .collect::<Vec<_>>()
     );
-    let raw = json(&config_path);
+    // A trunk portgroup reserves MACs only; the untagged one as an access one.
+    assert_eq!(
+        reservation_in(&raw, "dv-trunk"),
+        vec![serde_json::json!({"mac": "00:50:56:81:08:03"})]
+    );
+    assert_eq!(
+        reservation_in(&raw, "vm-network"),
+        vec![serde_json::json!({"mac": "00:50:56:81:08:01", "ips": ["192.168.1.10"]})]
+    );
     let reservation = |mac: &str| -> Option<Value> {
         raw["portgroups"]
             .as_array()
@@ -207,8 +259,8 @@ fn node_config_passes_the_daemons_validation_and_holds_the_reservations() {
     assert_eq!(ips("00:50:56:81:09:02"), Vec::<String>::new());
     assert_eq!(ips("00:0c:29:12:34:56"), vec!["10.1.200.161"]);
     assert_eq!(ips("52:54:00:ab:cd:ef"), vec!["10.1.200.162"]);
-    // Templates and unplanned port groups get nothing.
-    assert!(reservation("00:50:56:81:08:01").is_none());
+    // Unplanned port groups (the private VLAN) get nothing.
+    assert!(reservation("00:50:56:81:08:04").is_none());
     // The ConfigMap carries the same JSON.
     let configmap = std::fs::read_to_string(out.join("configmap.yaml")).unwrap();
     let text = String::from_utf8(bytes).unwrap();
@@ -236,10 +288,20 @@ fn nads_vm_stanzas_and_network_map() {
         "promiscuous mode alone keeps spoofCheck"
     );
     let files: BTreeSet<String> = read_tree(&out).into_keys().collect();
-    assert_eq!(files.iter().filter(|f| f.starts_with("nads/")).count(), 8);
-    // One stanza per VM with a planned NIC: 53 in scope minus untagged01,
-    // vgt01, trunk01, pvlan01 and nonic01.
-    assert_eq!(files.iter().filter(|f| f.starts_with("vms/")).count(), 48);
+    assert_eq!(files.iter().filter(|f| f.starts_with("nads/")).count(), 11);
+    // One stanza per VM with a planned NIC: 53 in scope minus pvlan01 and nonic01.
+    assert_eq!(files.iter().filter(|f| f.starts_with("vms/")).count(), 51);
+    let trunk = std::fs::read_to_string(out.join("nads/guest-trunk.yaml")).unwrap();
+    assert!(
+        trunk.contains("# vSphere port group(s) Guest-Trunk, trunk 100,300-301: 1 NIC(s) planned."),
+        "{trunk}"
+    );
+    assert!(
+        trunk.contains("\"capabilities\": { \"mac\": true }"),
+        "{trunk}"
+    );
+    let vgt = std::fs::read_to_string(out.join("vms/vgt01.yaml")).unwrap();
+    assert!(vgt.contains("networkName: \"vms/guest-trunk\""), "{vgt}");
     let disc = std::fs::read_to_string(out.join("vms/disc01.yaml")).unwrap();
     let expected = "          interfaces:
             - name: \"net-0\"  # Network adapter 1
@@ -265,10 +327,14 @@ fn nads_vm_stanzas_and_network_map() {
     assert!(map.contains("id: \"dvportgroup-101\""), "{map}");
     assert!(map.contains("name: \"/DC1/network/Prod-Web\""), "{map}");
     assert!(
-        map.contains("# Not mapped (not planned, see report.md): DV-Trunk"),
+        map.contains("# Not mapped (not planned, see report.md): DV-PVLAN"),
         "{map}"
     );
-    assert!(!map.contains("dvportgroup-103"));
+    assert!(
+        map.contains("id: \"dvportgroup-103\""),
+        "the trunk is mapped: {map}"
+    );
+    assert!(!map.contains("dvportgroup-104"));
 }
 
 #[test]

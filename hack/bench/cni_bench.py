@@ -152,6 +152,12 @@ def make_contenders(a):
                            base_conf(portgroup=a.portgroup, conflictProbe=False, spoofCheck=False),
                            {"PORTGROUP_RUN_DIR": a.portgroup_run_dir or a.run_dir}, 8))
     if a.synthetic_state and a.portgroup == "bench":
+        c.append(Contender("pg-trunk", "cni",
+                           "portgroup mode onto a trunk portgroup: 'bench-trunk' (trunk 100-110,200, "
+                           "its bridge the bench bridge, MAC-only reservations) in the same node state; "
+                           "the ADD attaches to the trunk's bridge exactly as to an access portgroup's",
+                           a.plugin, base_conf(portgroup="bench-trunk", conflictProbe=False, spoofCheck=False),
+                           {"PORTGROUP_RUN_DIR": a.portgroup_run_dir}, 12))
         c.append(Contender("pg-pgmode-json", "cni",
                            "portgroup mode through state.json alone: portgroup 'bench-nofile' has no "
                            "<run-dir>/portgroups/ file, so the plugin falls back to parsing the whole "
@@ -183,6 +189,14 @@ def write_synthetic_state(a):
                               "ips": [f"10.{v >> 8}.{v & 0xFF}.{r + 10}/24",
                                       f"2001:db8:{v:x}::{r + 10:x}/64"]} for r in range(4)],
         })
+    # A trunk portgroup as portgroupd publishes one: the plugin attaches to its
+    # bridge (pgtb... on a node; the bench bridge here) the same way.
+    pgs.append({
+        "name": "bench-trunk", "mode": "trunk", "vlan": None, "trunk": "100-110,200",
+        "uplink": "eth1", "bridge": a.bridge, "vlanInterface": "", "mtu": 1500, "ready": True,
+        "reason": None, "draining": False, "strict": False,
+        "reservations": [{"mac": "00:50:56:ff:00:%02x" % r, "ips": []} for r in range(4)],
+    })
     state = {"node": "bench", "generation": 1, "reconciledAt": "2026-11-23T10:00:00Z",
              "configErrors": [], "portgroups": pgs}
     pg_dir = os.path.join(a.portgroup_run_dir, "portgroups")

@@ -79,6 +79,8 @@ def build(cni, daemon, calib_host=None):
         if "pg-portgroup" in seq:
             r[key]["pg-portgroup/ref-l2"] = ratio(p50(seq, "pg-portgroup", key), p50(seq, "ref-l2", key))
             r[key]["pg-portgroup/pg-l2"] = ratio(p50(seq, "pg-portgroup", key), p50(seq, "pg-l2", key))
+        if "pg-trunk" in seq and "pg-portgroup" in seq:
+            r[key]["pg-trunk/pg-portgroup"] = ratio(p50(seq, "pg-trunk", key), p50(seq, "pg-portgroup", key))
         if "pg-pgmode-json" in seq:
             r[key]["pg-pgmode-json/pg-l2"] = ratio(p50(seq, "pg-pgmode-json", key), p50(seq, "pg-l2", key))
     burst = cni.get("burst", {})

@@ -43,8 +43,9 @@ pub trait Links {
         vid: u16,
         mtu: u32,
     ) -> Result<(), LinkError>;
-    /// Created down, in [`super::planner::LINK_GROUP`].
-    /// Created with `mac` as its address: pinned, whatever ports come and go.
+    /// Created down, in [`super::planner::LINK_GROUP`], at `mtu`, with `mac` as
+    /// its address: pinned, whatever ports come and go. Until its MTU is set
+    /// again it follows its smallest port's.
     async fn create_bridge(&self, name: &str, mtu: u32, mac: MacAddr) -> Result<(), LinkError>;
     /// Both ends in this namespace, created down, in [`super::planner::LINK_GROUP`].
     async fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(), LinkError>;
@@ -56,6 +57,9 @@ pub trait Links {
     async fn set_controller(&self, index: u32, controller: u32) -> Result<(), LinkError>;
     async fn set_up(&self, index: u32) -> Result<(), LinkError>;
     async fn delete(&self, index: u32) -> Result<(), LinkError>;
+    /// Puts the native-VLAN guard of trunk portgroups in place
+    /// ([`crate::portsec::ensure_native_guard`]); Ok(true) when it had to be made.
+    async fn ensure_native_guard(&self) -> Result<bool, LinkError>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,8 +201,20 @@ async fn apply_one(links: &impl Links, indexes: &Indexes, op: &Operation) -> Res
             mac,
             alias,
         } => {
-            links.create_bridge(name, *mtu, *mac).await?;
-            links.set_alias(index(name).await?, alias).await
+            // A bridge's MTU given at creation follows its smallest port's; one
+            // set afterwards stays whatever ports join. Setting the value it
+            // has is a no-op to the kernel, so it is made at a neighbour of its
+            // MTU and set once: once, because every MTU change walks the
+            // namespace's whole IPv6 routing table (rt6_mtu_change).
+            let neighbour = if *mtu > crate::nodeconfig::MTU_MIN {
+                mtu - 1
+            } else {
+                mtu + 1
+            };
+            links.create_bridge(name, neighbour, *mac).await?;
+            let bridge = index(name).await?;
+            links.set_mtu(bridge, *mtu).await?;
+            links.set_alias(bridge, alias).await
         }
         Operation::SetController { name, controller } => {
             let controller = index(controller).await?;

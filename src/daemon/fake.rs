@@ -20,6 +20,8 @@ pub struct FakeKernel {
     /// Like a kernel without 802.1Q: VLAN creation fails with EOPNOTSUPP.
     pub no_8021q: bool,
     pub calls: Vec<String>,
+    /// Like a node without nf_tables' bridge family: the native-VLAN guard fails.
+    pub no_nft_bridge: bool,
     /// IP addresses by link index, as the address dump shows them.
     pub addresses: std::collections::BTreeMap<u32, Vec<String>>,
 }
@@ -49,6 +51,7 @@ impl FakeKernel {
             links: self.links.clone(),
             in_our_group: self.group.clone(),
             addresses: self.addresses.clone(),
+            native_guard_failure: None,
         }
     }
 
@@ -226,5 +229,14 @@ impl Links for FakeLinks {
         k.by_index(index)?;
         k.delete_index(index);
         Ok(())
+    }
+
+    async fn ensure_native_guard(&self) -> Result<bool, LinkError> {
+        let mut k = self.0.borrow_mut();
+        k.calls.push("ensure_native_guard".into());
+        if k.no_nft_bridge {
+            return Err(err(libc::EOPNOTSUPP, "Operation not supported"));
+        }
+        Ok(false)
     }
 }

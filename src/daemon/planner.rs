@@ -71,6 +71,10 @@ pub struct Observed {
     /// The IP addresses links hold (IPv6 link-local ones left out), by index:
     /// an untagged portgroup never makes a link with addresses a bridge port.
     pub addresses: BTreeMap<u32, Vec<String>>,
+    /// Why the native-VLAN guard of trunk portgroups is not in place (see
+    /// `portsec::ensure_native_guard`); None when it is, or is not needed.
+    /// Without it no trunk's feed joins its native VLAN's bridge.
+    pub native_guard_failure: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -523,6 +527,7 @@ pub fn plan(
         }
         plan.portgroups.push(status);
     }
+    bring_up_last(&mut plan.steps, &uplinks_up);
     for d in draining {
         if plan.portgroups.iter().any(|p| p.name == d.name) {
             // The same portgroup moved (a new uplink): its new bridge is the one the
@@ -532,6 +537,19 @@ pub fn plan(
         plan.portgroups.push(d);
     }
     plan
+}
+
+/// Moves the steps that bring our links up after every other step (the
+/// uplinks', first, stay first). A link that is up gets IPv6 routes, and every
+/// MTU change in the namespace walks all of them (rt6_mtu_change): made and
+/// set while down, a trunk of N VIDs costs O(N) instead of O(N²) in the kernel.
+/// Nothing needs a link up before it is attached or marked.
+fn bring_up_last(steps: &mut Vec<Step>, uplinks: &HashSet<&str>) {
+    let (ups, rest): (Vec<Step>, Vec<Step>) = std::mem::take(steps).into_iter().partition(
+        |s| matches!(&s.op, Operation::SetUp { name } if !uplinks.contains(name.as_str())),
+    );
+    *steps = rest;
+    steps.extend(ups);
 }
 
 fn not_ready_unplaced(pg: &PortgroupConfig, node: &str) -> PortgroupState {
@@ -903,11 +921,13 @@ fn plan_trunk(
     }
     e.controller(port, &tp, bridge, &tb);
     // Untagged frames from the VMs: into the native VLAN's bridge, else nowhere.
+    // Only with the guard that keeps tagged frames off that bridge in both
+    // directions: the feed also carries the tags the trunk does not list.
     let native_path_ok = native.is_some_and(|vid| {
         paths
             .get(&(uplink_name, vid))
             .is_some_and(|result| result.is_ok())
-    });
+    }) && view.observed.native_guard_failure.is_none();
     match native.filter(|_| native_path_ok) {
         Some(vid) => {
             let nb = bridge_name(uplink_name, vid);
@@ -959,6 +979,11 @@ fn plan_trunk(
             Some(Err(why)) => broken.push(format!("VLAN {vid}: {why}")),
             None => broken.push(format!("VLAN {vid}: no path planned")),
         }
+    }
+    if let (Some(vid), Some(why)) = (native, view.observed.native_guard_failure.as_ref()) {
+        broken.push(format!(
+            "nativeVlan {vid}: untagged frames are not carried until tagged ones can be kept off VLAN {vid}'s bridge: {why}"
+        ));
     }
     if !broken.is_empty() {
         let more = broken.len().saturating_sub(3);

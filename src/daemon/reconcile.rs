@@ -126,7 +126,39 @@ impl<L: Links> Reconciler<L> {
         source: &ConfigSource,
         collect: bool,
     ) -> Result<Outcome, LinkError> {
+        // Trunks with a native VLAN join its bridge only behind the guard that
+        // keeps tagged frames off it; put in place (or repaired) first.
+        let needs_guard = config.portgroups.iter().any(|pg| {
+            matches!(
+                pg.segment,
+                crate::nodeconfig::Segment::Trunk {
+                    native: Some(_),
+                    ..
+                }
+            )
+        });
+        let native_guard_failure = if needs_guard {
+            match self.links.ensure_native_guard().await {
+                Ok(made) => {
+                    if made {
+                        tracing::info!(
+                            "put the native-VLAN guard of trunk portgroups in place (table bridge {})",
+                            crate::portsec::GUARD_TABLE
+                        );
+                    }
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!("guarding trunks' native VLANs: {e}");
+                    self.metrics.errors.fetch_add(1, Relaxed);
+                    Some(e.message)
+                }
+            }
+        } else {
+            None
+        };
         let mut observed = self.links.dump().await?;
+        observed.native_guard_failure = native_guard_failure.clone();
         let first = plan(config, &self.node, self.previous.as_ref(), &observed);
         let mut outcome = Outcome::default();
         let mut verified = first.clone();
@@ -164,6 +196,7 @@ impl<L: Links> Reconciler<L> {
             failures = applied.failures;
             // What was really made, not what the plan hoped for.
             observed = self.links.dump().await?;
+            observed.native_guard_failure = native_guard_failure;
             verified = plan(config, &self.node, self.previous.as_ref(), &observed);
         }
         let dependencies = Plan {
@@ -417,6 +450,70 @@ mod tests {
         assert!(
             reason.contains(&format!("create VLAN interface {path}")),
             "{reason}"
+        );
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    /// The guard is asked for only when a trunk has a native VLAN; when it
+    /// cannot be put in place, that trunk says why and nothing else is concerned.
+    #[test]
+    fn a_native_vlan_needs_the_guard() {
+        let dir = std::env::temp_dir().join(format!("pg-reconcile-guard-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let fake = uplink_without_8021q();
+        fake.0.borrow_mut().no_8021q = false;
+        fake.0.borrow_mut().no_nft_bridge = true;
+        let mut r = Reconciler::new(
+            fake,
+            "worker-3".into(),
+            RunDir(dir.clone()),
+            Arc::new(Metrics::default()),
+        );
+        let mut source = ConfigSource::new(dir.join("config.json"));
+        source.offer(
+            br#"{"uplink": "eth1", "portgroups": [
+                {"name": "web", "vlan": 100}, {"name": "fw", "trunk": "100"}]}"#
+                .to_vec(),
+        );
+        block_on(r.reconcile(&source, false)).expect("reconcile");
+        let asked = |r: &Reconciler<FakeLinks>| {
+            r.links
+                .0
+                .borrow()
+                .calls
+                .iter()
+                .filter(|c| *c == "ensure_native_guard")
+                .count()
+        };
+        assert_eq!(asked(&r), 0, "no native VLAN, no guard");
+        let state = NodeState::read(&dir.join("state.json")).expect("state");
+        assert!(state.portgroups.iter().all(|p| p.ready), "{state:?}");
+
+        source.offer(
+            br#"{"uplink": "eth1", "portgroups": [
+                {"name": "web", "vlan": 100}, {"name": "fw", "trunk": "100", "nativeVlan": 300}]}"#
+                .to_vec(),
+        );
+        block_on(r.reconcile(&source, false)).expect("reconcile");
+        assert_eq!(asked(&r), 1);
+        let state = NodeState::read(&dir.join("state.json")).expect("state");
+        assert!(
+            state.portgroups[0].ready,
+            "the access portgroup is not concerned"
+        );
+        let fw = &state.portgroups[1];
+        assert!(!fw.ready);
+        let reason = fw.reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.starts_with("nativeVlan 300: untagged frames are not carried")
+                && reason.contains("Operation not supported"),
+            "{reason}"
+        );
+        let feed = crate::naming::trunk_feed_name("eth1", "fw");
+        assert_eq!(
+            r.links.0.borrow().get(&feed).and_then(|l| l.controller),
+            None,
+            "the feed stays off VLAN 300's bridge"
         );
         std::fs::remove_dir_all(dir).expect("cleanup");
     }

@@ -132,20 +132,7 @@ impl Links for RtLinks {
             .address(mac.0.to_vec())
             .link_group(LINK_GROUP)
             .build();
-        self.add(message).await?;
-        // An MTU given at creation follows the smallest port's; one set on the bridge
-        // is kept whatever ports join. Setting the value it already has is a no-op
-        // to the kernel, so it goes through a neighbour first.
-        let Some(index) = self.index_of(name).await? else {
-            return Ok(());
-        };
-        let neighbour = if mtu > crate::nodeconfig::MTU_MIN {
-            mtu - 1
-        } else {
-            mtu + 1
-        };
-        self.set_mtu(index, neighbour).await?;
-        self.set_mtu(index, mtu).await
+        self.add(message).await
     }
 
     async fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(), LinkError> {
@@ -196,6 +183,14 @@ impl Links for RtLinks {
     async fn delete(&self, index: u32) -> Result<(), LinkError> {
         self.netlink.delete_link(index).await.map_err(link_error)
     }
+
+    async fn ensure_native_guard(&self) -> Result<bool, LinkError> {
+        // nf_tables, not rtnetlink: a short blocking exchange on its own socket.
+        crate::portsec::ensure_native_guard().map_err(|e| LinkError {
+            errno: None,
+            message: e.to_string(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -220,10 +215,17 @@ mod tests {
                     netlink: Netlink::connect().expect("netlink"),
                 };
                 let pinned = MacAddr([0x02, 0, 0, 0, 0, 0x42]);
-                links
-                    .create_bridge("pgbrtest.1", 1500, pinned)
-                    .await
-                    .expect("bridge");
+                let make = super::super::planner::Step {
+                    portgroup: "test".into(),
+                    op: super::super::planner::Operation::CreateBridge {
+                        name: "pgbrtest.1".into(),
+                        mtu: 1500,
+                        mac: pinned,
+                        alias: "test".into(),
+                    },
+                };
+                let applied = super::super::applier::apply(&links, &[make]).await;
+                assert!(applied.failures.is_empty(), "{:?}", applied.failures);
                 // A port with a lower MAC: an unpinned bridge would take it.
                 ip(&[
                     "link",

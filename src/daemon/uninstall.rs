@@ -239,6 +239,14 @@ pub async fn uninstall<L: Links>(links: &L, opts: &Options) -> Report {
         Ok(false) => {}
         Err(e) => report.errors.push(e.to_string()),
     }
+    match crate::portsec::delete_native_guard() {
+        Ok(true) => report.removed.push(format!(
+            "nftables table bridge {}",
+            crate::portsec::GUARD_TABLE
+        )),
+        Ok(false) => {}
+        Err(e) => report.errors.push(e.to_string()),
+    }
 
     let plugin = opts.cni_bin_dir.join("portgroup");
     match std::fs::remove_file(&plugin) {

@@ -127,7 +127,7 @@ use ruleset::*;
 
 #[cfg(feature = "daemon")]
 pub use heal::{heal, Plan as HealPlan, TableState};
-pub use ruleset::TABLE;
+pub use ruleset::{GUARD_TABLE, TABLE};
 #[cfg(feature = "daemon")]
 pub use watch::{subscribe as watch_changes, Watcher};
 
@@ -701,8 +701,16 @@ fn fcfs_declare(
 
 /// The comments of the rules in our table, in chain order; None when the table is missing.
 fn rule_comments(nl: &mut Nfnl) -> Result<Option<Vec<(String, String)>>, NlError> {
+    table_rule_comments(nl, TABLE)
+}
+
+/// The comments of the rules in `table`, in chain order; None when it is missing.
+fn table_rule_comments(
+    nl: &mut Nfnl,
+    table: &str,
+) -> Result<Option<Vec<(String, String)>>, NlError> {
     let mut m = Msg::new(msg::GETRULE, NLM_F_REQUEST | NLM_F_DUMP, NFPROTO_BRIDGE);
-    m.str(NFTA_RULE_TABLE, TABLE);
+    m.str(NFTA_RULE_TABLE, table);
     let bodies = match nl.request(m, "listing the rules of the port-security table") {
         Ok(b) => b,
         Err(e) if e.errno == libc::ENOENT => return Ok(None),
@@ -711,7 +719,7 @@ fn rule_comments(nl: &mut Nfnl) -> Result<Option<Vec<(String, String)>>, NlError
     Ok(Some(
         bodies
             .iter()
-            .filter(|b| attr_str(b, NFTA_RULE_TABLE).as_deref() == Some(TABLE))
+            .filter(|b| attr_str(b, NFTA_RULE_TABLE).as_deref() == Some(table))
             .map(|b| {
                 (
                     attr_str(b, NFTA_RULE_CHAIN).unwrap_or_default(),
@@ -1063,6 +1071,60 @@ pub fn delete_table() -> Result<bool, Error> {
         Err(e) if e.errno == libc::ENOENT => Ok(false),
         Err(e) => Err(err(&context, e)),
     }
+}
+
+/// Puts the native-VLAN guard of trunk portgroups in place (see
+/// [`ruleset::GUARD_TABLE`]): one rule dump when it is there, one transaction
+/// when it is missing or not this build's. Ok(true) when it had to be (re)made.
+pub fn ensure_native_guard() -> Result<bool, Error> {
+    let context = format!("guarding trunks' native VLANs (table bridge {GUARD_TABLE})");
+    with_retries(&context, |nl| {
+        let have: Option<Vec<String>> = table_rule_comments(nl, GUARD_TABLE)?
+            .map(|rules| rules.into_iter().map(|(_, comment)| comment).collect());
+        if have == Some(guard_comments()) {
+            return Ok(false);
+        }
+        let mut batch = Batch::new();
+        guard_bootstrap(&mut batch);
+        nl.commit(batch)?;
+        Ok(true)
+    })
+}
+
+/// Deletes the native-VLAN guard's table: for uninstalling. Ok(false) when
+/// there was none.
+pub fn delete_native_guard() -> Result<bool, Error> {
+    let context = format!("deleting table bridge {GUARD_TABLE}");
+    let mut nl = open(&context)?;
+    let mut batch = Batch::new();
+    let mut m = Msg::new(msg::DELTABLE, NLM_F_REQUEST, NFPROTO_BRIDGE);
+    m.str(NFTA_TABLE_NAME, GUARD_TABLE);
+    batch.push(m, context.clone());
+    match nl.commit(batch) {
+        Ok(()) => Ok(true),
+        Err(e) if e.errno == libc::ENOENT => Ok(false),
+        Err(e) => Err(err(&context, e)),
+    }
+}
+
+/// Tagged frames the native-VLAN guard dropped (0 when it is not installed).
+pub fn native_guard_drops() -> Result<u64, Error> {
+    let context = "reading the native-VLAN guard's counter";
+    let mut nl = open(context)?;
+    let mut m = Msg::new(msg::GETOBJ, NLM_F_REQUEST | NLM_F_DUMP, NFPROTO_BRIDGE);
+    m.str(NFTA_OBJ_TABLE, GUARD_TABLE)
+        .u32(NFTA_OBJ_TYPE, NFT_OBJECT_COUNTER);
+    let bodies = match nl.request(m, context) {
+        Ok(b) => b,
+        Err(e) if e.errno == libc::ENOENT => return Ok(0),
+        Err(e) => return Err(err(context, e)),
+    };
+    Ok(bodies
+        .iter()
+        .filter(|b| attr_str(b, NFTA_OBJ_TABLE).as_deref() == Some(GUARD_TABLE))
+        .filter(|b| attr_str(b, NFTA_OBJ_NAME).as_deref() == Some(GUARD_COUNTER))
+        .filter_map(|b| attr(b, NFTA_OBJ_DATA).and_then(|d| attr_u64(d, NFTA_COUNTER_PACKETS)))
+        .sum())
 }
 
 /// The ports that have rules installed.

@@ -1239,6 +1239,110 @@ fn handover_rules() -> Vec<(&'static str, Vec<Expr>)> {
     ]
 }
 
+/// The native-VLAN guard of trunk portgroups: its own table, owned by
+/// portgroupd (not by port security, which a network config can turn off).
+/// A trunk's feed (`pgtq…`) is a port of its native VLAN's bridge so that
+/// untagged frames reach that VLAN; a tagged frame whose VID the trunk does not
+/// list has no sub-interface on the feed to take it, so it would reach the
+/// bridge too, and leave the uplink's native sub-interface double-tagged. The
+/// guard drops, on the bridge's forward hook, every tagged frame (802.1Q,
+/// 802.1ad, 0x9100) that enters a bridge from a feed or would leave a bridge
+/// into one: the native VLAN carries untagged frames of the trunk only, and a
+/// tagged frame on the native VLAN (from the wire, or an access VM) never
+/// reaches the trunk's VMs as if it were a listed VLAN.
+pub const GUARD_TABLE: &str = "portgroup_trunks";
+pub const GUARD_CHAIN: &str = "forward";
+pub const GUARD_COUNTER: &str = "drop_native_tagged";
+const NF_BR_FORWARD: u32 = 2;
+const META_OIFNAME: u32 = 7;
+
+fn guard_rules() -> Vec<Vec<Expr>> {
+    let prefix = crate::naming::TRUNK_FEED_PREFIX.as_bytes();
+    let mut rules = Vec::new();
+    for port in [META_IIFNAME, META_OIFNAME] {
+        for tag in ETH_TAGS {
+            // `iifname "pgtq*"`: the name's first bytes only.
+            let mut rule = vec![Meta(port, REG_1), eq(prefix)];
+            rule.extend(ether_type(tag));
+            rule.extend(drop_counted(GUARD_COUNTER));
+            rules.push(rule);
+        }
+    }
+    rules
+}
+
+/// The guard's messages: table, counter and chain created if missing, the
+/// chain flushed and its rules added again (one transaction, idempotent).
+/// With `tag`, each rule carries the comment `<tag>:native:<n>`.
+fn add_guard(batch: &mut super::nfnl::Batch, tag: Option<&str>) {
+    let create = NLM_F_REQUEST | NLM_F_CREATE;
+    let mut m = Msg::new(msg::NEWTABLE, create, NFPROTO_BRIDGE);
+    m.str(NFTA_TABLE_NAME, GUARD_TABLE);
+    batch.push(m, format!("creating table bridge {GUARD_TABLE}"));
+    let mut m = Msg::new(msg::NEWOBJ, create, NFPROTO_BRIDGE);
+    m.str(NFTA_OBJ_TABLE, GUARD_TABLE)
+        .str(NFTA_OBJ_NAME, GUARD_COUNTER)
+        .u32(NFTA_OBJ_TYPE, NFT_OBJECT_COUNTER)
+        .begin(NFTA_OBJ_DATA)
+        .bytes(NFTA_COUNTER_BYTES, &0u64.to_be_bytes())
+        .bytes(NFTA_COUNTER_PACKETS, &0u64.to_be_bytes())
+        .end();
+    batch.push(m, format!("creating counter {GUARD_COUNTER}"));
+    let mut m = Msg::new(msg::NEWCHAIN, create, NFPROTO_BRIDGE);
+    m.str(NFTA_CHAIN_TABLE, GUARD_TABLE)
+        .str(NFTA_CHAIN_NAME, GUARD_CHAIN)
+        .begin(NFTA_CHAIN_HOOK)
+        .u32(NFTA_HOOK_HOOKNUM, NF_BR_FORWARD)
+        .u32(NFTA_HOOK_PRIORITY, PRIORITY as u32)
+        .end()
+        .u32(NFTA_CHAIN_POLICY, 1)
+        .str(NFTA_CHAIN_TYPE, "filter");
+    batch.push(m, format!("creating chain {GUARD_CHAIN}"));
+    let mut m = Msg::new(msg::DELRULE, NLM_F_REQUEST, NFPROTO_BRIDGE);
+    m.str(NFTA_RULE_TABLE, GUARD_TABLE)
+        .str(NFTA_RULE_CHAIN, GUARD_CHAIN);
+    batch.push(m, format!("flushing chain {GUARD_CHAIN}"));
+    for (i, exprs) in guard_rules().iter().enumerate() {
+        let mut m = Msg::new(msg::NEWRULE, create | NLM_F_APPEND, NFPROTO_BRIDGE);
+        m.str(NFTA_RULE_TABLE, GUARD_TABLE)
+            .str(NFTA_RULE_CHAIN, GUARD_CHAIN);
+        m.begin(NFTA_RULE_EXPRESSIONS);
+        for e in exprs {
+            encode_expr(&mut m, e);
+        }
+        m.end();
+        if let Some(tag) = tag {
+            m.bytes(
+                NFTA_RULE_USERDATA,
+                &comment_udata(&format!("{tag}:native:{}", i + 1)),
+            );
+        }
+        batch.push(m, format!("adding guard rule {}", i + 1));
+    }
+}
+
+/// The guard's layout tag: a hash of its messages, as [`layout`] is for port security.
+fn guard_layout() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let mut batch = super::nfnl::Batch::new();
+        add_guard(&mut batch, None);
+        layout_tag(&batch.encoded())
+    })
+}
+
+/// The messages that install the guard.
+pub fn guard_bootstrap(batch: &mut super::nfnl::Batch) {
+    add_guard(batch, Some(guard_layout()));
+}
+
+/// The comments the guard's rules carry, in order.
+pub fn guard_comments() -> Vec<String> {
+    (1..=guard_rules().len())
+        .map(|n| format!("{}:native:{n}", guard_layout()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

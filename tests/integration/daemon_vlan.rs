@@ -297,11 +297,17 @@ fn device_plugin_health_follows_the_uplink() {
 }
 
 /// A switch namespace trunking VLANs 100, 110, 200 and 300 to the node (each
-/// VLAN has a host on the switch side), an access portgroup on 100 and a trunk
-/// portgroup `100-110,200`. A firewall on the trunk tags its own VLANs and
-/// reaches the host on each listed one but not on 300; an access VM on 100
-/// reaches the firewall's VLAN 100 address; one VID's sub-interface deleted
-/// comes back, and the trunk's readiness follows a VID that cannot be made.
+/// VLAN has a host on the switch side), an access portgroup on 100, a trunk
+/// portgroup `100-110,200` with native VLAN 300, and an untagged portgroup on a
+/// second uplink `eth2` (a legacy host on the switch's untagged side). A
+/// firewall on the trunk tags its own VLANs and reaches the host on each listed
+/// one; its untagged frames are VLAN 300's, and a frame it tags 300 (not in the
+/// list) reaches nobody, not even double-tagged on VLAN 300; a QinQ frame from
+/// the wire on VLAN 300 never reaches it as VLAN 100; an access VM on 100
+/// reaches the firewall's VLAN 100 address; the untagged portgroup is refused,
+/// with its reason, while eth2 holds an address, then carries untagged traffic
+/// from a VM to the legacy host; one VID's sub-interface deleted comes back,
+/// and the trunk's readiness follows a VID that cannot be made.
 #[test]
 #[ignore = "needs 802.1Q: hack/test.sh runs it in the test VM"]
 fn trunk_portgroup_carries_exactly_its_vlans() {
@@ -334,17 +340,55 @@ fn trunk_portgroup_carries_exactly_its_vlans() {
         lab.switch.ip(&["addr", "add", host, "dev", &name]);
         lab.switch.ip(&["link", "set", &name, "up"]);
     }
+    // The second uplink: eth2, untagged to the switch's sw1 (a legacy host at
+    // 10.9.0.1), holding an address of the node's own for now.
+    crate::common::sh(&[
+        "ip",
+        "link",
+        "add",
+        "name",
+        "eth2",
+        "netns",
+        &lab.node.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "sw1",
+        "netns",
+        &lab.switch.name,
+    ]);
+    lab.switch.ip(&["addr", "add", "10.9.0.1/24", "dev", "sw1"]);
+    lab.switch.ip(&["link", "set", "sw1", "up"]);
+    lab.node.ip(&["addr", "add", "192.0.2.7/24", "dev", "eth2"]);
+    lab.node.ip(&["link", "set", "eth2", "up"]);
     lab.write_config(
         r#"{"uplink": "eth1", "portgroups": [
             {"name": "web", "vlan": 100},
-            {"name": "fw", "trunk": "100-110,200"}]}"#,
+            {"name": "fw", "trunk": "100-110,200", "nativeVlan": 300},
+            {"name": "vm-network", "untagged": true, "uplink": "eth2"}]}"#,
     );
     let daemon = lab.start(&["--listen", "127.0.0.1:9764"]);
-    let state = lab.wait_state(Duration::from_secs(120), "all ready", all_ready);
+    let state = lab.wait_state(Duration::from_secs(120), "web and fw ready", |s| {
+        s.portgroups.len() == 3 && s.portgroups[..2].iter().all(|p| p.ready)
+    });
     let fw = &state.portgroups[1];
     assert_eq!(fw.mode, PortgroupMode::Trunk);
     assert_eq!(fw.trunk.as_deref(), Some("100-110,200"));
     assert_eq!(fw.bridge, trunk_bridge_name("eth1", "fw"));
+    // The untagged portgroup on eth2: refused while eth2 holds the node's address.
+    let untagged = &state.portgroups[2];
+    assert!(!untagged.ready);
+    let reason = untagged.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.starts_with("uplink eth2 holds IP addresses (192.0.2.7/24): an untagged portgroup makes it a bridge port"),
+        "{reason}"
+    );
+    assert_eq!(
+        lab.node.link("eth2").and_then(|l| l.master),
+        None,
+        "eth2 untouched"
+    );
 
     // The firewall: one port on the trunk bridge, its own VLAN interfaces inside.
     let firewall = Netns::new("fw");
@@ -389,15 +433,108 @@ fn trunk_portgroup_carries_exactly_its_vlans() {
     for host in ["10.100.0.1", "10.110.0.1", "10.200.0.1"] {
         assert!(reaches(&firewall, host), "the firewall reaches {host}");
     }
-    let before = rx_packets(&lab.switch, "sw0.300");
+    // VLAN 300 is the trunk's native VLAN, not in its list: a frame the
+    // firewall tags 300 reaches nobody, and never leaves double-tagged inside
+    // VLAN 300, where the switch's QinQ sub-interface sw0.300.300 would take it
+    // (VLAN 300 itself now carries the firewall's untagged frames).
+    let guard_drops = || {
+        lab.node
+            .run(portgroup::portsec::native_guard_drops)
+            .expect("guard counter")
+    };
+    lab.switch.ip(&[
+        "link",
+        "add",
+        "link",
+        "sw0.300",
+        "name",
+        "sw0.300.300",
+        "type",
+        "vlan",
+        "id",
+        "300",
+    ]);
+    lab.switch.ip(&["link", "set", "sw0.300.300", "up"]);
+    let (before, dropped) = (rx_packets(&lab.switch, "sw0.300.300"), guard_drops());
     assert!(
         !pings(&firewall, "10.30.0.1"),
-        "VLAN 300 is not in the trunk: nothing passes"
+        "VLAN 300 is not in the trunk: nothing tagged 300 passes"
     );
     assert_eq!(
-        rx_packets(&lab.switch, "sw0.300"),
+        rx_packets(&lab.switch, "sw0.300.300"),
         before,
-        "no frame tagged 300 left the node"
+        "no frame tagged 300 left the node, not even inside VLAN 300"
+    );
+    assert!(
+        guard_drops() > dropped,
+        "the native VLAN's guard dropped them"
+    );
+    // Untagged frames of the firewall are VLAN 300's.
+    firewall.ip(&["link", "del", "net1.300"]);
+    firewall.ip(&["addr", "add", "10.30.0.5/24", "dev", "net1"]);
+    assert!(
+        reaches(&firewall, "10.30.0.1"),
+        "untagged = the native VLAN 300"
+    );
+    // A QinQ frame from the wire on VLAN 300 (VLAN 100 inside) never reaches
+    // the firewall as VLAN 100: it would learn the sender's address.
+    lab.switch.ip(&[
+        "link",
+        "add",
+        "link",
+        "sw0.300",
+        "name",
+        "sw0.300.100",
+        "type",
+        "vlan",
+        "id",
+        "100",
+    ]);
+    lab.switch
+        .ip(&["addr", "add", "10.100.0.77/32", "dev", "sw0.300.100"]);
+    lab.switch.ip(&["link", "set", "sw0.300.100", "up"]);
+    // Only this probe goes that way; the link's removal takes the route along.
+    lab.switch
+        .ip(&["route", "add", "10.100.0.5/32", "dev", "sw0.300.100"]);
+    let dropped = guard_drops();
+    let _ = lab.switch.exec(&[
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "1",
+        "-I",
+        "sw0.300.100",
+        "10.100.0.5",
+    ]);
+    assert!(guard_drops() > dropped, "the guard dropped the QinQ frames");
+    let neigh = firewall.ip(&["neigh", "show", "10.100.0.77"]);
+    assert!(
+        neigh.trim().is_empty(),
+        "the firewall heard VLAN 300's QinQ as VLAN 100: {neigh}"
+    );
+    lab.switch.ip(&["link", "del", "sw0.300.100"]);
+
+    // The untagged portgroup on the second uplink: without the node's address
+    // on eth2 it is ready and passes untagged traffic to the legacy host.
+    lab.node.ip(&["addr", "flush", "dev", "eth2"]);
+    let state = lab.wait_state(Duration::from_secs(60), "untagged ready", all_ready);
+    let legacy_vm = Netns::new("legacy-vm");
+    attach(
+        &lab,
+        &legacy_vm,
+        &state.portgroups[2].bridge,
+        "pg0000000000b1",
+        "eth0",
+    );
+    legacy_vm.ip(&["addr", "add", "10.9.0.20/24", "dev", "eth0"]);
+    assert!(
+        reaches(&legacy_vm, "10.9.0.1"),
+        "a VM on the untagged portgroup reaches the legacy host on eth2's untagged network"
+    );
+    assert_eq!(
+        lab.node.link("eth2").and_then(|l| l.master).as_deref(),
+        Some(state.portgroups[2].bridge.as_str())
     );
 
     // QinQ from the firewall (VLAN 300 inside its VLAN 100) is dropped at its port.

@@ -21,3 +21,4 @@ mod daemon_vlan;
 mod handover_netns;
 mod portsec_netns;
 mod release_versions;
+mod trunk_native_guard;

@@ -161,7 +161,7 @@ pub fn html(plan: &Plan) -> String {
         esc(&vlan_list(vlans.iter().copied())),
         esc(&plan.options.uplink)
     );
-    o.push_str("<p>Rows are VLANs, columns vSphere clusters; a cell counts the planned NICs of that cluster's VMs on that VLAN. The nodes that run a cluster's VMs must carry every VLAN in its column.</p>\n");
+    o.push_str("<p>Rows are VLANs, columns vSphere clusters; a cell counts the planned NICs of that cluster's VMs on that VLAN (a trunk NIC on each VLAN of its trunk; untagged NICs need no VLAN). The nodes that run a cluster's VMs must carry every VLAN in its column.</p>\n");
     o.push_str(
         "<table class=\"matrix\" id=\"vlan-matrix\"><thead><tr><th>VLAN</th><th>Portgroup</th>",
     );
@@ -170,16 +170,18 @@ pub fn html(plan: &Plan) -> String {
     }
     o.push_str("</tr></thead><tbody>\n");
     for vlan in &vlans {
+        // The access portgroup of the VLAN, and every trunk that lists it.
         let name = plan
             .portgroups
             .iter()
-            .find(|p| p.vlan == *vlan)
+            .filter(|p| p.vids().contains(vlan))
             .map(|p| p.name.as_str())
-            .unwrap_or("");
+            .collect::<Vec<_>>()
+            .join(", ");
         let _ = write!(
             o,
             "<tr><th class=\"vlan\">{vlan}</th><td class=\"mono\">{}</td>",
-            esc(name)
+            esc(&name)
         );
         for counts in plan.clusters.values() {
             match counts.get(vlan) {
@@ -272,7 +274,7 @@ pub fn html(plan: &Plan) -> String {
             o,
             "<tr><td class=\"mono\">{}</td><td class=\"num\">{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
             esc(&pg.name),
-            pg.vlan,
+            esc(&pg.vlan_cell()),
             esc(&pg.vsphere.join(", ")),
             pg.nics,
             pg.reservations.len(),

@@ -12,6 +12,8 @@ mod report;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use portgroup::nodeconfig::Segment;
+
 use crate::plan::{MapSource, Plan, PlannedPortgroup, PlannedVm};
 
 /// Which reports to write; the manifests are always written.
@@ -103,12 +105,25 @@ pub fn node_config(plan: &Plan) -> String {
     out.push_str("  \"portgroups\": [");
     for (i, pg) in plan.portgroups.iter().enumerate() {
         out.push_str(if i == 0 { "\n" } else { ",\n" });
-        let _ = write!(
-            out,
-            "    {{\n      \"name\": {},\n      \"vlan\": {}",
-            q(&pg.name),
-            pg.vlan
-        );
+        let _ = write!(out, "    {{\n      \"name\": {},\n      ", q(&pg.name));
+        // The segment in the validator's own words: `vlan`, `trunk` (the
+        // VidSet's canonical spec) or `untagged`.
+        match &pg.segment {
+            Segment::Access(vid) => {
+                let _ = write!(out, "\"vlan\": {vid}");
+            }
+            Segment::Trunk { vids, native } => {
+                let _ = write!(out, "\"trunk\": {}", q(&vids.to_string()));
+                if let Some(native) = native {
+                    let _ = write!(out, ",\n      \"nativeVlan\": {native}");
+                }
+            }
+            Segment::Untagged => out.push_str("\"untagged\": true"),
+        }
+        if let Some(uplink) = &pg.uplink {
+            let _ = write!(out, ",\n      \"uplink\": {}", q(uplink));
+        }
+        let trunk = matches!(pg.segment, Segment::Trunk { .. });
         if !pg.reservations.is_empty() {
             out.push_str(",\n      \"reservations\": [");
             for (j, r) in pg.reservations.iter().enumerate() {
@@ -119,11 +134,16 @@ pub fn node_config(plan: &Plan) -> String {
                     .map(|a| q(&a.to_string()))
                     .collect::<Vec<_>>()
                     .join(", ");
-                let _ = write!(
-                    out,
-                    "        {{ \"mac\": {}, \"ips\": [{ips}] }}",
-                    q(&r.mac.to_string())
-                );
+                // A trunk portgroup reserves MACs only.
+                if trunk {
+                    let _ = write!(out, "        {{ \"mac\": {} }}", q(&r.mac.to_string()));
+                } else {
+                    let _ = write!(
+                        out,
+                        "        {{ \"mac\": {}, \"ips\": [{ips}] }}",
+                        q(&r.mac.to_string())
+                    );
+                }
             }
             out.push_str("\n      ]");
         }
@@ -164,11 +184,17 @@ fn nad(plan: &Plan, pg: &PlannedPortgroup) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "# vSphere port group(s) {} on VLAN {}: {} NIC(s) planned.",
+        "# vSphere port group(s) {}, {}: {} NIC(s) planned.",
         pg.vsphere.join(", "),
-        pg.vlan,
+        pg.describe(),
         pg.nics
     );
+    if let Segment::Trunk { vids, .. } = &pg.segment {
+        let _ = writeln!(
+            out,
+            "# A trunk: the VM's interface carries 802.1Q-tagged frames of VLANs {vids}; the guest configures its own VLAN interfaces."
+        );
+    }
     if !pg.spoof_check {
         out.push_str("# spoofCheck is off: vSphere accepted forged transmits or MAC changes on this port group.\n");
     }
@@ -184,8 +210,14 @@ fn nad(plan: &Plan, pg: &PlannedPortgroup) -> String {
     }
     out.push_str("  labels:\n    app.kubernetes.io/part-of: portgroup\n");
     out.push_str("spec:\n  config: |\n");
+    // A trunk port has no addresses of its own on the node's side: the guest's
+    // are on its VLANs.
+    let capabilities = match pg.segment {
+        Segment::Trunk { .. } => "{ \"mac\": true }",
+        _ => "{ \"mac\": true, \"ips\": true }",
+    };
     let config = format!(
-        "{{\n  \"cniVersion\": \"1.0.0\",\n  \"name\": {},\n  \"type\": \"portgroup\",\n  \"portgroup\": {},\n  \"capabilities\": {{ \"mac\": true, \"ips\": true }},\n  \"spoofCheck\": {}\n}}\n",
+        "{{\n  \"cniVersion\": \"1.0.0\",\n  \"name\": {},\n  \"type\": \"portgroup\",\n  \"portgroup\": {},\n  \"capabilities\": {capabilities},\n  \"spoofCheck\": {}\n}}\n",
         q(&pg.name),
         q(&pg.name),
         pg.spoof_check

@@ -21,6 +21,7 @@ pub(crate) fn advice(kind: FindingKind) -> &'static str {
         FindingKind::UnsupportedPortgroup => "These NICs are left out of the plan: move them to an access port group on vSphere, or attach them by hand.",
         FindingKind::InsecurePortgroup => "Confirm that the relaxed policy is still needed (VRRP, nested hypervisors); spoofCheck is off on the NAD when MAC changes or forged transmits were accepted.",
         FindingKind::InconsistentVlan => "Fix the port group on vSphere, or apply the VM stanzas (vms/) which carry each VM's own VLAN.",
+        FindingKind::TrunkVlans => "Have the network team confirm the VLANs the guests tag (and that the nodes' uplink trunks them); edit the portgroup's trunk list in node-config.json before applying it.",
     }
 }
 
@@ -163,7 +164,7 @@ pub fn markdown(plan: &Plan) -> String {
             "| {} | {} | {} |",
             cell(cluster),
             vlan_list(vlans.keys().copied()),
-            vlans.values().sum::<usize>()
+            plan.cluster_nics.get(cluster).copied().unwrap_or(0)
         );
     }
     out.push('\n');
@@ -175,7 +176,7 @@ pub fn markdown(plan: &Plan) -> String {
             out,
             "| `{}` | {} | {} | {} | {} | {} |",
             pg.name,
-            pg.vlan,
+            cell(&pg.vlan_cell()),
             cell(&pg.vsphere.join(", ")),
             pg.nics,
             pg.reservations.len(),

@@ -206,7 +206,8 @@ pub fn realistic() -> Estate {
         dmz_hosts[0],
         vec![NicRow::new("DV-Promisc", &mac(0x701), "10.1.220.11")],
     ));
-    // Port groups this release does not plan.
+    // VLAN 0, 4095 and a trunk range (planned as untagged and trunk
+    // portgroups) and a private VLAN (not planned).
     vms.push(vm(
         "untagged01",
         PROD,
@@ -308,10 +309,8 @@ pub const EXPECTED_FINDINGS: &[(&str, &str)] = &[
     ("disconnected-nic", "00:50:56:81:0a:11"),
     ("nic-without-network", "nonet01"),
     ("template", "tmpl-rhel9"),
-    ("unsupported-portgroup", "VM Network"),
-    ("unsupported-portgroup", "Guest-Trunk"),
-    ("unsupported-portgroup", "DV-Trunk"),
     ("unsupported-portgroup", "DV-PVLAN"),
+    ("trunk-vlans", "Guest-Trunk"),
     ("insecure-portgroup", "DMZ-VRRP"),
     ("insecure-portgroup", "DV-Promisc"),
     ("inconsistent-vlan", "Legacy-App"),

@@ -5,6 +5,8 @@
 # under Multus sends it). The VM keeps its vSphere MAC and IP and reaches its
 # neighbour on VLAN 100; its reservation's port security holds (a forged
 # source IP and a forged MAC are dropped); the VLAN 200 VM stays on VLAN 200.
+# A firewall on a distributed trunk port group (VLANs 100 and 200) is planned as
+# a trunk portgroup: it tags its own VLANs and reaches both legacy hosts.
 # Needs 802.1Q (VLAN sub-interfaces): run it in the test VM:
 #   cargo build -p portgroupd -p portgroup -p portgroupctl   (BIN_DIR=target/debug)
 #   hack/vm.sh ctl/tests/lab/plan_lab.sh
@@ -26,7 +28,7 @@ for bin in "$CTL" "$BIN_DIR/portgroupd" "$BIN_DIR/portgroup"; do
     [[ -x $bin ]] || fail "$bin is not built"
 done
 
-VM_MAC=00:50:56:81:00:21 VM_IP=10.10.100.31 DB_MAC=00:50:56:81:00:22
+VM_MAC=00:50:56:81:00:21 VM_IP=10.10.100.31 DB_MAC=00:50:56:81:00:22 FW_MAC=00:50:56:81:00:23
 export_dir=$LAB_DIR/export plan=$LAB_DIR/plan
 mkdir -p "$export_dir"
 # An "Export all to CSV" as RVTools writes it: BOM, ';' (a German locale), quoted
@@ -36,6 +38,7 @@ csv >"$export_dir/RVTools_tabvNetwork.csv" <<ROWS
 VM;Powerstate;Template;NIC label;Network;Switch;Connected;Starts Connected;Mac Address;Type;IPv4 Address;IPv6 Address;Annotation;Owner;Datacenter;Cluster;Host;VI SDK Server
 app-web;poweredOn;False;Network adapter 1;Prod-Web;vSwitch0;True;True;${VM_MAC^^};assigned;$VM_IP, fe80::250:56ff:fe81:21;;;ops;DC1;Lab;esx01;vc-lab
 app-db;poweredOn;False;Network adapter 1;DB;dvSwitch;True;True;$DB_MAC;assigned;10.10.200.31;;;ops;DC1;Lab;esx01;vc-lab
+fw01;poweredOn;False;Network adapter 1;FW-Trunk;dvSwitch;True;True;$FW_MAC;assigned;10.10.100.41, 10.10.200.41;;;ops;DC1;Lab;esx01;vc-lab
 ROWS
 csv >"$export_dir/RVTools_tabvPort.csv" <<ROWS
 Host;Datacenter;Cluster;Port Group;Switch;VLAN;Promiscuous Mode;Mac Changes;Forged Transmits
@@ -44,6 +47,7 @@ ROWS
 csv >"$export_dir/RVTools_tabdvPort.csv" <<ROWS
 Port;Switch;VLAN;Allow Promiscuous;Mac Changes;Forged Transmits;Object ID
 DB;dvSwitch;200;False;False;False;dvportgroup-200
+FW-Trunk;dvSwitch;100,200;False;False;False;dvportgroup-300
 ROWS
 
 "$CTL" plan --rvtools "$export_dir" --out "$plan" --uplink eth1 --namespace vms
@@ -51,6 +55,14 @@ ROWS
 grep -q "\"mac\": \"$VM_MAC\", \"ips\": \[\"$VM_IP\"\]" "$plan/node-config.json" ||
     fail "the plan does not reserve $VM_MAC with $VM_IP: $(cat "$plan/node-config.json")"
 pass "planned: prod-web (VLAN 100) reserves $VM_MAC with $VM_IP (link-local left out)"
+python3 - "$plan/node-config.json" "$FW_MAC" <<'PY' || fail "the trunk is not planned as a trunk portgroup: $(cat "$plan/node-config.json")"
+import json, sys
+pgs = {p["name"]: p for p in json.load(open(sys.argv[1]))["portgroups"]}
+fw = pgs["fw-trunk"]
+assert fw["trunk"] == "100,200", fw
+assert fw["reservations"] == [{"mac": sys.argv[2]}], fw
+PY
+pass "planned: fw-trunk is a trunk portgroup (trunk: \"100,200\"), reserving the firewall's MAC only"
 
 lab_up_switch
 lab_up_node a
@@ -113,5 +125,22 @@ lab_cni a ADD db net1 "$(nad_conf db "$DB_MAC")" >/dev/null || fail "ADD db with
 ip -n pgl-vm-db-a addr add 10.10.200.31/24 dev net1
 ip netns exec pgl-vm-db-a ping -c 3 -i 0.2 -W 1 10.10.200.1 >/dev/null || fail "the db VM cannot reach VLAN 200"
 pass "the db VM reaches VLAN 200 through the planned db portgroup"
+
+# The planned trunk: the firewall tags its own VLANs on the planned NAD's port.
+for i in $(seq 1 100); do
+    python3 -c 'import json, sys; s = json.load(open(sys.argv[1])); sys.exit(0 if any(p["name"] == "fw-trunk" and p["ready"] for p in s["portgroups"]) else 1)' \
+        "$LAB_DIR/node-a/run/state.json" && break
+    sleep 0.1
+done
+lab_vm fw a
+lab_cni a ADD fw net1 "$(nad_conf fw-trunk "$FW_MAC")" >/dev/null || fail "ADD fw with the planned trunk NAD"
+for vid in 100 200; do
+    ip -n pgl-vm-fw-a link add link net1 name "net1.$vid" type vlan id "$vid"
+    ip -n pgl-vm-fw-a addr add "10.10.$vid.41/24" dev "net1.$vid"
+    ip -n pgl-vm-fw-a link set "net1.$vid" up
+done
+ip netns exec pgl-vm-fw-a ping -c 3 -i 0.2 -W 1 10.10.100.1 >/dev/null || fail "the firewall cannot reach VLAN 100 through the planned trunk"
+ip netns exec pgl-vm-fw-a ping -c 3 -i 0.2 -W 1 10.10.200.1 >/dev/null || fail "the firewall cannot reach VLAN 200 through the planned trunk"
+pass "the firewall on the planned trunk portgroup reaches VLAN 100 and VLAN 200 with its own tags"
 lab_cni a DEL web net1 "$web_conf" || fail "DEL"
 pass "planned VM end to end"

@@ -99,14 +99,14 @@ fn create_from_nothing_then_idempotent() {
         [
             "create-vlan",
             "create-bridge",
-            "controller",
-            "up",
-            "up", // prod-web
+            "controller", // prod-web
             "create-vlan",
             "create-bridge",
-            "controller",
+            "controller", // db
             "up",
-            "up", // db
+            "up",
+            "up",
+            "up", // every link up last
         ]
     );
     assert!(first.portgroups.iter().all(|s| !s.ready));
@@ -637,7 +637,7 @@ fn trunk_drift_of_one_vid_is_repaired_and_readiness_follows() {
         (
             "the bridge of VID 107 (the trunk's sub-interface is freed)",
             bridge_name("eth1", 107),
-            &["create-bridge", "controller", "up", "controller"],
+            &["create-bridge", "controller", "controller", "up"],
         ),
     ];
     for (what, name, want) in cases {
@@ -960,10 +960,61 @@ fn applying_a_trunk_looks_each_link_up_once() {
     // each named by several steps, looked up once.
     assert_eq!(lookups, 303);
     let requests = k.calls.len() - lookups;
+    let bridges = p
+        .steps
+        .iter()
+        .filter(|s| matches!(s.op, Operation::CreateBridge { .. }))
+        .count();
+    assert_eq!(bridges, 101);
     assert_eq!(
         requests,
-        p.steps.len() + 303,
-        "one request per step, plus the alias of each link made"
+        p.steps.len() + 303 + bridges,
+        "one request per step, plus the alias of each link made and the MTU of each bridge made"
+    );
+}
+
+/// The feed joins the native VLAN's bridge only behind the guard that keeps
+/// tagged frames off it: without the guard the feed leaves that bridge (or never
+/// joins it) and the trunk says why; with it back, the feed joins again.
+#[test]
+fn native_vlan_waits_for_the_guard() {
+    let links = host();
+    let native = config(
+        r#"{"uplink": "eth1", "portgroups": [
+            {"name": "fw", "trunk": "100,200", "nativeVlan": 300}]}"#,
+    );
+    converge(&links, &native);
+    let feed = trunk_feed_name("eth1", "fw");
+    let native_bridge = link(&links, &bridge_name("eth1", 300)).index;
+    assert_eq!(link(&links, &feed).controller, Some(native_bridge));
+
+    let unguarded = |links: &FakeLinks| {
+        let mut observed = links.0.borrow().observed();
+        observed.native_guard_failure = Some("no nf_tables bridge family".into());
+        plan(&native, NODE, None, &observed)
+    };
+    let p = unguarded(&links);
+    assert_eq!(ops(&p), vec![format!("detach {feed} from its bridge")]);
+    let fw = status(&p, "fw");
+    assert!(!fw.ready);
+    assert_eq!(
+        fw.reason.as_deref(),
+        Some("nativeVlan 300: untagged frames are not carried until tagged ones can be kept off VLAN 300's bridge: no nf_tables bridge family")
+    );
+    block_on(apply(&links, &p.steps));
+    let p = unguarded(&links);
+    assert!(p.steps.is_empty(), "{:?}", ops(&p));
+    assert_eq!(link(&links, &feed).controller, None);
+    // The VIDs' paths and sub-interfaces stay: tagged traffic is not concerned.
+    assert_trunk_whole(&links, "fw", &[100, 200]);
+
+    let p = plan_on(&links, &native, None);
+    assert_eq!(
+        ops(&p),
+        vec![format!(
+            "attach {feed} to bridge {}",
+            bridge_name("eth1", 300)
+        )]
     );
 }
 
