@@ -430,3 +430,56 @@ fn removed_portgroup_drains_until_its_last_vm_port_leaves() {
     assert!(!lab.node.has_link(&db_bridge), "torn down once empty");
     assert!(lab.node.has_link(&bridge_name("eth1", 100)));
 }
+
+/// An admin's bridges whose aliases only start like portgroupd's mark: never
+/// re-marked, remade or deleted, whatever their names, over a long-running
+/// daemon's reconciles and resyncs.
+#[test]
+fn the_daemon_leaves_an_admin_bridge_with_alias_portgroup_reserved_alone() {
+    let lab = DaemonLab::new();
+    let admin = [
+        ("br-admin".to_string(), "portgroup: reserved"),
+        // The name of prod-web's VLAN interface, on a bridge: the wrong kind for it.
+        (
+            portgroup::naming::vlan_interface_name("eth1", 100),
+            "portgroup: reserved",
+        ),
+        // Words that parse, but not as the daemon writes them, on a name no
+        // portgroup wants: it would pass for a stale portgroup's bridge.
+        (
+            bridge_name("eth1", 300),
+            "portgroup:bridge old uplink=eth1 vlan=300 (kept by the network team)",
+        ),
+    ];
+    for (name, alias) in &admin {
+        lab.node
+            .ip(&["link", "add", "name", name, "type", "bridge"]);
+        lab.node.ip(&["link", "set", name, "alias", alias, "up"]);
+    }
+    let before: Vec<_> = admin
+        .iter()
+        .map(|(name, _)| lab.node.link(name).expect("admin bridge"))
+        .collect();
+    lab.write_config(ONE_PG);
+    let _daemon = lab.start(&["--listen", "127.0.0.1:9752", "--resync", "1"]);
+    let state = lab.wait_state(Duration::from_secs(30), "a few resyncs", |s| {
+        s.portgroups.first().is_some_and(|p| p.reason.is_some())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let reason = state.portgroups[0].reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("interface {} exists and is not owned", admin[1].0)),
+        "{reason}"
+    );
+    for ((name, alias), was) in admin.iter().zip(&before) {
+        let now = lab
+            .node
+            .link(name)
+            .unwrap_or_else(|| panic!("{name} deleted"));
+        assert_eq!(now.ifindex, was.ifindex, "{name} remade");
+        assert_eq!(now.ifalias.as_deref(), Some(*alias), "{name} re-marked");
+        assert!(now.is_up(), "{name}");
+    }
+    // Nothing of prod-web's path is made while one of its names is taken.
+    assert!(!lab.node.has_link(&bridge_name("eth1", 100)));
+}
