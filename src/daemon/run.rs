@@ -110,11 +110,11 @@ pub async fn run(opts: Options) -> Result<i32, String> {
             reconciler.publish_config_errors(&source);
             return Ok(EXIT_CONFIG_INVALID);
         }
-        let outcome = reconciler
+        reconciler
             .reconcile(&source, true)
             .await
             .map_err(|e| format!("reading the node's links: {e}"))?;
-        if let Some(state) = outcome.state {
+        if let Some(state) = &reconciler.previous {
             for pg in &state.portgroups {
                 match (&pg.ready, &pg.reason) {
                     (true, _) => tracing::info!(portgroup = %pg.name, bridge = %pg.bridge, "ready"),
@@ -317,7 +317,11 @@ async fn serve(
                     metrics.ready.store(true, Relaxed);
                 }
                 reconcile_backoff.succeeded();
-                if let Some(state) = &outcome.state {
+                if let Some(state) = reconciler
+                    .previous
+                    .as_ref()
+                    .filter(|_| outcome.state_changed)
+                {
                     metrics.set_portgroup_ready(&state.portgroups);
                     let now: BTreeMap<String, bool> = state
                         .portgroups

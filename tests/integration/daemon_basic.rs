@@ -31,7 +31,20 @@ fn once_with_missing_uplink_reports_it() {
     assert!(state.config_errors.is_empty());
     // Nothing was made without the uplink.
     assert_eq!(lab.node.links().len(), 1, "only lo");
-    // A second run goes on counting.
+    // A second run that changes nothing writes nothing: same generation, same file.
+    let inode = |p: &std::path::Path| {
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).expect("state file"))
+    };
+    let before = inode(&lab.run_dir().join("state.json"));
+    assert!(lab.once().status.success());
+    assert_eq!(lab.state().map(|s| s.generation), Some(1));
+    assert_eq!(
+        inode(&lab.run_dir().join("state.json")),
+        before,
+        "rewritten"
+    );
+    // A change goes on counting.
+    lab.write_config(&ONE_PG.replace("prod-web", "prod-app"));
     assert!(lab.once().status.success());
     assert_eq!(lab.state().map(|s| s.generation), Some(2));
 }
@@ -482,4 +495,55 @@ fn the_daemon_leaves_an_admin_bridge_with_alias_portgroup_reserved_alone() {
     }
     // Nothing of prod-web's path is made while one of its names is taken.
     assert!(!lab.node.has_link(&bridge_name("eth1", 100)));
+}
+
+/// `/readyz` is 503 while the node state cannot be written (here: the run dir
+/// mounted read-only in the daemon's own mount namespace), and 200 again once a
+/// retry gets through; the state then holds what changed meanwhile.
+#[test]
+fn readyz_is_503_while_the_node_state_cannot_be_written() {
+    let lab = DaemonLab::new();
+    lab.write_config(ONE_PG);
+    std::fs::create_dir_all(lab.run_dir()).expect("run dir");
+    let daemon = lab.start(&["--listen", "127.0.0.1:9753", "--resync", "3600"]);
+    let readyz = || http_get(&lab.node, 9753, "/readyz").map(|r| r.0);
+    let wait_readyz = |want: u16| {
+        crate::common::wait_until(Duration::from_secs(30), &format!("/readyz {want}"), || {
+            match readyz() {
+                Some(code) if code == want => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+    };
+    wait_readyz(200);
+    let run = lab.run_dir().display().to_string();
+    let pid = daemon.child.id().to_string();
+    let in_daemon_mounts = |script: &str| {
+        crate::common::sh(&["nsenter", "-t", &pid, "-m", "--", "sh", "-ec", script]);
+    };
+    in_daemon_mounts(&format!(
+        "mount --bind '{run}' '{run}' && mount -o remount,bind,ro '{run}'"
+    ));
+
+    // Something to publish: another portgroup.
+    lab.write_config(
+        r#"{"uplink": "eth1", "portgroups": [{"name": "prod-web", "vlan": 100}, {"name": "db", "vlan": 200}]}"#,
+    );
+    wait_readyz(503);
+    let (_, metrics) = http_get(&lab.node, 9753, "/metrics").expect("metrics");
+    assert!(
+        metrics.contains("portgroupd_state_write_failing 1"),
+        "{metrics}"
+    );
+    assert_eq!(lab.state().map(|s| s.portgroups.len()), Some(1));
+    assert!(
+        daemon.log().contains("writing node state under"),
+        "{}",
+        daemon.log()
+    );
+
+    in_daemon_mounts(&format!("umount '{run}'"));
+    wait_readyz(200);
+    let state = lab.state().expect("state");
+    assert_eq!(state.portgroups.len(), 2, "{state:?}");
 }
