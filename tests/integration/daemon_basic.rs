@@ -508,7 +508,7 @@ fn readyz_is_503_while_the_node_state_cannot_be_written() {
     let daemon = lab.start(&["--listen", "127.0.0.1:9753", "--resync", "3600"]);
     let readyz = || http_get(&lab.node, 9753, "/readyz").map(|r| r.0);
     let wait_readyz = |want: u16| {
-        crate::common::wait_until(Duration::from_secs(30), &format!("/readyz {want}"), || {
+        crate::common::wait_until(Duration::from_secs(30), format!("/readyz {want}"), || {
             match readyz() {
                 Some(code) if code == want => Ok(()),
                 other => Err(format!("{other:?}")),
