@@ -37,6 +37,15 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("pg{:012x}", hash >> 16)
 }
 
+/// Whether `name` is one [`host_veth_name`] gives.
+pub fn is_host_veth_name(name: &str) -> bool {
+    name.len() == 14
+        && name.starts_with("pg")
+        && name[2..]
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// 16 hex digits (64 bits) naming one (container ID, ifname) pair, for file names
 /// that must stay short whatever the container ID's length.
 pub fn attachment_tag(container_id: &str, ifname: &str) -> String {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod deviceplugin;
 pub mod gc;
 pub mod http;
+pub mod interest;
 pub mod metrics;
 pub mod planner;
 pub mod reconcile;

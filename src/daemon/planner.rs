@@ -210,6 +210,8 @@ pub struct Plan {
     /// (a trunk on the VLAN paths an access portgroup owns): a failure of
     /// theirs is the dependent's reason too.
     pub depends_on: BTreeMap<String, BTreeSet<String>>,
+    /// Every link name the configured portgroups want on this node.
+    pub wanted: HashSet<String>,
 }
 
 impl Plan {
@@ -431,6 +433,7 @@ pub fn plan(
     let desired: HashSet<String> = claims.into_keys().collect();
 
     let draining = plan_stale(&view, &desired, previous, &mut plan);
+    plan.wanted = desired;
 
     let mut uplinks_up: HashSet<&str> = HashSet::new();
     let mut path_results: HashMap<(&str, u16), Result<usize, String>> = HashMap::new();

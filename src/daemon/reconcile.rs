@@ -10,8 +10,9 @@ use super::applier::{apply_holding, LinkError, Links};
 use super::backoff::Backoff;
 use super::config::ConfigSource;
 use super::gc;
+use super::interest::Interest;
 use super::metrics::Metrics;
-use super::planner::{plan, Plan};
+use super::planner::{plan, Observed, Plan};
 use crate::paths::{rfc3339, RunDir};
 use crate::state::{NodeState, PortgroupState};
 
@@ -33,6 +34,8 @@ pub struct Reconciler<L> {
     publish_failed: bool,
     publish_backoff: Backoff,
     publish_retry: Option<Instant>,
+    /// What the last pass read, for the event filter (taken by the main loop).
+    pub interest: Option<Interest>,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +87,7 @@ impl<L: Links> Reconciler<L> {
             publish_failed: false,
             publish_backoff: Backoff::new(HOLD_MIN, HOLD_MAX),
             publish_retry: None,
+            interest: None,
         }
     }
 
@@ -132,12 +136,13 @@ impl<L: Links> Reconciler<L> {
         let mut observed = self.links.dump().await?;
         let first = plan(config, &self.node, self.previous.as_ref(), &observed);
         let mut outcome = Outcome::default();
-        let mut verified = first.clone();
         let mut failures = Vec::new();
         let now = Instant::now();
         let planned: HashSet<String> = first.steps.iter().map(|s| s.op.to_string()).collect();
         self.held.retain(|op, _| planned.contains(op));
-        if !first.steps.is_empty() {
+        let verified = if first.steps.is_empty() {
+            first
+        } else {
             let holding: HashMap<String, String> = self
                 .held
                 .iter()
@@ -166,9 +171,11 @@ impl<L: Links> Reconciler<L> {
             }
             failures = applied.failures;
             // What was really made, not what the plan hoped for.
+            drop(first);
             observed = self.links.dump().await?;
-            verified = plan(config, &self.node, self.previous.as_ref(), &observed);
-        }
+            plan(config, &self.node, self.previous.as_ref(), &observed)
+        };
+        self.interest = Some(Interest::of(config, &self.node, &observed, &verified));
         let dependencies = Plan {
             depends_on: verified.depends_on.clone(),
             ..Plan::default()
@@ -187,23 +194,8 @@ impl<L: Links> Reconciler<L> {
             }
         }
         if collect {
-            let report = gc::collect(
-                &observed,
-                &self.run_dir.attachments_dir(),
-                SystemTime::now(),
-                gc::MIN_AGE,
-            );
-            for e in &report.errors {
-                tracing::warn!("garbage collection: {e}");
-            }
-            self.metrics
-                .errors
-                .fetch_add(report.errors.len() as u64, Relaxed);
-            self.metrics.gc_removed.fetch_add(report.removed, Relaxed);
-            self.metrics
-                .attachments
-                .store(report.remaining as u64, Relaxed);
-            self.gc_due = report.next_due.map(|d| Instant::now() + d);
+            self.gc_due = collect_garbage(&observed, &self.run_dir, &self.metrics)
+                .map(|d| Instant::now() + d);
         }
         let (ready, draining) = (
             portgroups.iter().filter(|p| p.ready).count(),
@@ -285,6 +277,30 @@ impl<L: Links> Reconciler<L> {
         self.previous = Some(state);
         changed
     }
+}
+
+/// One garbage collection over `observed`, logged and counted; when to collect
+/// again for a young record that looks dead.
+pub fn collect_garbage(
+    observed: &Observed,
+    run_dir: &RunDir,
+    metrics: &Metrics,
+) -> Option<Duration> {
+    let report = gc::collect(
+        observed,
+        &run_dir.attachments_dir(),
+        SystemTime::now(),
+        gc::MIN_AGE,
+    );
+    for e in &report.errors {
+        tracing::warn!("garbage collection: {e}");
+    }
+    metrics
+        .errors
+        .fetch_add(report.errors.len() as u64, Relaxed);
+    metrics.gc_removed.fetch_add(report.removed, Relaxed);
+    metrics.attachments.store(report.remaining as u64, Relaxed);
+    report.next_due
 }
 
 #[cfg(test)]

@@ -40,20 +40,26 @@ pub fn link_error(err: rtnetlink::Error) -> LinkError {
     }
 }
 
+fn address_of(msg: &AddressMessage) -> Option<std::net::IpAddr> {
+    msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(ip) => Some(*ip),
+        _ => None,
+    })
+}
+
+/// An IPv6 link-local address (which every up link has): not the node's network.
+pub fn is_link_local(msg: &AddressMessage) -> bool {
+    matches!(address_of(msg), Some(std::net::IpAddr::V6(v6)) if v6.segments()[0] & 0xffc0 == 0xfe80)
+}
+
 /// The addresses that count as the node's own network on a link: every IPv4
-/// one and every IPv6 one but link-local (which every up link has).
+/// one and every IPv6 one but link-local.
 pub fn observe_addresses(messages: &[AddressMessage], observed: &mut Observed) {
     for msg in messages {
-        let address = msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Address(ip) => Some(*ip),
-            _ => None,
-        });
-        let Some(ip) = address else { continue };
-        if let std::net::IpAddr::V6(v6) = ip {
-            if v6.segments()[0] & 0xffc0 == 0xfe80 {
-                continue;
-            }
+        if is_link_local(msg) {
+            continue;
         }
+        let Some(ip) = address_of(msg) else { continue };
         observed
             .addresses
             .entry(msg.header.index)
