@@ -71,40 +71,42 @@ pub fn observe_addresses(messages: &[AddressMessage], observed: &mut Observed) {
 pub fn observe(messages: &[LinkMessage]) -> Observed {
     let mut observed = Observed::default();
     for msg in messages {
-        if msg
-            .attributes
-            .iter()
-            .any(|a| matches!(a, LinkAttribute::Group(g) if *g == LINK_GROUP))
-        {
-            observed.in_our_group.insert(msg.header.index);
-        }
-        observed.links.push(LinkSummary::from_message(msg));
+        observe_one(msg, &mut observed);
     }
     observed
 }
 
+fn observe_one(msg: &LinkMessage, observed: &mut Observed) {
+    if msg
+        .attributes
+        .iter()
+        .any(|a| matches!(a, LinkAttribute::Group(g) if *g == LINK_GROUP))
+    {
+        observed.in_our_group.insert(msg.header.index);
+    }
+    observed.links.push(LinkSummary::from_message(msg));
+}
+
 impl Links for RtLinks {
+    /// Streamed: each message becomes its summary as it arrives, so a dump of
+    /// thousands of links never holds their full netlink messages at once.
     async fn dump(&self) -> Result<Observed, LinkError> {
-        let messages: Vec<LinkMessage> = self
+        let mut observed = self
             .netlink
             .handle
             .link()
             .get()
             .execute()
-            .try_collect()
+            .try_fold(Observed::default(), |mut observed, msg| async move {
+                observe_one(&msg, &mut observed);
+                Ok(observed)
+            })
             .await
             .map_err(link_error)?;
-        let mut observed = observe(&messages);
-        let addresses: Vec<AddressMessage> = self
-            .netlink
-            .handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(link_error)?;
-        observe_addresses(&addresses, &mut observed);
+        let mut addresses = self.netlink.handle.address().get().execute();
+        while let Some(msg) = addresses.try_next().await.map_err(link_error)? {
+            observe_addresses(std::slice::from_ref(&msg), &mut observed);
+        }
         Ok(observed)
     }
 
