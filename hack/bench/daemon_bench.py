@@ -506,14 +506,19 @@ def churn(a):
                          env=daemon_env(a), stdout=log, stderr=subprocess.STDOUT)
     res = {"portgroups": n, "cycles": cycles}
     try:
-        end = time.perf_counter() + 120
+        # Ready, or refused for a name collision: 4 hex digits of tag per uplink
+        # name collide a few times among 1000 uplinks.
+        end = time.perf_counter() + 300
         while time.perf_counter() < end:
-            s = read_state(a.run_dir)
-            if s and sum(1 for p in s.get("portgroups", []) if p.get("ready")) == n:
+            s = read_state(a.run_dir) or {}
+            pgs = s.get("portgroups", [])
+            if len(pgs) == n and all(p.get("ready") or "also wanted" in (p.get("reason") or "") for p in pgs):
                 break
             time.sleep(0.05)
         else:
             return {"error": f"{n} untagged portgroups not ready", "state": read_state(a.run_dir)}
+        ready = [p["name"] for p in pgs if p.get("ready")]
+        res["ready"] = len(ready)
         time.sleep(2)  # the daemon's own events settle
         before = metrics_text(port)
 
@@ -537,7 +542,7 @@ def churn(a):
         d0, t0 = cpu(), time.perf_counter()
         failures = 0
         for i in range(cycles):
-            pod, pg, cid = f"{a.tag}-dp{i % a.npods}", f"c{i % n}", f"churn-{i}"
+            pod, pg, cid = f"{a.tag}-dp{i % a.npods}", ready[i % len(ready)], f"churn-{i}"
             rc, err = plugin("ADD", cid, pod, pg)
             if rc != 0:
                 failures += 1

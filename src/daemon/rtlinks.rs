@@ -87,12 +87,10 @@ fn observe_one(msg: &LinkMessage, observed: &mut Observed) {
     observed.links.push(LinkSummary::from_message(msg));
 }
 
-impl Links for RtLinks {
-    /// Streamed: each message becomes its summary as it arrives, so a dump of
-    /// thousands of links never holds their full netlink messages at once.
-    async fn dump(&self) -> Result<Observed, LinkError> {
-        let mut observed = self
-            .netlink
+impl RtLinks {
+    /// The links alone, streamed (what the garbage collector needs).
+    pub async fn dump_links(&self) -> Result<Observed, LinkError> {
+        self.netlink
             .handle
             .link()
             .get()
@@ -102,7 +100,15 @@ impl Links for RtLinks {
                 Ok(observed)
             })
             .await
-            .map_err(link_error)?;
+            .map_err(link_error)
+    }
+}
+
+impl Links for RtLinks {
+    /// Streamed: each message becomes its summary as it arrives, so a dump of
+    /// thousands of links never holds their full netlink messages at once.
+    async fn dump(&self) -> Result<Observed, LinkError> {
+        let mut observed = self.dump_links().await?;
         let mut addresses = self.netlink.handle.address().get().execute();
         while let Some(msg) = addresses.try_next().await.map_err(link_error)? {
             observe_addresses(std::slice::from_ref(&msg), &mut observed);

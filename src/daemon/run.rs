@@ -50,8 +50,11 @@ pub const EXIT_CONFIG_INVALID: i32 = 2;
 /// after the first so that they make one reconcile, well inside the ~100 ms
 /// repair budget.
 const COALESCE: Duration = Duration::from_millis(10);
-/// How long VM port removals are gathered before one garbage collection.
-const GC_DEBOUNCE: Duration = Duration::from_secs(1);
+/// How long VM port removals are gathered before one garbage collection. The
+/// plugin's DEL removes its own record: the collector is the backstop for a DEL
+/// that never comes, where seconds do not matter and a burst of pod deletions
+/// should cost one collection, not one per second.
+const GC_DEBOUNCE: Duration = Duration::from_secs(5);
 /// First retry after a failed reconcile; doubles up to the resync period.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 
@@ -302,7 +305,7 @@ async fn collect_when_ports_go(
     while gone.recv().await.is_some() {
         tokio::time::sleep(GC_DEBOUNCE).await;
         while gone.try_recv().is_ok() {}
-        match links.dump().await {
+        match links.dump_links().await {
             Ok(observed) => {
                 if let Some(due) = collect_garbage(&observed, &run_dir, &metrics) {
                     let again = again.clone();
