@@ -14,6 +14,7 @@ pub mod planner;
 pub mod reconcile;
 pub mod rtlinks;
 pub mod run;
+pub mod sockfilter;
 pub mod uninstall;
 
 #[cfg(test)]

@@ -225,6 +225,12 @@ async fn monitor_links(
                 {
                     tracing::debug!("netlink receive buffer: {e}");
                 }
+                // The kernel drops most pod churn before it reaches us.
+                if let Err(e) = super::sockfilter::attach(netlink_sys::AsyncSocket::socket_ref(
+                    connection.socket_mut(),
+                )) {
+                    tracing::warn!("link event socket filter: {e}; filtering in user space only");
+                }
                 let task = tokio::spawn(connection);
                 while let Some((message, _)) = messages.next().await {
                     let trigger = match message.payload {

@@ -251,8 +251,8 @@ fn a_burst_of_vm_port_events_causes_no_reconcile_and_no_state_write() {
             &lab,
             9771,
             "portgroupd_link_events_total{outcome=\"ignored\"}"
-        ) >= ignored + 40,
-        "the events were seen"
+        ) >= ignored + 20,
+        "the events were seen (their DELLINKs at least: the kernel's socket filter drops the rest)"
     );
     assert_eq!(
         metric(&lab, 9771, "portgroupd_reconciles_total"),
