@@ -35,6 +35,10 @@ Rows:
              included), as % of one core.
   cni        cni_bench.py --sections seq with a pg-portgroup contender on the bridge of a
              real VLAN portgroup made by portgroupd.
+  churn      (--parts churn; no 802.1Q needed) --churn-pgs untagged portgroups (100), each
+             on its own veth uplink, under a running portgroupd; --churn-cycles (200) VM
+             ADD+DEL cycles through the plugin; portgroupd's CPU (/proc/<pid>/stat) against
+             the plugin runs' (RUSAGE_CHILDREN), reconciles and events from its /metrics.
 
 --parts converge,daemon,cni and --levels pick a subset (for development).
 """
