@@ -37,6 +37,15 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("pg{:012x}", hash >> 16)
 }
 
+/// Whether `name` is one [`host_veth_name`] gives.
+pub fn is_host_veth_name(name: &str) -> bool {
+    name.len() == 14
+        && name.starts_with("pg")
+        && name[2..]
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// 16 hex digits (64 bits) naming one (container ID, ifname) pair, for file names
 /// that must stay short whatever the container ID's length.
 pub fn attachment_tag(container_id: &str, ifname: &str) -> String {
@@ -149,8 +158,18 @@ pub fn parse_mark(alias: &str) -> Option<Mark> {
     })
 }
 
+/// Whether the alias starts like a mark. Loose on purpose, for refusing: the
+/// plugin's `bridge:` mode stays off anything that even looks like portgroupd's.
+/// Never a reason to change or delete a link: that takes [`is_exact_mark`].
 pub fn is_owned(alias: Option<&str>) -> bool {
     alias.is_some_and(|a| a.starts_with(OWNER_MARK))
+}
+
+/// Whether the alias is exactly a mark [`owner_alias`] writes: parsed and
+/// rendered again to the same bytes. An admin's `portgroup: reserved` is not.
+pub fn is_exact_mark(alias: &str) -> bool {
+    parse_mark(alias)
+        .is_some_and(|m| owner_alias(&m.role, &m.portgroup, &m.uplink, m.vlan) == alias)
 }
 
 /// CNI_IFNAME rules as libcni applies them (ValidateInterfaceName).

@@ -123,9 +123,11 @@ impl NodeState {
 
     /// Publishes the state: one file per portgroup (what the plugin reads on ADD,
     /// so an ADD costs the same with 4094 portgroups as with one), then
-    /// state.json. Only portgroup files that differ from `previous` are rewritten;
-    /// files of portgroups no longer listed are removed.
-    pub fn write(&self, run: &RunDir, previous: Option<&NodeState>) -> std::io::Result<()> {
+    /// state.json. Only files that differ from `previous` (or are missing) are
+    /// rewritten; files of portgroups no longer listed are removed. Returns how
+    /// many files were written.
+    pub fn write(&self, run: &RunDir, previous: Option<&NodeState>) -> std::io::Result<u64> {
+        let mut written = 0;
         let dir = run.portgroups_dir();
         std::fs::create_dir_all(&dir)?;
         for pg in &self.portgroups {
@@ -145,6 +147,7 @@ impl NodeState {
                 &path,
                 &serde_json::to_vec(&file).map_err(std::io::Error::other)?,
             )?;
+            written += 1;
         }
         for entry in std::fs::read_dir(&dir)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -155,10 +158,15 @@ impl NodeState {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        self.write_mac_owners(run, previous)?;
+        written += self.write_mac_owners(run, previous)?;
+        let state_file = run.state_file();
+        if previous == Some(self) && state_file.exists() {
+            return Ok(written);
+        }
         let mut bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         bytes.push(b'\n');
-        write_atomic(&run.state_file(), &bytes)
+        write_atomic(&state_file, &bytes)?;
+        Ok(written + 1)
     }
 
     /// Every reserved MAC and the portgroups (with their namespaces) reserving it.
@@ -178,7 +186,8 @@ impl NodeState {
     /// `<run-dir>/reserved-macs/<mac>.json`, so that ADD learns in one read whether
     /// the MAC it is given is reserved anywhere on the node, and for whom. Only
     /// files that changed are rewritten.
-    fn write_mac_owners(&self, run: &RunDir, previous: Option<&NodeState>) -> std::io::Result<()> {
+    fn write_mac_owners(&self, run: &RunDir, previous: Option<&NodeState>) -> std::io::Result<u64> {
+        let mut written = 0;
         let dir = run.reserved_macs_dir();
         std::fs::create_dir_all(&dir)?;
         let owners = self.mac_owners();
@@ -195,6 +204,7 @@ impl NodeState {
                 &path,
                 &serde_json::to_vec(list).map_err(std::io::Error::other)?,
             )?;
+            written += 1;
         }
         for entry in std::fs::read_dir(&dir)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -205,7 +215,7 @@ impl NodeState {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        Ok(())
+        Ok(written)
     }
 }
 

@@ -35,6 +35,10 @@ Rows:
              included), as % of one core.
   cni        cni_bench.py --sections seq with a pg-portgroup contender on the bridge of a
              real VLAN portgroup made by portgroupd.
+  churn      (--parts churn; no 802.1Q needed) --churn-pgs untagged portgroups (100), each
+             on its own veth uplink, under a running portgroupd; --churn-cycles (200) VM
+             ADD+DEL cycles through the plugin; portgroupd's CPU (/proc/<pid>/stat) against
+             the plugin runs' (RUSAGE_CHILDREN), reconciles and events from its /metrics.
 
 --parts converge,daemon,cni and --levels pick a subset (for development).
 """
@@ -460,6 +464,133 @@ def calibrate(a, n=1000):
     return res
 
 
+# --- churn ----------------------------------------------------------------------
+
+
+def metrics_text(port):
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return r.read().decode()
+    except OSError:
+        return ""
+
+
+def metric_value(text, series):
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def churn(a):
+    """Pod churn against a running portgroupd: --churn-pgs untagged portgroups (each
+    with its own uplink, a veth end with no address; no 802.1Q needed), all ready;
+    then --churn-cycles VM ADD+DEL cycles back to back through the real plugin in
+    portgroup mode, spread over the portgroups and the pod namespaces. CPU of the
+    plugin runs: the sum of wait4 rusage (utime+stime) of every ADD and DEL. CPU of
+    portgroupd: utime+stime from /proc/<pid>/stat from just before the first ADD to
+    2 s after the last DEL (its debounced garbage collection included). Also the
+    reconciles and link events the burst caused, from its /metrics."""
+    n, cycles, port = a.churn_pgs, a.churn_cycles, 9799
+    batch = "".join(f"link add pgcu{i} type veth peer name pgcp{i}\nlink set pgcu{i} up\nlink set pgcp{i} up\n"
+                    for i in range(n))
+    subprocess.run(["ip", "-batch", "-"], input=batch, text=True, check=True)
+    conf = os.path.join(a.conf_dir, "churn.json")
+    with open(conf, "w") as f:
+        json.dump({"uplink": "pgcu0", "portgroups": [
+            {"name": f"c{i}", "untagged": True, "uplink": f"pgcu{i}"} for i in range(n)]}, f)
+    try:
+        os.unlink(os.path.join(a.run_dir, "state.json"))
+    except FileNotFoundError:
+        pass
+    log = open(os.path.join(a.conf_dir, "daemon-churn.log"), "wb")
+    d = subprocess.Popen([a.daemon, "--config", conf, "--node-name", "bench", "--run-dir", a.run_dir,
+                          "--listen", f"127.0.0.1:{port}", "--resync", "3600"],
+                         env=daemon_env(a), stdout=log, stderr=subprocess.STDOUT)
+    res = {"portgroups": n, "cycles": cycles}
+    try:
+        # Ready, or refused for a name collision: 4 hex digits of tag per uplink
+        # name collide a few times among 1000 uplinks.
+        end = time.perf_counter() + 300
+        while time.perf_counter() < end:
+            s = read_state(a.run_dir) or {}
+            pgs = s.get("portgroups", [])
+            if len(pgs) == n and all(p.get("ready") or "also wanted" in (p.get("reason") or "") for p in pgs):
+                break
+            time.sleep(0.05)
+        else:
+            return {"error": f"{n} untagged portgroups not ready", "state": read_state(a.run_dir)}
+        ready = [p["name"] for p in pgs if p.get("ready")]
+        res["ready"] = len(ready)
+        time.sleep(2)  # the daemon's own events settle
+        before = metrics_text(port)
+
+        def cpu():
+            fields = open(f"/proc/{d.pid}/stat").read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        def plugin(cmd, cid, pod, pg):
+            env = {"PATH": PATH, "CNI_COMMAND": cmd, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/run/netns/{pod}",
+                   "CNI_IFNAME": "net1", "CNI_PATH": "/usr/lib/cni", "PORTGROUP_RUN_DIR": a.run_dir}
+            stdin = json.dumps({"cniVersion": "1.0.0", "name": "churn", "type": "portgroup", "portgroup": pg,
+                                "conflictProbe": False}).encode()
+            r = subprocess.run([a.plugin], env=env, input=stdin, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+            return r.returncode, r.stderr
+
+        # The plugin runs are this harness's only children meanwhile: RUSAGE_CHILDREN
+        # before and after is their CPU.
+        import resource
+        c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        d0, t0 = cpu(), time.perf_counter()
+        failures = 0
+        for i in range(cycles):
+            pod, pg, cid = f"{a.tag}-dp{i % a.npods}", ready[i % len(ready)], f"churn-{i}"
+            rc, err = plugin("ADD", cid, pod, pg)
+            if rc != 0:
+                failures += 1
+                res.setdefault("first_error", err.decode(errors="replace")[-300:])
+            rc, err = plugin("DEL", cid, pod, pg)
+            failures += rc != 0
+        wall = time.perf_counter() - t0
+        c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        time.sleep(2)
+        d1 = cpu()
+        after = metrics_text(port)
+        plugin_cpu = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
+        daemon_cpu = d1 - d0
+        delta = {k: (metric_value(after, k) or 0) - (metric_value(before, k) or 0) for k in (
+            "portgroupd_reconciles_total", 'portgroupd_link_events_total{outcome="reconcile"}',
+            'portgroupd_link_events_total{outcome="ignored"}', "portgroupd_state_files_written_total")}
+        res.update(wall_s=round(wall, 2), failures=failures, plugin_cpu_s=round(plugin_cpu, 3),
+                   daemon_cpu_s=round(daemon_cpu, 3),
+                   daemon_over_plugin=round(daemon_cpu / plugin_cpu, 3) if plugin_cpu else None,
+                   reconciles=delta["portgroupd_reconciles_total"],
+                   events_counted=delta['portgroupd_link_events_total{outcome="reconcile"}'],
+                   events_ignored=delta['portgroupd_link_events_total{outcome="ignored"}'],
+                   state_files_written=delta["portgroupd_state_files_written_total"],
+                   rss_kib=None)
+        for line in open(f"/proc/{d.pid}/status"):
+            if line.startswith("VmRSS:"):
+                res["rss_kib"] = int(line.split()[1])
+        print(f"  churn: {cycles} ADD+DEL cycles on {n} untagged portgroups in {res['wall_s']} s "
+              f"({failures} failed): plugin CPU {res['plugin_cpu_s']} s, portgroupd CPU {res['daemon_cpu_s']} s "
+              f"= {res['daemon_over_plugin']} of it (target <= 0.10); {res['reconciles']} reconciles, "
+              f"{res['events_ignored']} link events ignored, {res['events_counted']} counted, "
+              f"{res['state_files_written']} state files written", file=sys.stderr)
+        return res
+    finally:
+        d.send_signal(signal.SIGTERM)
+        try:
+            d.wait(10)
+        except subprocess.TimeoutExpired:
+            d.kill()
+            d.wait()
+        log.close()
+        subprocess.run(["ip", "-batch", "-"], input="".join(f"link del pgcu{i}\n" for i in range(n)), text=True)
+
+
 def inner(a):
     os.makedirs(a.run_dir, exist_ok=True)
     if a.in_vm:
@@ -482,6 +613,7 @@ def inner(a):
     res["converge"] = converge(a) if "converge" in parts else []
     res["daemon"] = long_running(a) if "daemon" in parts else {}
     res["cni_portgroup_mode"] = cni_rows(a) if "cni" in parts else {}
+    res["churn"] = churn(a) if "churn" in parts else {}
     res["seconds"] = round(time.time() - t0, 1)
     res["summary"], res["targets"] = (summarize(res, a) if {"converge", "daemon", "cni"} <= set(parts)
                                       else ({}, {}))
@@ -556,11 +688,13 @@ def main():
     p.add_argument("--idle-seconds", type=float)
     p.add_argument("--cni-cycles", type=int)
     p.add_argument("--npods", type=int, default=12)
+    p.add_argument("--churn-pgs", type=int, default=100)
+    p.add_argument("--churn-cycles", type=int, default=200)
     p.add_argument("--floor-max", type=int, default=1000,
                    help="also time the ip -batch floor for converge levels up to this N")
     p.add_argument("--parts", default="converge,daemon,cni",
-                   help="comma list of calibrate,converge,daemon,cni (targets are summarised only with "
-                        "the last three)")
+                   help="comma list of calibrate,converge,daemon,cni,churn (targets are summarised only "
+                        "with converge,daemon,cni)")
     a = p.parse_args()
     q = a.quick
     a.levels = [int(x) for x in (a.levels or ("10,100" if q else "10,100,1000,4094")).split(",")]

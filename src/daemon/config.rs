@@ -108,7 +108,7 @@ pub async fn watch(path: &Path, tx: UnboundedSender<()>) {
     };
     let mut warned = false;
     loop {
-        match watch_once(&dir, &tx).await {
+        match watch_once(&dir, path.file_name(), &tx).await {
             Ok(()) => tracing::info!(
                 "config directory {} changed identity; watching it again",
                 dir.display()
@@ -132,7 +132,22 @@ pub async fn watch(path: &Path, tx: UnboundedSender<()>) {
     }
 }
 
-async fn watch_once(dir: &Path, tx: &UnboundedSender<()>) -> std::io::Result<()> {
+/// Whether a change to `name` in the config's directory may change the config:
+/// the file itself, kubelet's `..data` swap and `..<timestamp>` directories, or
+/// the directory itself (no name). Anything else there (a log file next to it)
+/// would only wake a reconcile for nothing.
+fn concerns_config(name: Option<&std::ffi::OsStr>, file: Option<&std::ffi::OsStr>) -> bool {
+    match name {
+        None => true,
+        Some(name) => Some(name) == file || name.as_encoded_bytes().starts_with(b".."),
+    }
+}
+
+async fn watch_once(
+    dir: &Path,
+    file: Option<&std::ffi::OsStr>,
+    tx: &UnboundedSender<()>,
+) -> std::io::Result<()> {
     let inotify = Inotify::init()?;
     inotify.watches().add(
         dir,
@@ -149,6 +164,9 @@ async fn watch_once(dir: &Path, tx: &UnboundedSender<()>) -> std::io::Result<()>
     let mut events = inotify.into_event_stream([0u8; 4096])?;
     while let Some(event) = events.next().await {
         let event = event?;
+        if !concerns_config(event.name.as_deref(), file) {
+            continue;
+        }
         if tx.send(()).is_err() {
             return Ok(());
         }
@@ -166,6 +184,26 @@ async fn watch_once(dir: &Path, tx: &UnboundedSender<()>) -> std::io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_changes_that_may_change_the_config_count() {
+        let file = Some(std::ffi::OsStr::new("config.json"));
+        for (name, counts) in [
+            (None, true),
+            (Some("config.json"), true),
+            (Some("..data"), true),
+            (Some("..data_tmp"), true),
+            (Some("..2026_11_23_1"), true),
+            (Some("portgroupd.log"), false),
+            (Some("config.json.swp"), false),
+        ] {
+            assert_eq!(
+                concerns_config(name.map(std::ffi::OsStr::new), file),
+                counts,
+                "{name:?}"
+            );
+        }
+    }
 
     #[test]
     fn refused_config_keeps_the_last_good_one() {

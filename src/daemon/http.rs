@@ -38,8 +38,17 @@ pub fn respond(method: &str, path: &str, metrics: &Metrics) -> (u16, &'static st
     match path {
         "/healthz" if metrics.alive.load(Relaxed) => (200, "text/plain", "ok\n".into()),
         "/healthz" => (503, "text/plain", "reconcile loop stopped\n".into()),
-        "/readyz" if metrics.ready.load(Relaxed) => (200, "text/plain", "ready\n".into()),
-        "/readyz" => (503, "text/plain", "first reconcile not finished\n".into()),
+        "/readyz" if !metrics.ready.load(Relaxed) => {
+            (503, "text/plain", "first reconcile not finished\n".into())
+        }
+        // The plugin reads what it may do from the node state: a node whose state
+        // cannot be written is not ready, however well its links are.
+        "/readyz" if metrics.state_write_failing.load(Relaxed) => (
+            503,
+            "text/plain",
+            "the node state could not be written (see the log)\n".into(),
+        ),
+        "/readyz" => (200, "text/plain", "ready\n".into()),
         "/metrics" => (200, "text/plain; version=0.0.4", metrics.render()),
         _ => (
             404,
@@ -141,6 +150,11 @@ mod tests {
         assert_eq!(respond("GET", "/healthz", &m).0, 503);
         m.alive.store(true, Relaxed);
         m.ready.store(true, Relaxed);
+        assert_eq!(respond("GET", "/readyz", &m).0, 200);
+        m.state_write_failing.store(true, Relaxed);
+        assert_eq!(respond("GET", "/readyz", &m).0, 503);
+        assert_eq!(respond("GET", "/healthz", &m).0, 200, "alive all the same");
+        m.state_write_failing.store(false, Relaxed);
         assert_eq!(respond("GET", "/readyz", &m).0, 200);
         assert_eq!(respond("GET", "/healthz?verbose", &m).0, 200);
         assert_eq!(respond("POST", "/healthz", &m).0, 405);

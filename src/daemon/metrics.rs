@@ -50,6 +50,15 @@ pub struct Metrics {
     pub alive: AtomicBool,
     /// The first reconcile has finished (for /readyz).
     pub ready: AtomicBool,
+    /// The last node-state publish failed (/readyz says so until one succeeds).
+    pub state_write_failing: AtomicBool,
+    /// Node-state files written (state.json, per-portgroup and per-MAC files).
+    pub state_files_written: AtomicU64,
+    /// Link and address events that woke the reconciler.
+    pub events_relevant: AtomicU64,
+    /// Link and address events dropped at the socket: not about the daemon's
+    /// links or uplinks, or changing nothing the planner reads.
+    pub events_ignored: AtomicU64,
 }
 
 impl Metrics {
@@ -130,6 +139,29 @@ impl Metrics {
             let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
             let _ = writeln!(out, "{name}_sum {}", h.sum);
             let _ = writeln!(out, "{name}_count {}", h.count);
+        }
+        counter(
+            &mut out,
+            "portgroupd_state_files_written_total",
+            "Node-state files written (unchanged ones are not rewritten).",
+            &self.state_files_written,
+        );
+        let name = "portgroupd_state_write_failing";
+        let _ = writeln!(
+            out,
+            "# HELP {name} 1 while the last node-state publish failed.\n# TYPE {name} gauge\n{name} {}",
+            u8::from(self.state_write_failing.load(Relaxed))
+        );
+        let name = "portgroupd_link_events_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Link and address events, by whether they woke the reconciler.\n# TYPE {name} counter"
+        );
+        for (outcome, v) in [
+            ("reconcile", &self.events_relevant),
+            ("ignored", &self.events_ignored),
+        ] {
+            let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {}", v.load(Relaxed));
         }
         counter(
             &mut out,

@@ -9,11 +9,13 @@ pub mod deviceplugin;
 pub mod gc;
 pub mod heal;
 pub mod http;
+pub mod interest;
 pub mod metrics;
 pub mod planner;
 pub mod reconcile;
 pub mod rtlinks;
 pub mod run;
+pub mod sockfilter;
 pub mod uninstall;
 
 #[cfg(test)]

@@ -224,6 +224,8 @@ pub struct Plan {
     /// (a trunk on the VLAN paths an access portgroup owns): a failure of
     /// theirs is the dependent's reason too.
     pub depends_on: BTreeMap<String, BTreeSet<String>>,
+    /// Every link name the configured portgroups want on this node.
+    pub wanted: HashSet<String>,
 }
 
 impl Plan {
@@ -279,16 +281,16 @@ impl<'a> View<'a> {
     }
 
     fn owned(&self, link: &LinkSummary) -> bool {
-        naming::is_owned(link.alias.as_deref())
-            || (link.alias.as_deref().is_none_or(str::is_empty)
-                && self.observed.in_our_group.contains(&link.index))
+        is_ours(link, &self.observed.in_our_group)
     }
 
     /// Made by portgroupd (not a VM's port, which the plugin owns): marked with one
     /// of the daemon's roles on a link of that role's kind, or unmarked in our group.
     fn daemon_made(&self, link: &LinkSummary) -> bool {
         match link.alias.as_deref().filter(|a| !a.is_empty()) {
-            Some(alias) => parse_mark(alias)
+            Some(alias) => naming::is_exact_mark(alias)
+                .then(|| parse_mark(alias))
+                .flatten()
                 .and_then(|m| role_kind(&m.role))
                 .is_some_and(|kind| link.is_kind(kind)),
             None => {
@@ -311,6 +313,17 @@ impl<'a> View<'a> {
             && link.vlan_id == Some(vid)
             && link.link == Some(parent)
             && link.link_netns_id.is_none()
+    }
+}
+
+/// The only links the daemon ever changes or deletes: those whose alias is
+/// exactly a mark it writes, and those in its link group with no alias at all
+/// (made, not yet marked). An alias that merely starts with "portgroup:" is an
+/// admin's, not ours.
+pub fn is_ours(link: &LinkSummary, in_our_group: &BTreeSet<u32>) -> bool {
+    match link.alias.as_deref().filter(|a| !a.is_empty()) {
+        Some(alias) => naming::is_exact_mark(alias),
+        None => in_our_group.contains(&link.index),
     }
 }
 
@@ -437,6 +450,7 @@ pub fn plan(
     let desired: HashSet<String> = claims.into_keys().collect();
 
     let draining = plan_stale(&view, &desired, previous, &mut plan);
+    plan.wanted = desired;
 
     let mut uplinks_up: HashSet<&str> = HashSet::new();
     let mut path_results: HashMap<(&str, u16), Result<usize, String>> = HashMap::new();

@@ -11,8 +11,9 @@ use super::backoff::Backoff;
 use super::config::ConfigSource;
 use super::gc;
 use super::heal;
+use super::interest::Interest;
 use super::metrics::Metrics;
-use super::planner::{plan, Plan};
+use super::planner::{plan, Observed, Plan};
 use crate::paths::{rfc3339, RunDir};
 use crate::state::{NodeState, PortgroupState};
 
@@ -33,6 +34,13 @@ pub struct Reconciler<L> {
     /// them from the packet path, so nothing else could give them back after
     /// the table is lost; restored when a sweep had to rebuild it.
     fcfs_snapshot: Vec<crate::portsec::FcfsBinding>,
+    /// The last publish failed: the next one writes every file again, whatever
+    /// `previous` says, and is retried after `publish_backoff` even if nothing changes.
+    publish_failed: bool,
+    publish_backoff: Backoff,
+    publish_retry: Option<Instant>,
+    /// What the last pass read, for the event filter (taken by the main loop).
+    pub interest: Option<Interest>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,7 +59,8 @@ pub struct Outcome {
     /// Operations that succeeded.
     pub applied: usize,
     pub failures: usize,
-    pub state: Option<NodeState>,
+    /// The published state differs from the one before (it is `previous` now).
+    pub state_changed: bool,
 }
 
 impl<L: Links> Reconciler<L> {
@@ -61,9 +70,13 @@ impl<L: Links> Reconciler<L> {
         self.held.clear();
     }
 
-    /// When the next held operation may be retried.
+    /// When the next held operation, or a failed publish, may be retried.
     pub fn next_retry(&self) -> Option<Instant> {
-        self.held.values().map(|h| h.until).min()
+        self.held
+            .values()
+            .map(|h| h.until)
+            .chain(self.publish_retry)
+            .min()
     }
 
     pub fn new(links: L, node: String, run_dir: RunDir, metrics: Arc<Metrics>) -> Self {
@@ -77,12 +90,16 @@ impl<L: Links> Reconciler<L> {
             held: HashMap::new(),
             gc_due: None,
             fcfs_snapshot: Vec::new(),
+            publish_failed: false,
+            publish_backoff: Backoff::new(HOLD_MIN, HOLD_MAX),
+            publish_retry: None,
+            interest: None,
         }
     }
 
     /// Without a valid config nothing is reconciled; the state keeps the last
     /// published portgroups (the plugin goes on working) and says why.
-    pub fn publish_config_errors(&mut self, source: &ConfigSource) -> Option<NodeState> {
+    pub fn publish_config_errors(&mut self, source: &ConfigSource) -> bool {
         let portgroups = self
             .previous
             .as_ref()
@@ -92,7 +109,7 @@ impl<L: Links> Reconciler<L> {
             .previous
             .as_ref()
             .and_then(|s| s.allowed_bridges.clone());
-        self.publish(portgroups, source.errors.clone(), allowed_bridges)
+        self.publish(portgroups, source.errors.clone(), allowed_bridges, false)
     }
 
     pub async fn reconcile(
@@ -105,9 +122,9 @@ impl<L: Links> Reconciler<L> {
             if collect {
                 self.heal();
             }
-            let state = self.publish_config_errors(source);
+            let state_changed = self.publish_config_errors(source);
             return Ok(Outcome {
-                state,
+                state_changed,
                 ..Default::default()
             });
         };
@@ -161,12 +178,13 @@ impl<L: Links> Reconciler<L> {
         observed.native_guard_failure = native_guard_failure.clone();
         let first = plan(config, &self.node, self.previous.as_ref(), &observed);
         let mut outcome = Outcome::default();
-        let mut verified = first.clone();
         let mut failures = Vec::new();
         let now = Instant::now();
         let planned: HashSet<String> = first.steps.iter().map(|s| s.op.to_string()).collect();
         self.held.retain(|op, _| planned.contains(op));
-        if !first.steps.is_empty() {
+        let verified = if first.steps.is_empty() {
+            first
+        } else {
             let holding: HashMap<String, String> = self
                 .held
                 .iter()
@@ -195,10 +213,12 @@ impl<L: Links> Reconciler<L> {
             }
             failures = applied.failures;
             // What was really made, not what the plan hoped for.
+            drop(first);
             observed = self.links.dump().await?;
             observed.native_guard_failure = native_guard_failure;
-            verified = plan(config, &self.node, self.previous.as_ref(), &observed);
-        }
+            plan(config, &self.node, self.previous.as_ref(), &observed)
+        };
+        self.interest = Some(Interest::of(config, &self.node, &observed, &verified));
         let dependencies = Plan {
             depends_on: verified.depends_on.clone(),
             ..Plan::default()
@@ -217,23 +237,8 @@ impl<L: Links> Reconciler<L> {
             }
         }
         if collect {
-            let report = gc::collect(
-                &observed,
-                &self.run_dir.attachments_dir(),
-                SystemTime::now(),
-                gc::MIN_AGE,
-            );
-            for e in &report.errors {
-                tracing::warn!("garbage collection: {e}");
-            }
-            self.metrics
-                .errors
-                .fetch_add(report.errors.len() as u64, Relaxed);
-            self.metrics.gc_removed.fetch_add(report.removed, Relaxed);
-            self.metrics
-                .attachments
-                .store(report.remaining as u64, Relaxed);
-            self.gc_due = report.next_due.map(|d| Instant::now() + d);
+            self.gc_due = collect_garbage(&observed, &self.run_dir, &self.metrics)
+                .map(|d| Instant::now() + d);
             self.heal();
         }
         let (ready, draining) = (
@@ -250,10 +255,12 @@ impl<L: Links> Reconciler<L> {
         for pg in portgroups.iter().filter(|p| !p.ready) {
             tracing::debug!(portgroup = %pg.name, reason = pg.reason.as_deref().unwrap_or(""), "not ready");
         }
-        outcome.state = self.publish(
+        // A full pass (resync, lost events) also checks that every file is there.
+        outcome.state_changed = self.publish(
             portgroups,
             source.errors.clone(),
             config.allowed_bridges.clone(),
+            collect,
         );
         Ok(outcome)
     }
@@ -305,27 +312,86 @@ impl<L: Links> Reconciler<L> {
         m.errors.fetch_add(errors.len() as u64, Relaxed);
     }
 
+    /// Publishes the node state; whether it differs from the last one. A state
+    /// that would not change a byte is not written, and keeps its generation and
+    /// time, unless `verify` asks for the files to be checked (written only where
+    /// missing) or the last publish failed.
     fn publish(
         &mut self,
         portgroups: Vec<PortgroupState>,
         config_errors: Vec<String>,
         allowed_bridges: Option<Vec<String>>,
-    ) -> Option<NodeState> {
+        verify: bool,
+    ) -> bool {
+        let same = self.previous.as_ref().filter(|p| {
+            p.node == self.node
+                && p.portgroups == portgroups
+                && p.config_errors == config_errors
+                && p.allowed_bridges == allowed_bridges
+        });
+        if same.is_some() && !verify && !self.publish_failed {
+            return false;
+        }
+        let changed = same.is_none();
+        let (generation, reconciled_at) = match same {
+            Some(p) => (p.generation, p.reconciled_at.clone()),
+            None => (
+                self.previous.as_ref().map_or(0, |s| s.generation) + 1,
+                rfc3339(SystemTime::now()),
+            ),
+        };
         let state = NodeState {
             node: self.node.clone(),
-            generation: self.previous.as_ref().map_or(0, |s| s.generation) + 1,
-            reconciled_at: rfc3339(SystemTime::now()),
+            generation,
+            reconciled_at,
             config_errors,
             portgroups,
             allowed_bridges,
         };
-        if let Err(e) = state.write(&self.run_dir, self.previous.as_ref()) {
-            tracing::error!("writing node state under {}: {e}", self.run_dir.0.display());
-            self.metrics.errors.fetch_add(1, Relaxed);
+        let basis = self.previous.as_ref().filter(|_| !self.publish_failed);
+        match state.write(&self.run_dir, basis) {
+            Ok(written) => {
+                self.metrics.state_files_written.fetch_add(written, Relaxed);
+                self.metrics.state_write_failing.store(false, Relaxed);
+                self.publish_failed = false;
+                self.publish_backoff.succeeded();
+                self.publish_retry = None;
+            }
+            Err(e) => {
+                tracing::error!("writing node state under {}: {e}", self.run_dir.0.display());
+                self.metrics.errors.fetch_add(1, Relaxed);
+                self.metrics.state_write_failing.store(true, Relaxed);
+                self.publish_failed = true;
+                self.publish_retry = Some(Instant::now() + self.publish_backoff.failed());
+            }
         }
-        self.previous = Some(state.clone());
-        Some(state)
+        self.previous = Some(state);
+        changed
     }
+}
+
+/// One garbage collection over `observed`, logged and counted; when to collect
+/// again for a young record that looks dead.
+pub fn collect_garbage(
+    observed: &Observed,
+    run_dir: &RunDir,
+    metrics: &Metrics,
+) -> Option<Duration> {
+    let report = gc::collect(
+        observed,
+        &run_dir.attachments_dir(),
+        SystemTime::now(),
+        gc::MIN_AGE,
+    );
+    for e in &report.errors {
+        tracing::warn!("garbage collection: {e}");
+    }
+    metrics
+        .errors
+        .fetch_add(report.errors.len() as u64, Relaxed);
+    metrics.gc_removed.fetch_add(report.removed, Relaxed);
+    metrics.attachments.store(report.remaining as u64, Relaxed);
+    report.next_due
 }
 
 #[cfg(test)]
@@ -383,8 +449,15 @@ mod tests {
         // Right after a failure the operation is held, not retried, and still reported:
         // a failed request can raise a link event, and retrying on it would spin.
         let calls = r.links.0.borrow().calls.len();
+        let written = metrics.state_files_written.load(Relaxed);
         let out = block_on(r.reconcile(&source, false)).expect("reconcile");
         assert_eq!(out.failures, 0, "nothing tried");
+        assert!(!out.state_changed);
+        assert_eq!(
+            metrics.state_files_written.load(Relaxed),
+            written,
+            "a state that would not change a byte is not written"
+        );
         assert_eq!(r.links.0.borrow().calls.len(), calls, "no link calls");
         let state = NodeState::read(&dir.join("state.json")).expect("state");
         assert!(state.portgroups[0]
@@ -398,7 +471,10 @@ mod tests {
         r.release_held();
         block_on(r.reconcile(&source, false)).expect("reconcile");
         let state = NodeState::read(&dir.join("state.json")).expect("state");
-        assert_eq!(state.generation, 3);
+        assert_eq!(
+            state.generation, 2,
+            "the unchanged state kept its generation"
+        );
         assert!(state.portgroups[0].ready, "{state:?}");
         assert_eq!(r.next_retry(), None);
         assert_eq!(metrics.portgroups_ready.load(Relaxed), 1);
@@ -418,7 +494,41 @@ mod tests {
             RunDir(dir.clone()),
             metrics,
         );
-        assert_eq!(again.previous.map(|s| s.generation), Some(4));
+        assert_eq!(again.previous.map(|s| s.generation), Some(3));
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_failed_publish_is_reported_and_retried_until_it_succeeds() {
+        let dir = std::env::temp_dir().join(format!("pg-reconcile-ro-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        // A file where the portgroups directory goes: no write gets through, even as root.
+        std::fs::write(dir.join("portgroups"), b"").expect("blocker");
+        let metrics = Arc::new(Metrics::default());
+        let mut r = Reconciler::new(
+            uplink_without_8021q(),
+            "worker-3".into(),
+            RunDir(dir.clone()),
+            metrics.clone(),
+        );
+        let mut source = ConfigSource::new(dir.join("config.json"));
+        source.offer(
+            br#"{"uplink": "eth1", "portgroups": [{"name": "net", "untagged": true}]}"#.to_vec(),
+        );
+        block_on(r.reconcile(&source, false)).expect("reconcile");
+        assert!(metrics.state_write_failing.load(Relaxed));
+        assert!(r.next_retry().is_some(), "a failed publish is retried");
+        assert!(!dir.join("state.json").exists());
+
+        // Nothing changed, but the last publish failed: this one writes everything.
+        std::fs::remove_file(dir.join("portgroups")).expect("unblock");
+        block_on(r.reconcile(&source, false)).expect("reconcile");
+        assert!(!metrics.state_write_failing.load(Relaxed));
+        assert_eq!(r.next_retry(), None);
+        let state = NodeState::read(&dir.join("state.json")).expect("state");
+        assert_eq!(state.generation, 1);
+        assert!(dir.join("portgroups/net.json").exists());
         std::fs::remove_dir_all(dir).expect("cleanup");
     }
 

@@ -41,20 +41,26 @@ pub fn link_error(err: rtnetlink::Error) -> LinkError {
     }
 }
 
+fn address_of(msg: &AddressMessage) -> Option<std::net::IpAddr> {
+    msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(ip) => Some(*ip),
+        _ => None,
+    })
+}
+
+/// An IPv6 link-local address (which every up link has): not the node's network.
+pub fn is_link_local(msg: &AddressMessage) -> bool {
+    matches!(address_of(msg), Some(std::net::IpAddr::V6(v6)) if v6.segments()[0] & 0xffc0 == 0xfe80)
+}
+
 /// The addresses that count as the node's own network on a link: every IPv4
-/// one and every IPv6 one but link-local (which every up link has).
+/// one and every IPv6 one but link-local.
 pub fn observe_addresses(messages: &[AddressMessage], observed: &mut Observed) {
     for msg in messages {
-        let address = msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Address(ip) => Some(*ip),
-            _ => None,
-        });
-        let Some(ip) = address else { continue };
-        if let std::net::IpAddr::V6(v6) = ip {
-            if v6.segments()[0] & 0xffc0 == 0xfe80 {
-                continue;
-            }
+        if is_link_local(msg) {
+            continue;
         }
+        let Some(ip) = address_of(msg) else { continue };
         observed
             .addresses
             .entry(msg.header.index)
@@ -66,40 +72,48 @@ pub fn observe_addresses(messages: &[AddressMessage], observed: &mut Observed) {
 pub fn observe(messages: &[LinkMessage]) -> Observed {
     let mut observed = Observed::default();
     for msg in messages {
-        if msg
-            .attributes
-            .iter()
-            .any(|a| matches!(a, LinkAttribute::Group(g) if *g == LINK_GROUP))
-        {
-            observed.in_our_group.insert(msg.header.index);
-        }
-        observed.links.push(LinkSummary::from_message(msg));
+        observe_one(msg, &mut observed);
     }
     observed
 }
 
-impl Links for RtLinks {
-    async fn dump(&self) -> Result<Observed, LinkError> {
-        let messages: Vec<LinkMessage> = self
-            .netlink
+fn observe_one(msg: &LinkMessage, observed: &mut Observed) {
+    if msg
+        .attributes
+        .iter()
+        .any(|a| matches!(a, LinkAttribute::Group(g) if *g == LINK_GROUP))
+    {
+        observed.in_our_group.insert(msg.header.index);
+    }
+    observed.links.push(LinkSummary::from_message(msg));
+}
+
+impl RtLinks {
+    /// The links alone, streamed (what the garbage collector needs).
+    pub async fn dump_links(&self) -> Result<Observed, LinkError> {
+        self.netlink
             .handle
             .link()
             .get()
             .execute()
-            .try_collect()
+            .try_fold(Observed::default(), |mut observed, msg| async move {
+                observe_one(&msg, &mut observed);
+                Ok(observed)
+            })
             .await
-            .map_err(link_error)?;
-        let mut observed = observe(&messages);
-        let addresses: Vec<AddressMessage> = self
-            .netlink
-            .handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(link_error)?;
-        observe_addresses(&addresses, &mut observed);
+            .map_err(link_error)
+    }
+}
+
+impl Links for RtLinks {
+    /// Streamed: each message becomes its summary as it arrives, so a dump of
+    /// thousands of links never holds their full netlink messages at once.
+    async fn dump(&self) -> Result<Observed, LinkError> {
+        let mut observed = self.dump_links().await?;
+        let mut addresses = self.netlink.handle.address().get().execute();
+        while let Some(msg) = addresses.try_next().await.map_err(link_error)? {
+            observe_addresses(std::slice::from_ref(&msg), &mut observed);
+        }
         Ok(observed)
     }
 

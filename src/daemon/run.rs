@@ -1,12 +1,14 @@
 //! The daemon's main loop. Level-triggered: every trigger (config change, link
 //! event, resync, netlink overrun, retry) leads to the same full reconcile, so a
-//! lost or coalesced event costs nothing but latency.
+//! lost or coalesced event costs nothing but latency. Link events that cannot
+//! change a plan (VM ports coming and going) are dropped before they wake it
+//! (see `interest`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -14,15 +16,16 @@ use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::MulticastGroup;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::{sleep_until, Instant};
 
 use super::applier::Links;
 use super::backoff::Backoff;
 use super::config::{ConfigSource, Reload};
+use super::interest::{Filter, Interest, LinkEvent};
 use super::metrics::Metrics;
 use super::planner::plan;
-use super::reconcile::Reconciler;
+use super::reconcile::{collect_garbage, Reconciler};
 use super::rtlinks::RtLinks;
 use crate::netlink::Netlink;
 use crate::paths::RunDir;
@@ -47,6 +50,11 @@ pub const EXIT_CONFIG_INVALID: i32 = 2;
 /// after the first so that they make one reconcile, well inside the ~100 ms
 /// repair budget.
 const COALESCE: Duration = Duration::from_millis(10);
+/// How long VM port removals are gathered before one garbage collection. The
+/// plugin's DEL removes its own record: the collector is the backstop for a DEL
+/// that never comes, where seconds do not matter and a burst of pod deletions
+/// should cost one collection, not one per second.
+const GC_DEBOUNCE: Duration = Duration::from_secs(5);
 /// First retry after a failed reconcile; doubles up to the resync period.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 
@@ -122,11 +130,11 @@ pub async fn run(opts: Options) -> Result<i32, String> {
             reconciler.publish_config_errors(&source);
             return Ok(EXIT_CONFIG_INVALID);
         }
-        let outcome = reconciler
+        reconciler
             .reconcile(&source, true)
             .await
             .map_err(|e| format!("reading the node's links: {e}"))?;
-        if let Some(state) = outcome.state {
+        if let Some(state) = &reconciler.previous {
             for pg in &state.portgroups {
                 match (&pg.ready, &pg.reason) {
                     (true, _) => tracing::info!(portgroup = %pg.name, bridge = %pg.bridge, "ready"),
@@ -238,9 +246,25 @@ fn monitor_nftables(tx: UnboundedSender<Trigger>) {
 }
 
 /// Link events (RTNLGRP_LINK) as triggers, and address events (an untagged
-/// portgroup waits for its uplink to lose its addresses). Overruns become a
-/// trigger too: some events were lost, and only a full reconcile knows what they were.
-async fn monitor_links(tx: UnboundedSender<Trigger>) {
+/// portgroup waits for its uplink to lose its addresses), each judged by the
+/// [`Filter`] first: only those about the daemon's links and uplinks wake the
+/// reconciler. Overruns become a trigger too: some events were lost, and only a
+/// full reconcile knows what they were.
+async fn monitor_links(
+    tx: UnboundedSender<Trigger>,
+    filter: Arc<Mutex<Filter>>,
+    metrics: Arc<Metrics>,
+    port_gone: UnboundedSender<()>,
+) {
+    let judge = |pass: bool| {
+        let counter = match pass {
+            true => &metrics.events_relevant,
+            false => &metrics.events_ignored,
+        };
+        counter.fetch_add(1, Relaxed);
+        pass
+    };
+    let lock = || filter.lock().unwrap_or_else(|p| p.into_inner());
     loop {
         match rtnetlink::new_multicast_connection(&[
             MulticastGroup::Link,
@@ -254,18 +278,49 @@ async fn monitor_links(tx: UnboundedSender<Trigger>) {
                 {
                     tracing::debug!("netlink receive buffer: {e}");
                 }
+                // The kernel drops most pod churn before it reaches us.
+                if let Err(e) = super::sockfilter::attach(netlink_sys::AsyncSocket::socket_ref(
+                    connection.socket_mut(),
+                )) {
+                    tracing::warn!("link event socket filter: {e}; filtering in user space only");
+                }
                 let task = tokio::spawn(connection);
                 while let Some((message, _)) = messages.next().await {
                     let trigger = match message.payload {
-                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(_)) => {
-                            Trigger::Link { deleted: false }
-                        }
-                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(_)) => {
-                            Trigger::Link { deleted: true }
+                        NetlinkPayload::InnerMessage(
+                            ref inner @ (RouteNetlinkMessage::NewLink(ref m)
+                            | RouteNetlinkMessage::DelLink(ref m)),
+                        ) => {
+                            let deleted = matches!(inner, RouteNetlinkMessage::DelLink(_));
+                            // AF_BRIDGE port notifications are never counted, nor judged.
+                            let Some(e) = LinkEvent::from_message(m, deleted) else {
+                                continue;
+                            };
+                            let name = e.link.name.clone();
+                            if !judge(lock().link(e)) {
+                                if deleted && crate::naming::is_host_veth_name(&name) {
+                                    // Perhaps an attachment whose DEL never comes.
+                                    let _ = port_gone.send(());
+                                }
+                                continue;
+                            }
+                            tracing::debug!(link = %name, deleted, "link event counts");
+                            Trigger::Link { deleted }
                         }
                         NetlinkPayload::InnerMessage(
-                            RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_),
-                        ) => Trigger::Link { deleted: false },
+                            RouteNetlinkMessage::NewAddress(m) | RouteNetlinkMessage::DelAddress(m),
+                        ) => {
+                            // IPv6 link-local addresses come and go with every up link
+                            // (and DAD); the planner does not count them.
+                            if super::rtlinks::is_link_local(&m) {
+                                metrics.events_ignored.fetch_add(1, Relaxed);
+                                continue;
+                            }
+                            if !judge(lock().address(m.header.index)) {
+                                continue;
+                            }
+                            Trigger::Link { deleted: false }
+                        }
                         NetlinkPayload::Overrun(_) => {
                             tracing::warn!(
                                 "netlink overrun (ENOBUFS): link events were lost; resyncing now"
@@ -287,6 +342,40 @@ async fn monitor_links(tx: UnboundedSender<Trigger>) {
             return;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A VM's host veth gone may leave an attachment whose DEL never comes: collect
+/// garbage, without a reconcile (nothing of the daemon's links changed) and at
+/// most once per [`GC_DEBOUNCE`], so that a burst of DELs costs one collection.
+async fn collect_when_ports_go(
+    mut gone: UnboundedReceiver<()>,
+    again: UnboundedSender<()>,
+    run_dir: RunDir,
+    metrics: Arc<Metrics>,
+) {
+    let links = match connect() {
+        Ok(links) => links,
+        Err(e) => {
+            tracing::error!("garbage collection on VM port removal is off: {e}");
+            return;
+        }
+    };
+    while gone.recv().await.is_some() {
+        tokio::time::sleep(GC_DEBOUNCE).await;
+        while gone.try_recv().is_ok() {}
+        match links.dump_links().await {
+            Ok(observed) => {
+                if let Some(due) = collect_garbage(&observed, &run_dir, &metrics) {
+                    let again = again.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(due).await;
+                        let _ = again.send(());
+                    });
+                }
+            }
+            Err(e) => tracing::warn!("garbage collection: reading the node's links: {e}"),
+        }
     }
 }
 
@@ -335,7 +424,20 @@ async fn serve(
             .spawn(move || monitor_nftables(nft_events))
             .map_err(|e| format!("starting the nf_tables event thread: {e}"))?;
     }
-    tokio::spawn(monitor_links(tx));
+    let filter = Arc::new(Mutex::new(Filter::new()));
+    let (port_gone, ports_gone) = unbounded_channel::<()>();
+    tokio::spawn(collect_when_ports_go(
+        ports_gone,
+        port_gone.clone(),
+        opts.run_dir.clone(),
+        metrics.clone(),
+    ));
+    tokio::spawn(monitor_links(
+        tx,
+        filter.clone(),
+        metrics.clone(),
+        port_gone,
+    ));
     if source.good.is_some() {
         metrics.config_generation.store(source.generation, Relaxed);
     } else {
@@ -373,16 +475,31 @@ async fn serve(
         let collect = batch.resync || batch.overrun || batch.link_deleted || batch.gc_due;
         // A pass that collects verifies port security too (Reconciler::heal); a
         // change to the nf_tables table alone needs nothing else.
-        let outcome = if batch.only_nftables() {
+        let (outcome, again) = if batch.only_nftables() {
             reconciler.heal();
-            None
+            (None, false)
         } else {
-            let outcome = reconciler.reconcile(&source, collect).await;
+            filter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .open_window();
+            let result = reconciler.reconcile(&source, collect).await;
             // A reconcile that failed reading the links never reached its sweep.
-            if batch.nftables && !(collect && outcome.is_ok()) {
+            if batch.nftables && !(collect && result.is_ok()) {
                 reconciler.heal();
             }
-            Some(outcome)
+            // Without a pass that read the links (no good config, a failed
+            // dump), every event counts.
+            let interest = reconciler
+                .interest
+                .take()
+                .filter(|_| result.is_ok() && source.good.is_some())
+                .unwrap_or_else(Interest::everything);
+            let again = filter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .install(interest);
+            (Some(result), again)
         };
         let retry = match outcome {
             None => reconciler.next_retry().map(Instant::from_std),
@@ -391,7 +508,7 @@ async fn serve(
                     metrics.ready.store(true, Relaxed);
                 }
                 reconcile_backoff.succeeded();
-                if let Some(state) = &outcome.state {
+                if let Some(state) = &reconciler.previous {
                     metrics.set_portgroup_ready(&state.portgroups);
                     let now: BTreeMap<String, bool> = state
                         .portgroups
@@ -442,6 +559,11 @@ async fn serve(
         }
 
         batch = Batch::default();
+        if again {
+            // An event that arrived during the pass counts by what the pass found.
+            batch.add(Trigger::Link { deleted: false });
+            continue;
+        }
         let gc_at = reconciler.gc_due.map(Instant::from_std);
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping; host bridges and VLAN interfaces stay in place"); break; }

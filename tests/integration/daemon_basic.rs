@@ -31,7 +31,20 @@ fn once_with_missing_uplink_reports_it() {
     assert!(state.config_errors.is_empty());
     // Nothing was made without the uplink.
     assert_eq!(lab.node.links().len(), 1, "only lo");
-    // A second run goes on counting.
+    // A second run that changes nothing writes nothing: same generation, same file.
+    let inode = |p: &std::path::Path| {
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).expect("state file"))
+    };
+    let before = inode(&lab.run_dir().join("state.json"));
+    assert!(lab.once().status.success());
+    assert_eq!(lab.state().map(|s| s.generation), Some(1));
+    assert_eq!(
+        inode(&lab.run_dir().join("state.json")),
+        before,
+        "rewritten"
+    );
+    // A change goes on counting.
+    lab.write_config(&ONE_PG.replace("prod-web", "prod-app"));
     assert!(lab.once().status.success());
     assert_eq!(lab.state().map(|s| s.generation), Some(2));
 }
@@ -453,4 +466,108 @@ fn removed_portgroup_drains_until_its_last_vm_port_leaves() {
     assert!(state.portgroups.iter().all(|p| p.name != "db"), "{state:?}");
     assert!(!lab.node.has_link(&db_bridge), "torn down once empty");
     assert!(lab.node.has_link(&bridge_name("eth1", 100)));
+}
+
+/// An admin's bridges whose aliases only start like portgroupd's mark: never
+/// re-marked, remade or deleted, whatever their names, over a long-running
+/// daemon's reconciles and resyncs.
+#[test]
+fn the_daemon_leaves_an_admin_bridge_with_alias_portgroup_reserved_alone() {
+    let lab = DaemonLab::new();
+    let admin = [
+        ("br-admin".to_string(), "portgroup: reserved"),
+        // The name of prod-web's VLAN interface, on a bridge: the wrong kind for it.
+        (
+            portgroup::naming::vlan_interface_name("eth1", 100),
+            "portgroup: reserved",
+        ),
+        // Words that parse, but not as the daemon writes them, on a name no
+        // portgroup wants: it would pass for a stale portgroup's bridge.
+        (
+            bridge_name("eth1", 300),
+            "portgroup:bridge old uplink=eth1 vlan=300 (kept by the network team)",
+        ),
+    ];
+    for (name, alias) in &admin {
+        lab.node
+            .ip(&["link", "add", "name", name, "type", "bridge"]);
+        lab.node.ip(&["link", "set", name, "alias", alias, "up"]);
+    }
+    let before: Vec<_> = admin
+        .iter()
+        .map(|(name, _)| lab.node.link(name).expect("admin bridge"))
+        .collect();
+    lab.write_config(ONE_PG);
+    let _daemon = lab.start(&["--listen", "127.0.0.1:9752", "--resync", "1"]);
+    let state = lab.wait_state(Duration::from_secs(30), "a few resyncs", |s| {
+        s.portgroups.first().is_some_and(|p| p.reason.is_some())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let reason = state.portgroups[0].reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("interface {} exists and is not owned", admin[1].0)),
+        "{reason}"
+    );
+    for ((name, alias), was) in admin.iter().zip(&before) {
+        let now = lab
+            .node
+            .link(name)
+            .unwrap_or_else(|| panic!("{name} deleted"));
+        assert_eq!(now.ifindex, was.ifindex, "{name} remade");
+        assert_eq!(now.ifalias.as_deref(), Some(*alias), "{name} re-marked");
+        assert!(now.is_up(), "{name}");
+    }
+    // Nothing of prod-web's path is made while one of its names is taken.
+    assert!(!lab.node.has_link(&bridge_name("eth1", 100)));
+}
+
+/// `/readyz` is 503 while the node state cannot be written (here: the run dir
+/// mounted read-only in the daemon's own mount namespace), and 200 again once a
+/// retry gets through; the state then holds what changed meanwhile.
+#[test]
+fn readyz_is_503_while_the_node_state_cannot_be_written() {
+    let lab = DaemonLab::new();
+    lab.write_config(ONE_PG);
+    std::fs::create_dir_all(lab.run_dir()).expect("run dir");
+    let daemon = lab.start(&["--listen", "127.0.0.1:9753", "--resync", "3600"]);
+    let readyz = || http_get(&lab.node, 9753, "/readyz").map(|r| r.0);
+    let wait_readyz = |want: u16| {
+        crate::common::wait_until(Duration::from_secs(30), format!("/readyz {want}"), || {
+            match readyz() {
+                Some(code) if code == want => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+    };
+    wait_readyz(200);
+    let run = lab.run_dir().display().to_string();
+    let pid = daemon.child.id().to_string();
+    let in_daemon_mounts = |script: &str| {
+        crate::common::sh(&["nsenter", "-t", &pid, "-m", "--", "sh", "-ec", script]);
+    };
+    in_daemon_mounts(&format!(
+        "mount --bind '{run}' '{run}' && mount -o remount,bind,ro '{run}'"
+    ));
+
+    // Something to publish: another portgroup.
+    lab.write_config(
+        r#"{"uplink": "eth1", "portgroups": [{"name": "prod-web", "vlan": 100}, {"name": "db", "vlan": 200}]}"#,
+    );
+    wait_readyz(503);
+    let (_, metrics) = http_get(&lab.node, 9753, "/metrics").expect("metrics");
+    assert!(
+        metrics.contains("portgroupd_state_write_failing 1"),
+        "{metrics}"
+    );
+    assert_eq!(lab.state().map(|s| s.portgroups.len()), Some(1));
+    assert!(
+        daemon.log().contains("writing node state under"),
+        "{}",
+        daemon.log()
+    );
+
+    in_daemon_mounts(&format!("umount '{run}'"));
+    wait_readyz(200);
+    let state = lab.state().expect("state");
+    assert_eq!(state.portgroups.len(), 2, "{state:?}");
 }

@@ -221,6 +221,8 @@ fn portgroupd_restart_registers_again_and_sigterm_removes_its_sockets() {
             && offers(s, WEB, 1000, "Unhealthy")
             && offers(s, DB, 1000, "Unhealthy")
     });
+    // Registered is not yet listed: the stop below must come after the offers.
+    kubelet.wait(WAIT, "first offers", |s| offers(s, WEB, 1000, "Unhealthy"));
 
     daemon.signal(Signal::SIGTERM);
     let status = daemon.wait(WAIT).expect("stops on SIGTERM");

@@ -179,3 +179,105 @@ fn trunk_bridge_and_feed_pair_are_made_and_marked() {
         assert!(!lab.node.has_link(name), "{name} left behind");
     }
 }
+
+/// One series of the daemon's /metrics (the first line starting with `series `).
+fn metric(lab: &crate::common::DaemonLab, port: u16, series: &str) -> u64 {
+    let (_, body) = crate::common::http_get(&lab.node, port, "/metrics").expect("metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
+}
+
+/// VM ports coming and going (made, enslaved to a portgroup's bridge, raised,
+/// deleted) are not the daemon's business: a burst of them wakes no reconcile
+/// and writes no state. A change to one of its own links still does.
+#[test]
+fn a_burst_of_vm_port_events_causes_no_reconcile_and_no_state_write() {
+    use std::os::unix::fs::MetadataExt;
+    let lab = DaemonLab::new();
+    lab.write_config(UNTAGGED);
+    lab.node.ip(&["link", "set", "eth1", "up"]);
+    let daemon = lab.start(&["--listen", "127.0.0.1:9771", "--resync", "3600"]);
+    lab.wait_state(Duration::from_secs(60), "ready", |s| {
+        s.portgroups.first().is_some_and(|p| p.ready)
+    });
+    let bridge = untagged_bridge_name("eth1");
+    // Let the events of the daemon's own work settle.
+    let settled = || {
+        let mut last = metric(&lab, 9771, "portgroupd_reconciles_total");
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = metric(&lab, 9771, "portgroupd_reconciles_total");
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    };
+    let reconciles = settled();
+    let written = metric(&lab, 9771, "portgroupd_state_files_written_total");
+    let ignored = metric(
+        &lab,
+        9771,
+        "portgroupd_link_events_total{outcome=\"ignored\"}",
+    );
+    let state_file = lab.run_dir().join("state.json");
+    let meta = std::fs::metadata(&state_file).expect("state file");
+
+    let vm = Netns::new("vm");
+    let ports: Vec<String> = (0..20).map(|i| format!("pg{i:012x}")).collect();
+    for (i, port) in ports.iter().enumerate() {
+        lab.node.ip(&[
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("eth{}", 10 + i),
+            "netns",
+            &vm.name,
+        ]);
+        lab.node.ip(&["link", "set", port, "master", &bridge, "up"]);
+    }
+    for port in &ports {
+        lab.node.ip(&["link", "del", port]);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    assert!(
+        metric(
+            &lab,
+            9771,
+            "portgroupd_link_events_total{outcome=\"ignored\"}"
+        ) >= ignored + 20,
+        "the events were seen (their DELLINKs at least: the kernel's socket filter drops the rest)"
+    );
+    assert_eq!(
+        metric(&lab, 9771, "portgroupd_reconciles_total"),
+        reconciles,
+        "reconciled:\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        metric(&lab, 9771, "portgroupd_state_files_written_total"),
+        written,
+        "state written"
+    );
+    let after = std::fs::metadata(&state_file).expect("state file");
+    assert_eq!(
+        (after.ino(), after.mtime(), after.mtime_nsec()),
+        (meta.ino(), meta.mtime(), meta.mtime_nsec()),
+        "state.json replaced"
+    );
+
+    // The counters can move: the uplink taken out of the bridge is a change.
+    lab.node.ip(&["link", "set", "eth1", "nomaster"]);
+    crate::common::wait_until(Duration::from_secs(30), "a reconcile", || {
+        match metric(&lab, 9771, "portgroupd_reconciles_total") {
+            n if n > reconciles => Ok(()),
+            n => Err(format!("{n}")),
+        }
+    });
+}

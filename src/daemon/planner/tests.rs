@@ -316,6 +316,58 @@ fn unmarked_links_are_never_changed_or_deleted() {
     assert!(p.portgroups.iter().all(|s| !s.ready));
 }
 
+/// An alias that only starts like a mark is an admin's: the link is neither
+/// changed, nor remade, nor deleted as stale, whatever its name and kind.
+#[test]
+fn links_whose_alias_only_looks_like_a_mark_are_left_alone() {
+    let links = host();
+    let cfg = two_pgs();
+    let admin = [
+        // Our bridge's name, right kind: would be re-marked and resized.
+        (bridge_name("eth1", 100), "portgroup: reserved"),
+        // Our VLAN interface's name on a bridge: would be deleted as the wrong kind.
+        (vlan_interface_name("eth1", 200), "portgroup: reserved"),
+        // Not wanted, and the words parse, but not as the daemon writes them:
+        // would be torn down as a stale portgroup's.
+        (
+            bridge_name("eth1", 300),
+            "portgroup:bridge old uplink=eth1 vlan=300 (kept by the network team)",
+        ),
+        // Not wanted, in our link group, but with an alias of its own.
+        (bridge_name("eth1", 400), "portgroup: reserved"),
+    ];
+    {
+        let mut k = links.0.borrow_mut();
+        for (i, (name, alias)) in admin.iter().enumerate() {
+            let index = 60 + i as u32;
+            k.links.push(LinkSummary {
+                index,
+                name: name.clone(),
+                kind: Some("bridge".into()),
+                alias: Some(alias.to_string()),
+                admin_up: true,
+                mtu: 9000,
+                ..Default::default()
+            });
+            k.group.insert(index);
+        }
+    }
+    let p = plan_on(&links, &cfg, None);
+    for step in &p.steps {
+        let name = step.op.link_name();
+        assert!(
+            admin.iter().all(|(n, _)| n != name),
+            "touches an admin's link: {}",
+            step.op
+        );
+    }
+    assert!(p.portgroups.iter().all(|s| !s.ready && !s.draining));
+    assert_eq!(
+        status(&p, "prod-web").reason.as_deref(),
+        Some(not_owned_reason(&bridge_name("eth1", 100)).as_str())
+    );
+}
+
 #[test]
 fn node_uplinks_override() {
     let links = host();
