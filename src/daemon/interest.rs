@@ -101,6 +101,10 @@ fn fingerprint(link: &LinkSummary, uplink: bool) -> u64 {
     if uplink {
         link.lower_up.hash(&mut h);
     }
+    // Our bridges' MACs are pinned: another one is drift to repair.
+    if link.kind.as_deref() == Some("bridge") {
+        link.mac.hash(&mut h);
+    }
     h.finish()
 }
 
@@ -298,6 +302,10 @@ mod tests {
         .expect("config");
         let bridge = |index, uplink: &str, pg: &str| LinkSummary {
             kind: Some("bridge".into()),
+            mac: Some(crate::naming::bridge_mac(
+                NODE,
+                &untagged_bridge_name(uplink),
+            )),
             alias: Some(owner_alias("bridge", pg, uplink, 0)),
             ..link(index, &untagged_bridge_name(uplink))
         };
@@ -385,18 +393,29 @@ mod tests {
                 false,
             ),
             ("stranger deleted", ev(get(30), true), false),
-            // Our bridge's carrier and MAC follow its ports: not a change.
+            // Our bridge's carrier follows its ports: not a change. Its MAC is
+            // pinned: another one is drift.
             (
                 "bridge carrier",
                 ev(
                     LinkSummary {
                         lower_up: false,
-                        mac: Some("02:00:00:00:00:01".parse().expect("mac")),
                         ..get(10)
                     },
                     false,
                 ),
                 false,
+            ),
+            (
+                "bridge MAC changed",
+                ev(
+                    LinkSummary {
+                        mac: Some("02:00:00:00:00:01".parse().expect("mac")),
+                        ..get(10)
+                    },
+                    false,
+                ),
+                true,
             ),
             ("bridge unchanged", ev(get(10), false), false),
             // Our links and uplinks changing what the planner reads: always.
