@@ -35,7 +35,7 @@ use super::ruleset::{
 };
 use super::{
     backfill_derived, base_ok, counter_packets, dump_set, eui64_link_local, has_elem, ifname_key,
-    msg, name_of, open, push_elems, with_retries,
+    msg, name_of, open, port_key, push_elems, with_retries,
 };
 
 /// What holds one migration target's port.
@@ -95,13 +95,7 @@ fn keys(hold: &Hold, ifkey: &[u8; IFNAMSIZ]) -> Vec<(&'static str, Vec<u8>)> {
 /// before the pod's interface comes up, so not one frame escapes. Replaces
 /// whatever hold an earlier attachment under the same port name left.
 pub fn hold(hold: &Hold) -> Result<(), Error> {
-    let ifkey = ifname_key(&hold.host_veth)?;
-    if hold.mac.is_multicast() || hold.mac.0 == [0; 6] {
-        return Err(Error::PortSecurity(format!(
-            "port {}: {} is not a unicast MAC",
-            hold.host_veth, hold.mac
-        )));
-    }
+    let ifkey = port_key(&hold.host_veth, hold.mac)?;
     let context = format!("holding {} for the migration handover", hold.host_veth);
     let want = keys(hold, &ifkey);
     with_retries(&context, |nl| {

@@ -861,15 +861,20 @@ fn retrying<T>(
     Err(err(context, last.unwrap_or_else(too_busy)))
 }
 
-/// Installs (or replaces) the rules for one port. Cost must not grow with the number of ports.
-pub fn install(rules: &PortRules) -> Result<(), Error> {
-    let ifkey = ifname_key(&rules.host_veth)?;
-    if rules.mac.is_multicast() || rules.mac.0 == [0; 6] {
+/// The key of a port whose elements are about to be made for `mac`: its
+/// host veth's name, with the MAC checked to be a unicast one.
+fn port_key(host_veth: &str, mac: MacAddr) -> Result<[u8; IFNAMSIZ], Error> {
+    if mac.is_multicast() || mac.0 == [0; 6] {
         return Err(Error::PortSecurity(format!(
-            "port {}: {} is not a unicast MAC",
-            rules.host_veth, rules.mac
+            "port {host_veth}: {mac} is not a unicast MAC"
         )));
     }
+    ifname_key(host_veth)
+}
+
+/// Installs (or replaces) the rules for one port. Cost must not grow with the number of ports.
+pub fn install(rules: &PortRules) -> Result<(), Error> {
+    let ifkey = port_key(&rules.host_veth, rules.mac)?;
     let context = format!("installing port security for {}", rules.host_veth);
     let want = PortElems::wanted(rules);
     with_retries(&context, |nl| {
