@@ -235,9 +235,9 @@ impl Attempt<'_> {
             })?;
         }
 
-        // A plain L2 port (the VM configures its own addresses) is done here: the
-        // pod end was made up, in the pod. Addresses and routes are set from
-        // inside the pod's namespace, on a socket made there.
+        // A plain L2 port (the VM configures its own addresses) needs nothing in
+        // the pod: its pod end was made up there. Addresses and routes are set
+        // from inside the pod's namespace, on a socket made there.
         if conf.link_down && !routes.is_empty() {
             // A down link has no connected routes for a gateway to resolve through.
             tracing::warn!(
