@@ -295,6 +295,53 @@ fn a_flushed_ruleset_is_restored_for_every_running_vm() {
     assert!(ports(&lab).is_empty());
 }
 
+/// Whether `port` holds `addr` through DAD (an FCFS binding the kernel made).
+fn bound(lab: &DaemonLab, port: &str, addr: std::net::Ipv6Addr) -> bool {
+    lab.node
+        .run(portsec::fcfs_bindings)
+        .expect("list the FCFS bindings")
+        .iter()
+        .any(|b| b.port == port && b.address == addr)
+}
+
+/// The kernel learns FCFS bindings from the packet path, so a flush loses them
+/// and nothing in the records could give them back: portgroupd keeps what its
+/// last sweep saw and restores it with the table.
+#[test]
+fn dad_bindings_come_back_after_a_flush() {
+    let (lab, _peer) = bridge_lab();
+    let vm = attach(&lab, 1);
+    let daemon = started(&lab, 9776, &["--resync", "3600"]);
+    let claimed: std::net::Ipv6Addr = "fe80::1234".parse().expect("address");
+    // A guest address of its own (not the MAC's): the kernel's DAD claims it.
+    vm.ns.ip_line("-6 addr add fe80::1234/64 dev net1");
+    wait_for("the DAD binding", Duration::from_secs(10), || {
+        bound(&lab, &vm.host_veth, claimed)
+    });
+    // A sweep after the binding exists (another process's nf_tables change
+    // wakes one): it is in portgroupd's snapshot from then on.
+    let sweeps = metric(&lab, 9776, "portgroupd_portsec_sweeps_total");
+    let other = attach(&lab, 2);
+    wait_for("a sweep after the binding", Duration::from_secs(10), || {
+        metric(&lab, 9776, "portgroupd_portsec_sweeps_total") > sweeps
+    });
+
+    nft(&lab, "flush ruleset");
+    wait_for("the binding restored", Duration::from_secs(10), || {
+        bound(&lab, &vm.host_veth, claimed)
+    });
+    let log = daemon.log();
+    assert!(
+        log.contains("FCFS IPv6 binding(s) the rebuilt table had lost"),
+        "{log}"
+    );
+    for vm in [&vm, &other] {
+        let (code, out) = cni(&lab, "DEL", vm);
+        assert_eq!(code, 0, "DEL: {out}");
+    }
+    assert!(ports(&lab).is_empty());
+}
+
 #[test]
 fn a_deleted_chain_or_element_is_restored() {
     let (lab, peer) = bridge_lab();
