@@ -11,8 +11,9 @@
 //! - an ADD writes its record before it creates the veth, so a record younger
 //!   than [`MIN_AGE`] is left alone; the collector is woken again when it comes
 //!   of age ([`GcReport::next_due`]);
-//! - a DEL deletes the veth first and the record last, holding the record's lock
-//!   ([`attachment::lock`]) throughout; such a record is "already being deleted".
+//! - an ADD (for its whole run) and a DEL (which deletes the veth first and the
+//!   record last) hold the record's lock ([`attachment::lock`]); such a record
+//!   is in a plugin's hands and left to it.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -84,7 +85,7 @@ pub fn collect(observed: &Observed, dir: &Path, now: SystemTime, min_age: Durati
                 tracing::info!(
                     attachment = %id,
                     host_veth = %record.host_veth,
-                    "attachment already being deleted (its DEL holds the record); not collecting it"
+                    "attachment in a running ADD or DEL (it holds the record); not collecting it"
                 );
                 report.being_deleted += 1;
                 continue;
