@@ -431,6 +431,50 @@ fn udp_sport(port: u16) -> Vec<Expr> {
 /// Order in `port_in`: what holds for every port (MAC, reserved group
 /// addresses, tags, ARP sender MAC, router/DHCP-server guards), then the
 /// per-family source checks of IP-locked ports, then the ethertype allowlist.
+/// The target of an NA or a DAD probe (ICMPv6 offset 8): the port's own
+/// (declared, the link-local of its MAC, or claimed through DAD, which refreshes
+/// the binding) returns; another port's (declared or claimed) is dropped and
+/// counted in `counter`; anything else falls through to the chain's next rule.
+fn own_target_else_drop(
+    chain: &'static str,
+    counter: &'static str,
+) -> [(&'static str, Vec<Expr>); 4] {
+    [
+        rule(
+            chain,
+            vec![
+                port_and_ip6(BASE_TH, ND_TARGET),
+                vec![in_set(SET_IP6)],
+                ret(),
+            ],
+        ),
+        rule(
+            chain,
+            vec![
+                port_and_ip6(BASE_TH, ND_TARGET),
+                vec![in_set(SET_LL)],
+                ret(),
+            ],
+        ),
+        rule(
+            chain,
+            vec![
+                port_and_ip6(BASE_TH, ND_TARGET),
+                vec![in_set(SET_FCFS_BINDINGS)],
+                bind(NFT_DYNSET_OP_UPDATE),
+                ret(),
+            ],
+        ),
+        rule(
+            chain,
+            vec![
+                vec![load(BASE_TH, ND_TARGET, 16), in_set(SET_FCFS_CLAIMED)],
+                drop_counted(counter).into(),
+            ],
+        ),
+    ]
+}
+
 fn rules() -> Vec<(&'static str, Vec<Expr>)> {
     let mut rules = handover_rules();
     rules.extend([
@@ -672,43 +716,13 @@ fn rules() -> Vec<(&'static str, Vec<Expr>)> {
         ),
         rule("ip6_in", vec![port_in(SET_IP6_OPEN), jump("fcfs_src")]),
         rule("ip6_in", vec![drop_counted("drop_ip6").into()]),
-        // nd_in: the target of a neighbour advertisement (ICMPv6 offset 8) must
-        // be the port's: declared, the link-local of its MAC, or claimed
-        // through DAD (which refreshes the binding: a host answering its
-        // neighbours' reachability probes still holds the address).
-        rule(
-            "nd_in",
-            vec![
-                port_and_ip6(BASE_TH, ND_TARGET),
-                vec![in_set(SET_IP6)],
-                ret(),
-            ],
-        ),
-        rule(
-            "nd_in",
-            vec![
-                port_and_ip6(BASE_TH, ND_TARGET),
-                vec![in_set(SET_LL)],
-                ret(),
-            ],
-        ),
-        rule(
-            "nd_in",
-            vec![
-                port_and_ip6(BASE_TH, ND_TARGET),
-                vec![in_set(SET_FCFS_BINDINGS)],
-                bind(NFT_DYNSET_OP_UPDATE),
-                ret(),
-            ],
-        ),
-        // Another port's address (declared or claimed): on every port.
-        rule(
-            "nd_in",
-            vec![
-                vec![load(BASE_TH, ND_TARGET, 16), in_set(SET_FCFS_CLAIMED)],
-                drop_counted("drop_nd").into(),
-            ],
-        ),
+    ]);
+    // nd_in: the target of a neighbour advertisement must be the port's:
+    // declared, the link-local of its MAC, or claimed through DAD (refreshing
+    // the binding: a host answering its neighbours' reachability probes still
+    // holds the address). Another port's is dropped on every port.
+    rules.extend(own_target_else_drop("nd_in", "drop_nd"));
+    rules.extend([
         // Other link-local targets (the router's fe80::1, a neighbour's) only
         // from ports allowed to be routers.
         rule(
@@ -730,43 +744,14 @@ fn rules() -> Vec<(&'static str, Vec<Expr>)> {
         // IP-locked port only its own (above), FCFS or declared.
         rule("nd_in", vec![port_not_in(SET_LOCKED), ret()]),
         rule("nd_in", vec![drop_counted("drop_nd").into()]),
-        // fcfs_dad: a DAD probe (NS from ::) claims its target for the port,
-        // first come first served (RFC 6620). Its own addresses need no claim;
-        // a repeated DAD refreshes the binding; another port's address is
-        // dropped (the prober is not told: its use of the address is dropped
-        // too); a free one is bound to the port for the binding's lifetime.
-        rule(
-            "fcfs_dad",
-            vec![
-                port_and_ip6(BASE_TH, ND_TARGET),
-                vec![in_set(SET_IP6)],
-                ret(),
-            ],
-        ),
-        rule(
-            "fcfs_dad",
-            vec![
-                port_and_ip6(BASE_TH, ND_TARGET),
-                vec![in_set(SET_LL)],
-                ret(),
-            ],
-        ),
-        rule(
-            "fcfs_dad",
-            vec![
-                port_and_ip6(BASE_TH, ND_TARGET),
-                vec![in_set(SET_FCFS_BINDINGS)],
-                bind(NFT_DYNSET_OP_UPDATE),
-                ret(),
-            ],
-        ),
-        rule(
-            "fcfs_dad",
-            vec![
-                vec![load(BASE_TH, ND_TARGET, 16), in_set(SET_FCFS_CLAIMED)],
-                drop_counted("drop_dad").into(),
-            ],
-        ),
+    ]);
+    // fcfs_dad: a DAD probe (NS from ::) claims its target for the port, first
+    // come first served (RFC 6620). Its own addresses need no claim; a repeated
+    // DAD refreshes the binding; another port's address is dropped (the prober
+    // is not told: its use of the address is dropped too); a free one is bound
+    // to the port for the binding's lifetime.
+    rules.extend(own_target_else_drop("fcfs_dad", "drop_dad"));
+    rules.extend([
         // A new claim: within the port's rate, bind it.
         rule(
             "fcfs_dad",
