@@ -125,6 +125,28 @@ fn add_killed_while_holding_then_del_leaves_nothing() {
     lab.assert_clean(&["br0", "legacy0"]);
 }
 
+/// A migration that failed and whose target pod went without a DEL: GC
+/// (nothing listed valid) takes the hold along with the port.
+#[test]
+fn gc_removes_a_held_port_and_its_hold() {
+    let mut lab = Lab::new();
+    legacy_host(&mut lab, VM_MAC, &["10.10.100.21/24"]);
+    let pod = lab.pod();
+    let path = Lab::netns_path(&pod);
+    let env = Lab::attach_env("vm1", &path, "net1");
+    let c = probing(&["10.10.100.21/24"], VM_MAC);
+    assert_eq!(lab.cni("ADD", &c, &env).code, 0);
+    assert_eq!(lab.held_ports().len(), 1, "the target is held");
+    sh(&["ip", "netns", "del", &pod]);
+    let mut gc = c.clone();
+    gc["cniVersion"] = "1.1.0".into();
+    gc["cni.dev/valid-attachments"] = serde_json::json!([]);
+    let out = lab.cni("GC", &gc, &[]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(lab.held_ports(), Vec::<String>::new());
+    lab.assert_clean(&["br0", "legacy0"]);
+}
+
 #[test]
 fn a_fresh_vm_is_never_held() {
     let mut lab = Lab::new();
