@@ -12,6 +12,7 @@ pub mod netns;
 pub mod nodeconfig;
 pub mod paths;
 pub mod state;
+pub mod sweeper;
 
 pub use error::{Error, Result};
 #[cfg(feature = "daemon")]

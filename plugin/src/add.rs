@@ -229,10 +229,13 @@ impl Attempt<'_> {
         let allowed = spec.allowed_ips(&assigned);
         if let Some(rules) = rules.filter(|r| r.ips != allowed) {
             // Before the pod end holds IPAM's addresses: it has sent from none of them.
-            node.install_port_security(&portsec::PortRules {
-                ips: allowed.clone(),
-                ..rules.clone()
-            })?;
+            node.install_port_security(
+                &portsec::PortRules {
+                    ips: allowed.clone(),
+                    ..rules.clone()
+                },
+                false,
+            )?;
         }
 
         // A plain L2 port (the VM configures its own addresses) needs nothing in

@@ -36,6 +36,7 @@ pub async fn del(cmd: &Call<'_, Detach, TeardownConf>) -> Result<(), Error> {
         config: stdin,
         cni_path: &call.node.cni_path,
         foreign: false,
+        leave_rules_to_sweeper: crate::teardown::leaves_rules_to_sweeper(record.as_ref(), &run),
     }
     .run(&nl, &run)
     .await

@@ -32,7 +32,13 @@ pub trait NodeEffects {
     /// Whether an interface with this name exists on the node.
     async fn host_link_exists(&mut self, name: &str) -> Result<bool, Error>;
     /// Installs (or replaces) a port's elements, by its host veth's name.
-    fn install_port_security(&mut self, rules: &portsec::PortRules) -> Result<(), Error>;
+    /// `new_interface`: its veth does not exist yet, so whatever elements the
+    /// name has are a deleted port's and all go first (`portsec::install_new`).
+    fn install_port_security(
+        &mut self,
+        rules: &portsec::PortRules,
+        new_interface: bool,
+    ) -> Result<(), Error>;
     fn remove_port_security(&mut self, host_veth: &str) -> Result<(), Error>;
     /// Makes the veth: the pod end in the pod, the host end down and on no bridge.
     async fn create_veth(&mut self, veth: &VethSpec<'_>) -> Result<(), Error>;
@@ -116,7 +122,7 @@ pub async fn make_port(
     }
     if let Some(rules) = rules {
         undo.push(Undo::PortSecurity);
-        fx.install_port_security(rules)?;
+        fx.install_port_security(rules, true)?;
         fault::point("port-security-installed");
     }
     fx.create_veth(veth).await?;
@@ -185,8 +191,15 @@ impl NodeEffects for Node<'_> {
             .map_err(|e| Error::netlink(format!("looking up {name}"), e))
     }
 
-    fn install_port_security(&mut self, rules: &portsec::PortRules) -> Result<(), Error> {
-        portsec::install(rules)
+    fn install_port_security(
+        &mut self,
+        rules: &portsec::PortRules,
+        new_interface: bool,
+    ) -> Result<(), Error> {
+        match new_interface {
+            true => portsec::install_new(rules),
+            false => portsec::install(rules),
+        }
     }
 
     fn remove_port_security(&mut self, host_veth: &str) -> Result<(), Error> {
@@ -234,6 +247,7 @@ impl NodeEffects for Node<'_> {
             config: self.stdin,
             cni_path: &self.call.node.cni_path,
             foreign: false,
+            leave_rules_to_sweeper: false,
         }
         .release_ipam(section)
     }
@@ -282,7 +296,11 @@ mod tests {
             self.call("host_link_exists", name)?;
             Ok(self.link_exists)
         }
-        fn install_port_security(&mut self, rules: &portsec::PortRules) -> Result<(), Error> {
+        fn install_port_security(
+            &mut self,
+            rules: &portsec::PortRules,
+            _new_interface: bool,
+        ) -> Result<(), Error> {
             self.call("install_port_security", &rules.host_veth)
         }
         fn remove_port_security(&mut self, host_veth: &str) -> Result<(), Error> {

@@ -78,6 +78,7 @@ pub async fn gc(cmd: &Call<'_, Node, NetConf>) -> Result<(), Error> {
             config: stdin,
             cni_path: &node.cni_path,
             foreign: true,
+            leave_rules_to_sweeper: false,
         }
         .run(&nl, &run)
         .await;

@@ -21,6 +21,24 @@ pub struct Teardown<'a> {
     pub cni_path: &'a [PathBuf],
     /// Whether this is another attachment than the one in our environment (GC).
     pub foreign: bool,
+    /// Leave the port's nftables elements to portgroupd's sweep once its veth
+    /// is gone (see [`leaves_rules_to_sweeper`]).
+    pub leave_rules_to_sweeper: bool,
+}
+
+/// Whether a DEL may leave its port's elements to portgroupd: a live daemon of
+/// this namespace sweeps them once the record is gone (portgroup::sweeper),
+/// and the record says what the port had, with no migration hold (a hold is
+/// removed with the port, as before). Removing them is what makes a burst of
+/// DELs wait: each commit that deletes elements has the kernel free them
+/// after an RCU grace period, and every nf_tables socket that closes meanwhile
+/// waits for that under the commit lock, so the DELs of a burst queue behind
+/// each other's grace periods. The sweep deletes a burst's in a few batches on
+/// a socket it keeps open. A port whose veth is gone sends nothing, whatever
+/// elements its name still has; an ADD of the same name clears them first
+/// (`portsec::install_new`).
+pub fn leaves_rules_to_sweeper(record: Option<&attachment::Record>, run: &RunDir) -> bool {
+    record.is_some_and(|r| r.handover.is_none()) && portgroup::sweeper::sweeping(run)
 }
 
 /// Deletes our host veth (and so its pod end, in whatever netns it is); a missing
@@ -103,8 +121,11 @@ impl Teardown<'_> {
             // Unknown: the port may still be up, its rules stay until it is gone.
             Err(_) => false,
         };
+        // Left to the sweep only once the port is down (or gone) and its veth
+        // is known; the veth's deletion below then makes it unusable for good.
+        let deferred = self.leave_rules_to_sweeper && unusable && veth.is_ok();
         let mut rules_socket = None;
-        if unusable {
+        if unusable && !deferred {
             match portsec::remove_then_close_later(&host_veth) {
                 Ok(socket) => rules_socket = Some(socket),
                 Err(e) => errors.push(e),
@@ -113,6 +134,8 @@ impl Teardown<'_> {
         crate::fault::point("del-port-down-rules-removed");
         match veth {
             Ok(Some(index)) => {
+                // Not deleted: the sweep never takes rules off an interface that
+                // exists, so a deferred port keeps its restrictions (and is down).
                 if let Err(e) = delete_link(nl, &host_veth, index).await {
                     errors.push(e);
                 } else if !unusable {

@@ -245,6 +245,71 @@ fn monitor_nftables(tx: UnboundedSender<Trigger>) {
     }
 }
 
+/// A removed attachment record as a trigger for the port-security sweep: a DEL
+/// leaves its port's elements to it while this daemon holds the sweeper lock
+/// (crate::sweeper), which is taken once the records are watched and is held
+/// by this thread, so it goes when the watch does. Another daemon holding the
+/// lock sweeps too; this one takes it over when it can.
+fn sweep_when_records_go(run_dir: &RunDir, tx: UnboundedSender<Trigger>) {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let dir = run_dir.attachments_dir();
+    let mut backoff = Backoff::new(RETRY_MIN, Duration::from_secs(60));
+    let mut held = None;
+    loop {
+        let watched = std::fs::create_dir_all(&dir)
+            .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)))
+            .and_then(|()| Inotify::init(InitFlags::IN_CLOEXEC))
+            .and_then(|inotify| {
+                let mask = AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM;
+                inotify.add_watch(&dir, mask).map(|_| inotify)
+            });
+        let inotify = match watched {
+            Ok(inotify) => inotify,
+            Err(e) => {
+                held = None;
+                tracing::warn!(
+                    "watching {}: {e}; DELs remove their ports' rules themselves",
+                    dir.display()
+                );
+                std::thread::sleep(backoff.failed());
+                continue;
+            }
+        };
+        backoff.succeeded();
+        loop {
+            if held.is_none() {
+                held = match crate::sweeper::hold(run_dir) {
+                    Ok(Some(lock)) => Some(lock),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!("taking the sweeper lock: {e}; DELs remove their ports' rules themselves");
+                        None
+                    }
+                };
+            }
+            let events = match inotify.read_events() {
+                Ok(events) => events,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::warn!("reading record events: {e}; watching again");
+                    break;
+                }
+            };
+            if tx.send(Trigger::Nftables).is_err() {
+                return;
+            }
+            // The directory itself went: watch it again, made anew.
+            if events
+                .iter()
+                .any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED))
+            {
+                held = None;
+                break;
+            }
+        }
+    }
+}
+
 /// Link events (RTNLGRP_LINK) as triggers, and address events (an untagged
 /// portgroup waits for its uplink to lose its addresses), each judged by the
 /// [`Filter`] first: only those about the daemon's links and uplinks wake the
@@ -423,6 +488,14 @@ async fn serve(
             .name("nftables-events".into())
             .spawn(move || monitor_nftables(nft_events))
             .map_err(|e| format!("starting the nf_tables event thread: {e}"))?;
+    }
+    {
+        let record_events = tx.clone();
+        let run_dir = opts.run_dir.clone();
+        std::thread::Builder::new()
+            .name("record-events".into())
+            .spawn(move || sweep_when_records_go(&run_dir, record_events))
+            .map_err(|e| format!("starting the attachment record event thread: {e}"))?;
     }
     let filter = Arc::new(Mutex::new(Filter::new()));
     let (port_gone, ports_gone) = unbounded_channel::<()>();

@@ -12,7 +12,7 @@ use nix::libc;
 
 use super::nfnl::{msg, Batch, Msg, Nfnl, NlError, NFPROTO_BRIDGE, NLM_F_REQUEST};
 use super::ruleset::{bootstrap, expected_comments, IFNAMSIZ, NFTA_TABLE_NAME, SETS, TABLE};
-use super::ruleset::{SET_FCFS_BINDINGS, SET_FCFS_CLAIMED};
+use super::ruleset::{SET_FCFS_BINDINGS, SET_FCFS_CLAIMED, SET_PORTS};
 use super::{claimed_addrs, claims_to_release, declared_ip6, ip6_holders, ip6_tail};
 use super::{dump_set, ifname_key, name_of, push_elems, rule_comments, with_retries};
 use super::{PortElems, PortRules};
@@ -169,6 +169,14 @@ fn observe(nl: &mut Nfnl) -> Result<Installed, NlError> {
     Ok(Installed { table, elements })
 }
 
+/// The generation after one commit of ours (the kernel skips 0).
+fn next_generation(generation: u32) -> u32 {
+    match generation.wrapping_add(1) {
+        0 => 1,
+        g => g,
+    }
+}
+
 fn unsupported(e: &NlError) -> bool {
     matches!(
         e.errno,
@@ -184,6 +192,9 @@ pub fn heal(
     exists: &dyn Fn(&str) -> bool,
 ) -> Result<Plan, Error> {
     with_retries("verifying port security", |nl| {
+        // Read first: orphans are deleted only if nothing was committed since
+        // (see below).
+        let mut generation = nl.generation()?;
         let installed = match observe(nl) {
             Ok(installed) => installed,
             // A kernel without nf_tables for bridges holds no rules; that only
@@ -195,11 +206,28 @@ pub fn heal(
         let (release, claim) = fcfs_follow(nl, &installed, want, &p.orphans)?;
         p.delete.extend(release);
         p.add.extend(claim);
+        // An orphan is a port no record named when the directory was read, and
+        // a DEL leaves its port's elements to this sweep (crate::sweeper): an
+        // ADD of the same name (same container and interface) may have written
+        // its record and installed its elements since. Its commit moved the
+        // generation on, so deleting on the generation read before the
+        // elements fails (ERESTART) rather than strip the new port; the retry
+        // reads the directory again and finds its record.
+        let guard = !p.orphans.is_empty();
+        let mut commit = |nl: &mut Nfnl, batch: Batch| -> Result<(), NlError> {
+            nl.commit_at(batch, guard.then_some(generation))?;
+            generation = next_generation(generation);
+            Ok(())
+        };
         if p.rebuild.is_some() {
             let mut batch = Batch::new();
             bootstrap(&mut batch);
-            nl.commit(batch)?;
+            commit(nl, batch)?;
         }
+        // A port's `ports` element goes last, so a sweep cut short between two
+        // batches leaves it with its other elements: an ADD of the same name
+        // then finds it and clears them all (install_new).
+        p.delete.sort_by_key(|(set, _)| *set == SET_PORTS);
         // Deletions first, so a port's stale element never sits beside its new one.
         // Bounded transactions: the kernel takes a batch in one message.
         for (kind, elements, what) in [
@@ -209,7 +237,7 @@ pub fn heal(
             for chunk in elements.chunks(512) {
                 let mut batch = Batch::new();
                 push_elems(&mut batch, kind, chunk, what);
-                nl.commit(batch)?;
+                commit(nl, batch)?;
             }
         }
         Ok(p)

@@ -819,10 +819,11 @@ const ATTEMPTS: usize = 5;
 
 fn retryable(e: &NlError) -> bool {
     // ENOENT: an element we meant to delete went away; EEXIST/EBUSY: a
-    // concurrent bootstrap; ERESTART/EAGAIN: the kernel asks us to retry.
+    // concurrent bootstrap; ERESTART/EAGAIN: the kernel asks us to retry
+    // (ERESTART also: another commit since the generation a batch names).
     matches!(
         e.errno,
-        libc::ENOENT | libc::EEXIST | libc::EBUSY | libc::EAGAIN | libc::EINTR
+        libc::ENOENT | libc::EEXIST | libc::EBUSY | libc::EAGAIN | libc::EINTR | libc::ERESTART
     )
 }
 
@@ -874,6 +875,20 @@ fn port_key(host_veth: &str, mac: MacAddr) -> Result<[u8; IFNAMSIZ], Error> {
 
 /// Installs (or replaces) the rules for one port. Cost must not grow with the number of ports.
 pub fn install(rules: &PortRules) -> Result<(), Error> {
+    install_as(rules, false)
+}
+
+/// [`install`] for a port whose interface does not exist yet (ADD, before
+/// making its veth): elements its name already has are a deleted port's, whose
+/// DEL left them to portgroupd's sweep (crate::sweeper), or a leak. They are all
+/// removed first (its DAD bindings and handover hold too), so the new port
+/// inherits nothing; then it is installed as new. One batch, as for any new
+/// port, when there are none.
+pub fn install_new(rules: &PortRules) -> Result<(), Error> {
+    install_as(rules, true)
+}
+
+fn install_as(rules: &PortRules, new_interface: bool) -> Result<(), Error> {
     let ifkey = port_key(&rules.host_veth, rules.mac)?;
     let context = format!("installing port security for {}", rules.host_veth);
     let want = PortElems::wanted(rules);
@@ -897,17 +912,27 @@ pub fn install(rules: &PortRules) -> Result<(), Error> {
                 .into_iter()
                 .map(|a| (SET_FCFS_CLAIMED, a.to_vec())),
         );
-        let mut batch = Batch::new();
-        push_elems_exclusive(
-            &mut batch,
-            msg::NEWSETELEM,
-            &keys,
-            "adding an element",
-            &[SET_PORTS, SET_FCFS_CLAIMED],
-        );
-        match nl.commit(batch) {
+        let exclusive_add = |nl: &mut Nfnl| {
+            let mut batch = Batch::new();
+            push_elems_exclusive(
+                &mut batch,
+                msg::NEWSETELEM,
+                &keys,
+                "adding an element",
+                &[SET_PORTS, SET_FCFS_CLAIMED],
+            );
+            nl.commit(batch)
+        };
+        match exclusive_add(nl) {
             Err(e) if e.errno == libc::EEXIST => {}
             done => return done,
+        }
+        if new_interface && has_elem(nl, SET_PORTS, &ifkey)? {
+            remove_port(nl, &ifkey)?;
+            match exclusive_add(nl) {
+                Err(e) if e.errno == libc::EEXIST => {}
+                done => return done,
+            }
         }
         let mut batch = Batch::new();
         let have = if has_elem(nl, SET_PORTS, &ifkey)? {
@@ -982,23 +1007,27 @@ pub fn remove_then_close_later(host_veth: &str) -> Result<OpenSocket, Error> {
     let ifkey = ifname_key(host_veth)?;
     let context = format!("removing port security for {host_veth}");
     let mut nl = open(&context)?;
-    retrying(&context, &mut nl, |nl| {
-        let mut gone = Vec::new();
-        if has_elem(nl, SET_PORTS, &ifkey)? {
-            gone.extend(port_elems(nl, &ifkey)?.keys(&ifkey));
-            gone.extend(fcfs_held_by(nl, &ifkey)?);
-        }
-        // A migration target's hold goes with the port, whether or not it was
-        // secured: two GETs when it had none.
-        gone.extend(handover::port_keys(nl, &ifkey)?);
-        if gone.is_empty() {
-            return Ok(());
-        }
-        let mut batch = Batch::new();
-        push_elems(&mut batch, msg::DELSETELEM, &gone, "deleting");
-        nl.commit(batch)
-    })?;
+    retrying(&context, &mut nl, |nl| remove_port(nl, &ifkey))?;
     Ok(OpenSocket(nl))
+}
+
+/// Every element of one port, in one transaction: its own, what it holds in
+/// the FCFS sets, its handover hold. Nothing to delete is fine.
+fn remove_port(nl: &mut Nfnl, ifkey: &[u8; IFNAMSIZ]) -> Result<(), NlError> {
+    let mut gone = Vec::new();
+    if has_elem(nl, SET_PORTS, ifkey)? {
+        gone.extend(port_elems(nl, ifkey)?.keys(ifkey));
+        gone.extend(fcfs_held_by(nl, ifkey)?);
+    }
+    // A migration target's hold goes with the port, whether or not it was
+    // secured: two GETs when it had none.
+    gone.extend(handover::port_keys(nl, ifkey)?);
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let mut batch = Batch::new();
+    push_elems(&mut batch, msg::DELSETELEM, &gone, "deleting");
+    nl.commit(batch)
 }
 
 /// Garbage collection: removes the elements of every port not named in `keep`

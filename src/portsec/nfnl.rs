@@ -25,6 +25,11 @@ const NFNL_MSG_BATCH_END: u16 = 17;
 pub const NFPROTO_BRIDGE: u8 = 7;
 
 /// `enum nf_tables_msg_types`.
+/// NFNL_BATCH_GENID, in a batch's begin message (Linux 4.19+).
+const NFNL_BATCH_GENID: u16 = 1;
+/// NFTA_GEN_ID, in a NEWGEN reply.
+const NFTA_GEN_ID: u16 = 1;
+
 pub mod msg {
     pub const NEWTABLE: u16 = 0;
     #[cfg(feature = "daemon")]
@@ -38,6 +43,7 @@ pub mod msg {
     pub const NEWSETELEM: u16 = 12;
     pub const GETSETELEM: u16 = 13;
     pub const DELSETELEM: u16 = 14;
+    pub const GETGEN: u16 = 16;
     pub const NEWOBJ: u16 = 18;
     pub const GETOBJ: u16 = 19;
 }
@@ -322,6 +328,28 @@ impl Nfnl {
     /// On failure nothing of the batch was applied; the error names the first
     /// message the kernel refused.
     pub fn commit(&mut self, batch: Batch) -> Result<(), NlError> {
+        self.commit_at(batch, None)
+    }
+
+    /// The ruleset's generation now: every commit moves it on.
+    pub fn generation(&mut self) -> Result<u32, NlError> {
+        let m = Msg::new(msg::GETGEN, NLM_F_REQUEST, 0);
+        let bodies = self.request(m, "reading the nf_tables generation")?;
+        bodies
+            .iter()
+            .find_map(|b| attr(b, NFTA_GEN_ID))
+            .and_then(|d| <[u8; 4]>::try_from(d).ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| NlError {
+                errno: libc::EPROTO,
+                what: "the nf_tables generation reply has no id".into(),
+            })
+    }
+
+    /// [`Nfnl::commit`], applied only if the ruleset is still at `generation`
+    /// (from [`Nfnl::generation`]): a decision made from what was read then
+    /// is not applied over another writer's commit since (ERESTART instead).
+    pub fn commit_at(&mut self, batch: Batch, generation: Option<u32>) -> Result<(), NlError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -335,10 +363,11 @@ impl Nfnl {
         let mut buf = Vec::with_capacity(batch.len() * 128 + 40);
         let mut pending: Vec<(u32, String)> = Vec::with_capacity(batch.len());
         let begin_seq = self.next_seq();
-        buf.extend(
-            Msg::raw(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES)
-                .finish(begin_seq),
-        );
+        let mut begin = Msg::raw(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
+        if let Some(generation) = generation {
+            begin.u32(NFNL_BATCH_GENID, generation);
+        }
+        buf.extend(begin.finish(begin_seq));
         for (mut msg, what) in batch.msgs {
             let seq = self.next_seq();
             let flags = u16::from_ne_bytes([msg.buf[6], msg.buf[7]]) | NLM_F_ACK;

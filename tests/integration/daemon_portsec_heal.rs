@@ -292,7 +292,10 @@ fn a_flushed_ruleset_is_restored_for_every_running_vm() {
         let (code, out) = cni(&lab, "DEL", vm);
         assert_eq!(code, 0, "DEL: {out}");
     }
-    assert!(ports(&lab).is_empty());
+    // With portgroupd running, the DELs left their elements to its sweep.
+    wait_for("the deleted ports swept", Duration::from_secs(10), || {
+        ports(&lab).is_empty()
+    });
 }
 
 /// Whether `port` holds `addr` through DAD (an FCFS binding the kernel made).
@@ -339,7 +342,9 @@ fn dad_bindings_come_back_after_a_flush() {
         let (code, out) = cni(&lab, "DEL", vm);
         assert_eq!(code, 0, "DEL: {out}");
     }
-    assert!(ports(&lab).is_empty());
+    wait_for("the deleted ports swept", Duration::from_secs(10), || {
+        ports(&lab).is_empty() && !bound(&lab, &vm.host_veth, claimed)
+    });
 }
 
 #[test]
@@ -557,4 +562,186 @@ fn a_bridge_mode_attachment_whose_del_never_comes_is_collected_with_its_rules() 
     );
     assert!(daemon.log().contains(&format!("attachment={id}/net1")));
     assert_eq!(metric(&lab, 9775, "portgroupd_gc_removed_total"), 1);
+}
+
+/// Every element of a port, in any set, as `nft list table` names them.
+fn any_element_of(lab: &DaemonLab, host_veth: &str) -> bool {
+    let out = lab
+        .node
+        .exec(&["nft", "list", "table", "bridge", "portgroup"]);
+    String::from_utf8_lossy(&out.stdout).contains(host_veth)
+}
+
+/// A DAD binding the kernel would have learnt for the port (and its claim).
+fn bind_by_dad(lab: &DaemonLab, host_veth: &str, addr: std::net::Ipv6Addr) {
+    nft(
+        lab,
+        &format!("add element bridge portgroup fcfs_bindings {{ \"{host_veth}\" . {addr} }}"),
+    );
+    nft(
+        lab,
+        &format!("add element bridge portgroup fcfs_claimed {{ {addr} }}"),
+    );
+    assert!(bound(lab, host_veth, addr));
+}
+
+fn sweeping(lab: &DaemonLab) -> bool {
+    let run = portgroup::paths::RunDir(lab.run_dir());
+    lab.node.run(move || portgroup::sweeper::sweeping(&run))
+}
+
+/// Where portgroupd runs, a DEL takes its port down, deletes its veth and
+/// leaves the port's elements, DAD bindings included, to portgroupd, whose
+/// sweep (woken by the record's removal, not by a resync) removes them all.
+/// A VM sending forged frames all along gets none past the port.
+#[test]
+fn a_del_leaves_its_rules_to_the_sweep_and_its_port_never_sends_unchecked() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let (lab, peer) = bridge_lab();
+    let vm = attach(&lab, 1);
+    let daemon = started(&lab, 9781, &["--resync", "3600"]);
+    wait_for("portgroupd's sweeper lock", Duration::from_secs(10), || {
+        sweeping(&lab)
+    });
+    let dad: std::net::Ipv6Addr = "2001:db8::5".parse().unwrap();
+    bind_by_dad(&lab, &vm.host_veth, dad);
+
+    let rx = PacketSocket::open(&peer, "eth0");
+    let tx = PacketSocket::open(&vm.ns, "net1");
+    let (own, forged) = (udp_frame(&vm, vm.ip, 1), udp_frame(&vm, FORGED_IP, 2));
+    let _ = rx.drain();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if tx.try_send(&own).is_err() || tx.try_send(&forged).is_err() {
+                    break; // its interface is gone
+                }
+                sent += 1;
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            sent
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let (code, out) = cni(&lab, "DEL", &vm);
+    assert_eq!(code, 0, "DEL: {out}");
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().unwrap();
+    let seen: Vec<u8> = rx
+        .listen(Duration::from_millis(100))
+        .iter()
+        .filter_map(|f| {
+            let pos = f.windows(3).position(|w| w == b"PGH")?;
+            f.get(pos + 3).copied()
+        })
+        .collect();
+    assert!(
+        sent > 0 && seen.contains(&1),
+        "the VM's own frames passed before its DEL ({sent} sent)"
+    );
+    assert!(
+        !seen.contains(&2),
+        "a forged frame got past the port during its DEL"
+    );
+    assert!(!lab.node.link_names().contains(&vm.host_veth));
+
+    wait_for(
+        "the sweep of the deleted port's elements",
+        Duration::from_secs(10),
+        || !any_element_of(&lab, &vm.host_veth),
+    );
+    assert!(!bound(&lab, &vm.host_veth, dad));
+    assert!(
+        daemon.log().contains(&format!(
+            "removed the rules of 1 port(s) no attachment record owns: {}",
+            vm.host_veth
+        )),
+        "the DEL removed them itself, or the sweep did not say so: {}",
+        daemon.log()
+    );
+}
+
+/// A port made again under the name of one whose DEL left its elements (the
+/// same container and interface, before any sweep): the new port gets exactly
+/// its own, none of the old port's addresses or DAD bindings. Without a
+/// portgroupd (no sweeper lock), a DEL removes its port's elements itself.
+#[test]
+fn a_port_made_again_under_a_left_name_inherits_nothing_and_a_del_alone_cleans_up() {
+    let (lab, peer) = bridge_lab();
+    let run = portgroup::paths::RunDir(lab.run_dir());
+    // portgroupd's lock, held with no daemon: nothing sweeps.
+    let held = lab
+        .node
+        .run(move || portgroup::sweeper::hold(&run))
+        .expect("take the sweeper lock")
+        .expect("the lock is free");
+    let old = attach(&lab, 1);
+    let dad: std::net::Ipv6Addr = "2001:db8::5".parse().unwrap();
+    bind_by_dad(&lab, &old.host_veth, dad);
+    let (code, out) = cni(&lab, "DEL", &old);
+    assert_eq!(code, 0, "DEL: {out}");
+    assert!(
+        ports(&lab).contains(&old.host_veth) && bound(&lab, &old.host_veth, dad),
+        "the DEL was meant to leave its elements to the sweep"
+    );
+
+    let again = Vm {
+        ns: Netns::new("vm"),
+        id: old.id.clone(),
+        mac: [0x02, 0x50, 0x56, 0, 2, 1],
+        ip: Ipv4Addr::new(10, 0, 0, 31),
+        host_veth: old.host_veth.clone(),
+    };
+    let (code, out) = cni(&lab, "ADD", &again);
+    assert_eq!(code, 0, "ADD again: {out}");
+    assert!(
+        !bound(&lab, &again.host_veth, dad),
+        "the old port's DAD binding stayed"
+    );
+    let table = String::from_utf8_lossy(
+        &lab.node
+            .exec(&["nft", "list", "table", "bridge", "portgroup"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        !table.contains(&old.ip.to_string()),
+        "the old address stayed:\n{table}"
+    );
+    assert!(
+        !table.contains(&MacAddr(old.mac).to_string()),
+        "the old MAC stayed:\n{table}"
+    );
+    // The old port's address is a forged one for the new port.
+    let rx = PacketSocket::open(&peer, "eth0");
+    let tx = PacketSocket::open(&again.ns, "net1");
+    let _ = rx.drain();
+    tx.send(&udp_frame(&again, again.ip, 1));
+    tx.send(&udp_frame(&again, old.ip, 3));
+    let seen: Vec<u8> = rx
+        .listen(Duration::from_millis(300))
+        .iter()
+        .filter_map(|f| {
+            let pos = f.windows(3).position(|w| w == b"PGH")?;
+            f.get(pos + 3).copied()
+        })
+        .collect();
+    assert!(seen.contains(&1), "the new port's own frame was dropped");
+    assert!(
+        !seen.contains(&3),
+        "the new port sent from the old port's address"
+    );
+
+    drop(held);
+    let (code, out) = cni(&lab, "DEL", &again);
+    assert_eq!(code, 0, "DEL: {out}");
+    assert!(
+        !any_element_of(&lab, &again.host_veth),
+        "without portgroupd, the DEL leaves elements behind"
+    );
 }

@@ -75,6 +75,17 @@ impl Lab {
         (lab, pod, path)
     }
 
+    /// Holds the sweeper lock as a portgroupd of the node namespace would
+    /// (portgroup::sweeper): DELs leave their ports' elements to a sweep,
+    /// which nothing in the plugin's tests runs. Dropping it lets go.
+    pub fn hold_sweeper_lock(&self) -> portgroup::sweeper::Held {
+        let run = portgroup::paths::RunDir(self.run_dir.clone());
+        self.node_ns
+            .run(move || portgroup::sweeper::hold(&run))
+            .expect("take the sweeper lock")
+            .expect("nobody else holds the sweeper lock")
+    }
+
     pub fn add_bridge(&self, name: &str) {
         self.node_ip(&["link", "add", name, "type", "bridge"]);
         self.node_ip(&["link", "set", name, "up"]);

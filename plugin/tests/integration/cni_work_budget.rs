@@ -329,15 +329,47 @@ fn add_and_del_stay_within_their_budget() {
             dumps: DEL_DUMPS,
         },
     );
+
+    // Where portgroupd runs (it holds the sweeper lock), a DEL leaves the
+    // elements of its port, down and then deleted, to portgroupd's sweep:
+    // no nf_tables socket at all.
+    let sweeper = lab.hold_sweeper_lock();
+    let env = Lab::attach_env("vm2", &path, "net1");
+    c["runtimeConfig"]["mac"] = json!("02:00:00:00:10:03");
+    assert_eq!(lab.cni("ADD", &c, &env).code, 0);
+    let host_veth = portgroup::naming::host_veth_name("vm2", "net1");
+    let del = traced(&lab, &dir, "DEL", &c, &env);
+    check(
+        "DEL, portgroupd sweeping",
+        &del,
+        &Budget {
+            threads: 0,
+            route: 3,
+            netfilter: 0,
+            dumps: &[],
+        },
+    );
+    assert!(
+        lab.secured_ports().contains(&host_veth),
+        "the DEL was meant to leave its elements to the sweep"
+    );
+    drop(sweeper);
+    // No sweep runs here: the next port of that name clears them (ADD), and
+    // its DEL, with no portgroupd, removes its own.
+    assert_eq!(lab.cni("ADD", &c, &env).code, 0);
+    assert_eq!(lab.cni("DEL", &c, &env).code, 0);
+
     assert_eq!(lab.cni("DEL", &secured, &warm).code, 0);
     lab.assert_clean(&["br0"]);
 }
 
-/// A DEL reads the port's elements (one GET per flag set, a dump of the four
+/// A DEL on a node where portgroupd does not run (or a migration target's)
+/// reads the port's elements (one GET per flag set, a dump of the four
 /// address sets: netlink has no prefix lookup on a concatenated key), what it
 /// holds of the FCFS sets (the IPv6 holders and the claims, to release only
 /// addresses no other port holds; its DAD meter), whether it is a migration
-/// target still held (two GETs) and deletes them in one batch.
+/// target still held (two GETs) and deletes them in one batch. Where
+/// portgroupd runs, none of it: see above.
 const DEL_NETFILTER: usize = 20;
 const DEL_DUMPS: &[(u32, u16)] = &[(NETLINK_NETFILTER, 0x0a0d)];
 

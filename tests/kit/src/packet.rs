@@ -46,6 +46,18 @@ impl PacketSocket {
         );
     }
 
+    /// [`PacketSocket::send`] that may fail: for a sender whose interface
+    /// goes away under it.
+    pub fn try_send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: the buffer is valid for `frame.len()` bytes; the socket is bound.
+        let sent =
+            unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Every frame queued now, without waiting.
     pub fn drain(&self) -> Vec<Vec<u8>> {
         let mut frames = Vec::new();
