@@ -225,6 +225,10 @@ mkdir -p "$run_dir" "$disk_run_dir" "$scratch"
 step "CNI benchmark: $cycles cycles, burst $burst x $burst_rounds, port security at $levels ($sections)"
 extra=()
 [[ -n $compare ]] && extra+=(--compare "$compare")
+# The burst runs with portgroupd in the node namespace, as on a node: where it
+# runs, a DEL leaves its port's nftables elements to its sweep.
+daemon_bin=$target/release/portgroupd
+[[ -x $daemon_bin ]] && "$daemon_bin" --help 2>/dev/null | grep -q -- --run-dir && extra+=(--portgroupd "$daemon_bin")
 symbols_plugin=$target/profiling/portgroup
 [[ -x $symbols_plugin && ! $symbols_plugin -ot $plugin ]] && extra+=(--symbols-plugin "$symbols_plugin")
 ip netns exec "$node" python3 "$repo/hack/bench/cni_bench.py" "${extra[@]}" \

@@ -336,7 +336,72 @@ def _burst_phase(a, c, items, op):
             "per_op": summary_ms([r.wall_ns for r in runs])}
 
 
+class Portgroupd:
+    """portgroupd in the node namespace (this one), as on a node: no portgroups, its
+    port-security sweep on. Where it runs, a DEL leaves its port's elements to the sweep
+    (portgroup::sweeper), so the burst rows measure that, with the daemon's own work
+    competing for the same cores."""
+
+    def __init__(self, a):
+        self.lock = os.path.join(a.run_dir, "portgroupd.lock")
+        conf = os.path.join(a.scratch, "portgroupd-bench.json")
+        with open(conf, "w") as f:
+            json.dump({"uplink": "pgb-none", "portgroups": []}, f)
+        self.log = open(os.path.join(a.scratch, "portgroupd-bench.log"), "w")
+        self.proc = subprocess.Popen(
+            [a.portgroupd, "--config", conf, "--run-dir", a.run_dir, "--node-name", "bench",
+             "--device-plugin-dir", "", "--resync", "3600", "--log-level", "info"],
+            stdout=subprocess.DEVNULL, stderr=self.log)
+        deadline = time.time() + 20
+        while not self.sweeping():
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                sys.exit(f"portgroupd did not take its sweeper lock; log: {self.log.name}")
+            time.sleep(0.05)
+
+    def sweeping(self):
+        import fcntl
+        try:
+            with open(self.lock) as f:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return False
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def _swept(timeout_s=10.0):
+    """Waits until the port-security set is empty (the sweep removed what the DELs
+    left); returns (ports left, seconds waited). Not part of any timed phase."""
+    t0 = time.time()
+    left = secured_ports()
+    while left and time.time() - t0 < timeout_s:
+        time.sleep(0.05)
+        left = secured_ports()
+    return left, round(time.time() - t0, 2)
+
+
 def section_burst(a, contenders, pods):
+    daemon = Portgroupd(a) if a.portgroupd else None
+    try:
+        return _section_burst(a, contenders, pods, daemon)
+    finally:
+        if daemon:
+            daemon.stop()
+
+
+def _section_burst(a, contenders, pods, daemon):
     rng = random.Random(a.seed + 1)
     res = {c.name: [] for c in contenders}
     brif = f"/sys/class/net/{a.bridge}/brif"
@@ -356,6 +421,8 @@ def section_burst(a, contenders, pods):
             leftovers = sum(1 for p in set(p for _, p, _ in items)
                             if os.path.exists(f"/run/netns/{p}") and _has_link(a, p, "net1"))
             dele["pod_links_left"] = leftovers
+            # Nothing leaks: every port's elements are gone, by the DELs or by the sweep.
+            dele["portsec_ports_left"], dele["sweep_wait_s"] = _swept()
             # A failed round must not poison the next: clean up whatever is left.
             if leftovers or dele["ports_left"]:
                 for cid, pod, mac in items:
@@ -374,9 +441,9 @@ def section_burst(a, contenders, pods):
             "del_wall_ms_p50": percentile([r["del"]["wall_ms"] for r in rounds], 50),
             "failures": sum(r["add"]["failures"] + r["del"]["failures"] for r in rounds),
             "ok_ports_every_round": all(r["add"]["ports_on_bridge"] == a.burst and r["del"]["ports_left"] == 0
-                                        for r in rounds),
+                                        and not r["del"]["portsec_ports_left"] for r in rounds),
         }
-    out["_meta"] = {"burst": a.burst, "rounds": a.burst_rounds}
+    out["_meta"] = {"burst": a.burst, "rounds": a.burst_rounds, "portgroupd_running": bool(daemon)}
     return out
 
 
@@ -783,6 +850,8 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--burst", type=int, default=100)
     p.add_argument("--burst-rounds", type=int, default=3)
+    p.add_argument("--portgroupd", help="run this portgroupd in the node namespace during the burst "
+                   "section, as on a node (DELs then leave their ports' elements to its sweep)")
     p.add_argument("--portsec-levels", default="1,100,1000")
     p.add_argument("--portsec-reps", type=int, default=40)
     p.add_argument("--portsec-settle", type=float, default=5.0,

@@ -108,7 +108,10 @@ def build(cni, daemon, calib_host=None):
                   for x, y in zip(b_sec.get("rounds", []), b_l2.get("rounds", []))]
         targets["burst of 100 DELs with port security <= 1.2x without"] = {
             "value": a, "per_round": rounds, "portsec_ms": b_sec.get("del_wall_ms_p50"),
-            "plain_ms": b_l2.get("del_wall_ms_p50"), "verdict": verdict(None if a is None else a <= 1.2)}
+            "plain_ms": b_l2.get("del_wall_ms_p50"), "verdict": verdict(None if a is None else a <= 1.2),
+            "portgroupd_running": burst.get("_meta", {}).get("portgroupd_running"),
+            "portsec_ports_left_after_sweep": [x["del"].get("portsec_ports_left") for x in b_sec.get("rounds", [])],
+            "sweep_wait_s": [x["del"].get("sweep_wait_s") for x in b_sec.get("rounds", [])]}
     if pg_burst:
         fails = sum(v["failures"] for v in pg_burst.values())
         ports_ok = all(v["ok_ports_every_round"] for v in pg_burst.values())

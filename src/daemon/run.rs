@@ -55,6 +55,9 @@ const COALESCE: Duration = Duration::from_millis(10);
 /// that never comes, where seconds do not matter and a burst of pod deletions
 /// should cost one collection, not one per second.
 const GC_DEBOUNCE: Duration = Duration::from_secs(5);
+/// From the first record removed to the port-security sweep that collects the
+/// elements its DEL left (see `sweep_when_records_go`).
+const RECORD_SWEEP_DEBOUNCE: Duration = Duration::from_millis(200);
 /// First retry after a failed reconcile; doubles up to the resync period.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 
@@ -251,14 +254,16 @@ fn monitor_nftables(tx: UnboundedSender<Trigger>) {
 /// by this thread, so it goes when the watch does. Another daemon holding the
 /// lock sweeps too; this one takes it over when it can.
 fn sweep_when_records_go(run_dir: &RunDir, tx: UnboundedSender<Trigger>) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use std::os::fd::AsFd;
     let dir = run_dir.attachments_dir();
     let mut backoff = Backoff::new(RETRY_MIN, Duration::from_secs(60));
     let mut held = None;
     loop {
         let watched = std::fs::create_dir_all(&dir)
             .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)))
-            .and_then(|()| Inotify::init(InitFlags::IN_CLOEXEC))
+            .and_then(|()| Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK))
             .and_then(|inotify| {
                 let mask = AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM;
                 inotify.add_watch(&dir, mask).map(|_| inotify)
@@ -287,22 +292,47 @@ fn sweep_when_records_go(run_dir: &RunDir, tx: UnboundedSender<Trigger>) {
                     }
                 };
             }
-            let events = match inotify.read_events() {
-                Ok(events) => events,
-                Err(nix::errno::Errno::EINTR) => continue,
+            let mut ready = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut ready, PollTimeout::NONE) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
-                    tracing::warn!("reading record events: {e}; watching again");
+                    tracing::warn!("waiting for record events: {e}; watching again");
                     break;
                 }
-            };
-            if tx.send(Trigger::Nftables).is_err() {
+            }
+            // A burst of DELs removes its records within a moment: one sweep
+            // after it, rather than one per record competing with the DELs
+            // for the CPU.
+            std::thread::sleep(RECORD_SWEEP_DEBOUNCE);
+            let (mut gone_dir, mut record_gone) = (false, false);
+            let mut failed = false;
+            loop {
+                match inotify.read_events() {
+                    Ok(events) => {
+                        for e in events {
+                            gone_dir |= e.mask.contains(AddWatchFlags::IN_IGNORED);
+                            // A record, not an ADD's temporary file; or events lost.
+                            record_gone |= e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW)
+                                || e.name
+                                    .as_ref()
+                                    .and_then(|n| n.to_str())
+                                    .is_some_and(|n| crate::attachment::named_by(n).is_some());
+                        }
+                    }
+                    Err(nix::errno::Errno::EAGAIN) => break,
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => {
+                        tracing::warn!("reading record events: {e}; watching again");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if record_gone && tx.send(Trigger::Nftables).is_err() {
                 return;
             }
             // The directory itself went: watch it again, made anew.
-            if events
-                .iter()
-                .any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED))
-            {
+            if gone_dir || failed {
                 held = None;
                 break;
             }

@@ -28,6 +28,7 @@ pub const NFPROTO_BRIDGE: u8 = 7;
 /// NFNL_BATCH_GENID, in a batch's begin message (Linux 4.19+).
 const NFNL_BATCH_GENID: u16 = 1;
 /// NFTA_GEN_ID, in a NEWGEN reply.
+#[cfg(feature = "daemon")]
 const NFTA_GEN_ID: u16 = 1;
 
 pub mod msg {
@@ -43,6 +44,7 @@ pub mod msg {
     pub const NEWSETELEM: u16 = 12;
     pub const GETSETELEM: u16 = 13;
     pub const DELSETELEM: u16 = 14;
+    #[cfg(feature = "daemon")]
     pub const GETGEN: u16 = 16;
     pub const NEWOBJ: u16 = 18;
     pub const GETOBJ: u16 = 19;
@@ -332,6 +334,7 @@ impl Nfnl {
     }
 
     /// The ruleset's generation now: every commit moves it on.
+    #[cfg(feature = "daemon")]
     pub fn generation(&mut self) -> Result<u32, NlError> {
         let m = Msg::new(msg::GETGEN, NLM_F_REQUEST, 0);
         let bodies = self.request(m, "reading the nf_tables generation")?;
