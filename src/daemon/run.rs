@@ -55,9 +55,11 @@ const COALESCE: Duration = Duration::from_millis(10);
 /// that never comes, where seconds do not matter and a burst of pod deletions
 /// should cost one collection, not one per second.
 const GC_DEBOUNCE: Duration = Duration::from_secs(5);
-/// From the first record removed to the port-security sweep that collects the
-/// elements its DEL left (see `sweep_when_records_go`).
-const RECORD_SWEEP_DEBOUNCE: Duration = Duration::from_millis(200);
+/// The port-security sweep that collects the elements DELs left runs once no
+/// record was removed for this long (see `sweep_when_records_go`)...
+const RECORD_SWEEP_QUIET: Duration = Duration::from_millis(100);
+/// ...or this long after the first, whichever comes first.
+const RECORD_SWEEP_MAX_WAIT: Duration = Duration::from_secs(1);
 /// First retry after a failed reconcile; doubles up to the resync period.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 
@@ -301,31 +303,39 @@ fn sweep_when_records_go(run_dir: &RunDir, tx: UnboundedSender<Trigger>) {
                 }
             }
             // A burst of DELs removes its records within a moment: one sweep
-            // after it, rather than one per record competing with the DELs
-            // for the CPU.
-            std::thread::sleep(RECORD_SWEEP_DEBOUNCE);
-            let (mut gone_dir, mut record_gone) = (false, false);
-            let mut failed = false;
+            // once it is over (no record event for a quiet spell, at most
+            // RECORD_SWEEP_MAX_WAIT), rather than sweeps that compete with the
+            // DELs for the CPU and the nf_tables commit lock.
+            let started = Instant::now();
+            let (mut gone_dir, mut record_gone, mut failed) = (false, false, false);
             loop {
-                match inotify.read_events() {
-                    Ok(events) => {
-                        for e in events {
-                            gone_dir |= e.mask.contains(AddWatchFlags::IN_IGNORED);
-                            // A record, not an ADD's temporary file; or events lost.
-                            record_gone |= e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW)
-                                || e.name
-                                    .as_ref()
-                                    .and_then(|n| n.to_str())
-                                    .is_some_and(|n| crate::attachment::named_by(n).is_some());
+                std::thread::sleep(RECORD_SWEEP_QUIET);
+                let mut any = false;
+                loop {
+                    match inotify.read_events() {
+                        Ok(events) => {
+                            for e in events {
+                                any = true;
+                                gone_dir |= e.mask.contains(AddWatchFlags::IN_IGNORED);
+                                // A record, not an ADD's temporary file; or events lost.
+                                record_gone |= e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW)
+                                    || e.name
+                                        .as_ref()
+                                        .and_then(|n| n.to_str())
+                                        .is_some_and(|n| crate::attachment::named_by(n).is_some());
+                            }
+                        }
+                        Err(nix::errno::Errno::EAGAIN) => break,
+                        Err(nix::errno::Errno::EINTR) => {}
+                        Err(e) => {
+                            tracing::warn!("reading record events: {e}; watching again");
+                            failed = true;
+                            break;
                         }
                     }
-                    Err(nix::errno::Errno::EAGAIN) => break,
-                    Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => {
-                        tracing::warn!("reading record events: {e}; watching again");
-                        failed = true;
-                        break;
-                    }
+                }
+                if !any || failed || gone_dir || started.elapsed() >= RECORD_SWEEP_MAX_WAIT {
+                    break;
                 }
             }
             if record_gone && tx.send(Trigger::Nftables).is_err() {
