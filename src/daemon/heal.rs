@@ -197,13 +197,11 @@ pub fn sweep(dir: &Path, state: Option<&NodeState>, now: SystemTime) -> SweepRep
     // An ADD writes its record before its elements, so a port whose elements
     // appeared after the survey read the records has a record by now: the
     // directory is read again, after the kernel's elements, before any is
-    // called an orphan.
-    let named_now = std::cell::OnceCell::new();
-    let never_orphan = |name: &str| {
-        survey.hold_orphans
-            || exists(name)
-            || named_now.get_or_init(|| ports_named_in(dir)).contains(name)
-    };
+    // called an orphan. Again at each attempt of the repair: one that lost to
+    // a concurrent commit (an ADD of an orphan's name among them) must see the
+    // record that ADD wrote, so it is never cached across attempts.
+    let never_orphan =
+        |name: &str| survey.hold_orphans || exists(name) || ports_named_in(dir).contains(name);
     match portsec::heal(&survey.want, &survey.keep, &never_orphan) {
         Ok(plan) => {
             match plan.rebuild {

@@ -2116,3 +2116,54 @@ fn fcfs_new_claims_are_metered_per_port() {
         "the meter goes with the port: {listed}"
     );
 }
+
+/// The sweep decides orphans from what it read, then deletes them: an ADD of
+/// an orphan's name that wrote its record and installed its elements in
+/// between (a DEL left that name's elements to the sweep; the same container
+/// and interface came back) must not lose them. The concurrent ADD is made
+/// from inside the sweep's own decision (the `exists` question it asks of an
+/// orphan candidate), the narrowest window there is; its commits move the
+/// nf_tables generation on, so the sweep's deletion on the generation it read
+/// fails and its retry sees the record.
+#[test]
+fn a_sweep_never_strips_a_port_made_again_while_it_decided() {
+    let node = Netns::new("node");
+    let result = in_ns(&node, || {
+        let rules = PortRules {
+            host_veth: "pgagain0".into(),
+            mac: MacAddr(VM_MAC),
+            ips: vec![IpAddr::V4(VM_IP)],
+            allow_router_advertisements: false,
+            allow_dhcp_server: false,
+            trunk: false,
+        };
+        // What a DEL left: the deleted port's elements, no record, no interface.
+        portsec::install(&rules)?;
+        let recorded = std::cell::Cell::new(false);
+        let plan = portsec::heal(&[], &HashSet::new(), &|name: &str| {
+            if name != "pgagain0" {
+                return false;
+            }
+            if !recorded.get() {
+                // The ADD, now: its record (from here on the sweep's answer
+                // is "owned"), then its elements, as a new interface's.
+                recorded.set(true);
+                portsec::install_new(&rules).expect("the ADD's install");
+                return false;
+            }
+            true
+        })?;
+        Ok((plan.orphans, portsec::ports()?, recorded.get()))
+    });
+    let (orphans, ports, asked) = result.expect("sweep");
+    assert!(
+        asked,
+        "the sweep never considered the port an orphan candidate"
+    );
+    assert_eq!(
+        ports,
+        vec!["pgagain0".to_string()],
+        "the new port was stripped"
+    );
+    assert!(orphans.is_empty(), "reported as swept: {orphans:?}");
+}
