@@ -4,7 +4,9 @@
 #   hack/bench.sh                 full run (200 cycles, 3 burst rounds, 1/100/1000 ports)
 #   hack/bench.sh --quick         smoke run (30 cycles, 1 burst round, 1/100 ports)
 #   hack/bench.sh --cycles N      sequential cycles per contender (default 200)
-#   hack/bench.sh --sections S    comma list of seq,burst,profile,portsec (default all)
+#   hack/bench.sh --sections S    comma list of seq,burst,profile,portsec (default all); the
+#                                 burst runs with target/release/portgroupd in the node
+#                                 namespace when it is built, as on a node
 #   hack/bench.sh --no-build      use the plugin and portgroupd as built (the plugin:
 #                                 target/<host>/release/portgroup, static as shipped, else
 #                                 target/release/portgroup)

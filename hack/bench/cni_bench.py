@@ -13,7 +13,9 @@ creates or deletes a namespace itself.
 
 Sections (--sections, comma separated; default all):
   seq      ADD then DEL per contender, per cycle, contender order shuffled each cycle
-  burst    100 ADDs at once, then 100 DELs at once, per contender, rounds interleaved
+  burst    100 ADDs at once, then 100 DELs at once, per contender, rounds interleaved; with
+           --portgroupd, portgroupd runs in the node namespace meanwhile, as on a node (a DEL
+           then leaves its port's nftables elements to its sweep; checked empty after each round)
   profile  where portgroup's ADD time goes: strace -c, an strace timeline, callgrind
   portsec  ADD+DEL with spoofCheck at 1/100/1000 existing port-security VM ports
 """
