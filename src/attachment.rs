@@ -443,6 +443,19 @@ pub fn named_by(file_name: &str) -> Option<NamedBy> {
     })
 }
 
+/// The host veths the record files in `dir` name, read from the file names
+/// alone (an unreadable or half-published record counts too).
+pub fn host_veths_named_in(dir: &Path) -> std::collections::HashSet<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Default::default();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| named_by(&e.file_name().to_string_lossy()))
+        .map(|named| named.host_veth)
+        .collect()
+}
+
 /// Every readable record, plus the paths of unreadable ones (reported, not fatal).
 pub fn list(dir: &Path) -> (Vec<Record>, Vec<(PathBuf, String)>) {
     let mut records = Vec::new();

@@ -106,6 +106,19 @@ pub async fn gc(cmd: &Call<'_, Node, NetConf>) -> Result<(), Error> {
             Ok(_) => {}
         }
     }
+    // Elements of ports no record names and whose interface is gone: those a
+    // DEL left to a portgroupd that then went away for good (portgroup::sweeper),
+    // or any other leak. A backstop: a failure here is said, not GC's.
+    let dir = run.attachments_dir();
+    match portsec::sweep_orphans(&|| attachment::host_veths_named_in(&dir)) {
+        Ok(ports) if !ports.is_empty() => tracing::info!(
+            "GC: removed the port-security elements of {} port(s) no attachment record owns: {}",
+            ports.len(),
+            ports.join(", ")
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("GC: sweeping port-security elements no record owns: {e}"),
+    }
     first_error.map_or(Ok(()), Err)
 }
 

@@ -154,19 +154,6 @@ fn move_aside(dir: &Path, path: &Path) -> std::io::Result<PathBuf> {
     Ok(to)
 }
 
-/// The host veths the record files in `dir` name, read from the file names
-/// alone (an unreadable or half-published record counts too).
-fn ports_named_in(dir: &Path) -> HashSet<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return HashSet::new();
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| attachment::named_by(&e.file_name().to_string_lossy()))
-        .map(|named| named.host_veth)
-        .collect()
-}
-
 /// One sweep: quarantine, then verify and repair the table against the records.
 pub fn sweep(dir: &Path, state: Option<&NodeState>, now: SystemTime) -> SweepReport {
     let exists = |name: &str| nix::net::if_::if_nametoindex(name).is_ok();
@@ -200,8 +187,9 @@ pub fn sweep(dir: &Path, state: Option<&NodeState>, now: SystemTime) -> SweepRep
     // called an orphan. Again at each attempt of the repair: one that lost to
     // a concurrent commit (an ADD of an orphan's name among them) must see the
     // record that ADD wrote, so it is never cached across attempts.
-    let never_orphan =
-        |name: &str| survey.hold_orphans || exists(name) || ports_named_in(dir).contains(name);
+    let never_orphan = |name: &str| {
+        survey.hold_orphans || exists(name) || attachment::host_veths_named_in(dir).contains(name)
+    };
     match portsec::heal(&survey.want, &survey.keep, &never_orphan) {
         Ok(plan) => {
             match plan.rebuild {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use nix::libc;
 
-use super::nfnl::{msg, Batch, Msg, Nfnl, NlError, NFPROTO_BRIDGE, NLM_F_REQUEST};
+use super::nfnl::{msg, next_generation, Batch, Msg, Nfnl, NlError, NFPROTO_BRIDGE, NLM_F_REQUEST};
 use super::ruleset::{bootstrap, expected_comments, IFNAMSIZ, NFTA_TABLE_NAME, SETS, TABLE};
 use super::ruleset::{SET_FCFS_BINDINGS, SET_FCFS_CLAIMED, SET_PORTS};
 use super::{claimed_addrs, claims_to_release, declared_ip6, ip6_holders, ip6_tail};
@@ -167,14 +167,6 @@ fn observe(nl: &mut Nfnl) -> Result<Installed, NlError> {
         }
     }
     Ok(Installed { table, elements })
-}
-
-/// The generation after one commit of ours (the kernel skips 0).
-fn next_generation(generation: u32) -> u32 {
-    match generation.wrapping_add(1) {
-        0 => 1,
-        g => g,
-    }
 }
 
 fn unsupported(e: &NlError) -> bool {

@@ -1036,9 +1036,21 @@ fn remove_port(nl: &mut Nfnl, ifkey: &[u8; IFNAMSIZ]) -> Result<(), NlError> {
 /// so a `keep` list read just before a concurrent ADD cannot strip a live port:
 /// the daemon deletes a dead attachment's veth first, then its rules.
 pub fn remove_all_not_in(keep: &[String]) -> Result<Vec<String>, Error> {
+    let keep: HashSet<String> = keep.iter().cloned().collect();
+    sweep_orphans(&|| keep.clone())
+}
+
+/// [`remove_all_not_in`] the ports `named()` names, asked after the elements
+/// are read: CNI GC passes the host veths its records name, so the elements
+/// a DEL left to portgroupd (crate::sweeper) are collected even where
+/// portgroupd never comes back. An ADD writes its record before its elements,
+/// and the deletions are committed on the nf_tables generation read before
+/// the elements (ERESTART if anything was committed since, then read again):
+/// an ADD of an orphan's name in between is never stripped.
+pub fn sweep_orphans(named: &dyn Fn() -> HashSet<String>) -> Result<Vec<String>, Error> {
     let context = "collecting port-security rules of gone ports";
-    let keep: HashSet<&str> = keep.iter().map(String::as_str).collect();
     with_retries(context, |nl| {
+        let mut generation = nl.generation()?;
         let mut all: Vec<(&'static str, Vec<u8>)> = Vec::new();
         // Every set keyed by port: the FCFS bindings and claim meter too (not
         // fcfs_claimed, keyed by address), and the handover's.
@@ -1056,6 +1068,11 @@ pub fn remove_all_not_in(keep: &[String]) -> Result<Vec<String>, Error> {
             .iter()
             .map(|(_, key)| name_of(&key[..IFNAMSIZ.min(key.len())]))
             .collect();
+        let keep = if names.is_empty() {
+            HashSet::new()
+        } else {
+            named()
+        };
         let ports: Vec<String> = names
             .into_iter()
             .filter(|name| {
@@ -1080,11 +1097,14 @@ pub fn remove_all_not_in(keep: &[String]) -> Result<Vec<String>, Error> {
                 .filter_map(|(_, key)| ip6_tail(key));
             stale.extend(claims_to_release(released, remaining, &claimed_addrs(nl)?));
         }
+        // A port's `ports` element last: see portsec::heal.
+        stale.sort_by_key(|(set, _)| *set == SET_PORTS);
         // Bounded transactions: the kernel takes a batch in one message.
         for chunk in stale.chunks(512) {
             let mut batch = Batch::new();
             push_elems(&mut batch, msg::DELSETELEM, chunk, "deleting");
-            nl.commit(batch)?;
+            nl.commit_at(batch, Some(generation))?;
+            generation = nfnl::next_generation(generation);
         }
         Ok(ports)
     })

@@ -25,10 +25,17 @@ const NFNL_MSG_BATCH_END: u16 = 17;
 pub const NFPROTO_BRIDGE: u8 = 7;
 
 /// `enum nf_tables_msg_types`.
+/// The generation after one commit of ours (the kernel skips 0).
+pub fn next_generation(generation: u32) -> u32 {
+    match generation.wrapping_add(1) {
+        0 => 1,
+        g => g,
+    }
+}
+
 /// NFNL_BATCH_GENID, in a batch's begin message (Linux 4.19+).
 const NFNL_BATCH_GENID: u16 = 1;
 /// NFTA_GEN_ID, in a NEWGEN reply.
-#[cfg(feature = "daemon")]
 const NFTA_GEN_ID: u16 = 1;
 
 pub mod msg {
@@ -44,7 +51,6 @@ pub mod msg {
     pub const NEWSETELEM: u16 = 12;
     pub const GETSETELEM: u16 = 13;
     pub const DELSETELEM: u16 = 14;
-    #[cfg(feature = "daemon")]
     pub const GETGEN: u16 = 16;
     pub const NEWOBJ: u16 = 18;
     pub const GETOBJ: u16 = 19;
@@ -334,7 +340,6 @@ impl Nfnl {
     }
 
     /// The ruleset's generation now: every commit moves it on.
-    #[cfg(feature = "daemon")]
     pub fn generation(&mut self) -> Result<u32, NlError> {
         let m = Msg::new(msg::GETGEN, NLM_F_REQUEST, 0);
         let bodies = self.request(m, "reading the nf_tables generation")?;

@@ -332,3 +332,42 @@ fn a_port_whose_rules_are_gone_sends_nothing_before_its_veth_goes() {
     assert_eq!(lab.cni("DEL", &c, &env).code, 0);
     lab.assert_clean(&["br0", "peer0"]);
 }
+
+/// A DEL that left its port's elements to a portgroupd that then went away for
+/// good: CNI GC collects the elements of ports no record names and whose
+/// interface is gone, whatever the network, and never a live attachment's.
+#[test]
+fn gc_collects_the_elements_a_del_left_to_a_portgroupd_gone_since() {
+    let (mut lab, _pod, path) = Lab::with_pod();
+    let live = conf(
+        "1.1.0",
+        json!({"spoofCheck": true, "runtimeConfig": {"mac": "02:00:00:00:20:01"}}),
+    );
+    let live_env = Lab::attach_env("live", &path, "net1");
+    assert_eq!(lab.cni("ADD", &live, &live_env).code, 0);
+    let other = Lab::netns_path(&lab.pod());
+    let mut gone = live.clone();
+    gone["runtimeConfig"]["mac"] = json!("02:00:00:00:20:02");
+    let gone_env = Lab::attach_env("gone", &other, "net1");
+    assert_eq!(lab.cni("ADD", &gone, &gone_env).code, 0);
+
+    let sweeper = lab.hold_sweeper_lock();
+    assert_eq!(lab.cni("DEL", &gone, &gone_env).code, 0);
+    let gone_veth = portgroup::naming::host_veth_name("gone", "net1");
+    assert!(
+        lab.secured_ports().contains(&gone_veth),
+        "left to the sweep"
+    );
+    drop(sweeper);
+
+    let mut gc = live.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "live", "ifname": "net1"}]);
+    let out = lab.cni("GC", &gc, &[]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(
+        lab.secured_ports(),
+        vec![portgroup::naming::host_veth_name("live", "net1")]
+    );
+    assert_eq!(lab.cni("DEL", &live, &live_env).code, 0);
+    lab.assert_clean(&["br0"]);
+}
