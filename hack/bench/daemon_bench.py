@@ -187,8 +187,9 @@ class Once:
     vfork (posix_spawn) inherits its parent's high-water mark at exec, so ru_maxrss
     reports this Python harness (~16 MiB), not portgroupd."""
 
-    def __init__(self, rc, wall_ns, cpu_ns, peak_kib, stderr):
+    def __init__(self, rc, wall_ns, cpu_ns, peak_kib, stderr, user_ns=None):
         self.rc, self.wall_ns, self.cpu_ns, self.maxrss_kib = rc, wall_ns, cpu_ns, peak_kib
+        self.user_ns = user_ns
         self.stdout, self.stderr = b"", stderr
 
 
@@ -217,7 +218,7 @@ def run_once(argv, env, stdin=None):
         p.returncode = os.waitstatus_to_exitcode(status)
         log.seek(0)
         out = log.read()
-    return Once(p.returncode, t1 - t0, int((ru.ru_utime + ru.ru_stime) * 1e9), peak, out)
+    return Once(p.returncode, t1 - t0, int((ru.ru_utime + ru.ru_stime) * 1e9), peak, out, int(ru.ru_utime * 1e9))
 
 
 # --- long-running daemon --------------------------------------------------------
@@ -658,6 +659,7 @@ def memory_once_rows(a, n, daemons):
             noop = run_once(argv, env)
             down = run_once(argv[:2] + [empty] + argv[3:], env)
             rows[name].append({"up_s": up.wall_ns / 1e9, "up_cpu_s": up.cpu_ns / 1e9,
+                               "up_user_cpu_s": up.user_ns / 1e9, "noop_user_cpu_s": noop.user_ns / 1e9,
                                "up_peak_kib": up.maxrss_kib, "rc": up.rc, "ready": ready, "settled": ok,
                                "noop_s": noop.wall_ns / 1e9, "noop_cpu_s": noop.cpu_ns / 1e9,
                                "noop_peak_kib": noop.maxrss_kib, "down_s": down.wall_ns / 1e9,
@@ -668,7 +670,7 @@ def memory_once_rows(a, n, daemons):
         med = lambda k: round(sorted(r[k] for r in rs)[len(rs) // 2], 3)
         out[name] = {"runs": rs, **{f"median_{k}": med(k) for k in rs[0] if k not in ("rc", "settled")}}
         print(f"  --once at {n} untagged [{name}]: up {out[name]['median_up_s']} s (cpu "
-              f"{out[name]['median_up_cpu_s']} s, peak {out[name]['median_up_peak_kib'] / 1024:.1f} MiB), "
+              f"{out[name]['median_up_cpu_s']} s, user {out[name]['median_up_user_cpu_s']} s, peak {out[name]['median_up_peak_kib'] / 1024:.1f} MiB), "
               f"no-op {out[name]['median_noop_s']} s (peak {out[name]['median_noop_peak_kib'] / 1024:.1f} MiB), "
               f"down {out[name]['median_down_s']} s", file=sys.stderr)
     return out
