@@ -1,7 +1,7 @@
 //! The node state file (`/run/portgroup/state.json`): written by portgroupd after
 //! every reconcile, read by the plugin on ADD, CHECK and STATUS.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -130,11 +130,19 @@ impl NodeState {
         let mut written = 0;
         let dir = run.portgroups_dir();
         std::fs::create_dir_all(&dir)?;
+        // By name, once: thousands of portgroups must not cost a scan each.
+        let before: HashMap<&str, &PortgroupState> = previous
+            .filter(|p| p.node == self.node)
+            .map(|p| {
+                p.portgroups
+                    .iter()
+                    .map(|pg| (pg.name.as_str(), pg))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let names: HashSet<&str> = self.portgroups.iter().map(|p| p.name.as_str()).collect();
         for pg in &self.portgroups {
-            let unchanged = previous
-                .filter(|p| p.node == self.node)
-                .and_then(|p| p.portgroups.iter().find(|old| old.name == pg.name))
-                .is_some_and(|old| old == pg);
+            let unchanged = before.get(pg.name.as_str()).is_some_and(|old| *old == pg);
             let path = run.portgroup_file(&pg.name);
             if unchanged && path.exists() {
                 continue;
@@ -153,7 +161,7 @@ impl NodeState {
             let name = entry.file_name().to_string_lossy().into_owned();
             let listed = name
                 .strip_suffix(".json")
-                .is_some_and(|pg| self.portgroups.iter().any(|p| p.name == pg));
+                .is_some_and(|pg| names.contains(pg));
             if !listed && !name.starts_with('.') {
                 let _ = std::fs::remove_file(entry.path());
             }
