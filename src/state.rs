@@ -13,7 +13,7 @@ use crate::naming::{
 };
 use crate::netlink::LinkSummary;
 use crate::nodeconfig::{AttachPolicy, PortgroupConfig, Reservation, Segment};
-use crate::paths::{write_atomic, RunDir};
+use crate::paths::{write_atomic, write_atomic_with, RunDir};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -171,9 +171,10 @@ impl NodeState {
         if previous == Some(self) && state_file.exists() {
             return Ok(written);
         }
-        let mut bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        bytes.push(b'\n');
-        write_atomic(&state_file, &bytes)?;
+        write_atomic_with(&state_file, |file| {
+            serde_json::to_writer_pretty(&mut *file, self).map_err(std::io::Error::other)?;
+            file.write_all(b"\n")
+        })?;
         Ok(written + 1)
     }
 
