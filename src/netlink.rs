@@ -50,7 +50,10 @@ impl LinkSummary {
         }
     }
 
-    /// Takes in what `attr` says, if it is one of [`LinkSummary::ATTRIBUTES`].
+    /// Takes in what `attr` says, if it is one of [`LinkSummary::ATTRIBUTES`]. A
+    /// new field read here needs its type listed there too, or the daemon's dumps
+    /// (which parse only those) never fill it; `daemon::dump`'s test compares them
+    /// with fully parsed messages.
     pub fn absorb(&mut self, attr: &LinkAttribute) {
         match attr {
             LinkAttribute::IfName(name) => self.name = name.clone(),
