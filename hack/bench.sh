@@ -58,7 +58,9 @@
 # section, 4094 alone ~11 min; absolute times are upper bounds there, read the
 # ratios). --quick: N = 10, 100 (~3 min). Then, on this kernel, pod churn: 100
 # untagged portgroups, 200 VM ADD+DEL cycles through the plugin, portgroupd's
-# CPU against the plugin runs' CPU (~15 s). See hack/bench/daemon_bench.py.
+# CPU against the plugin runs' CPU (~15 s); and portgroupd's memory at 1000 untagged
+# portgroups, each on its own uplink (--parts memory, ~4 min: tearing 1000 bridges
+# down is most of it; --quick: 100). See hack/bench/daemon_bench.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -280,6 +282,11 @@ else
     step "portgroupd under pod churn (100 untagged portgroups, 200 VM ADD+DEL cycles through the plugin)"
     python3 hack/bench/daemon_bench.py --daemon "$daemon_bin" --plugin "$plugin" --tag "$tag" \
         --parts churn --out "$out/churn.json"
+    # Untagged portgroups on distinct uplinks: portgroupd's memory at 1000 on this kernel.
+    mem_pgs=1000; mem_reps=3; [[ $quick -eq 1 ]] && { mem_pgs=100; mem_reps=1; }
+    step "portgroupd memory at $mem_pgs untagged portgroups (VmRSS and VmHWM; --once rows)"
+    python3 hack/bench/daemon_bench.py --daemon "$daemon_bin" --plugin "$plugin" --tag "$tag" \
+        --parts memory --memory-pgs "$mem_pgs" --memory-reps "$mem_reps" --out "$out/memory.json"
 fi
 fi # not --only-deviceplugin
 
@@ -330,5 +337,5 @@ if [[ $only_deviceplugin -eq 1 ]]; then
     exit 0
 fi
 python3 "$repo/hack/bench/report.py" --cni "$out/cni.json" --daemon "$out/daemon.json" \
-    --calibrate-host "$out/calibrate-host.json" --deviceplugin-dir "$out" \
+    --memory "$out/memory.json" --calibrate-host "$out/calibrate-host.json" --deviceplugin-dir "$out" \
     --out "$out/bench.json" --argv="$argv" --quick "$quick"

@@ -4,7 +4,7 @@
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVlan, LinkAttribute, LinkFlags, LinkHeader, LinkInfo, LinkMessage,
 };
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec};
 
@@ -33,40 +33,69 @@ pub struct LinkSummary {
 
 impl LinkSummary {
     pub fn from_message(msg: &LinkMessage) -> Self {
-        let mut link = LinkSummary {
-            index: msg.header.index,
-            admin_up: msg.header.flags.contains(LinkFlags::Up),
-            lower_up: msg.header.flags.contains(LinkFlags::LowerUp),
-            ..Default::default()
-        };
+        let mut link = LinkSummary::from_header(&msg.header);
         for attr in &msg.attributes {
-            match attr {
-                LinkAttribute::IfName(name) => link.name = name.clone(),
-                LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
-                LinkAttribute::Address(bytes) => link.mac = MacAddr::from_slice(bytes),
-                LinkAttribute::IfAlias(alias) => link.alias = Some(alias.clone()),
-                LinkAttribute::Controller(index) => link.controller = Some(*index),
-                LinkAttribute::Link(index) => link.link = Some(*index),
-                LinkAttribute::LinkNetNsId(id) => link.link_netns_id = Some(*id),
-                LinkAttribute::LinkInfo(infos) => {
-                    for info in infos {
-                        match info {
-                            LinkInfo::Kind(kind) => link.kind = Some(kind_name(kind)),
-                            LinkInfo::Data(InfoData::Vlan(vlan)) => {
-                                link.vlan_id = vlan.iter().find_map(|v| match v {
-                                    InfoVlan::Id(id) => Some(*id),
-                                    _ => None,
-                                });
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                _ => {}
-            }
+            link.absorb(attr);
         }
         link
     }
+
+    /// The summary of a link before its attributes: index and flags.
+    pub fn from_header(header: &LinkHeader) -> Self {
+        LinkSummary {
+            index: header.index,
+            admin_up: header.flags.contains(LinkFlags::Up),
+            lower_up: header.flags.contains(LinkFlags::LowerUp),
+            ..Default::default()
+        }
+    }
+
+    /// Takes in what `attr` says, if it is one of [`LinkSummary::ATTRIBUTES`]. A
+    /// new field read here needs its type listed there too, or the daemon's dumps
+    /// (which parse only those) never fill it; `daemon::dump`'s test compares them
+    /// with fully parsed messages.
+    pub fn absorb(&mut self, attr: &LinkAttribute) {
+        match attr {
+            LinkAttribute::IfName(name) => self.name = name.clone(),
+            LinkAttribute::Mtu(mtu) => self.mtu = *mtu,
+            LinkAttribute::Address(bytes) => self.mac = MacAddr::from_slice(bytes),
+            LinkAttribute::IfAlias(alias) => self.alias = Some(alias.clone()),
+            LinkAttribute::Controller(index) => self.controller = Some(*index),
+            LinkAttribute::Link(index) => self.link = Some(*index),
+            LinkAttribute::LinkNetNsId(id) => self.link_netns_id = Some(*id),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(kind) => self.kind = Some(kind_name(kind)),
+                        LinkInfo::Data(InfoData::Vlan(vlan)) => {
+                            self.vlan_id = vlan.iter().find_map(|v| match v {
+                                InfoVlan::Id(id) => Some(*id),
+                                _ => None,
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The netlink attribute types (IFLA_*, linux/if_link.h) that [`absorb`]
+    /// takes in: a reader of raw messages parses these and skips the rest
+    /// (statistics, per-family configuration), which are most of a message.
+    ///
+    /// [`absorb`]: LinkSummary::absorb
+    pub const ATTRIBUTES: [u16; 8] = [
+        1,  // IFLA_ADDRESS
+        3,  // IFLA_IFNAME
+        4,  // IFLA_MTU
+        5,  // IFLA_LINK
+        10, // IFLA_MASTER
+        18, // IFLA_LINKINFO
+        20, // IFLA_IFALIAS
+        37, // IFLA_LINK_NETNSID
+    ];
 
     pub fn is_kind(&self, kind: &str) -> bool {
         self.kind.as_deref() == Some(kind)

@@ -1,7 +1,7 @@
 //! The node state file (`/run/portgroup/state.json`): written by portgroupd after
 //! every reconcile, read by the plugin on ADD, CHECK and STATUS.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -13,7 +13,7 @@ use crate::naming::{
 };
 use crate::netlink::LinkSummary;
 use crate::nodeconfig::{AttachPolicy, PortgroupConfig, Reservation, Segment};
-use crate::paths::{write_atomic, RunDir};
+use crate::paths::{write_atomic, write_atomic_with, RunDir};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -130,11 +130,19 @@ impl NodeState {
         let mut written = 0;
         let dir = run.portgroups_dir();
         std::fs::create_dir_all(&dir)?;
+        // By name, once: thousands of portgroups must not cost a scan each.
+        let before: HashMap<&str, &PortgroupState> = previous
+            .filter(|p| p.node == self.node)
+            .map(|p| {
+                p.portgroups
+                    .iter()
+                    .map(|pg| (pg.name.as_str(), pg))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let names: HashSet<&str> = self.portgroups.iter().map(|p| p.name.as_str()).collect();
         for pg in &self.portgroups {
-            let unchanged = previous
-                .filter(|p| p.node == self.node)
-                .and_then(|p| p.portgroups.iter().find(|old| old.name == pg.name))
-                .is_some_and(|old| old == pg);
+            let unchanged = before.get(pg.name.as_str()).is_some_and(|old| *old == pg);
             let path = run.portgroup_file(&pg.name);
             if unchanged && path.exists() {
                 continue;
@@ -153,7 +161,7 @@ impl NodeState {
             let name = entry.file_name().to_string_lossy().into_owned();
             let listed = name
                 .strip_suffix(".json")
-                .is_some_and(|pg| self.portgroups.iter().any(|p| p.name == pg));
+                .is_some_and(|pg| names.contains(pg));
             if !listed && !name.starts_with('.') {
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -163,9 +171,10 @@ impl NodeState {
         if previous == Some(self) && state_file.exists() {
             return Ok(written);
         }
-        let mut bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        bytes.push(b'\n');
-        write_atomic(&state_file, &bytes)?;
+        write_atomic_with(&state_file, |file| {
+            serde_json::to_writer_pretty(&mut *file, self).map_err(std::io::Error::other)?;
+            file.write_all(b"\n")
+        })?;
         Ok(written + 1)
     }
 

@@ -40,6 +40,15 @@ Rows:
              ADD+DEL cycles through the plugin; portgroupd's CPU (/proc/<pid>/stat) against
              the plugin runs' (RUSAGE_CHILDREN), reconciles and events from its /metrics.
 
+  memory     (--parts memory; no 802.1Q needed) for N in --memory-pgs (1000), N untagged
+             portgroups, each on its own veth uplink (3N links). `--once` from nothing to
+             N, a no-op `--once` and `--once` back to 0 (wall, CPU, VmHWM), --memory-reps
+             rounds interleaved with --compare-daemon BIN when given (the same rows for
+             another build, to measure a change in one run). Then the long-running daemon
+             at N: VmRSS, VmHWM, RssAnon/RssFile and threads once ready, settled 2 s,
+             after one bridge deleted and repaired, after a config reload and after a
+             periodic resync (--resync 3); and idle at 10 untagged portgroups.
+
 --parts converge,daemon,cni and --levels pick a subset (for development).
 """
 
@@ -178,8 +187,9 @@ class Once:
     vfork (posix_spawn) inherits its parent's high-water mark at exec, so ru_maxrss
     reports this Python harness (~16 MiB), not portgroupd."""
 
-    def __init__(self, rc, wall_ns, cpu_ns, peak_kib, stderr):
+    def __init__(self, rc, wall_ns, cpu_ns, peak_kib, stderr, user_ns=None):
         self.rc, self.wall_ns, self.cpu_ns, self.maxrss_kib = rc, wall_ns, cpu_ns, peak_kib
+        self.user_ns = user_ns
         self.stdout, self.stderr = b"", stderr
 
 
@@ -208,7 +218,7 @@ def run_once(argv, env, stdin=None):
         p.returncode = os.waitstatus_to_exitcode(status)
         log.seek(0)
         out = log.read()
-    return Once(p.returncode, t1 - t0, int((ru.ru_utime + ru.ru_stime) * 1e9), peak, out)
+    return Once(p.returncode, t1 - t0, int((ru.ru_utime + ru.ru_stime) * 1e9), peak, out, int(ru.ru_utime * 1e9))
 
 
 # --- long-running daemon --------------------------------------------------------
@@ -591,6 +601,181 @@ def churn(a):
         subprocess.run(["ip", "-batch", "-"], input="".join(f"link del pgcu{i}\n" for i in range(n)), text=True)
 
 
+# --- memory (untagged: no 802.1Q) ---------------------------------------------
+
+
+def proc_memory(pid):
+    """VmRSS, VmHWM, RssAnon, RssFile (KiB) and Threads of a process."""
+    out = {}
+    for line in open(f"/proc/{pid}/status"):
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads"):
+            out[key] = int(rest.split()[0])
+    return out
+
+
+def untagged_uplinks(n, make):
+    verb = "add" if make else "del"
+    lines = "".join(f"link add pgmu{i} type veth peer name pgmp{i}\nlink set pgmu{i} up\nlink set pgmp{i} up\n"
+                    if make else f"link del pgmu{i}\n" for i in range(n))
+    r = subprocess.run(["ip", "-force", "-batch", "-"], input=lines, text=True, capture_output=True)
+    if make and r.returncode != 0:
+        raise RuntimeError(f"ip -batch link {verb}: {r.stderr.strip()[-300:]}")
+
+
+def untagged_config(n, path):
+    conf = {"uplink": "pgmu0", "portgroups": [{"name": f"m{i}", "untagged": True, "uplink": f"pgmu{i}"}
+                                              for i in range(n)]}
+    with open(path + ".tmp", "w") as f:
+        json.dump(conf, f)
+    os.rename(path + ".tmp", path)
+
+
+def settled_count(run_dir, n):
+    """Portgroups ready, or refused for an uplink-name collision (16 bits of tag per
+    uplink name: a few collide among 1000 uplinks), when all N are one or the other."""
+    s = read_state(run_dir) or {}
+    pgs = s.get("portgroups", [])
+    ok = [p for p in pgs if p.get("ready") or "also wanted" in (p.get("reason") or "")]
+    return (len(pgs) == n and len(ok) == n), sum(1 for p in pgs if p.get("ready"))
+
+
+def memory_once_rows(a, n, daemons):
+    """`--once` up / no-op / down at N, each build once per round, rounds interleaved."""
+    conf = os.path.join(a.conf_dir, f"memory-{n}.json")
+    empty = os.path.join(a.conf_dir, "memory-0.json")
+    untagged_config(n, conf)
+    untagged_config(0, empty)
+    env = daemon_env(a)
+    rows = {name: [] for name in daemons}
+    for rnd in range(a.memory_reps):
+        order = list(daemons.items())
+        random.Random(rnd).shuffle(order)
+        for name, binary in order:
+            argv = [binary, "--config", conf, "--node-name", "bench", "--run-dir", a.run_dir,
+                    "--device-plugin-dir", "", "--once"]
+            up = run_once(argv, env)
+            ok, ready = settled_count(a.run_dir, n)
+            noop = run_once(argv, env)
+            down = run_once(argv[:2] + [empty] + argv[3:], env)
+            rows[name].append({"up_s": up.wall_ns / 1e9, "up_cpu_s": up.cpu_ns / 1e9,
+                               "up_user_cpu_s": up.user_ns / 1e9, "noop_user_cpu_s": noop.user_ns / 1e9,
+                               "up_peak_kib": up.maxrss_kib, "rc": up.rc, "ready": ready, "settled": ok,
+                               "noop_s": noop.wall_ns / 1e9, "noop_cpu_s": noop.cpu_ns / 1e9,
+                               "noop_peak_kib": noop.maxrss_kib, "down_s": down.wall_ns / 1e9,
+                               "down_cpu_s": down.cpu_ns / 1e9, "down_peak_kib": down.maxrss_kib,
+                               "bridges_left": len(bridges())})
+    out = {}
+    for name, rs in rows.items():
+        med = lambda k: round(sorted(r[k] for r in rs)[len(rs) // 2], 3)
+        out[name] = {"runs": rs, **{f"median_{k}": med(k) for k in rs[0] if k not in ("rc", "settled")}}
+        print(f"  --once at {n} untagged [{name}]: up {out[name]['median_up_s']} s (cpu "
+              f"{out[name]['median_up_cpu_s']} s, user {out[name]['median_up_user_cpu_s']} s, peak {out[name]['median_up_peak_kib'] / 1024:.1f} MiB), "
+              f"no-op {out[name]['median_noop_s']} s (peak {out[name]['median_noop_peak_kib'] / 1024:.1f} MiB), "
+              f"down {out[name]['median_down_s']} s", file=sys.stderr)
+    return out
+
+
+def memory_daemon(a, n, binary):
+    """The long-running daemon at N untagged portgroups, from nothing."""
+    conf = os.path.join(a.conf_dir, f"memory-{n}.json")
+    untagged_config(n, conf)
+    try:
+        os.unlink(os.path.join(a.run_dir, "state.json"))
+    except FileNotFoundError:
+        pass
+    log_path = os.path.join(a.conf_dir, f"daemon-memory-{n}.log")
+    log = open(log_path, "wb")
+    t0 = time.perf_counter()
+    p = subprocess.Popen([binary, "--config", conf, "--node-name", "bench", "--run-dir", a.run_dir,
+                          "--device-plugin-dir", "", "--listen", "127.0.0.1:0", "--resync", "3"],
+                         env=daemon_env(a), stdout=log, stderr=subprocess.STDOUT)
+    res = {"n": n}
+    try:
+        end = time.perf_counter() + 600
+        while not settled_count(a.run_dir, n)[0]:
+            if p.poll() is not None or time.perf_counter() > end:
+                return {"n": n, "error": f"portgroupd exited {p.returncode}" if p.poll() is not None
+                        else "not ready after 600 s"}
+            time.sleep(0.05)
+        res["start_to_ready_s"] = round(time.perf_counter() - t0, 3)
+        res["ready"] = settled_count(a.run_dir, n)[1]
+        res["at_ready"] = proc_memory(p.pid)
+        time.sleep(2)
+        res["settled"] = proc_memory(p.pid)
+        if n:
+            state = read_state(a.run_dir)
+            br = next(pg["bridge"] for pg in state["portgroups"] if pg.get("ready"))
+            before = open(log_path, "rb").read().count(b"repaired drift in ")
+            del_link(br)
+            end = time.perf_counter() + 10
+            while open(log_path, "rb").read().count(b"repaired drift in ") == before and time.perf_counter() < end:
+                time.sleep(0.01)
+            res["drift_repaired"] = open(log_path, "rb").read().count(b"repaired drift in ") > before
+            res["after_drift"] = proc_memory(p.pid)
+            os.utime(conf)
+            time.sleep(1)
+            res["after_reload"] = proc_memory(p.pid)
+        time.sleep(3.5)  # one periodic resync (--resync 3): dump, plan, collect, verify
+        res["after_resync"] = proc_memory(p.pid)
+        smaps = {}
+        for line in open(f"/proc/{p.pid}/smaps_rollup"):
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Anonymous", "Private_Dirty", "Shared_Clean"):
+                smaps[key] = int(rest.split()[0])
+        res["smaps_rollup_kib"] = smaps
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        log.close()
+    return res
+
+
+def memory(a):
+    daemons = {"this": a.daemon}
+    if a.compare_daemon:
+        daemons["compare"] = a.compare_daemon
+    res = {"levels": {}, "builds": daemons}
+    empty = os.path.join(a.conf_dir, "memory-0.json")
+    untagged_config(0, empty)
+    for n in a.memory_pgs:
+        untagged_uplinks(n, True)
+        try:
+            lvl = {"once": memory_once_rows(a, n, daemons), "daemon": {}}
+            for name, binary in daemons.items():
+                d = memory_daemon(a, n, binary)
+                run_once([binary, "--config", empty, "--node-name", "bench", "--run-dir", a.run_dir,
+                          "--device-plugin-dir", "", "--once"], daemon_env(a))
+                lvl["daemon"][name] = d
+                m = lambda k: (d.get(k) or {}).get("VmRSS", 0) / 1024
+                print(f"  portgroupd at {n} untagged [{name}]: ready {d.get('ready')} in "
+                      f"{d.get('start_to_ready_s')} s; VmRSS ready {m('at_ready'):.1f}, settled "
+                      f"{m('settled'):.1f}, after drift {m('after_drift'):.1f}, after reload "
+                      f"{m('after_reload'):.1f}, after resync {m('after_resync'):.1f} MiB; VmHWM "
+                      f"{(d.get('after_resync') or {}).get('VmHWM', 0) / 1024:.1f} MiB, threads "
+                      f"{(d.get('after_resync') or {}).get('Threads')}", file=sys.stderr)
+            res["levels"][str(n)] = lvl
+        finally:
+            untagged_uplinks(n, False)
+    untagged_uplinks(10, True)
+    try:
+        res["idle_at_10"] = {}
+        for name, binary in daemons.items():
+            res["idle_at_10"][name] = memory_daemon(a, 10, binary)
+            run_once([binary, "--config", empty, "--node-name", "bench", "--run-dir", a.run_dir,
+                      "--device-plugin-dir", "", "--once"], daemon_env(a))
+            print(f"  portgroupd idle at 10 untagged [{name}]: VmRSS "
+                  f"{res['idle_at_10'][name].get('after_resync', {}).get('VmRSS', 0) / 1024:.1f} MiB",
+                  file=sys.stderr)
+    finally:
+        untagged_uplinks(10, False)
+    return res
+
+
 def inner(a):
     os.makedirs(a.run_dir, exist_ok=True)
     if a.in_vm:
@@ -614,6 +799,8 @@ def inner(a):
     res["daemon"] = long_running(a) if "daemon" in parts else {}
     res["cni_portgroup_mode"] = cni_rows(a) if "cni" in parts else {}
     res["churn"] = churn(a) if "churn" in parts else {}
+    if "memory" in parts:
+        res["memory"] = memory(a)
     res["seconds"] = round(time.time() - t0, 1)
     res["summary"], res["targets"] = (summarize(res, a) if {"converge", "daemon", "cni"} <= set(parts)
                                       else ({}, {}))
@@ -690,13 +877,18 @@ def main():
     p.add_argument("--npods", type=int, default=12)
     p.add_argument("--churn-pgs", type=int, default=100)
     p.add_argument("--churn-cycles", type=int, default=200)
+    p.add_argument("--memory-pgs", default="1000",
+                   help="comma list of untagged portgroup counts for --parts memory (e.g. 1000,4094)")
+    p.add_argument("--memory-reps", type=int, default=3)
+    p.add_argument("--compare-daemon", help="--parts memory: also measure this portgroupd build, interleaved")
     p.add_argument("--floor-max", type=int, default=1000,
                    help="also time the ip -batch floor for converge levels up to this N")
     p.add_argument("--parts", default="converge,daemon,cni",
-                   help="comma list of calibrate,converge,daemon,cni,churn (targets are summarised only "
+                   help="comma list of calibrate,converge,daemon,cni,churn,memory (targets are summarised only "
                         "with converge,daemon,cni)")
     a = p.parse_args()
     q = a.quick
+    a.memory_pgs = [int(x) for x in a.memory_pgs.split(",")]
     a.levels = [int(x) for x in (a.levels or ("10,100" if q else "10,100,1000,4094")).split(",")]
     a.drift_reps = a.drift_reps or (10 if q else 100)
     a.rss_n = a.rss_n or (100 if q else 1000)

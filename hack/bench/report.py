@@ -157,6 +157,18 @@ DEVICEPLUGIN_RUNS = {
 }
 
 
+def memory_target(memory):
+    """The long-running daemon's VmRSS at 1000 untagged portgroups: the largest of the
+    stages after it was ready (settled, after drift, reload, resync), and its VmHWM."""
+    d = memory.get("levels", {}).get("1000", {}).get("daemon", {}).get("this")
+    if not d or "error" in d:
+        return {"verdict": "pending", "why": (d or {}).get("error", "not measured at 1000")}
+    stages = [d[k]["VmRSS"] for k in ("settled", "after_drift", "after_reload", "after_resync") if k in d]
+    rss, hwm = max(stages), d["after_resync"]["VmHWM"]
+    return {"value_mib": round(rss / 1024, 1), "peak_mib": round(hwm / 1024, 1), "ready": d.get("ready"),
+            "verdict": verdict(rss < 20 * 1024 and hwm < 20 * 1024)}
+
+
 def deviceplugin_runs(directory):
     runs = {}
     for name, file in DEVICEPLUGIN_RUNS.items():
@@ -315,6 +327,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cni", required=True)
     p.add_argument("--daemon")
+    p.add_argument("--memory", help="daemon_bench.py --parts memory (untagged portgroups, this kernel)")
     p.add_argument("--calibrate-host", help="daemon_bench.py --parts calibrate run on this host's kernel")
     p.add_argument("--out", required=True)
     p.add_argument("--argv", default="")
@@ -342,11 +355,14 @@ def main():
     calib_host = (json.load(open(a.calibrate_host))
                   if a.calibrate_host and os.path.exists(a.calibrate_host) else None)
     ratios, targets = build(cni, daemon, calib_host)
+    memory = json.load(open(a.memory)).get("memory") if a.memory and os.path.exists(a.memory) else None
+    if memory:
+        targets["portgroupd < 20 MiB RSS at 1000 portgroups (untagged, this kernel)"] = memory_target(memory)
     dp = deviceplugin_runs(a.deviceplugin_dir) if a.deviceplugin_dir else {}
     if dp:
         targets["device-plugin health flip p99 < 100 ms"] = deviceplugin_target(dp)
     res = {"machine": machine(), "args": a.argv, "quick": a.quick == "1", "ratios": ratios,
-           "targets": targets, "cni": cni, "daemon": daemon, "deviceplugin": dp}
+           "targets": targets, "cni": cni, "daemon": daemon, "memory": memory, "deviceplugin": dp}
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
     print_tables(res)

@@ -6,6 +6,7 @@ pub mod applier;
 pub mod backoff;
 pub mod config;
 pub mod deviceplugin;
+pub mod dump;
 pub mod gc;
 pub mod heal;
 pub mod http;

@@ -1,7 +1,6 @@
 //! [`Links`] over rtnetlink, in the daemon's own network namespace.
 
 use crate::mac::MacAddr;
-use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVlan};
@@ -89,32 +88,18 @@ fn observe_one(msg: &LinkMessage, observed: &mut Observed) {
 }
 
 impl RtLinks {
-    /// The links alone, streamed (what the garbage collector needs).
+    /// The links alone (what the garbage collector needs); see [`super::dump`].
     pub async fn dump_links(&self) -> Result<Observed, LinkError> {
-        self.netlink
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_fold(Observed::default(), |mut observed, msg| async move {
-                observe_one(&msg, &mut observed);
-                Ok(observed)
-            })
-            .await
-            .map_err(link_error)
+        super::dump::links().await
     }
 }
 
 impl Links for RtLinks {
-    /// Streamed: each message becomes its summary as it arrives, so a dump of
-    /// thousands of links never holds their full netlink messages at once.
+    /// Read one datagram at a time, each message summarised as it arrives
+    /// ([`super::dump`]): a dump of thousands of links never holds their
+    /// netlink messages.
     async fn dump(&self) -> Result<Observed, LinkError> {
-        let mut observed = self.dump_links().await?;
-        let mut addresses = self.netlink.handle.address().get().execute();
-        while let Some(msg) = addresses.try_next().await.map_err(link_error)? {
-            observe_addresses(std::slice::from_ref(&msg), &mut observed);
-        }
-        Ok(observed)
+        super::dump::links_and_addresses().await
     }
 
     async fn index_of(&self, name: &str) -> Result<Option<u32>, LinkError> {
