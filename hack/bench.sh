@@ -282,6 +282,9 @@ else
     step "portgroupd under pod churn (100 untagged portgroups, 200 VM ADD+DEL cycles through the plugin)"
     python3 hack/bench/daemon_bench.py --daemon "$daemon_bin" --plugin "$plugin" --tag "$tag" \
         --parts churn --out "$out/churn.json"
+    step "portgroupd under pod churn with spoofCheck (DELs leave their elements to portgroupd's sweep)"
+    python3 hack/bench/daemon_bench.py --daemon "$daemon_bin" --plugin "$plugin" --tag "$tag" \
+        --parts churn --churn-spoofcheck --out "$out/churn-portsec.json"
     # Untagged portgroups on distinct uplinks: portgroupd's memory at 1000 on this kernel.
     mem_pgs=1000; mem_reps=3; [[ $quick -eq 1 ]] && { mem_pgs=100; mem_reps=1; }
     step "portgroupd memory at $mem_pgs untagged portgroups (VmRSS and VmHWM; --once rows)"

@@ -5,8 +5,13 @@
 //! Every committed transaction is announced message by message (table, chain,
 //! rule, set, element, object), then closed by a NEWGEN message that names the
 //! committing process. A transaction counts when one of its messages is about
-//! `table bridge portgroup` and it was not committed by this process: the
-//! daemon's own repairs are announced too, and must not wake it again.
+//! `table bridge portgroup` and it was committed neither by this process (the
+//! daemon's own repairs are announced too, and must not wake it again) nor by
+//! the CNI plugin: its ADDs and DELs are how the table is meant to change, and
+//! a sweep after each would make pod churn cost the daemon a full read of the
+//! table per pod. What a sweep repairs is somebody else's change (a firewall
+//! reload, `nft flush ruleset`); the plugin's DEL leaves its elements to the
+//! sweep that a removed attachment record wakes.
 
 use nix::libc;
 
@@ -20,6 +25,10 @@ const NFNLGRP_NFTABLES: u32 = 7;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWGEN: u16 = 15;
 const NFTA_GEN_PROC_PID: u16 = 2;
+/// The committing task's name (its `comm`, at most 15 bytes).
+const NFTA_GEN_PROC_NAME: u16 = 3;
+/// The CNI plugin's executable name, as the kernel names its task.
+const PLUGIN_TASK_NAME: &str = "portgroup";
 const NFPROTO_BRIDGE: u8 = 7;
 /// Every nf_tables object message names its table in attribute 1
 /// (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, NFTA_SET_TABLE,
@@ -35,7 +44,7 @@ pub struct Transactions {
 impl Transactions {
     /// Takes one notification (netlink type, body after the 16-byte header).
     /// Returns true when it closes a transaction that touched our table and was
-    /// committed by a process other than `own_pid`.
+    /// committed by a process other than `own_pid` and the CNI plugin.
     pub fn feed(&mut self, ty: u16, body: &[u8], own_pid: u32) -> bool {
         if ty >> 8 != NFNL_SUBSYS_NFTABLES || body.len() < 4 {
             return false;
@@ -46,8 +55,10 @@ impl Transactions {
             let pid = super::nfnl::attr(attrs, NFTA_GEN_PROC_PID)
                 .and_then(|d| <[u8; 4]>::try_from(d).ok())
                 .map(u32::from_be_bytes);
+            let by_plugin = super::nfnl::attr_str(attrs, NFTA_GEN_PROC_NAME).as_deref()
+                == Some(PLUGIN_TASK_NAME);
             let touched = std::mem::take(&mut self.ours_touched);
-            return touched && pid != Some(own_pid);
+            return touched && pid != Some(own_pid) && !by_plugin;
         }
         if family == NFPROTO_BRIDGE
             && super::nfnl::attr_str(attrs, NFTA_ANY_TABLE).as_deref() == Some(TABLE)
@@ -149,12 +160,15 @@ mod tests {
         body(family, &[(NFTA_ANY_TABLE, name)])
     }
 
-    fn gen(pid: u32) -> Vec<u8> {
+    fn gen(pid: u32, task: &str) -> Vec<u8> {
+        let mut name = task.as_bytes().to_vec();
+        name.push(0);
         body(
             0,
             &[
                 (1, 7u32.to_be_bytes().to_vec()),
                 (NFTA_GEN_PROC_PID, pid.to_be_bytes().to_vec()),
+                (NFTA_GEN_PROC_NAME, name),
             ],
         )
     }
@@ -169,9 +183,9 @@ mod tests {
     #[test]
     fn only_foreign_transactions_on_our_table_count() {
         let me = 4242;
-        // (messages of one transaction, committed by, counts)
+        // (messages of one transaction, committed by pid and task, counts)
         type Messages = Vec<(u16, Vec<u8>)>;
-        let cases: Vec<(&str, Messages, u32, bool)> = vec![
+        let cases: Vec<(&str, Messages, u32, &str, bool)> = vec![
             (
                 "nft flush ruleset",
                 vec![
@@ -179,42 +193,61 @@ mod tests {
                     (DELTABLE, named(NFPROTO_BRIDGE, TABLE)),
                 ],
                 1,
+                "nft",
                 true,
             ),
             (
                 "our own repair",
                 vec![(DELSETELEM, named(NFPROTO_BRIDGE, TABLE))],
                 me,
+                "portgroupd",
                 false,
             ),
             (
                 "another table of the bridge family",
                 vec![(DELTABLE, named(NFPROTO_BRIDGE, "filter"))],
                 1,
+                "nft",
                 false,
             ),
             (
                 "a table named like ours in another family",
                 vec![(DELTABLE, named(2, TABLE))],
                 1,
+                "nft",
                 false,
             ),
             (
                 "an element deleted by hand",
                 vec![(DELSETELEM, named(NFPROTO_BRIDGE, TABLE))],
                 7,
+                "nft",
+                true,
+            ),
+            (
+                "a pod's port removed by the CNI plugin",
+                vec![(DELSETELEM, named(NFPROTO_BRIDGE, TABLE))],
+                8,
+                PLUGIN_TASK_NAME,
+                false,
+            ),
+            (
+                "another portgroupd (another namespace's, or its successor)",
+                vec![(DELSETELEM, named(NFPROTO_BRIDGE, TABLE))],
+                9,
+                "portgroupd",
                 true,
             ),
         ];
         let mut t = Transactions::default();
-        for (name, msgs, pid, counts) in cases {
+        for (name, msgs, pid, task, counts) in cases {
             for (ty, b) in &msgs {
                 assert!(!t.feed(*ty, b, me), "{name}: before NEWGEN");
             }
-            assert_eq!(t.feed(NEWGEN, &gen(pid), me), counts, "{name}");
+            assert_eq!(t.feed(NEWGEN, &gen(pid, task), me), counts, "{name}");
         }
         // Other subsystems' messages are ignored.
         assert!(!t.feed(0x0100, &named(NFPROTO_BRIDGE, TABLE), me));
-        assert!(!t.feed(NEWGEN, &gen(1), me));
+        assert!(!t.feed(NEWGEN, &gen(1, "nft"), me));
     }
 }
