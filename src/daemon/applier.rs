@@ -64,8 +64,7 @@ pub trait Links {
     /// The alias of the link called `name`, found by the kernel: no lookup first.
     async fn set_alias_by_name(&self, name: &str, alias: &str) -> Result<(), LinkError>;
     /// Both in one request.
-    async fn set_mtu_and_alias(&self, index: u32, mtu: u32, alias: &str)
-        -> Result<(), LinkError>;
+    async fn set_mtu_and_alias(&self, index: u32, mtu: u32, alias: &str) -> Result<(), LinkError>;
     async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), LinkError>;
     async fn set_address(&self, index: u32, mac: MacAddr) -> Result<(), LinkError>;
     async fn set_controller(&self, index: u32, controller: u32) -> Result<(), LinkError>;
@@ -442,14 +441,16 @@ mod tests {
 
     /// A node with its uplink eth1 (index 2), down when `uplink_up` is false.
     fn node(uplink_up: bool) -> FakeLinks {
-        FakeLinks(std::cell::RefCell::new(FakeKernel::with(vec![LinkSummary {
-            index: 2,
-            name: "eth1".into(),
-            mtu: 1500,
-            admin_up: uplink_up,
-            lower_up: uplink_up,
-            ..Default::default()
-        }])))
+        FakeLinks(std::cell::RefCell::new(FakeKernel::with(vec![
+            LinkSummary {
+                index: 2,
+                name: "eth1".into(),
+                mtu: 1500,
+                admin_up: uplink_up,
+                lower_up: uplink_up,
+                ..Default::default()
+            },
+        ])))
     }
 
     fn get(links: &FakeLinks, name: &str) -> LinkSummary {
@@ -544,7 +545,9 @@ mod tests {
         assert_eq!(v1.controller, Some(get(&links, "b1").index));
         let calls = links.0.borrow().calls.clone();
         let created = calls.iter().position(|c| c == "create_vlan v1");
-        let raised = calls.iter().position(|c| c == &format!("set_up {}", v1.index));
+        let raised = calls
+            .iter()
+            .position(|c| c == &format!("set_up {}", v1.index));
         assert!(created < raised, "{calls:?}");
     }
 
@@ -552,10 +555,15 @@ mod tests {
     #[test]
     fn a_held_attach_stays_held() {
         let links = node(true);
-        let steps: Vec<Step> = [bridge("b1"), vlan("v1", "eth1"), attach("v1", "b1"), up("v1")]
-            .into_iter()
-            .map(step)
-            .collect();
+        let steps: Vec<Step> = [
+            bridge("b1"),
+            vlan("v1", "eth1"),
+            attach("v1", "b1"),
+            up("v1"),
+        ]
+        .into_iter()
+        .map(step)
+        .collect();
         let applied = run(&links, &steps, &[("attach v1 to bridge b1", "it failed")]);
         assert_eq!(applied.done, 3);
         assert_eq!(applied.failures.len(), 1);
@@ -575,10 +583,15 @@ mod tests {
             name: "b1".into(),
             ..Default::default()
         });
-        let steps: Vec<Step> = [bridge("b1"), vlan("v1", "eth1"), attach("v1", "b1"), up("v1")]
-            .into_iter()
-            .map(step)
-            .collect();
+        let steps: Vec<Step> = [
+            bridge("b1"),
+            vlan("v1", "eth1"),
+            attach("v1", "b1"),
+            up("v1"),
+        ]
+        .into_iter()
+        .map(step)
+        .collect();
         let applied = run(&links, &steps, &[]);
         assert_eq!(applied.failures.len(), 1, "{:?}", applied.failures);
         assert!(applied.failures[0].op.starts_with("create bridge b1"));

@@ -1012,7 +1012,11 @@ fn applying_a_trunk_costs_the_floor_s_round_trips_per_vid() {
     links.0.borrow_mut().calls.clear();
     let applied = block_on(apply(&links, &p.steps));
     assert!(applied.failures.is_empty(), "{:?}", applied.failures);
-    assert_eq!(applied.done, p.steps.len(), "every step done, some by a creation");
+    assert_eq!(
+        applied.done,
+        p.steps.len(),
+        "every step done, some by a creation"
+    );
     let k = links.0.borrow();
     let count = |prefix: &str| k.calls.iter().filter(|c| c.starts_with(prefix)).count();
     // Each bridge (100 paths and the trunk's) and the feed, once.
