@@ -35,8 +35,8 @@ impl LinkError {
 pub trait Links {
     async fn dump(&self) -> Result<Observed, LinkError>;
     async fn index_of(&self, name: &str) -> Result<Option<u32>, LinkError>;
-    /// Created in [`super::planner::LINK_GROUP`], already a port of `placed`'s
-    /// controller and up when it says so: one request where the floor takes three.
+    /// Created down, in [`super::planner::LINK_GROUP`], already a port of
+    /// `placed`'s controller when it names one.
     async fn create_vlan(
         &self,
         name: &str,
@@ -49,8 +49,8 @@ pub trait Links {
     /// its address: pinned, whatever ports come and go. Until its MTU is set
     /// again it follows its smallest port's.
     async fn create_bridge(&self, name: &str, mtu: u32, mac: MacAddr) -> Result<(), LinkError>;
-    /// Both ends in this namespace, in [`super::planner::LINK_GROUP`]; `name`
-    /// placed as `placed` says, `peer` down.
+    /// Both ends in this namespace, created down, in
+    /// [`super::planner::LINK_GROUP`]; `name` placed as `placed` says.
     async fn create_veth(
         &self,
         name: &str,
@@ -75,12 +75,11 @@ pub trait Links {
     async fn ensure_native_guard(&self) -> Result<bool, LinkError>;
 }
 
-/// Where a new link goes as it is made: the kernel takes IFLA_MASTER and IFF_UP
-/// in the RTM_NEWLINK that creates it (attached after it is up, in one request).
+/// Where a new link goes as it is made: the kernel takes IFLA_MASTER in the
+/// RTM_NEWLINK that creates it (one request where the floor takes two).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Placement {
     pub controller: Option<u32>,
-    pub up: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,14 +121,6 @@ pub async fn apply_holding<L: Links>(
     let later = Later::of(steps, &order);
     // Steps a link's creation already did (attach, raise), by position in `steps`.
     let mut done_by_create: HashSet<usize> = HashSet::new();
-    // Links the plan raises and that are not up yet.
-    let mut not_up: HashSet<&str> = steps
-        .iter()
-        .filter_map(|s| match &s.op {
-            Operation::SetUp { name } => Some(name.as_str()),
-            _ => None,
-        })
-        .collect();
     for &at in &order {
         let step = &steps[at];
         if done_by_create.contains(&at) {
@@ -153,61 +144,30 @@ pub async fn apply_holding<L: Links>(
             });
             continue;
         }
-        // A link's attach and raise, later in the plan, go into its creation
-        // when nothing holds them back.
-        let fusable = |op_at: Option<usize>| {
-            op_at.filter(|&i| {
+        // A link's attach, later in the plan, goes into its creation when
+        // nothing holds it back (backing off, its bridge not made). Not its
+        // raise: links come up last (see `schedule`).
+        let mut fused = None;
+        let mut placed = Placement::default();
+        if let Operation::CreateVlan { name, .. } | Operation::CreateVeth { name, .. } = &step.op {
+            let attach = later.attach.get(name.as_str()).copied().filter(|&i| {
                 let op = &steps[i].op;
                 !held.contains_key(&op.to_string())
                     && !op.needs().iter().any(|n| not_made.contains(n))
-            })
-        };
-        let mut fused = Vec::new();
-        let mut placed = Placement::default();
-        if let Operation::CreateVlan { name, .. } | Operation::CreateVeth { name, .. } = &step.op {
-            if let Some(i) = fusable(later.attach.get(name.as_str()).copied()) {
+            });
+            if let Some(i) = attach {
                 if let Operation::SetController { controller, .. } = &steps[i].op {
                     // One that cannot be found: the attach step says so.
                     if let Ok(index) = indexes.of(links, controller).await {
                         placed.controller = Some(index);
-                        fused.push(i);
+                        fused = Some(i);
                     }
                 }
             }
-            // A VLAN interface cannot be up while its parent is down (ENETDOWN):
-            // only when the plan raises no parent later, or did so already.
-            let parent_up = match &step.op {
-                Operation::CreateVlan { parent, .. } => !not_up.contains(parent.as_str()),
-                _ => true,
-            };
-            if let Some(i) = fusable(later.up.get(name.as_str()).copied()).filter(|_| parent_up) {
-                placed.up = true;
-                fused.push(i);
-            }
         }
-        let mut result = apply_one(links, &indexes, &step.op, placed).await;
-        // A veth's peer cannot be created up (veth_open fails with ENOTCONN: the
-        // peer is configured before the other end exists), so it is raised right
-        // after: the feed of a trunk must be up before its VLANs can be made up.
-        if let (Ok(()), Operation::CreateVeth { peer, .. }) = (&result, &step.op) {
-            if let Some(i) = fusable(later.up.get(peer.as_str()).copied()) {
-                result = match indexes.of(links, peer).await {
-                    Ok(index) => links.set_up(index).await,
-                    Err(e) => Err(e),
-                };
-                fused.push(i);
-            }
-        }
+        let result = apply_one(links, &indexes, &step.op, placed).await;
         if result.is_ok() {
-            for &i in &fused {
-                if let Operation::SetUp { name } = &steps[i].op {
-                    not_up.remove(name.as_str());
-                }
-            }
             done_by_create.extend(fused);
-            if let Operation::SetUp { name } = &step.op {
-                not_up.remove(name.as_str());
-            }
         }
         match result {
             Ok(()) => {
@@ -260,10 +220,9 @@ pub fn schedule(steps: &[Step]) -> Vec<usize> {
     first
 }
 
-/// The attach and raise steps of each link, when they run after its creation.
+/// The attach step of each link, when it runs after the link's creation.
 struct Later<'a> {
     attach: HashMap<&'a str, usize>,
-    up: HashMap<&'a str, usize>,
 }
 
 impl<'a> Later<'a> {
@@ -271,7 +230,6 @@ impl<'a> Later<'a> {
         let mut created: HashSet<&str> = HashSet::new();
         let mut later = Later {
             attach: HashMap::new(),
-            up: HashMap::new(),
         };
         for &at in order {
             match &steps[at].op {
@@ -284,9 +242,6 @@ impl<'a> Later<'a> {
                 }
                 Operation::SetController { name, .. } if created.contains(name.as_str()) => {
                     later.attach.entry(name).or_insert(at);
-                }
-                Operation::SetUp { name } if created.contains(name.as_str()) => {
-                    later.up.entry(name).or_insert(at);
                 }
                 _ => {}
             }
@@ -439,15 +394,15 @@ mod tests {
         }
     }
 
-    /// A node with its uplink eth1 (index 2), down when `uplink_up` is false.
-    fn node(uplink_up: bool) -> FakeLinks {
+    /// A node with its uplink eth1 (index 2), up.
+    fn node() -> FakeLinks {
         FakeLinks(std::cell::RefCell::new(FakeKernel::with(vec![
             LinkSummary {
                 index: 2,
                 name: "eth1".into(),
                 mtu: 1500,
-                admin_up: uplink_up,
-                lower_up: uplink_up,
+                admin_up: true,
+                lower_up: true,
                 ..Default::default()
             },
         ])))
@@ -488,8 +443,8 @@ mod tests {
     }
 
     #[test]
-    fn a_vlan_is_created_attached_and_up_in_one_request() {
-        let links = node(true);
+    fn a_vlan_is_created_attached_in_one_request_and_raised_last() {
+        let links = node();
         let steps: Vec<Step> = [
             vlan("v1", "eth1"),
             bridge("b1"),
@@ -517,44 +472,18 @@ mod tests {
                 "index_of eth1",
                 "create_vlan v1",
                 "set_alias_by_name v1",
+                "index_of v1",
+                "set_up 4",
                 "set_up 3",
             ],
-            "one request makes, attaches and raises v1"
+            "one request makes and attaches v1"
         );
-    }
-
-    /// A VLAN interface cannot be up while its parent is down: with the
-    /// uplink's raise held back, v1 is made down, attached, and raised later.
-    #[test]
-    fn a_vlan_on_a_parent_still_down_is_not_created_up() {
-        let links = node(false);
-        let steps: Vec<Step> = [
-            up("eth1"),
-            bridge("b1"),
-            vlan("v1", "eth1"),
-            attach("v1", "b1"),
-            up("v1"),
-        ]
-        .into_iter()
-        .map(step)
-        .collect();
-        let applied = run(&links, &steps, &[("set eth1 up", "failed earlier")]);
-        assert_eq!(applied.failures.len(), 1, "{:?}", applied.failures);
-        assert!(applied.failures[0].held);
-        let v1 = get(&links, "v1");
-        assert_eq!(v1.controller, Some(get(&links, "b1").index));
-        let calls = links.0.borrow().calls.clone();
-        let created = calls.iter().position(|c| c == "create_vlan v1");
-        let raised = calls
-            .iter()
-            .position(|c| c == &format!("set_up {}", v1.index));
-        assert!(created < raised, "{calls:?}");
     }
 
     /// An attach that is backing off is not slipped into the creation.
     #[test]
     fn a_held_attach_stays_held() {
-        let links = node(true);
+        let links = node();
         let steps: Vec<Step> = [
             bridge("b1"),
             vlan("v1", "eth1"),
@@ -577,7 +506,7 @@ mod tests {
     /// and the one failure is the bridge's.
     #[test]
     fn a_port_of_a_bridge_not_made_is_made_alone() {
-        let links = node(true);
+        let links = node();
         links.0.borrow_mut().links.push(LinkSummary {
             index: 50,
             name: "b1".into(),

@@ -143,10 +143,6 @@ impl Links for FakeLinks {
         if mtu > parent.mtu {
             return Err(err(libc::ERANGE, "Numerical result out of range"));
         }
-        if placed.up && !parent.admin_up {
-            // vlan_dev_open: not while the parent is down.
-            return Err(err(libc::ENETDOWN, "Network is down"));
-        }
         k.add(LinkSummary {
             name: name.into(),
             kind: Some("vlan".into()),
@@ -154,8 +150,6 @@ impl Links for FakeLinks {
             link: Some(parent.index),
             vlan_id: Some(vid),
             controller: placed.controller,
-            admin_up: placed.up,
-            lower_up: placed.up,
             ..Default::default()
         })
     }
@@ -188,20 +182,18 @@ impl Links for FakeLinks {
             return Err(err(17, "File exists"));
         }
         let (a, b) = (k.next_index, k.next_index + 1);
-        let end = |name: &str, other: u32, up: bool| LinkSummary {
+        let end = |name: &str, other: u32| LinkSummary {
             name: name.into(),
             kind: Some("veth".into()),
             mtu,
             link: Some(other),
-            admin_up: up,
-            lower_up: up,
             ..Default::default()
         };
         k.add(LinkSummary {
             controller: placed.controller,
-            ..end(name, b, placed.up)
+            ..end(name, b)
         })?;
-        k.add(end(peer, a, false))
+        k.add(end(peer, a))
     }
 
     async fn release_controller(&self, index: u32) -> Result<(), LinkError> {

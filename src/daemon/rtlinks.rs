@@ -145,9 +145,6 @@ impl Links for RtLinks {
         if let Some(controller) = placed.controller {
             builder = builder.controller(controller);
         }
-        if placed.up {
-            builder = builder.up();
-        }
         self.add(builder.build()).await
     }
 
@@ -167,8 +164,6 @@ impl Links for RtLinks {
         mtu: u32,
         placed: Placement,
     ) -> Result<(), LinkError> {
-        // Down: a peer created up fails with ENOTCONN (it is configured before
-        // the other end exists).
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
             .mtu(mtu)
@@ -180,9 +175,6 @@ impl Links for RtLinks {
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
         if let Some(controller) = placed.controller {
             builder = builder.controller(controller);
-        }
-        if placed.up {
-            builder = builder.up();
         }
         self.add(builder.build()).await
     }
