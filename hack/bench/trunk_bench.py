@@ -10,6 +10,12 @@ Needs 802.1Q: run it where the kernel has it, or in the test VM:
 Under QEMU TCG absolute times are inflated several-fold; the ratio to the floor,
 measured in the same run, holds.
 
+With --rounds R (> 1), after that run, R interleaved rounds time only the
+converge from nothing: portgroupd, each --compare binary and the floor, each in
+a fresh namespace (deleted afterwards, then waiting for the kernel's cleanup to
+finish), the order rotated per round; medians and the median of the per-round
+ratios are printed. One run at a time is noisy on a shared or emulated host.
+
 Every run makes its own namespace (pgtbench-<random>) and deletes it; never
 touches the namespace it was started in.
 """
@@ -60,7 +66,12 @@ def daemon_run(daemon: str, node: Node, work: str, config: dict) -> float:
     path = os.path.join(work, "config.json")
     with open(path, "w") as f:
         json.dump(config, f)
-    return timed(["ip", "netns", "exec", node.name, daemon, "--config", path,
+    # Into the namespace the way `ip -n` takes the floor there: setns alone.
+    # `ip netns exec` also makes a mount namespace and remounts /sys, which costs
+    # more than a trunk of 100 VIDs' difference under TCG; portgroupd reads no sysfs.
+    enter = (["nsenter", f"--net=/run/netns/{node.name}"] if shutil.which("nsenter")
+             else ["ip", "netns", "exec", node.name])
+    return timed([*enter, daemon, "--config", path,
                   "--run-dir", os.path.join(work, "run"), "--node-name", "bench", "--once",
                   "--log-level", "warn"])
 
@@ -104,14 +115,85 @@ def one(daemon: str, n: int) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def cpu_idle_fraction(window: float) -> float:
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields)
+    idle0, total0 = sample()
+    time.sleep(window)
+    idle1, total1 = sample()
+    return (idle1 - idle0) / max(1, total1 - total0)
+
+
+def settle(limit: float = 120.0) -> None:
+    """Waits for the kernel to finish tearing a namespace down (it does so in a
+    workqueue, after `ip netns del` returns), so it does not eat the next run."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and cpu_idle_fraction(0.5) < 0.9:
+        pass
+
+
+def converge_up(daemon: str | None, n: int) -> float:
+    """The converge from nothing alone, in a fresh namespace: portgroupd's, or
+    the floor's when daemon is None."""
+    work = tempfile.mkdtemp(prefix="pgtbench-")
+    node = Node()
+    try:
+        if daemon is None:
+            return timed(["ip", "-n", node.name, "-batch", "-"], stdin=floor_batch(n))
+        trunk = {"uplink": "eth1", "portgroups": [{"name": "fw", "trunk": f"1-{n}"}]}
+        return daemon_run(daemon, node, work, trunk)
+    finally:
+        node.close()
+        shutil.rmtree(work, ignore_errors=True)
+        settle()
+
+
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def rounds(daemons: list[str], n: int, count: int) -> dict:
+    contenders: list[str | None] = [*daemons, None]
+    times: dict[str, list[float]] = {d or "floor": [] for d in contenders}
+    settle()
+    for r in range(count):
+        shift = r % len(contenders)
+        for d in contenders[shift:] + contenders[:shift]:
+            times[d or "floor"].append(converge_up(d, n))
+    floor = times["floor"]
+    out = {"vids": n, "rounds": count, "up_s": times}
+    for d in daemons:
+        ratios = [t / f for t, f in zip(times[d], floor)]
+        out[d] = {"median_up_s": median(times[d]), "median_ratio": median(ratios),
+                  "ratios": [round(x, 3) for x in ratios]}
+        print("trunk of %4d VIDs, %d rounds: %s up median %.2f s | floor median %.2f s | "
+              "median of per-round up/floor %.2fx (%s)"
+              % (n, count, os.path.basename(d), median(times[d]), median(floor),
+                 median(ratios), " ".join("%.2f" % x for x in ratios)), flush=True)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--daemon", required=True)
     parser.add_argument("--vids", default="100,1000")
     parser.add_argument("--out")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--no-check", action="store_true",
+                        help="with --rounds: skip the checked run (up, no-op, down) before them")
+    parser.add_argument("--compare", action="append", default=[],
+                        help="another portgroupd binary to time in the rounds (repeatable)")
     opts = parser.parse_args()
     rows = []
     for n in [int(v) for v in opts.vids.split(",")]:
+        if opts.no_check and opts.rounds > 1:
+            daemons = [os.path.abspath(d) for d in [opts.daemon, *opts.compare]]
+            rows.append({"vids": n, "rounds": rounds(daemons, n, opts.rounds)})
+            continue
         row = one(os.path.abspath(opts.daemon), n)
         rows.append(row)
         print("trunk of %4d VIDs: ready=%s sub-interfaces=%d | up %.2f s, no-op %.2f s, down %.2f s "
@@ -121,6 +203,9 @@ def main() -> int:
         if not row["ready"] or row["subinterfaces"] != n or row["left_after_down"] != 0:
             print("FAILED: the trunk did not converge as it must", file=sys.stderr)
             return 1
+        if opts.rounds > 1:
+            daemons = [os.path.abspath(d) for d in [opts.daemon, *opts.compare]]
+            row["rounds"] = rounds(daemons, n, opts.rounds)
     if opts.out:
         with open(opts.out, "w") as f:
             json.dump(rows, f, indent=2)

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use nix::libc;
 
-use super::applier::{LinkError, Links};
+use super::applier::{LinkError, Links, Placement};
 use super::planner::Observed;
 use crate::netlink::LinkSummary;
 
@@ -128,22 +128,28 @@ impl Links for FakeLinks {
         parent: u32,
         vid: u16,
         mtu: u32,
+        placed: Placement,
     ) -> Result<(), LinkError> {
         let mut k = self.0.borrow_mut();
         k.calls.push(format!("create_vlan {name}"));
+        if let Some(controller) = placed.controller {
+            // Like the kernel: a controller that is gone fails the whole creation.
+            k.by_index(controller)?;
+        }
         if k.no_8021q {
             return Err(err(libc::EOPNOTSUPP, "Operation not supported"));
         }
-        let parent_mtu = k.by_index(parent)?.mtu;
-        if mtu > parent_mtu {
+        let parent = k.by_index(parent)?.clone();
+        if mtu > parent.mtu {
             return Err(err(libc::ERANGE, "Numerical result out of range"));
         }
         k.add(LinkSummary {
             name: name.into(),
             kind: Some("vlan".into()),
             mtu,
-            link: Some(parent),
+            link: Some(parent.index),
             vlan_id: Some(vid),
+            controller: placed.controller,
             ..Default::default()
         })
     }
@@ -160,9 +166,18 @@ impl Links for FakeLinks {
         })
     }
 
-    async fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(), LinkError> {
+    async fn create_veth(
+        &self,
+        name: &str,
+        peer: &str,
+        mtu: u32,
+        placed: Placement,
+    ) -> Result<(), LinkError> {
         let mut k = self.0.borrow_mut();
         k.calls.push(format!("create_veth {name} {peer}"));
+        if let Some(controller) = placed.controller {
+            k.by_index(controller)?;
+        }
         if k.get(name).is_some() || k.get(peer).is_some() {
             return Err(err(17, "File exists"));
         }
@@ -174,7 +189,10 @@ impl Links for FakeLinks {
             link: Some(other),
             ..Default::default()
         };
-        k.add(end(name, b))?;
+        k.add(LinkSummary {
+            controller: placed.controller,
+            ..end(name, b)
+        })?;
         k.add(end(peer, a))
     }
 
@@ -189,6 +207,26 @@ impl Links for FakeLinks {
         let mut k = self.0.borrow_mut();
         k.calls.push(format!("set_alias {index}"));
         k.by_index(index)?.alias = Some(alias.into());
+        Ok(())
+    }
+
+    async fn set_alias_by_name(&self, name: &str, alias: &str) -> Result<(), LinkError> {
+        let mut k = self.0.borrow_mut();
+        k.calls.push(format!("set_alias_by_name {name}"));
+        let index = k
+            .get(name)
+            .map(|l| l.index)
+            .ok_or_else(|| err(libc::ENODEV, "No such device"))?;
+        k.by_index(index)?.alias = Some(alias.into());
+        Ok(())
+    }
+
+    async fn set_mtu_and_alias(&self, index: u32, mtu: u32, alias: &str) -> Result<(), LinkError> {
+        let mut k = self.0.borrow_mut();
+        k.calls.push(format!("set_mtu_and_alias {index} {mtu}"));
+        let link = k.by_index(index)?;
+        link.mtu = mtu;
+        link.alias = Some(alias.into());
         Ok(())
     }
 

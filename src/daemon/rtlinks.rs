@@ -5,7 +5,7 @@ use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVlan};
 
-use super::applier::{LinkError, Links};
+use super::applier::{LinkError, Links, Placement};
 use super::planner::{Observed, LINK_GROUP};
 use crate::netlink::{errno, link_change, LinkSummary, Netlink};
 
@@ -102,13 +102,18 @@ impl Links for RtLinks {
         super::dump::links_and_addresses().await
     }
 
+    /// SIOCGIFINDEX in this thread's namespace, the daemon's (as `ip` does):
+    /// an RTM_GETLINK would have the kernel fill and us parse the whole link,
+    /// a bridge's every option included, to read one number.
     async fn index_of(&self, name: &str) -> Result<Option<u32>, LinkError> {
-        Ok(self
-            .netlink
-            .link_by_name(name)
-            .await
-            .map_err(link_error)?
-            .map(|l| l.index))
+        match nix::net::if_::if_nametoindex(name) {
+            Ok(index) => Ok(Some(index)),
+            Err(nix::errno::Errno::ENODEV) => Ok(None),
+            Err(e) => Err(LinkError {
+                errno: Some(e as i32),
+                message: format!("looking up {name}: {}", e.desc()),
+            }),
+        }
     }
 
     async fn create_vlan(
@@ -117,12 +122,15 @@ impl Links for RtLinks {
         parent: u32,
         vid: u16,
         mtu: u32,
+        placed: Placement,
     ) -> Result<(), LinkError> {
-        let message = LinkVlan::new(name, parent, vid)
+        let mut builder = LinkVlan::new(name, parent, vid)
             .mtu(mtu)
-            .link_group(LINK_GROUP)
-            .build();
-        self.add(message).await
+            .link_group(LINK_GROUP);
+        if let Some(controller) = placed.controller {
+            builder = builder.controller(controller);
+        }
+        self.add(builder.build()).await
     }
 
     async fn create_bridge(&self, name: &str, mtu: u32, mac: MacAddr) -> Result<(), LinkError> {
@@ -134,19 +142,26 @@ impl Links for RtLinks {
         self.add(message).await
     }
 
-    async fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(), LinkError> {
+    async fn create_veth(
+        &self,
+        name: &str,
+        peer: &str,
+        mtu: u32,
+        placed: Placement,
+    ) -> Result<(), LinkError> {
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
             .mtu(mtu)
-            .link_group(LINK_GROUP)
-            .build();
-        let message = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .link_group(LINK_GROUP);
+        let mut builder = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
             .name(name.to_string())
             .mtu(mtu)
             .link_group(LINK_GROUP)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-            .build();
-        self.add(message).await
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
+        if let Some(controller) = placed.controller {
+            builder = builder.controller(controller);
+        }
+        self.add(builder.build()).await
     }
 
     async fn release_controller(&self, index: u32) -> Result<(), LinkError> {
@@ -156,6 +171,17 @@ impl Links for RtLinks {
 
     async fn set_alias(&self, index: u32, alias: &str) -> Result<(), LinkError> {
         let message = link_change(index).alias(alias).build();
+        self.netlink.set_link(message).await.map_err(link_error)
+    }
+
+    async fn set_alias_by_name(&self, name: &str, alias: &str) -> Result<(), LinkError> {
+        // Index 0 and IFLA_IFNAME: the kernel finds the link by its name.
+        let message = LinkUnspec::new_with_name(name).alias(alias).build();
+        self.netlink.set_link(message).await.map_err(link_error)
+    }
+
+    async fn set_mtu_and_alias(&self, index: u32, mtu: u32, alias: &str) -> Result<(), LinkError> {
+        let message = link_change(index).mtu(mtu).alias(alias).build();
         self.netlink.set_link(message).await.map_err(link_error)
     }
 
