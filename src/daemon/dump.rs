@@ -203,46 +203,21 @@ async fn dump(
 mod tests {
     use super::*;
 
-    /// Needs root: a network namespace of its own, on a thread of its own.
-    fn in_new_netns<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-        std::thread::spawn(move || {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
-            work()
-        })
-        .join()
-        .expect("test thread")
-    }
-
-    fn ip_batch(lines: &str) {
-        use std::io::Write;
-        let mut child = std::process::Command::new("ip")
-            .args(["-batch", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .expect("ip");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(lines.as_bytes())
-            .expect("write");
-        assert!(child.wait().expect("ip").success(), "ip -batch");
-    }
-
     /// The summaries read from raw messages are those rtnetlink's fully parsed
     /// messages give, over links of every kind the daemon meets, across many
     /// datagrams; the group mark and the addresses are found too.
     #[test]
     fn a_streamed_dump_summarises_links_as_rtnetlink_parses_them() {
-        in_new_netns(|| {
-            let mut lines = String::new();
-            for i in 0..300 {
-                lines.push_str(&format!(
+        let ns = portgroup_testkit::Netns::new("dump");
+        let mut lines = String::new();
+        for i in 0..300 {
+            lines.push_str(&format!(
                     "link add dv{i} type veth peer name dp{i}\nlink add db{i} group {LINK_GROUP} type bridge\nlink set dv{i} master db{i} alias portgroup:test up\n"
                 ));
-            }
-            lines.push_str("link add dmv link dp1 type macvlan mode bridge\naddr add 192.0.2.1/24 dev dp0\naddr add 2001:db8::1/64 dev dp0 nodad\nlink set dp0 up\n");
-            ip_batch(&lines);
+        }
+        lines.push_str("link add dmv link dp1 type macvlan mode bridge\naddr add 192.0.2.1/24 dev dp0\naddr add 2001:db8::1/64 dev dp0 nodad\nlink set dp0 up\n");
+        ns.ip_batch(&lines);
+        ns.run(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

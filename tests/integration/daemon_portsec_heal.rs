@@ -162,6 +162,17 @@ fn udp_frame(vm: &Vm, src: Ipv4Addr, marker: u8) -> Vec<u8> {
     )
 }
 
+/// The markers of the frames `udp_frame` made among `frames`.
+fn markers<C: FromIterator<u8>>(frames: &[Vec<u8>]) -> C {
+    frames
+        .iter()
+        .filter_map(|f| {
+            let pos = f.windows(3).position(|w| w == b"PGH")?;
+            f.get(pos + 3).copied()
+        })
+        .collect()
+}
+
 /// Sends a frame from the VM's own address and one from a forged address;
 /// returns (own arrived, forged arrived) at the peer.
 fn probe(vm: &Vm, peer: &Netns) -> (bool, bool) {
@@ -170,14 +181,7 @@ fn probe(vm: &Vm, peer: &Netns) -> (bool, bool) {
     let _ = rx.drain();
     tx.send(&udp_frame(vm, vm.ip, 1));
     tx.send(&udp_frame(vm, FORGED_IP, 2));
-    let seen: HashSet<u8> = rx
-        .listen(Duration::from_millis(300))
-        .iter()
-        .filter_map(|f| {
-            let pos = f.windows(3).position(|w| w == b"PGH")?;
-            f.get(pos + 3).copied()
-        })
-        .collect();
+    let seen: HashSet<u8> = markers(&rx.listen(Duration::from_millis(300)));
     (seen.contains(&1), seen.contains(&2))
 }
 
@@ -665,14 +669,7 @@ fn a_del_leaves_its_rules_to_the_sweep_and_its_port_never_sends_unchecked() {
     std::thread::sleep(Duration::from_millis(50));
     stop.store(true, Ordering::Relaxed);
     let sent = sender.join().unwrap();
-    let seen: Vec<u8> = rx
-        .listen(Duration::from_millis(100))
-        .iter()
-        .filter_map(|f| {
-            let pos = f.windows(3).position(|w| w == b"PGH")?;
-            f.get(pos + 3).copied()
-        })
-        .collect();
+    let seen: Vec<u8> = markers(&rx.listen(Duration::from_millis(100)));
     assert!(
         sent > 0 && seen.contains(&1),
         "the VM's own frames passed before its DEL ({sent} sent)"
@@ -756,14 +753,7 @@ fn a_port_made_again_under_a_left_name_inherits_nothing_and_a_del_alone_cleans_u
     let _ = rx.drain();
     tx.send(&udp_frame(&again, again.ip, 1));
     tx.send(&udp_frame(&again, old.ip, 3));
-    let seen: Vec<u8> = rx
-        .listen(Duration::from_millis(300))
-        .iter()
-        .filter_map(|f| {
-            let pos = f.windows(3).position(|w| w == b"PGH")?;
-            f.get(pos + 3).copied()
-        })
-        .collect();
+    let seen: Vec<u8> = markers(&rx.listen(Duration::from_millis(300)));
     assert!(seen.contains(&1), "the new port's own frame was dropped");
     assert!(
         !seen.contains(&3),

@@ -16,8 +16,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::io::Write;
-use std::process::{Command, Stdio};
+
 use std::sync::Arc;
 
 use portgroup::daemon::applier::Links;
@@ -87,21 +86,6 @@ fn peak_during<T>(work: impl FnOnce() -> T) -> (T, usize) {
     (out, (peak - start).max(0) as usize)
 }
 
-fn ip_batch(ns: &Netns, lines: &str) {
-    let mut child = Command::new("ip")
-        .args(["-n", &ns.name, "-batch", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("ip");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(lines.as_bytes())
-        .expect("write");
-    assert!(child.wait().expect("ip").success(), "ip -batch");
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -124,7 +108,7 @@ fn a_link_dump_holds_one_summary_per_link_not_the_messages() {
             "link add mv{i} type veth peer name mp{i}\nlink add mb{i} type bridge\nlink set mv{i} master mb{i} up\n"
         ));
     }
-    ip_batch(&ns, &lines);
+    ns.ip_batch(&lines);
     let (links, peak) = ns.run(move || {
         let rt = runtime();
         let links = rt.block_on(async {
@@ -169,7 +153,7 @@ fn a_reconcile_that_changes_nothing_costs_kibibytes_per_portgroup() {
             r#"{{"name": "m{i}", "untagged": true, "uplink": "mu{i}"}}"#
         ));
     }
-    ip_batch(&ns, &lines);
+    ns.ip_batch(&lines);
     let config = format!(
         r#"{{"uplink": "mu0", "portgroups": [{}]}}"#,
         portgroups.join(",")

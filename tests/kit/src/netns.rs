@@ -56,6 +56,26 @@ impl Netns {
         self.ip(&line.split_whitespace().collect::<Vec<_>>())
     }
 
+    /// `ip -n NS -batch -` fed `lines` (one command per line), which must
+    /// succeed: thousands of links in one process.
+    pub fn ip_batch(&self, lines: &str) {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["-n", &self.name, "-batch", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("ip -n {} -batch: {e}", self.name));
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(lines.as_bytes())
+                .unwrap_or_else(|e| panic!("ip -n {} -batch: writing: {e}", self.name));
+        }
+        let status = child
+            .wait()
+            .unwrap_or_else(|e| panic!("ip -n {} -batch: {e}", self.name));
+        assert!(status.success(), "ip -n {} -batch: {status}", self.name);
+    }
+
     /// `ip -n NS ARGS`, allowed to fail: whether it succeeded.
     pub fn try_ip(&self, args: &[&str]) -> bool {
         let mut all = vec!["ip", "-n", &self.name];
