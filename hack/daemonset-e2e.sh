@@ -456,9 +456,21 @@ ip -n lab-vm link show net1 >/dev/null 2>&1 && left+=("net1 in the pod")
 [[ -n $(find "$records" -name '*.json' 2>/dev/null) ]] && left+=("records: $(ls "$records")")
 ports=$(ip -j link show master "$vm_bridge" 2>/dev/null | jq -r 'map(.ifname) | join(" ")' || true)
 [[ $ports == eth2 ]] || left+=("ports of $vm_bridge: $ports")
-nft list table bridge portgroup 2>/dev/null | grep -qi -e "$POD_MAC" -e "$POD_IP" -e "${host_veth:-none}" &&
-    left+=("port-security rules for the pod in table bridge portgroup")
-((${#left[@]} == 0)) && pass "after DEL nothing is left (pod link, host veth, record, bridge port, port-security elements); $vm_bridge keeps eth2" ||
+# With portgroupd running, DEL leaves the port's elements to its sweep, which a
+# removed attachment record wakes (once no record was removed for 100 ms, at
+# most 1 s later), and every resync (60 s) repeats: give it up to 65 s.
+# Read whole, then searched: `nft ... | grep -q` under pipefail fails when grep
+# exits early on a match (nft gets SIGPIPE).
+pod_elements() {
+    local table
+    table=$(nft list table bridge portgroup 2>/dev/null) || return 1
+    grep -qi -e "$POD_MAC" -e "$POD_IP" -e "${host_veth:-none}" <<<"$table"
+}
+swept_in=$SECONDS
+for _ in $(seq 650); do pod_elements || break; sleep 0.1; done
+swept_in=$((SECONDS - swept_in))
+pod_elements && left+=("port-security rules for the pod in table bridge portgroup, 65 s after DEL")
+((${#left[@]} == 0)) && pass "after DEL nothing is left (pod link, host veth, record, bridge port; port-security elements swept by portgroupd within ${swept_in} s); $vm_bridge keeps eth2" ||
     fail "left after DEL: ${left[*]}"
 del_again=0
 nad vm-network | cni DEL lab-vm lab-vm-1 >/dev/null 2>&1 || del_again=$?
@@ -480,5 +492,5 @@ ip netns del lab-vm
 ip netns del lab-vm2
 
 echo "--- portgroupd log (last lines)"
-podman logs "$daemon" 2>&1 | tail -n 12
+podman logs "$daemon" 2>&1 | tail -n "${E2E_LOG_LINES:-12}" # more: E2E_LOG_LINES=N
 echo "---"
