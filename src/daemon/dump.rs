@@ -39,6 +39,11 @@ const ATTEMPTS: usize = 3;
 
 /// The links, each summarised as it is read.
 pub async fn links() -> Result<Observed, LinkError> {
+    links_read_into(DATAGRAM).await
+}
+
+/// [`links`], its datagrams read into `capacity` bytes at first.
+async fn links_read_into(capacity: usize) -> Result<Observed, LinkError> {
     let mut request = LinkMessage::default();
     // Counters and their 64-bit copies are a third of every message, and unused.
     request
@@ -48,7 +53,7 @@ pub async fn links() -> Result<Observed, LinkError> {
     let mut attempt = 1;
     loop {
         let mut observed = Observed::default();
-        let consistent = dump(&request, |kind, payload| {
+        let consistent = dump(&request, capacity, |kind, payload| {
             if kind == RTM_NEWLINK {
                 summarise_link(payload, &mut observed)?;
             }
@@ -69,7 +74,7 @@ pub async fn links_and_addresses() -> Result<Observed, LinkError> {
     let mut attempt = 1;
     loop {
         observed.addresses.clear();
-        let consistent = dump(&request, |kind, payload| {
+        let consistent = dump(&request, DATAGRAM, |kind, payload| {
             if kind == RTM_NEWADDR {
                 let msg = AddressMessage::parse(payload)?;
                 observe_addresses(std::slice::from_ref(&msg), &mut observed);
@@ -142,14 +147,42 @@ fn kernel_error(payload: &[u8]) -> Result<(), LinkError> {
     }
 }
 
+/// What a dump datagram is read into at first: the kernel fills a dump's
+/// datagrams up to the largest read the socket has seen, capped at 32 KiB
+/// (netlink_recvmsg), so a read this large gets about twenty links per datagram
+/// where a peek-sized read gets two, and every datagram costs one `recv`.
+const DATAGRAM: usize = 32 * 1024;
+
 /// Sends `request` as a dump on a socket of its own and hands every message's
-/// type and payload to `each` as it is read, one datagram (at most 32 KiB
-/// in a dump, the kernel's cap) in memory at a time.
+/// type and payload to `each` as it is read, one datagram in memory at a time,
+/// read into `capacity` bytes (more if a datagram needs it).
 /// Ok(false) when the kernel marked the dump inconsistent (NLM_F_DUMP_INTR).
 async fn dump(
     request: &RouteNetlinkMessage,
+    mut capacity: usize,
     mut each: impl FnMut(u16, &[u8]) -> Result<(), DecodeError>,
 ) -> Result<bool, LinkError> {
+    loop {
+        match dump_with(request, capacity, &mut each).await? {
+            Dumped::Done { consistent } => return Ok(consistent),
+            // A single message larger than the buffer (the kernel sizes a
+            // datagram to the largest message, which a link with many VFs can
+            // make larger than 32 KiB): the dump is read again, into room for it.
+            Dumped::Truncated { needed } => capacity = needed,
+        }
+    }
+}
+
+enum Dumped {
+    Done { consistent: bool },
+    Truncated { needed: usize },
+}
+
+async fn dump_with(
+    request: &RouteNetlinkMessage,
+    capacity: usize,
+    each: &mut impl FnMut(u16, &[u8]) -> Result<(), DecodeError>,
+) -> Result<Dumped, LinkError> {
     let mut socket = TokioSocket::new(NETLINK_ROUTE)
         .map_err(|e| io_error("opening a route netlink socket", e))?;
     socket
@@ -166,13 +199,23 @@ async fn dump(
         .send(&buf)
         .await
         .map_err(|e| io_error("sending a netlink dump request", e))?;
+    let mut buf: Vec<u8> = Vec::with_capacity(capacity);
     let mut consistent = true;
     loop {
-        // Sized to the datagram (MSG_PEEK | MSG_TRUNC first), so never truncated.
-        let (buf, _) = socket
-            .recv_from_full()
+        buf.clear();
+        socket
+            .recv(&mut buf)
             .await
             .map_err(|e| io_error("reading a netlink dump", e))?;
+        // A datagram larger than the buffer is cut to it (the rest is lost), so
+        // a full buffer may be a cut one: read the dump again with more room.
+        // The kernel's own datagrams stay below 32 KiB unless one message is
+        // larger, so this happens only then.
+        if buf.len() == buf.capacity() {
+            return Ok(Dumped::Truncated {
+                needed: buf.capacity() * 2,
+            });
+        }
         let mut rest = &buf[..];
         while !rest.is_empty() {
             let message = NetlinkBuffer::new_checked(rest).map_err(decode_error)?;
@@ -182,7 +225,7 @@ async fn dump(
             match message.message_type() {
                 NLMSG_DONE => {
                     kernel_error(message.payload())?;
-                    return Ok(consistent);
+                    return Ok(Dumped::Done { consistent });
                 }
                 NLMSG_ERROR => kernel_error(message.payload())?,
                 NLMSG_OVERRUN => {
@@ -268,6 +311,34 @@ mod tests {
                     .expect("dv7");
                 assert_eq!(dv7.controller, Some(db7.index));
                 assert_eq!(dv7.alias.as_deref(), Some("portgroup:test"));
+            });
+        });
+    }
+
+    /// A datagram larger than the buffer it is read into is never taken cut:
+    /// read from a buffer smaller than one link message, the dump is read again
+    /// with more room and gives what a 32 KiB read gives.
+    #[test]
+    fn a_datagram_larger_than_the_buffer_is_read_again_not_cut() {
+        let ns = portgroup_testkit::Netns::new("dumpcut");
+        let mut lines = String::new();
+        for i in 0..40 {
+            lines.push_str(&format!(
+                "link add cv{i} type veth peer name cp{i}\nlink add cb{i} group {LINK_GROUP} type bridge\nlink set cv{i} master cb{i}\n"
+            ));
+        }
+        ns.ip_batch(&lines);
+        ns.run(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let whole = links().await.expect("dump");
+                let from_small = links_read_into(256).await.expect("dump from 256 bytes");
+                assert_eq!(whole.links.len(), 121, "lo, 80 veths, 40 bridges");
+                assert_eq!(from_small.links, whole.links);
+                assert_eq!(from_small.in_our_group, whole.in_our_group);
             });
         });
     }
