@@ -60,7 +60,10 @@
 # untagged portgroups, 200 VM ADD+DEL cycles through the plugin, portgroupd's
 # CPU against the plugin runs' CPU (~15 s); and portgroupd's memory at 1000 untagged
 # portgroups, each on its own uplink (--parts memory, ~4 min: tearing 1000 bridges
-# down is most of it; --quick: 100). See hack/bench/daemon_bench.py.
+# down is most of it; --quick: 100). See hack/bench/daemon_bench.py. Then a trunk
+# portgroup of 100 and 1000 VIDs converged from nothing against the ip -batch floor,
+# 3 interleaved rounds (hack/bench/trunk_bench.py, in the test VM without 802.1Q:
+# ~15 min; --quick: 100 VIDs, ~4 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -255,7 +258,7 @@ fi
 
 # --- portgroupd ---------------------------------------------------------------
 daemon_bin=$target/release/portgroupd
-rm -f "$out/calibrate-host.json"
+rm -f "$out/calibrate-host.json" "$out/trunk.json"
 if [[ $daemon -eq 0 ]]; then
     echo '{"skipped": "--no-daemon"}' >"$out/daemon.json"
 elif [[ ! -x $daemon_bin ]] || ! "$daemon_bin" --help 2>&1 | grep -q -- '--once'; then
@@ -277,6 +280,18 @@ else
         PORTGROUP_VM_RWDIRS="$out${PORTGROUP_VM_RWDIRS:+:$PORTGROUP_VM_RWDIRS}" \
             PORTGROUP_VM_TIMEOUT=${PORTGROUP_VM_TIMEOUT:-3600} hack/vm.sh \
             "python3 hack/bench/daemon_bench.py --daemon $daemon_bin --plugin $plugin --tag pgbvm --out $out/daemon.json --in-vm --parts calibrate,converge,daemon,cni $dq 2>&1"
+    fi
+    # A trunk portgroup's converge from nothing against the ip -batch floor
+    # (hack/bench/trunk_bench.py: interleaved rounds, each contender from tmpfs).
+    trunk_vids="100,1000" trunk_rounds=3; [[ $quick -eq 1 ]] && trunk_vids=100
+    trunk_cmd="python3 hack/bench/trunk_bench.py --daemon $daemon_bin --vids $trunk_vids --rounds $trunk_rounds --out $out/trunk.json"
+    if hack/vm.sh --has-8021q; then
+        step "trunk portgroup converge, $trunk_vids VIDs, $trunk_rounds rounds"
+        $trunk_cmd
+    else
+        step "trunk portgroup converge, $trunk_vids VIDs, $trunk_rounds rounds, inside the test VM (no 802.1Q here)"
+        PORTGROUP_VM_RWDIRS="$out${PORTGROUP_VM_RWDIRS:+:$PORTGROUP_VM_RWDIRS}" \
+            PORTGROUP_VM_TIMEOUT=${PORTGROUP_VM_TIMEOUT:-3600} hack/vm.sh "$trunk_cmd 2>&1"
     fi
     # Untagged portgroups need no 802.1Q: pod churn runs on this kernel.
     step "portgroupd under pod churn (100 untagged portgroups, 200 VM ADD+DEL cycles through the plugin)"
@@ -340,5 +355,5 @@ if [[ $only_deviceplugin -eq 1 ]]; then
     exit 0
 fi
 python3 "$repo/hack/bench/report.py" --cni "$out/cni.json" --daemon "$out/daemon.json" \
-    --memory "$out/memory.json" --calibrate-host "$out/calibrate-host.json" --deviceplugin-dir "$out" \
+    --trunk "$out/trunk.json" --memory "$out/memory.json" --calibrate-host "$out/calibrate-host.json" --deviceplugin-dir "$out" \
     --out "$out/bench.json" --argv="$argv" --quick "$quick"

@@ -142,6 +142,11 @@ def make_contenders(a):
         c.append(Contender("cmp-portsec", "cni", f"pg-portsec with another build: {a.compare}", a.compare,
                            base_conf(bridge=a.bridge, conflictProbe=False, spoofCheck=True),
                            {"PORTGROUP_RUN_DIR": os.path.join(a.run_dir, "cmp")}, 12))
+    if a.bridge_of_portgroupd:
+        # The plugin refuses bridge mode on a bridge portgroupd made (code 109,
+        # "attach to it with portgroup instead"), so there only portgroup mode
+        # is measured, against the reference plugin and the floor.
+        c = [x for x in c if x.name in ("ref-l2", "ref-static", "floor")]
     if not a.portgroup and a.synthetic_state:
         a.portgroup, a.portgroup_run_dir = "bench", os.path.join(a.run_dir, "pgmode")
         write_synthetic_state(a)
@@ -842,6 +847,9 @@ def main():
     p.add_argument("--disk-run-dir", help="a run dir on disk for the pg-l2-disk row")
     p.add_argument("--portgroup", help="also bench portgroup mode with this portgroup (needs a node state)")
     p.add_argument("--portgroup-run-dir")
+    p.add_argument("--bridge-of-portgroupd", action="store_true",
+                   help="--bridge is a portgroup's bridge made by portgroupd: leave out the "
+                        "bridge-mode contenders, which the plugin refuses there")
     p.add_argument("--compare", help="another portgroup binary: adds cmp-l2 and cmp-static rows")
     p.add_argument("--synthetic-state", type=int, default=0,
                    help="without --portgroup: bench portgroup mode against a node state of N portgroups "

@@ -34,7 +34,8 @@ Rows:
   idle cpu   utime+stime of the idle daemon over --idle-seconds (65: one 60 s resync
              included), as % of one core.
   cni        cni_bench.py --sections seq with a pg-portgroup contender on the bridge of a
-             real VLAN portgroup made by portgroupd.
+             real VLAN portgroup made by portgroupd, against the reference plugin and the
+             floor (bridge mode is refused on portgroupd's bridges: --bridge-of-portgroupd).
   churn      (--parts churn; no 802.1Q needed) --churn-pgs untagged portgroups (100), each
              on its own veth uplink, under a running portgroupd; --churn-cycles (200) VM
              ADD+DEL cycles through the plugin; portgroupd's CPU (/proc/<pid>/stat) against
@@ -440,7 +441,7 @@ def cni_rows(a):
     argv = [sys.executable, os.path.join(HERE, "cni_bench.py"), "--plugin", plugin,
             "--reference", reference, "--cni-path", cni_path,
             "--bridge", pg["bridge"], "--run-dir", os.path.join(a.run_dir, "cni"),
-            "--portgroup", pg["name"], "--portgroup-run-dir", a.run_dir,
+            "--portgroup", pg["name"], "--portgroup-run-dir", a.run_dir, "--bridge-of-portgroupd",
             "--pods", f"{a.tag}-dp", "--npods", str(a.npods), "--sections", "seq",
             "--cycles", str(a.cni_cycles), "--out", out, "--progress"]
     subprocess.run(argv, check=False)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Merges bench-results/cni.json, daemon.json and deviceplugin*.json into bench.json, adds the machine,
+"""Merges bench-results/cni.json, daemon.json, trunk.json and deviceplugin*.json into bench.json, adds the machine,
 the ratios and the target verdicts (reported, never asserted), prints the tables."""
 
 from __future__ import annotations
@@ -169,6 +169,23 @@ def memory_target(memory):
             "verdict": verdict(rss < 20 * 1024 and hwm < 20 * 1024)}
 
 
+def trunk_targets(trunk):
+    """trunk_bench.py's rounds: per trunk size, the median of the per-round ratios
+    of portgroupd's converge from nothing to the ip -batch floor's."""
+    out = {}
+    for row in trunk or []:
+        r = row.get("rounds") or {}
+        d = r.get("daemon")
+        if not d:
+            continue
+        out[f"trunk of {row['vids']} VIDs converges at the ip -batch floor"] = {
+            "value": round(d["median_ratio"], 3), "ratios": d["ratios"],
+            "median_up_s": round(d["median_up_s"], 3),
+            "floor_median_up_s": round(r["floor_median_up_s"], 3),
+            "verdict": verdict(d["median_ratio"] <= 1.0)}
+    return out
+
+
 def deviceplugin_runs(directory):
     runs = {}
     for name, file in DEVICEPLUGIN_RUNS.items():
@@ -313,8 +330,8 @@ def print_tables(res):
         vseq = (d.get("cni_portgroup_mode") or {}).get("seq", {})
         if vseq:
             print("  CNI on a VLAN portgroup's bridge, ADD+DEL p50 ratios in the same run:")
-            for x, y in (("pg-portgroup", "ref-l2"), ("pg-l2", "ref-l2"), ("pg-portgroup", "floor"),
-                         ("pg-portgroup", "pg-l2")):
+            # Bridge mode (pg-l2) is refused on portgroupd's bridge: portgroup mode only.
+            for x, y in (("pg-portgroup", "ref-l2"), ("pg-portgroup", "floor")):
                 print(f"    {x}/{y}: {ratio(p50(vseq, x, 'addel'), p50(vseq, y, 'addel'))}")
     print("\nTargets (reported, not asserted)")
     for k, v in targets.items():
@@ -327,6 +344,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cni", required=True)
     p.add_argument("--daemon")
+    p.add_argument("--trunk", help="trunk_bench.py --rounds (a trunk portgroup's converge)")
     p.add_argument("--memory", help="daemon_bench.py --parts memory (untagged portgroups, this kernel)")
     p.add_argument("--calibrate-host", help="daemon_bench.py --parts calibrate run on this host's kernel")
     p.add_argument("--out", required=True)
@@ -358,11 +376,14 @@ def main():
     memory = json.load(open(a.memory)).get("memory") if a.memory and os.path.exists(a.memory) else None
     if memory:
         targets["portgroupd < 20 MiB RSS at 1000 portgroups (untagged, this kernel)"] = memory_target(memory)
+    trunk = json.load(open(a.trunk)) if a.trunk and os.path.exists(a.trunk) else None
+    targets.update(trunk_targets(trunk))
     dp = deviceplugin_runs(a.deviceplugin_dir) if a.deviceplugin_dir else {}
     if dp:
         targets["device-plugin health flip p99 < 100 ms"] = deviceplugin_target(dp)
     res = {"machine": machine(), "args": a.argv, "quick": a.quick == "1", "ratios": ratios,
-           "targets": targets, "cni": cni, "daemon": daemon, "memory": memory, "deviceplugin": dp}
+           "targets": targets, "cni": cni, "daemon": daemon, "memory": memory, "trunk": trunk,
+           "deviceplugin": dp}
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
     print_tables(res)
