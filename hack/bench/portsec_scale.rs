@@ -266,7 +266,8 @@ fn main() {
             let want: Vec<PortRules> = (0..1000).map(port).collect();
             let keep = std::collections::HashSet::new();
             let start = Instant::now();
-            let plan = portsec::heal(&want, &keep, &|_| false).unwrap();
+            let plan =
+                portsec::heal(&want, &keep, &|_| false, &std::collections::HashSet::new).unwrap();
             let took = start.elapsed();
             println!(
                 "heal, 1000 ports, {what}: {} ({} ports restored)",

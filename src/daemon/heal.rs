@@ -184,13 +184,12 @@ pub fn sweep(dir: &Path, state: Option<&NodeState>, now: SystemTime) -> SweepRep
     // An ADD writes its record before its elements, so a port whose elements
     // appeared after the survey read the records has a record by now: the
     // directory is read again, after the kernel's elements, before any is
-    // called an orphan. Again at each attempt of the repair: one that lost to
-    // a concurrent commit (an ADD of an orphan's name among them) must see the
-    // record that ADD wrote, so it is never cached across attempts.
-    let never_orphan = |name: &str| {
-        survey.hold_orphans || exists(name) || attachment::host_veths_named_in(dir).contains(name)
-    };
-    match portsec::heal(&survey.want, &survey.keep, &never_orphan) {
+    // called an orphan (once per attempt of the repair, not per candidate).
+    // Again at each attempt: one that lost to a concurrent commit (an ADD of
+    // an orphan's name among them) must see the record that ADD wrote.
+    let never_orphan = |name: &str| survey.hold_orphans || exists(name);
+    let recorded = || attachment::host_veths_named_in(dir);
+    match portsec::heal(&survey.want, &survey.keep, &never_orphan, &recorded) {
         Ok(plan) => {
             match plan.rebuild {
                 Some(portsec::TableState::Missing) => tracing::warn!(

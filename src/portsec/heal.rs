@@ -178,10 +178,16 @@ fn unsupported(e: &NlError) -> bool {
 
 /// Reads the table, plans with [`plan`] and commits the plan; returns what was
 /// done (an empty plan when everything was in place).
+///
+/// `recorded` gives the ports the attachment records name now. It is asked at
+/// most once per attempt, and only when some port is an orphan candidate
+/// (elements, no interface, not in `keep`): a port whose ADD wrote its record
+/// after `keep` was taken is never an orphan.
 pub fn heal(
     want: &[PortRules],
     keep: &HashSet<String>,
     exists: &dyn Fn(&str) -> bool,
+    recorded: &dyn Fn() -> HashSet<String>,
 ) -> Result<Plan, Error> {
     with_retries("verifying port security", |nl| {
         // Read first: orphans are deleted only if nothing was committed since
@@ -194,7 +200,10 @@ pub fn heal(
             Err(e) if want.is_empty() && unsupported(&e) => return Ok(Plan::default()),
             Err(e) => return Err(e),
         };
-        let mut p = plan(&installed, want, keep, exists);
+        let named_now = std::cell::OnceCell::new();
+        let never_orphan =
+            |name: &str| exists(name) || named_now.get_or_init(recorded).contains(name);
+        let mut p = plan(&installed, want, keep, &never_orphan);
         let (release, claim) = fcfs_follow(nl, &installed, want, &p.orphans)?;
         p.delete.extend(release);
         p.add.extend(claim);

@@ -2121,10 +2121,10 @@ fn fcfs_new_claims_are_metered_per_port() {
 /// an orphan's name that wrote its record and installed its elements in
 /// between (a DEL left that name's elements to the sweep; the same container
 /// and interface came back) must not lose them. The concurrent ADD is made
-/// from inside the sweep's own decision (the `exists` question it asks of an
-/// orphan candidate), the narrowest window there is; its commits move the
-/// nf_tables generation on, so the sweep's deletion on the generation it read
-/// fails and its retry sees the record.
+/// from inside the sweep's own decision (its read of the records, made only
+/// for an orphan candidate), the narrowest window there is; its commits move
+/// the nf_tables generation on, so the sweep's deletion on the generation it
+/// read fails and its retry sees the record.
 #[test]
 fn a_sweep_never_strips_a_port_made_again_while_it_decided() {
     let node = Netns::new("node");
@@ -2140,19 +2140,19 @@ fn a_sweep_never_strips_a_port_made_again_while_it_decided() {
         // What a DEL left: the deleted port's elements, no record, no interface.
         portsec::install(&rules)?;
         let recorded = std::cell::Cell::new(false);
-        let plan = portsec::heal(&[], &HashSet::new(), &|name: &str| {
-            if name != "pgagain0" {
-                return false;
-            }
+        let no_interface = |_: &str| false;
+        let records = || {
             if !recorded.get() {
-                // The ADD, now: its record (from here on the sweep's answer
-                // is "owned"), then its elements, as a new interface's.
+                // The ADD, just after the sweep read the records: its record
+                // (from here on the sweep's answer is "owned"), then its
+                // elements, as a new interface's.
                 recorded.set(true);
                 portsec::install_new(&rules).expect("the ADD's install");
-                return false;
+                return HashSet::new();
             }
-            true
-        })?;
+            HashSet::from(["pgagain0".to_string()])
+        };
+        let plan = portsec::heal(&[], &HashSet::new(), &no_interface, &records)?;
         Ok((plan.orphans, portsec::ports()?, recorded.get()))
     });
     let (orphans, ports, asked) = result.expect("sweep");
@@ -2166,4 +2166,44 @@ fn a_sweep_never_strips_a_port_made_again_while_it_decided() {
         "the new port was stripped"
     );
     assert!(orphans.is_empty(), "reported as swept: {orphans:?}");
+}
+
+/// A sweep reads the records once per attempt whatever the number of orphan
+/// candidates (a burst of DELs leaves many), and not at all when there is none.
+#[test]
+fn a_sweep_reads_the_records_once_for_many_orphans_and_never_for_none() {
+    let node = Netns::new("node");
+    let result = in_ns(&node, || {
+        for i in 0..5u8 {
+            portsec::install(&PortRules {
+                host_veth: format!("pggone{i}"),
+                mac: MacAddr([2, 0, 0, 0, 1, i]),
+                ips: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10 + i))],
+                allow_router_advertisements: false,
+                allow_dhcp_server: false,
+                trunk: false,
+            })?;
+        }
+        let reads = std::cell::Cell::new(0);
+        let no_interface = |_: &str| false;
+        // pggone0 got a record back; the rest are orphans.
+        let records = || {
+            reads.set(reads.get() + 1);
+            HashSet::from(["pggone0".to_string()])
+        };
+        let first = portsec::heal(&[], &HashSet::new(), &no_interface, &records)?;
+        let reads_first = reads.replace(0);
+        let keep = HashSet::from(["pggone0".to_string()]);
+        let second = portsec::heal(&[], &keep, &no_interface, &records)?;
+        Ok((first.orphans, reads_first, second.orphans, reads.get()))
+    });
+    let (orphans, reads_first, orphans_again, reads_again) = result.expect("sweeps");
+    assert_eq!(
+        orphans,
+        ["pggone1", "pggone2", "pggone3", "pggone4"],
+        "the recorded port is kept, the rest swept"
+    );
+    assert_eq!(reads_first, 1, "records read once for four candidates");
+    assert!(orphans_again.is_empty(), "{orphans_again:?}");
+    assert_eq!(reads_again, 0, "no candidate, no read");
 }
