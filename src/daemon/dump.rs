@@ -246,26 +246,39 @@ async fn dump_with(
 mod tests {
     use super::*;
 
+    /// `ip -batch` lines for `n` veth pairs (`<p>v<i>`, `<p>p<i>`), each with
+    /// one end a port of a bridge (`<p>b<i>`) in portgroup's link group.
+    fn bridged_pairs(p: char, n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "link add {p}v{i} type veth peer name {p}p{i}\n\
+                     link add {p}b{i} group {LINK_GROUP} type bridge\n\
+                     link set {p}v{i} master {p}b{i} alias portgroup:test up\n"
+                )
+            })
+            .collect()
+    }
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(future)
+    }
+
     /// The summaries read from raw messages are those rtnetlink's fully parsed
     /// messages give, over links of every kind the daemon meets, across many
     /// datagrams; the group mark and the addresses are found too.
     #[test]
     fn a_streamed_dump_summarises_links_as_rtnetlink_parses_them() {
         let ns = portgroup_testkit::Netns::new("dump");
-        let mut lines = String::new();
-        for i in 0..300 {
-            lines.push_str(&format!(
-                    "link add dv{i} type veth peer name dp{i}\nlink add db{i} group {LINK_GROUP} type bridge\nlink set dv{i} master db{i} alias portgroup:test up\n"
-                ));
-        }
+        let mut lines = bridged_pairs('d', 300);
         lines.push_str("link add dmv link dp1 type macvlan mode bridge\naddr add 192.0.2.1/24 dev dp0\naddr add 2001:db8::1/64 dev dp0 nodad\nlink set dp0 up\n");
         ns.ip_batch(&lines);
         ns.run(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
+            block_on(async {
                 let observed = links_and_addresses().await.expect("dump");
                 use futures::TryStreamExt;
                 let netlink = crate::netlink::Netlink::connect().expect("netlink");
@@ -321,19 +334,9 @@ mod tests {
     #[test]
     fn a_datagram_larger_than_the_buffer_is_read_again_not_cut() {
         let ns = portgroup_testkit::Netns::new("dumpcut");
-        let mut lines = String::new();
-        for i in 0..40 {
-            lines.push_str(&format!(
-                "link add cv{i} type veth peer name cp{i}\nlink add cb{i} group {LINK_GROUP} type bridge\nlink set cv{i} master cb{i}\n"
-            ));
-        }
-        ns.ip_batch(&lines);
+        ns.ip_batch(&bridged_pairs('c', 40));
         ns.run(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
+            block_on(async {
                 let whole = links().await.expect("dump");
                 let from_small = links_read_into(256).await.expect("dump from 256 bytes");
                 assert_eq!(whole.links.len(), 121, "lo, 80 veths, 40 bridges");
