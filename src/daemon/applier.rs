@@ -480,11 +480,9 @@ mod tests {
         );
     }
 
-    /// An attach that is backing off is not slipped into the creation.
-    #[test]
-    fn a_held_attach_stays_held() {
-        let links = node();
-        let steps: Vec<Step> = [
+    /// Bridge b1, then VLAN v1 on eth1 made, attached to b1 and brought up.
+    fn bridge_and_its_vlan_port() -> Vec<Step> {
+        [
             bridge("b1"),
             vlan("v1", "eth1"),
             attach("v1", "b1"),
@@ -492,7 +490,14 @@ mod tests {
         ]
         .into_iter()
         .map(step)
-        .collect();
+        .collect()
+    }
+
+    /// An attach that is backing off is not slipped into the creation.
+    #[test]
+    fn a_held_attach_stays_held() {
+        let links = node();
+        let steps = bridge_and_its_vlan_port();
         let applied = run(&links, &steps, &[("attach v1 to bridge b1", "it failed")]);
         assert_eq!(applied.done, 3);
         assert_eq!(applied.failures.len(), 1);
@@ -512,15 +517,7 @@ mod tests {
             name: "b1".into(),
             ..Default::default()
         });
-        let steps: Vec<Step> = [
-            bridge("b1"),
-            vlan("v1", "eth1"),
-            attach("v1", "b1"),
-            up("v1"),
-        ]
-        .into_iter()
-        .map(step)
-        .collect();
+        let steps = bridge_and_its_vlan_port();
         let applied = run(&links, &steps, &[]);
         assert_eq!(applied.failures.len(), 1, "{:?}", applied.failures);
         assert!(applied.failures[0].op.starts_with("create bridge b1"));
