@@ -266,14 +266,19 @@ class Daemon:
             return f.read().count(b"repaired drift in ")
 
     def stop(self):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        self.log.close()
+        stop_daemon(self.p, self.log)
+
+
+def stop_daemon(p, log):
+    """SIGTERM, 10 s to exit, then SIGKILL; closes its log."""
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    log.close()
 
 
 class LinkMonitor:
@@ -592,13 +597,7 @@ def churn(a):
               f"{res['state_files_written']} state files written", file=sys.stderr)
         return res
     finally:
-        d.send_signal(signal.SIGTERM)
-        try:
-            d.wait(10)
-        except subprocess.TimeoutExpired:
-            d.kill()
-            d.wait()
-        log.close()
+        stop_daemon(d, log)
         subprocess.run(["ip", "-batch", "-"], input="".join(f"link del pgcu{i}\n" for i in range(n)), text=True)
 
 
@@ -726,13 +725,7 @@ def memory_daemon(a, n, binary):
                 smaps[key] = int(rest.split()[0])
         res["smaps_rollup_kib"] = smaps
     finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        log.close()
+        stop_daemon(p, log)
     return res
 
 
